@@ -1,0 +1,1 @@
+"""Device side of keycam: runtime, pipeline, egress, metrics and the device service."""

@@ -1,0 +1,99 @@
+"""Thin wrapper around the TFLite interpreter (ai_edge_litert, falling back to tflite_runtime).
+
+`TFLiteModel` takes uint8 ADC frames (or float frames in [0, 1]) and returns float outputs: it owns
+the conversion into the model's input type and out of its output quantisation, so every caller
+(demo, service, bench, health check) runs models the same way.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import ModelError
+
+try:  # LiteRT is the maintained runtime; tflite_runtime 2.14 is the last of its line.
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    RUNTIME_NAME = "ai_edge_litert"
+except ImportError:  # pragma: no cover - exercised only where LiteRT has no wheel
+    try:
+        from tflite_runtime.interpreter import Interpreter, OpResolverType
+        RUNTIME_NAME = "tflite_runtime"
+    except ImportError as exc:
+        raise ImportError("no TFLite interpreter: pip install ai-edge-litert (or tflite-runtime)") from exc
+
+METADATA_NAME = "keycam"
+
+
+def read_metadata(model_bytes: bytes) -> dict:
+    """Return the keycam JSON metadata embedded in a .tflite file ({} if there is none)."""
+    from edge.tflite_metadata import extract_metadata
+    return extract_metadata(model_bytes, METADATA_NAME)
+
+
+class TFLiteModel:
+    """A loaded .tflite model with frame-in, float-out inference."""
+
+    def __init__(self, model: str | Path | bytes, num_threads: int = 1):
+        if isinstance(model, (str, Path)):
+            path = Path(model)
+            if not path.is_file():
+                raise ModelError(f"model file not found: {path}")
+            model = path.read_bytes()
+        self.model_bytes = bytes(model)
+        try:
+            self.interpreter = Interpreter(
+                model_content=self.model_bytes, num_threads=num_threads,
+                experimental_op_resolver_type=OpResolverType.AUTO)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"cannot load TFLite model: {exc}") from exc
+        self.metadata = read_metadata(self.model_bytes)
+        self._input = self.interpreter.get_input_details()[0]
+        self._output = self.interpreter.get_output_details()[0]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input frame as the model expects it, without the batch axis."""
+        return tuple(int(d) for d in self._input["shape"][1:])
+
+    @property
+    def input_size(self) -> int:
+        """Number of values in one input frame."""
+        return int(np.prod(self.input_shape))
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return np.dtype(self._input["dtype"])
+
+    def _prepare(self, frame: np.ndarray) -> np.ndarray:
+        frame = np.asarray(frame)
+        if frame.size != self.input_size:
+            raise ModelError(f"frame has {frame.size} values, the model expects {self.input_size} "
+                             f"(shape {self.input_shape})")
+        x = frame.astype(np.float32) / 255.0 if frame.dtype == np.uint8 else frame.astype(np.float32)
+        x = x.reshape((1,) + self.input_shape)
+        if self.input_dtype == np.float32:
+            return x
+        scale, zero = self._input["quantization"]
+        info = np.iinfo(self.input_dtype)
+        return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(self.input_dtype)
+
+    def invoke(self, frame: np.ndarray) -> np.ndarray:
+        """Run one frame (uint8 ADC counts or float in [0, 1]); return the float output vector."""
+        self.interpreter.set_tensor(self._input["index"], self._prepare(frame))
+        self.interpreter.invoke()
+        out = self.interpreter.get_tensor(self._output["index"])
+        if out.dtype != np.float32:
+            scale, zero = self._output["quantization"]
+            out = (out.astype(np.float32) - zero) * scale
+        return out.reshape(-1)
+
+    def predict(self, frames: np.ndarray) -> np.ndarray:
+        """Run a batch of frames one by one; return (B, outputs) float32."""
+        return np.stack([self.invoke(f) for f in frames])
+
+    def describe(self) -> str:
+        return json.dumps({"runtime": RUNTIME_NAME, "input": self.input_shape,
+                           "dtype": str(self.input_dtype), "metadata": self.metadata})

@@ -1,0 +1,1 @@
+"""keycam keys package."""

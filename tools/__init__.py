@@ -1,0 +1,1 @@
+"""keycam tools package."""

@@ -1,0 +1,18 @@
+"""`keycam bench ...`: each benchmark lives in its own module under tools/bench/."""
+from __future__ import annotations
+
+import click
+
+from edge.cli import LazyGroup
+
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "keyed": ("tools.bench.keyed:keyed", "Accuracy, size and latency of keyed vs unkeyed models."),
+    "sensor": ("tools.bench.sensor:sensor", "Keyed-model accuracy vs read noise and ADC bits."),
+    "pipeline": ("tools.bench.pipeline:pipeline", "End-to-end device pipeline throughput and latency."),
+    "necessity": ("tools.bench.necessity:necessity", "Learned degradation vs keyed model (paper baseline)."),
+}
+
+
+@click.group(cls=LazyGroup, lazy=BENCHMARKS)
+def bench() -> None:
+    """Benchmarks that print a table and write JSON."""
