@@ -1,0 +1,135 @@
+"""Generators for generalized stochastic keys (Key-Nets, BMVC 2020), all driven by a `Drbg`.
+
+Sensor key A0 = normalise(bias + gain * permute(tile_mix(x))): linear, invertible, non-negative,
+mapping intensities in [0, 1] into [0, 1] so the ADC never clips. Layer keys are positive generalized
+permutations (they commute with ReLU / LeakyReLU); the optional output key is a dense mixing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from keys.drbg import Drbg
+from keys.factors import Bias, ChannelGenPerm, DenseMix, Gain, Key, Permutation, TileMix
+
+
+@dataclass(frozen=True)
+class KeyConfig:
+    """Tunable key parameters (the privacy/cost knobs)."""
+    gain_range: tuple[float, float] = (0.5, 2.0)
+    bias_max: float = 0.1            # sensor key only, as a fraction of full scale
+    permutation: str = "global"      # global | hierarchical | none
+    block: int = 4                   # block size of the hierarchical permutation
+    tile: int = 0                    # sensor tile-mixing tile size (0 = no mixing)
+    mix_weight: float = 0.7          # weight of the dominant permutation in each tile (> 0.5: invertible)
+    mix_terms: int = 2               # number of extra permutations mixed into each tile
+
+    def __post_init__(self):
+        lo, hi = self.gain_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"gain range must satisfy 0 < low <= high, got {self.gain_range}")
+        if self.permutation not in ("global", "hierarchical", "none"):
+            raise ValueError(f"permutation must be global, hierarchical or none, got {self.permutation!r}")
+        if not 0.5 < self.mix_weight <= 1.0:
+            raise ValueError("mix_weight must be in (0.5, 1] so every tile stays invertible")
+        if self.bias_max < 0 or self.tile < 0 or self.block < 1 or self.mix_terms < 1:
+            raise ValueError("bias_max and tile must be >= 0, block and mix_terms >= 1")
+
+
+def gains(rng: Drbg, n: int, gain_range: tuple[float, float]) -> np.ndarray:
+    """n log-uniform positive gains in gain_range."""
+    lo, hi = gain_range
+    return np.exp(rng.uniform(n, np.log(lo), np.log(hi))) if hi > lo else np.full(n, float(lo))
+
+
+def hierarchical_permutation(rng: Drbg, shape: tuple[int, int, int], block: int) -> np.ndarray:
+    """Shuffle b x b blocks across the image, then pixels inside each block (per channel alike).
+
+    Blocks are padded conceptually; the permutation is over the C*H*W indices in CHW order.
+    """
+    c, h, w = shape
+    index = np.arange(c * h * w).reshape(c, h, w)
+    bh, bw = -(-h // block), -(-w // block)
+    cells = [index[:, i * block:(i + 1) * block, j * block:(j + 1) * block].reshape(c, -1)
+             for i in range(bh) for j in range(bw)]
+    order = rng.permutation(len(cells))
+    out = []
+    for k in order:
+        cell = cells[k]
+        inner = rng.permutation(cell.shape[1])
+        out.append(cell[:, inner])
+    # positions are refilled block by block in the original geometry
+    perm = np.empty(c * h * w, dtype=np.int64)
+    for dst, src in zip(cells, out):
+        if dst.shape == src.shape:
+            perm[dst.reshape(-1)] = src.reshape(-1)
+        else:  # edge blocks of different size keep their own pixels, shuffled
+            perm[dst.reshape(-1)] = dst.reshape(-1)[rng.permutation(dst.size)]
+    return perm
+
+
+def tile_groups(shape: tuple[int, int, int], tile: int) -> np.ndarray:
+    """Index groups of all full tile x tile tiles of each channel (CHW order)."""
+    c, h, w = shape
+    index = np.arange(c * h * w).reshape(c, h, w)
+    groups = [index[ch, i:i + tile, j:j + tile].reshape(-1)
+              for ch in range(c) for i in range(0, h - tile + 1, tile) for j in range(0, w - tile + 1, tile)]
+    return np.array(groups, dtype=np.int64)
+
+
+def tile_mixing(rng: Drbg, shape: tuple[int, int, int], config: KeyConfig) -> TileMix:
+    """Doubly-stochastic mixing inside each tile: w0 * Q0 + (1 - w0) * mean(Q1..Qk), Q random permutations."""
+    groups = tile_groups(shape, config.tile)
+    t = groups.shape[1]
+    eye = np.eye(t)
+    mats = np.empty((len(groups), t, t))
+    rest = (1.0 - config.mix_weight) / config.mix_terms
+    for k in range(len(groups)):
+        m = config.mix_weight * eye[rng.permutation(t)]
+        for _ in range(config.mix_terms):
+            m += rest * eye[rng.permutation(t)]
+        mats[k] = m
+    return TileMix(groups, mats)
+
+
+def sensor_key(rng: Drbg, shape: tuple[int, int, int], config: KeyConfig) -> Key:
+    """The sensor key A0 for frames of `shape` (C, H, W); maps [0, 1] into [0, 1]."""
+    n = int(np.prod(shape))
+    factors: list = []
+    if config.tile > 1:
+        factors.append(tile_mixing(rng.child("tilemix"), shape, config))
+    if config.permutation == "global":
+        factors.append(Permutation(rng.child("perm").permutation(n)))
+    elif config.permutation == "hierarchical":
+        factors.append(Permutation(hierarchical_permutation(rng.child("hperm"), shape, config.block)))
+    g = gains(rng.child("gain"), n, config.gain_range)
+    b = rng.child("bias").uniform(n, 0.0, config.bias_max)
+    scale = 1.0 / np.max(g + b)          # doubly-stochastic mixing keeps [0,1]; this keeps gain+bias in it
+    factors.append(Gain(g * scale))
+    if config.bias_max > 0:
+        factors.append(Bias(b * scale))
+    return Key(n, factors, "sensor")
+
+
+def spatial_layer_key(rng: Drbg, size: int, config: KeyConfig, name: str) -> Key:
+    """A positive generalized permutation over all units of a layer (global spatial + channel shuffle)."""
+    return Key(size, [Permutation(rng.child("perm").permutation(size)),
+                      Gain(gains(rng.child("gain"), size, config.gain_range))], name)
+
+
+def channel_layer_key(rng: Drbg, channels: int, spatial: int, config: KeyConfig, name: str) -> Key:
+    """A per-channel positive generalized permutation: a keyed conv stays a conv."""
+    return Key(channels * spatial, [ChannelGenPerm(rng.child("perm").permutation(channels),
+                                                   gains(rng.child("gain"), channels, config.gain_range),
+                                                   spatial)], name)
+
+
+def output_key(rng: Drbg, n: int, config: KeyConfig) -> Key:
+    """Dense output key: random orthogonal times positive gains (condition number <= gain ratio)."""
+    u1, u2 = rng.uniform(n * n), rng.uniform(n * n)
+    gauss = np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2.0 * np.pi * u2)
+    q, r = np.linalg.qr(gauss.reshape(n, n))
+    q = q * np.sign(np.diag(r))
+    g = gains(rng.child("gain"), n, config.gain_range)
+    return Key(n, [DenseMix(g[:, None] * q)], "output")
