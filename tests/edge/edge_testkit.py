@@ -1,0 +1,91 @@
+"""Shared helpers for the device-runtime tests: a mosquitto broker, polling, a 10-class guard."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from edge.egress import EgressGuard, OutputPolicy
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.02) -> bool:
+    """Poll `predicate` until it is true or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+class Broker:
+    """A mosquitto process with persistence in a temp folder, which tests stop and restart."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.port = folder, free_port()
+        self.conf = folder / "mosquitto.conf"
+        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence true",
+                 f"persistence_location {folder}/", "autosave_interval 1",
+                 f"log_dest file {folder}/mosquitto.log"]
+        if os.geteuid() == 0:
+            lines.append("user root")
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not wait_until(self._accepting, 10):
+            self.stop()
+            raise RuntimeError(f"mosquitto did not start: {(self.folder / 'mosquitto.log').read_text()}")
+
+    def _accepting(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+
+LABELS = tuple(f"class{i}" for i in range(10))
+FP_KEY = "a" * 64
+FP_SENSOR = "b" * 64
+
+
+def policy(output_encrypted: bool = False, top_k: int = 3, **kw) -> OutputPolicy:
+    return OutputPolicy(model_id="demo-model", key_fingerprint=FP_KEY, sensor_fingerprint=FP_SENSOR,
+                        labels=LABELS, n_outputs=10, output_encrypted=output_encrypted, top_k=top_k, **kw)
+
+
+def guard(**kw) -> EgressGuard:
+    return EgressGuard(policy(**kw))
+
+
+def top_k_record(seq: int, **overrides) -> dict:
+    record = {"type": "prediction", "timestamp": time.time(), "seq": seq, "model_id": "demo-model",
+              "key_fingerprint": FP_KEY,
+              "top_k": [{"label": "class3", "score": 0.9}, {"label": "class1", "score": 0.05}]}
+    record.update(overrides)
+    return record
