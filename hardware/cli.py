@@ -1,0 +1,161 @@
+"""`keycam hw`: drive the faceplate actuator, run its emulator, probe a camera."""
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from edge.errors import ConfigError
+
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+
+
+@click.group()
+def hw() -> None:
+    """Hardware: faceplate actuator, its emulator, camera."""
+
+
+@hw.command("emulate-faceplate")
+@click.option("--faceplates", default="FP-0001,FP-0002,FP-0003,-", show_default=True,
+              help="Comma-separated faceplate id per turret slot; '-' marks an empty slot.")
+@click.option("--unit", default="ACT-EMU-01", show_default=True, help="Actuator unit id.")
+@click.option("--firmware", default="1.2.0", show_default=True, help="Reported firmware version.")
+@click.option("--start-slot", type=int, default=2, show_default=True, help="Physical slot at power-up.")
+@click.option("--step-time", type=float, default=0.02, show_default=True, help="Seconds per slot of motion.")
+@click.option("--stall-timeout", type=float, default=0.3, show_default=True,
+              help="Seconds without progress before the firmware latches STALL.")
+@click.option("--port", default=None, help="Serve on this existing tty (e.g. one end of a socat pair) "
+              "instead of a new pty.")
+@click.option("--link", default=None, help="Also create a symlink with this name to the device path.")
+@click.option("--drop", type=float, default=0.0, help="Fault: probability a reply is dropped.")
+@click.option("--garble", type=float, default=0.0, help="Fault: probability a reply is corrupted.")
+@click.option("--noise", type=float, default=0.0, help="Fault: probability of garbage bytes before a reply.")
+@click.option("--delay", type=float, default=0.0, help="Fault: seconds added before replies.")
+@click.option("--delay-rate", type=float, default=1.0, show_default=True,
+              help="Fault: probability a reply is delayed by --delay.")
+@click.option("--stuck", is_flag=True, help="Fault: the motor never moves (firmware reports STALL).")
+@click.option("--disconnect-after", type=int, default=None,
+              help="Fault: close the link after this many requests.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fault draws.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every request, reply and fault on stderr.")
+def emulate_faceplate(faceplates: str, unit: str, firmware: str, start_slot: int, step_time: float,
+                      stall_timeout: float, port: str | None, link: str | None, drop: float, garble: float,
+                      noise: float, delay: float, delay_rate: float, stuck: bool, disconnect_after: int | None,
+                      seed: int, verbose: bool) -> None:
+    """Emulate the actuator firmware on a pty; prints the device path, runs until Ctrl-C."""
+    from hardware.faceplate_emulator import LinkFaults, run
+    from hardware.faceplate_firmware import FirmwareConfig
+
+    try:
+        config = FirmwareConfig(faceplates=[s.strip() for s in faceplates.split(",")], unit=unit,
+                                firmware=firmware, step_time=step_time, stall_timeout=stall_timeout,
+                                start_slot=start_slot, stuck=stuck)
+        faults = LinkFaults(drop=drop, garble=garble, noise=noise, delay=delay, delay_rate=delay_rate,
+                            disconnect_after=disconnect_after, seed=seed)
+    except ValueError as exc:
+        raise ConfigError(f"emulate-faceplate: {exc}") from exc
+    try:
+        reason = run(config, faults, port=port, link=link, verbose=verbose,
+                     announce=lambda path: print(path, flush=True))
+    except OSError as exc:
+        raise ConfigError(f"emulate-faceplate: cannot serve on {port or 'a new pty'}: {exc}") from exc
+    click.echo(f"emulator ended: {reason}", err=True)
+
+
+@hw.group()
+@click.option("--port", required=True, help="Serial device path (or pyserial URL) of the actuator.")
+@click.option("--baudrate", type=int, default=115200, show_default=True)
+@click.option("--timeout", type=float, default=0.5, show_default=True, help="Seconds per reply.")
+@click.option("--retries", type=int, default=3, show_default=True, help="Retries per request.")
+@click.option("--move-timeout", type=float, default=10.0, show_default=True,
+              help="Seconds a motion may take before it counts as failed.")
+@click.pass_context
+def faceplate(ctx: click.Context, port: str, baudrate: int, timeout: float, retries: int,
+              move_timeout: float) -> None:
+    """Drive a real or emulated faceplate actuator."""
+    ctx.obj = dict(port=port, baudrate=baudrate, timeout=timeout, retries=retries, move_timeout=move_timeout)
+
+
+def _run_action(ctx: click.Context, as_json: bool, action) -> None:
+    from hardware.faceplate import SerialFaceplate
+
+    with SerialFaceplate(**ctx.obj) as fp:
+        result = action(fp)
+    if as_json:
+        click.echo(json.dumps(result, sort_keys=True))
+    else:
+        for key, value in result.items():
+            click.echo(f"{key:13s} {value}")
+
+
+@faceplate.command()
+@_json_option
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Print position, engagement, motion and error state, with the actuator's identity."""
+    _run_action(ctx, as_json, lambda fp: {**fp.identify(), **fp.status()})
+
+
+@faceplate.command()
+@_json_option
+@click.pass_context
+def home(ctx: click.Context, as_json: bool) -> None:
+    """Drive to the home position (0) and wait until done."""
+    _run_action(ctx, as_json, lambda fp: fp.home())
+
+
+@faceplate.command()
+@click.argument("position", type=click.IntRange(min=0))
+@_json_option
+@click.pass_context
+def move(ctx: click.Context, position: int, as_json: bool) -> None:
+    """Move the turret to slot POSITION and wait until there."""
+    _run_action(ctx, as_json, lambda fp: fp.move(position))
+
+
+@faceplate.command()
+@_json_option
+@click.pass_context
+def engage(ctx: click.Context, as_json: bool) -> None:
+    """Clamp the current faceplate into the optical path."""
+    _run_action(ctx, as_json, lambda fp: fp.engage())
+
+
+@faceplate.command()
+@_json_option
+@click.pass_context
+def disengage(ctx: click.Context, as_json: bool) -> None:
+    """Release the faceplate clamp."""
+    _run_action(ctx, as_json, lambda fp: fp.disengage())
+
+
+@hw.command()
+@click.option("--source", default="samples", show_default=True,
+              help="Replay source: 'samples', an image folder, an .npz or an IDX file; 'picamera2' for the Pi camera.")
+@click.option("--frames", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--fps", type=float, default=None, help="Replay frame rate (default: as fast as possible).")
+@click.option("--timeout", type=float, default=2.0, show_default=True, help="Seconds to wait per frame.")
+@_json_option
+def camera(source: str, frames: int, fps: float | None, timeout: float, as_json: bool) -> None:
+    """Read some frames from a camera and report shape, rate, drops and intensity range."""
+    from hardware.camera import make_camera
+
+    config = {"type": "picamera2"} if source == "picamera2" else {"type": "replay", "source": source, "fps": fps}
+    start = time.monotonic()
+    lo, hi = float("inf"), float("-inf")
+    with make_camera(config) as cam:
+        for _ in range(frames):
+            frame = cam.read(timeout)
+            lo, hi = min(lo, float(frame.image.min())), max(hi, float(frame.image.max()))
+        elapsed = time.monotonic() - start
+        report = {"source": source, "frames": frames, "shape": list(cam.frame_shape), "dropped": cam.dropped,
+                  "fps": round(frames / elapsed, 2) if elapsed > 0 else None, "min": lo, "max": hi,
+                  "last_seq": frame.seq, "exposure_us": frame.exposure_us, "analog_gain": frame.analog_gain}
+    if as_json:
+        click.echo(json.dumps(report, sort_keys=True))
+    else:
+        for key, value in report.items():
+            click.echo(f"{key:12s} {value}")
+
+
