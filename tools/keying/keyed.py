@@ -1,0 +1,172 @@
+"""Derive the key set for a network and key it: W'_i = A_i W_i A_{i-1}^-1 (numpy/scipy, sparse)."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import scipy.sparse as sp
+
+from edge.errors import KeycamError
+from keys.drbg import Drbg
+from keys.factors import ChannelGenPerm, Key
+from keys.generate import channel_layer_key, output_key, sensor_key, spatial_layer_key
+from keys.keyset import KeySet
+from tools.ir import (LINEAR, Activation, AvgPool, Conv, Dense, Flatten, Network, Softmax, Unflatten,
+                      conv_matrix, forward, pool_matrix)
+from tools.keying.profiles import Profile, get_profile
+
+FLOAT_TOLERANCE = 1e-4
+
+
+class KeyingError(KeycamError):
+    """The network cannot be keyed as asked, or the keyed network does not match the original."""
+
+
+def model_id_of(onnx_bytes: bytes) -> str:
+    """A model's id: the first 16 hex digits of the SHA-256 of its ONNX file."""
+    return hashlib.sha256(onnx_bytes).hexdigest()[:16]
+
+
+def _linear_indices(net: Network) -> list[int]:
+    return [i for i, layer in enumerate(net.layers) if isinstance(layer, LINEAR)]
+
+
+def _followed_by_squashing(net: Network, index: int) -> bool:
+    nxt = net.layers[index + 1] if index + 1 < len(net.layers) else None
+    return isinstance(nxt, Activation) and nxt.act not in ("relu", "leaky_relu", "none")
+
+
+def derive_keyset(secret: bytes, device_id: str, model_id: str, net: Network, profile: str | Profile,
+                  output_encryption: bool = False) -> KeySet:
+    """All keys for one device and one model, derived deterministically from a 256-bit secret."""
+    prof = get_profile(profile) if isinstance(profile, str) else profile
+    root = Drbg(secret, f"keyset/{device_id}/{model_id}/{prof.name}")
+    shapes = net.shapes()
+    in_shape = tuple(net.input_shape) if len(net.input_shape) == 3 else (1, 1, int(net.input_shape[0]))
+    sensor = sensor_key(root.child("sensor"), in_shape, prof.sensor)
+    linear = _linear_indices(net)
+    if not linear:
+        raise KeyingError("the network has no linear layer to key")
+    layers: list[Key] = []
+    previous: Key = sensor
+    for n, i in enumerate(linear[:-1]):
+        layer, shape = net.layers[i], shapes[i]
+        rng = root.child(f"layer{n}")
+        size = int(np.prod(shape))
+        name = f"layer{n}:{type(layer).__name__.lower()}"
+        spatial_out = len(shape) == 3
+        if isinstance(layer, AvgPool) and isinstance(_single(previous), ChannelGenPerm):
+            chan = _single(previous)
+            key = Key(size, [ChannelGenPerm(chan.perm, chan.gain, shape[1] * shape[2])], name)
+        elif spatial_out and not prof.spatial_layers:
+            key = channel_layer_key(rng, shape[0], shape[1] * shape[2], prof.layers, name)
+        else:
+            key = spatial_layer_key(rng, size, prof.layers, name)
+        layers.append(key)
+        previous = key
+    out = output_key(root.child("output"), net.output_size, prof.layers) if output_encryption else None
+    meta = {"input_shape": list(net.input_shape), "output_encryption": output_encryption}
+    return KeySet(device_id, model_id, prof.name, sensor, layers, out, meta)
+
+
+def _single(key: Key):
+    return key.factors[0] if len(key.factors) == 1 else None
+
+
+def _as_matrix(layer, in_shape) -> tuple[sp.csr_matrix | np.ndarray, np.ndarray]:
+    if isinstance(layer, Conv):
+        m = conv_matrix(layer, in_shape)
+        return m, np.repeat(layer.bias, m.shape[0] // len(layer.bias))
+    if isinstance(layer, AvgPool):
+        m = pool_matrix(layer, in_shape)
+        return m, np.zeros(m.shape[0])
+    return layer.weight, layer.bias
+
+
+def _key_generic(w, b, k_in: Key, k_out: Key | None):
+    """W' = L_out W L_in^-1 and b' = L_out (b - W L_in^-1 c_in) + c_out, sparse where W is."""
+    lin_inv = k_in.inverse_linear_csr()
+    c_in = k_in.offset()
+    if sp.issparse(w):
+        wk = (w @ lin_inv).tocsr()
+        b2 = b - np.asarray(w @ (lin_inv @ c_in)).ravel()
+    else:
+        wk = np.asarray((lin_inv.T @ np.asarray(w).T).T)
+        b2 = b - wk @ c_in
+    if k_out is not None:
+        lout = k_out.linear_csr()
+        wk = (lout @ wk).tocsr() if sp.issparse(wk) else np.asarray(lout @ wk)
+        b2 = np.asarray(lout @ b2).ravel() + k_out.offset()
+    if sp.issparse(wk):
+        wk.eliminate_zeros()
+        wk.sort_indices()
+    return wk, b2
+
+
+def _key_conv_channels(layer: Conv, k_in: ChannelGenPerm, k_out: ChannelGenPerm) -> Conv:
+    """W'[o, c] = g_out[o] / g_in[c] * W[p_out[o], p_in[c]];  b'[o] = g_out[o] b[p_out[o]]."""
+    w = layer.weight[k_out.perm][:, k_in.perm] * (k_out.gain[:, None] / k_in.gain[None, :])[:, :, None, None]
+    return Conv(w, k_out.gain * layer.bias[k_out.perm], layer.stride, layer.pads, layer.act, layer.alpha)
+
+
+def key_network(net: Network, keyset: KeySet) -> Network:
+    """Return the keyed network: on keyed frames it computes A_k f(x) (A_k = I without output key)."""
+    shapes = [tuple(net.input_shape)] + net.shapes()
+    linear = _linear_indices(net)
+    keys_out = dict(zip(linear, keyset.layers + [keyset.output]))
+    if len(keyset.layers) != len(linear) - 1:
+        raise KeyingError(f"key set has {len(keyset.layers)} layer keys, the network needs {len(linear) - 1}")
+    k_in: Key = keyset.sensor
+    vector = True            # keyed activations start as flat vectors (the sensor key scrambles space)
+    layers: list = []
+    for i, layer in enumerate(net.layers):
+        in_shape, out_shape = shapes[i], shapes[i + 1]
+        if isinstance(layer, LINEAR):
+            k_out = keys_out[i]
+            cin, cout = _single(k_in), _single(k_out) if k_out is not None else None
+            if isinstance(layer, AvgPool) and isinstance(cin, ChannelGenPerm) and not vector:
+                layers.append(layer)
+            elif isinstance(layer, Conv) and isinstance(cin, ChannelGenPerm) and isinstance(cout, ChannelGenPerm) \
+                    and not vector:
+                layers.append(_key_conv_channels(layer, cin, cout))
+            else:
+                if not vector:
+                    layers.append(Flatten())
+                w, b = _as_matrix(layer, in_shape)
+                wk, bk = _key_generic(w, b, k_in, k_out)
+                layers.append(Dense(wk, bk, getattr(layer, "act", "none"), getattr(layer, "alpha", 0.0)))
+                vector = True
+                if isinstance(cout, ChannelGenPerm) and len(out_shape) == 3:
+                    layers.append(Unflatten(out_shape))
+                    vector = False
+            if k_out is not None:
+                k_in = k_out
+        elif isinstance(layer, (Flatten, Unflatten)):
+            if not vector and isinstance(layer, Flatten):
+                layers.append(Flatten())
+                vector = True
+        elif isinstance(layer, Softmax):
+            if keyset.output is None:
+                layers.append(layer)
+        else:
+            layers.append(layer)
+    return Network((int(np.prod(net.input_shape)),), layers, name=f"{net.name}-keyed-{keyset.profile}")
+
+
+def verify_keyed(net: Network, keyed: Network, keyset: KeySet, frames: np.ndarray) -> float:
+    """Max relative error between the keyed net on keyed frames and A_k f(x); raises if > 1e-4."""
+    x = np.asarray(frames, dtype=np.float64).reshape(len(frames), -1)
+    want = forward(net, x)
+    if keyset.output is not None:
+        want = keyset.output.apply(logits_of(net, x))
+    got = forward(keyed, keyset.sensor.apply(x))
+    err = float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-12))
+    if err > FLOAT_TOLERANCE:
+        raise KeyingError(f"keyed network differs from the original: max relative error {err:.2e} > {FLOAT_TOLERANCE}")
+    return err
+
+
+def logits_of(net: Network, x: np.ndarray) -> np.ndarray:
+    """The network's output before a final softmax (what output encryption protects)."""
+    trimmed = Network(net.input_shape, [l for l in net.layers if not isinstance(l, Softmax)], net.name)
+    return forward(trimmed, x)

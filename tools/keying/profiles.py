@@ -1,0 +1,33 @@
+"""Key profiles: which layers are spatially keyed, and how the sensor key is built."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edge.errors import ConfigError
+from keys.generate import KeyConfig
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named trade-off between privacy and cost."""
+    name: str
+    spatial_layers: bool                 # True: every layer spatially keyed; False: only the stem
+    sensor: KeyConfig = field(default_factory=KeyConfig)
+    layers: KeyConfig = field(default_factory=KeyConfig)
+    description: str = ""
+
+
+PROFILES: dict[str, Profile] = {
+    "full": Profile("full", True, description="every layer spatially keyed (reference Key-Nets behaviour): "
+                    "sparse keyed layers, larger and slower"),
+    "stem": Profile("stem", False, description="only the input stem spatially keyed; hidden convs keep "
+                    "per-channel keys and stay dense CONV_2D (fast, small; activations after the stem "
+                    "are in plain spatial order)"),
+}
+
+
+def get_profile(name: str) -> Profile:
+    """Look up a profile by name with a clear error."""
+    if name not in PROFILES:
+        raise ConfigError(f"unknown key profile {name!r}; choose one of: {', '.join(sorted(PROFILES))}")
+    return PROFILES[name]

@@ -1,0 +1,1 @@
+"""Semi-adversarial networks (SAN): gender-confounding face perturbation, host side only (needs torch)."""

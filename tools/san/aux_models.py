@@ -1,0 +1,74 @@
+"""Training of the auxiliary (seen) networks: a binary attribute classifier and a face embedder."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from tools.san.augment import augment
+from tools.san.data import balanced_epoch
+from tools.san.nets import FaceEmbedder, freeze
+
+
+def _batches(order: np.ndarray, size: int):
+    for start in range(0, len(order), size):
+        yield order[start:start + size]
+
+
+def train_binary_classifier(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: int,
+                            batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
+                            augmentations: tuple[str, ...] = (), desc: str = "classifier") -> nn.Module:
+    """Train `model` (2 logits) on float images (N,C,H,W) with labels in {0,1}, balanced per epoch; frozen after."""
+    torch.manual_seed(seed)
+    rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    x_all, y_all = torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
+    model.train()
+    for epoch in range(epochs):
+        order = balanced_epoch(labels, rng)
+        bar = tqdm(list(_batches(order, batch_size)), desc=f"{desc} {epoch + 1}/{epochs}", leave=False)
+        for idx in bar:
+            x = augment(x_all[idx], augmentations, gen)
+            loss = F.cross_entropy(model(x), y_all[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    return freeze(model)
+
+
+def train_face_embedder(images: np.ndarray, identity: np.ndarray, *, epochs: int, dim: int = 128,
+                        batch_size: int = 64, lr: float = 2e-3, seed: int = 0, scale: float = 16.0,
+                        margin: float = 0.2, augmentations: tuple[str, ...] = ("flip", "geometry"),
+                        desc: str = "matcher") -> FaceEmbedder:
+    """Train an L2-normalised embedder with a CosFace (large-margin cosine) identity head; frozen after."""
+    torch.manual_seed(seed)
+    rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    _, ids = np.unique(identity, return_inverse=True)
+    model = FaceEmbedder(images.shape[1], dim)
+    centres = nn.Parameter(torch.randn(int(ids.max()) + 1, dim) * 0.01)
+    opt = torch.optim.Adam(list(model.parameters()) + [centres], lr=lr, weight_decay=1e-4)
+    x_all, y_all = torch.from_numpy(images), torch.from_numpy(ids.astype(np.int64))
+    model.train()
+    for epoch in range(epochs):
+        bar = tqdm(list(_batches(rng.permutation(len(ids)), batch_size)), desc=f"{desc} {epoch + 1}/{epochs}",
+                   leave=False)
+        for idx in bar:
+            emb = model(augment(x_all[idx], augmentations, gen))
+            cos = emb @ F.normalize(centres, dim=1).T
+            logits = scale * (cos - margin * F.one_hot(y_all[idx], cos.shape[1]))
+            loss = F.cross_entropy(logits, y_all[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    return freeze(model)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Model outputs for float images (N,C,H,W), batched, as a numpy array."""
+    outs = [model(torch.from_numpy(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
+    return torch.cat(outs).numpy()

@@ -1,0 +1,127 @@
+"""LFW face data (the shared 64x64 and 112x112 .npz files), gender prototypes and balanced sampling."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tools.san.errors import FaceDataError
+
+FACES_64 = "lfw_dfunneled_64_rgb.npz"
+PAIRS_112 = "lfw_dfunneled_112_rgb_pairs.npz"
+FACES_ENV = "KEYCAM_FACES_DIR"
+FEMALE, MALE, NEUTRAL = 0, 1, 2
+
+
+def default_faces_dir() -> Path:
+    """$KEYCAM_FACES_DIR, else ../shared/data/faces beside the repository root."""
+    env = os.environ.get(FACES_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "faces"
+
+
+@dataclass(frozen=True)
+class FaceSet:
+    """Face images (uint8 N,H,W,3 RGB) with labels and official LFW pairs (indices into images)."""
+
+    images: np.ndarray
+    gender: np.ndarray
+    identity: np.ndarray
+    pair_idx: np.ndarray
+    pair_same: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _load(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise FaceDataError(f"face data file {path} not found: pass --faces-dir or set ${FACES_ENV} "
+                            "to the folder holding the LFW .npz files (../shared/data/faces)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise FaceDataError(f"{path} is not a readable .npz file: {exc}") from exc
+    missing = {"images", "gender", "identity", "pair_idx", "pair_same"} - set(arrays)
+    if missing:
+        raise FaceDataError(f"{path} lacks arrays {sorted(missing)}")
+    images = arrays["images"]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise FaceDataError(f"{path}: images must be uint8 (N,H,W,3), got {images.dtype} {images.shape}")
+    return arrays
+
+
+def _subset(arrays: dict[str, np.ndarray], keep: np.ndarray) -> FaceSet:
+    """Images selected by boolean mask `keep`; only pairs with both images kept survive (re-indexed)."""
+    new_index = np.full(len(keep), -1, dtype=np.int64)
+    new_index[keep] = np.arange(int(keep.sum()))
+    pairs = new_index[arrays["pair_idx"]]
+    ok = (pairs >= 0).all(axis=1)
+    return FaceSet(images=arrays["images"][keep], gender=arrays["gender"][keep].astype(np.int64),
+                   identity=arrays["identity"][keep].astype(np.int64), pair_idx=pairs[ok],
+                   pair_same=arrays["pair_same"][ok].astype(bool))
+
+
+def load_faces64(split: str, faces_dir: Path | None = None, limit: int | None = None) -> FaceSet:
+    """The 64x64 file's 'train' (split 0) or 'test' (split 1, people of View-2 folds 1-2) part."""
+    if split not in ("train", "test"):
+        raise FaceDataError(f"split must be 'train' or 'test', got {split!r}")
+    arrays = _load((faces_dir or default_faces_dir()) / FACES_64)
+    if "split" not in arrays:
+        raise FaceDataError(f"{FACES_64} lacks the 'split' array")
+    keep = arrays["split"] == (0 if split == "train" else 1)
+    if limit is not None:
+        keep &= np.cumsum(keep) <= limit
+    return _subset(arrays, keep)
+
+
+def load_pairs112(faces_dir: Path | None = None, limit: int | None = None) -> FaceSet:
+    """The 112x112 file: every image of LFW View-2 folds 1-2 with the 1,200 official pairs."""
+    arrays = _load((faces_dir or default_faces_dir()) / PAIRS_112)
+    keep = np.ones(len(arrays["images"]), dtype=bool)
+    if limit is not None:
+        keep &= np.arange(len(keep)) < limit
+    return _subset(arrays, keep)
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+    """uint8 (N,H,W,C) -> float32 (N,C,H,W) in [0,1]."""
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """float (N,C,H,W) in [0,1] -> uint8 (N,H,W,C)."""
+    return np.clip(np.rint(images.transpose(0, 2, 3, 1) * 255.0), 0, 255).astype(np.uint8)
+
+
+def prototypes(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Average faces float32 (3,C,H,W): [label 0, label 1, neutral]; the neutral one weighs both labels equally.
+
+    `images` is float (N,C,H,W); entries with a label outside {0,1} only count for nothing.
+    """
+    means = []
+    for value in (0, 1):
+        members = images[labels == value]
+        if len(members) == 0:
+            raise FaceDataError(f"no training image has label {value}: cannot build its prototype")
+        means.append(members.mean(axis=0))
+    return np.stack([means[0], means[1], (means[0] + means[1]) / 2]).astype(np.float32)
+
+
+def balanced_epoch(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One epoch of indices where every label in {0,1} appears as often as the majority one.
+
+    The under-represented group is oversampled (drawn with replacement); the majority is a permutation.
+    """
+    groups = [np.flatnonzero(labels == value) for value in (0, 1)]
+    if min(len(g) for g in groups) == 0:
+        raise FaceDataError("balanced sampling needs examples of both labels")
+    size = max(len(g) for g in groups)
+    parts = [g[rng.permutation(len(g))] if len(g) == size else rng.choice(g, size, replace=True)
+             for g in groups]
+    epoch = np.concatenate(parts)
+    return epoch[rng.permutation(len(epoch))]

@@ -1,0 +1,1 @@
+"""A small TFLite writer and int8 post-training quantizer (numpy + flatbuffers, builtin ops only)."""

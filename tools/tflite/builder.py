@@ -1,0 +1,100 @@
+"""Low-level .tflite flatbuffer assembly with the schema's object API (ai_edge_litert ships it)."""
+from __future__ import annotations
+
+import json
+
+import flatbuffers
+import numpy as np
+from ai_edge_litert import schema_py_generated as fb
+
+TFLITE_FILE_ID = b"TFL3"
+DTYPES = {np.dtype(np.float32): fb.TensorType.FLOAT32, np.dtype(np.int8): fb.TensorType.INT8,
+          np.dtype(np.int32): fb.TensorType.INT32, np.dtype(np.uint8): fb.TensorType.UINT8}
+
+
+class AlignedBufferT(fb.BufferT):
+    """A buffer whose data is 16-byte aligned, as the schema's force_align asks (the generated
+    Python packer ignores it)."""
+
+    def Pack(self, builder):
+        data = None
+        if self.data is not None:
+            raw = np.ascontiguousarray(self.data).view(np.uint8).reshape(-1)
+            builder.StartVector(1, raw.size, 16)
+            builder.head = builder.head - raw.size
+            builder.Bytes[builder.Head():builder.Head() + raw.size] = raw.tobytes()
+            builder.vectorNumElems = raw.size
+            data = builder.EndVector()
+        fb.BufferStart(builder)
+        if data is not None:
+            fb.BufferAddData(builder, data)
+        return fb.BufferEnd(builder)
+
+
+def quant_params(scale, zero_point, axis: int = 0) -> fb.QuantizationParametersT:
+    """Per-tensor (scalar) or per-channel (array) affine quantisation parameters."""
+    q = fb.QuantizationParametersT()
+    q.scale = [float(s) for s in np.atleast_1d(scale)]
+    q.zeroPoint = [int(z) for z in np.atleast_1d(zero_point)]
+    q.quantizedDimension = axis
+    return q
+
+
+class GraphBuilder:
+    """Accumulates tensors, buffers and operators of a single-subgraph model."""
+
+    def __init__(self):
+        self.buffers: list = [AlignedBufferT()]          # buffer 0 is the conventional empty buffer
+        self.tensors: list = []
+        self.operators: list = []
+        self.opcodes: dict[tuple[int, int], int] = {}
+        self.codes: list = []
+
+    def tensor(self, name: str, shape, dtype, data: np.ndarray | None = None,
+               quant: fb.QuantizationParametersT | None = None, sparsity=None) -> int:
+        """Add a tensor (constant when `data` is given); returns its index."""
+        t = fb.TensorT()
+        t.name, t.shape, t.type = name, [int(s) for s in shape], DTYPES[np.dtype(dtype)]
+        t.buffer = 0
+        if data is not None:
+            buf = AlignedBufferT()
+            buf.data = np.ascontiguousarray(data, dtype=dtype)
+            self.buffers.append(buf)
+            t.buffer = len(self.buffers) - 1
+        t.quantization, t.sparsity = quant, sparsity
+        self.tensors.append(t)
+        return len(self.tensors) - 1
+
+    def op(self, code: int, inputs: list[int], outputs: list[int], options_type: int = 0,
+           options=None, version: int = 1) -> None:
+        """Add a builtin operator."""
+        key = (code, version)
+        if key not in self.opcodes:
+            oc = fb.OperatorCodeT()
+            oc.builtinCode, oc.deprecatedBuiltinCode, oc.version = code, min(code, 127), version
+            self.opcodes[key] = len(self.codes)
+            self.codes.append(oc)
+        o = fb.OperatorT()
+        o.opcodeIndex, o.inputs, o.outputs = self.opcodes[key], inputs, outputs
+        o.builtinOptionsType, o.builtinOptions = options_type, options
+        self.operators.append(o)
+
+    def finish(self, inputs: list[int], outputs: list[int], metadata: dict | None = None,
+               description: str = "keycam") -> bytes:
+        """Serialise to .tflite bytes, embedding `metadata` as JSON under the name 'keycam'."""
+        sub = fb.SubGraphT()
+        sub.tensors, sub.inputs, sub.outputs, sub.operators, sub.name = (
+            self.tensors, inputs, outputs, self.operators, "main")
+        model = fb.ModelT()
+        model.version, model.operatorCodes, model.subgraphs, model.description = 3, self.codes, [sub], description
+        model.buffers = list(self.buffers)
+        if metadata is not None:
+            buf = AlignedBufferT()
+            buf.data = np.frombuffer(json.dumps(metadata, sort_keys=True).encode(), dtype=np.uint8)
+            model.buffers.append(buf)
+            entry = fb.MetadataT()
+            entry.name, entry.buffer = "keycam", len(model.buffers) - 1
+            model.metadata = [entry]
+        builder = flatbuffers.Builder(1 << 20)
+        builder.Finish(model.Pack(builder), file_identifier=TFLITE_FILE_ID)
+        return bytes(builder.Output())

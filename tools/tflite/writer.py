@@ -1,0 +1,308 @@
+"""Lower a keycam IR network to a .tflite model with builtin ops, float32 or int8.
+
+int8: post-training quantisation calibrated on (keyed) frames: activations asymmetric per tensor,
+weights symmetric per output channel, int32 biases. Layers without a working int8 kernel for their
+form (sparse FULLY_CONNECTED, see runtime-facts.md) stay float32 between DEQUANTIZE/QUANTIZE, and
+the report lists them. Sparse layers are written as CSR FULLY_CONNECTED with op version 8 (with
+version 1 the XNNPACK delegate claims them and returns wrong results).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from ai_edge_litert import schema_py_generated as fb
+
+from edge.errors import ModelError
+from tools.ir import (Activation, AvgPool, Conv, Dense, Flatten, Network, Softmax, Unflatten, forward)
+from tools.tflite.builder import GraphBuilder, quant_params
+
+INPUT_QUANT = (1.0 / 255.0, -128)     # uint8 ADC counts c map exactly to int8 c - 128
+SOFTMAX_QUANT = (1.0 / 256.0, -128)
+SPARSE_FC_VERSION = 8
+_ACT_CODES = {"none": fb.ActivationFunctionType.NONE, "relu": fb.ActivationFunctionType.RELU}
+
+
+@dataclass
+class _Act:
+    """The current activation tensor while lowering."""
+    index: int
+    shape: tuple[int, ...]                 # logical shape: (C, H, W) or (N,)
+    lo: float
+    hi: float
+    quant: tuple[float, int] | None        # None: float32
+    order: np.ndarray | None = None        # vectors: logical (CHW) index of each stored element
+
+
+def hwc_to_chw_order(shape: tuple[int, int, int]) -> np.ndarray:
+    """order[j] = CHW index of the j-th element of the same tensor stored in HWC order."""
+    c, h, w = shape
+    return np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
+
+
+def act_quant(lo: float, hi: float) -> tuple[float, int]:
+    """Asymmetric int8 parameters covering [lo, hi] (always including 0)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = max((hi - lo) / 255.0, 1e-8)
+    return scale, int(np.clip(np.round(-128 - lo / scale), -128, 127))
+
+
+def weight_quant(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-output-channel int8 weights (axis 0) and their scales."""
+    flat = np.abs(w.reshape(len(w), -1)).max(axis=1)
+    scale = np.maximum(flat, 1e-12) / 127.0
+    q = np.clip(np.round(w / scale.reshape((-1,) + (1,) * (w.ndim - 1))), -127, 127).astype(np.int8)
+    return q, scale
+
+
+class _Lowering:
+    def __init__(self, net: Network, int8: bool, ranges: list[tuple[float, float]]):
+        self.net, self.int8, self.ranges = net, int8, ranges
+        self.g = GraphBuilder()
+        self.report: list[dict] = []
+
+    # -- tensor helpers -------------------------------------------------------------------
+    def _new(self, name, shape, quant, lo, hi, lshape, order=None) -> _Act:
+        dtype = np.int8 if quant else np.float32
+        q = quant_params(*quant) if quant else None
+        return _Act(self.g.tensor(name, shape, dtype, quant=q), lshape, lo, hi, quant, order)
+
+    def _float(self, cur: _Act, name: str) -> _Act:
+        if cur.quant is None:
+            return cur
+        out = self._new(f"{name}/dequant", self.g.tensors[cur.index].shape, None, cur.lo, cur.hi, cur.shape, cur.order)
+        self.g.op(fb.BuiltinOperator.DEQUANTIZE, [cur.index], [out.index])
+        return out
+
+    def _quantized(self, cur: _Act, name: str) -> _Act:
+        if cur.quant is not None:
+            return cur
+        out = self._new(f"{name}/quant", self.g.tensors[cur.index].shape, act_quant(cur.lo, cur.hi),
+                        cur.lo, cur.hi, cur.shape, cur.order)
+        self.g.op(fb.BuiltinOperator.QUANTIZE, [cur.index], [out.index])
+        return out
+
+    def _reshape(self, cur: _Act, shape: list[int], lshape, order, name) -> _Act:
+        out = self._new(name, shape, cur.quant, cur.lo, cur.hi, lshape, order)
+        shape_t = self.g.tensor(f"{name}/shape", [len(shape)], np.int32, np.array(shape, np.int32))
+        opts = fb.ReshapeOptionsT()
+        opts.newShape = shape
+        self.g.op(fb.BuiltinOperator.RESHAPE, [cur.index, shape_t], [out.index], fb.BuiltinOptions.ReshapeOptions, opts)
+        return out
+
+    def _note(self, i: int, op: str, dtype: str, why: str = "") -> None:
+        self.report.append({"layer": i, "op": op, "dtype": dtype, **({"why": why} if why else {})})
+
+    # -- layers ---------------------------------------------------------------------------
+    def run(self) -> tuple[int, int]:
+        shape = tuple(self.net.input_shape)
+        tshape = [1, shape[1], shape[2], shape[0]] if len(shape) == 3 else [1, shape[0]]
+        cur = self._new("input", tshape, INPUT_QUANT if self.int8 else None, 0.0, 1.0, shape)
+        first = cur.index
+        layers = self.net.layers
+        for i, layer in enumerate(layers):
+            lo, hi = self.ranges[i] if self.ranges else (0.0, 1.0)
+            nxt = layers[i + 1] if i + 1 < len(layers) else None
+            name = f"l{i}_{type(layer).__name__.lower()}"
+            if isinstance(layer, Conv):
+                cur = self._conv(cur, layer, i, name, lo, hi)
+            elif isinstance(layer, AvgPool):
+                cur = self._pool(cur, layer, i, name)
+            elif isinstance(layer, Dense):
+                cur = self._dense(cur, layer, i, name, lo, hi, nxt)
+            elif isinstance(layer, Flatten):
+                if len(cur.shape) == 3:
+                    cur = self._reshape(cur, [1, int(np.prod(cur.shape))], (int(np.prod(cur.shape)),),
+                                        hwc_to_chw_order(cur.shape), name)
+            elif isinstance(layer, Unflatten):
+                if cur.order is None or not np.array_equal(cur.order, hwc_to_chw_order(layer.shape)):
+                    raise ModelError(f"layer {i}: unflatten must follow a dense layer")
+                c, h, w = layer.shape
+                cur = self._reshape(cur, [1, h, w, c], tuple(layer.shape), None, name)
+            elif isinstance(layer, Activation):
+                cur = self._activation(cur, layer, i, name, lo, hi)
+            elif isinstance(layer, Softmax):
+                cur = self._softmax(cur, i, name)
+            else:
+                raise ModelError(f"layer {i}: {type(layer).__name__} cannot be written to TFLite")
+        return first, cur.index
+
+    def _conv(self, cur: _Act, layer: Conv, i, name, lo, hi) -> _Act:
+        c, h, w = cur.shape
+        o, _, kh, kw = layer.weight.shape
+        padding = _padding(layer, h, w, i)
+        out_shape = self.net.shapes()[i]
+        fused = layer.act if layer.act in _ACT_CODES else "none"
+        plo, phi = _pre_activation_range(layer, lo, hi)
+        w_ohwi = layer.weight.transpose(0, 2, 3, 1)
+        if self.int8:
+            cur = self._quantized(cur, name)
+            qw, ws = weight_quant(w_ohwi)
+            wt = self.g.tensor(f"{name}/w", w_ohwi.shape, np.int8, qw, quant_params(ws, np.zeros(o, int), 0))
+            bs = cur.quant[0] * ws
+            bt = self.g.tensor(f"{name}/b", [o], np.int32, np.round(layer.bias / bs).astype(np.int32),
+                               quant_params(bs, np.zeros(o, int), 0))
+            out = self._new(name, [1, out_shape[1], out_shape[2], o], act_quant(plo if fused == "none" else lo,
+                            phi if fused == "none" else hi), plo, phi, out_shape)
+        else:
+            cur = self._float(cur, name)
+            wt = self.g.tensor(f"{name}/w", w_ohwi.shape, np.float32, w_ohwi)
+            bt = self.g.tensor(f"{name}/b", [o], np.float32, layer.bias)
+            out = self._new(name, [1, out_shape[1], out_shape[2], o], None, plo, phi, out_shape)
+        opts = fb.Conv2DOptionsT()
+        opts.padding, opts.strideH, opts.strideW = padding, layer.stride[0], layer.stride[1]
+        opts.dilationHFactor = opts.dilationWFactor = 1
+        opts.fusedActivationFunction = _ACT_CODES[fused]
+        self.g.op(fb.BuiltinOperator.CONV_2D, [cur.index, wt, bt], [out.index], fb.BuiltinOptions.Conv2DOptions,
+                  opts, version=3 if self.int8 else 1)
+        self._note(i, "CONV_2D", "int8" if self.int8 else "float32")
+        out.lo, out.hi = (lo, hi) if fused != "none" else (plo, phi)
+        if layer.act == "leaky_relu":
+            out = self._activation(out, Activation("leaky_relu", layer.alpha), i, f"{name}/act", lo, hi)
+        return out
+
+    def _pool(self, cur: _Act, layer: AvgPool, i, name) -> _Act:
+        out_shape = self.net.shapes()[i]
+        out = self._new(name, [1, out_shape[1], out_shape[2], out_shape[0]], cur.quant, cur.lo, cur.hi, out_shape)
+        opts = fb.Pool2DOptionsT()
+        opts.padding = fb.Padding.VALID
+        opts.strideH, opts.strideW = layer.stride
+        opts.filterHeight, opts.filterWidth = layer.kernel
+        self.g.op(fb.BuiltinOperator.AVERAGE_POOL_2D, [cur.index], [out.index], fb.BuiltinOptions.Pool2DOptions,
+                  opts, version=2 if cur.quant else 1)
+        self._note(i, "AVERAGE_POOL_2D", "int8" if cur.quant else "float32")
+        return out
+
+    def _dense(self, cur: _Act, layer: Dense, i, name, lo, hi, nxt) -> _Act:
+        if len(cur.shape) != 1:
+            raise ModelError(f"layer {i}: a dense layer needs a flattened input")
+        w, b = layer.weight, np.asarray(layer.bias, dtype=np.float64)
+        if cur.order is not None:                      # stored input order -> permute columns
+            w = w[:, cur.order]
+        row_order = hwc_to_chw_order(nxt.shape) if isinstance(nxt, Unflatten) else None
+        if row_order is not None:
+            w, b = w[row_order], b[row_order]
+        n_out = w.shape[0]
+        fused = layer.act if layer.act in _ACT_CODES else "none"
+        plo, phi = _pre_activation_range(layer, lo, hi)
+        opts = fb.FullyConnectedOptionsT()
+        opts.fusedActivationFunction = _ACT_CODES[fused]
+        if sp.issparse(w):
+            cur = self._float(cur, name)
+            wt = self._sparse_weight(sp.csr_matrix(w), name)
+            bt = self.g.tensor(f"{name}/b", [n_out], np.float32, b)
+            out = self._new(name, [1, n_out], None, plo, phi, (n_out,), row_order)
+            self.g.op(fb.BuiltinOperator.FULLY_CONNECTED, [cur.index, wt, bt], [out.index],
+                      fb.BuiltinOptions.FullyConnectedOptions, opts, version=SPARSE_FC_VERSION)
+            why = "no int8 kernel for CSR sparse FULLY_CONNECTED (only 1x16 blocks)" if self.int8 else ""
+            self._note(i, f"FULLY_CONNECTED(sparse CSR, nnz={w.nnz})", "float32", why)
+        elif self.int8:
+            cur = self._quantized(cur, name)
+            qw, ws = weight_quant(np.asarray(w))
+            wt = self.g.tensor(f"{name}/w", w.shape, np.int8, qw, quant_params(ws, np.zeros(n_out, int), 0))
+            bs = cur.quant[0] * ws
+            bt = self.g.tensor(f"{name}/b", [n_out], np.int32, np.round(b / bs).astype(np.int32),
+                               quant_params(bs, np.zeros(n_out, int), 0))
+            out = self._new(name, [1, n_out], act_quant(lo, hi) if fused != "none" else act_quant(plo, phi),
+                            plo, phi, (n_out,), row_order)
+            self.g.op(fb.BuiltinOperator.FULLY_CONNECTED, [cur.index, wt, bt], [out.index],
+                      fb.BuiltinOptions.FullyConnectedOptions, opts, version=5)
+            self._note(i, "FULLY_CONNECTED", "int8")
+        else:
+            cur = self._float(cur, name)
+            wt = self.g.tensor(f"{name}/w", w.shape, np.float32, np.asarray(w))
+            bt = self.g.tensor(f"{name}/b", [n_out], np.float32, b)
+            out = self._new(name, [1, n_out], None, plo, phi, (n_out,), row_order)
+            self.g.op(fb.BuiltinOperator.FULLY_CONNECTED, [cur.index, wt, bt], [out.index],
+                      fb.BuiltinOptions.FullyConnectedOptions, opts)
+            self._note(i, "FULLY_CONNECTED", "float32")
+        out.lo, out.hi = (lo, hi) if fused != "none" else (plo, phi)
+        if layer.act == "leaky_relu":
+            out = self._activation(out, Activation("leaky_relu", layer.alpha), i, f"{name}/act", lo, hi)
+        return out
+
+    def _sparse_weight(self, w: sp.csr_matrix, name: str) -> int:
+        w.sort_indices()
+        rows, cols = w.shape
+        seg = fb.DimensionMetadataT()
+        seg.format, seg.denseSize = fb.DimensionType.DENSE, rows
+        csr = fb.DimensionMetadataT()
+        csr.format = fb.DimensionType.SPARSE_CSR
+        csr.arraySegmentsType, csr.arraySegments = _index_vector(w.indptr)
+        csr.arrayIndicesType, csr.arrayIndices = _index_vector(w.indices)
+        sparsity = fb.SparsityParametersT()
+        sparsity.traversalOrder, sparsity.blockMap, sparsity.dimMetadata = [0, 1], [], [seg, csr]
+        return self.g.tensor(f"{name}/w_csr", [rows, cols], np.float32, w.data.astype(np.float32), sparsity=sparsity)
+
+    def _activation(self, cur: _Act, layer: Activation, i, name, lo, hi) -> _Act:
+        quant = act_quant(lo, hi) if cur.quant else None
+        out = self._new(name, self.g.tensors[cur.index].shape, quant, lo, hi, cur.shape, cur.order)
+        if layer.act == "relu":
+            self.g.op(fb.BuiltinOperator.RELU, [cur.index], [out.index])
+        elif layer.act == "leaky_relu":
+            opts = fb.LeakyReluOptionsT()
+            opts.alpha = layer.alpha
+            self.g.op(fb.BuiltinOperator.LEAKY_RELU, [cur.index], [out.index], fb.BuiltinOptions.LeakyReluOptions,
+                      opts, version=2 if quant else 1)
+        else:
+            raise ModelError(f"layer {i}: activation {layer.act!r} cannot be written to TFLite")
+        self._note(i, layer.act.upper(), "int8" if quant else "float32")
+        return out
+
+    def _softmax(self, cur: _Act, i, name) -> _Act:
+        out = self._new(name, self.g.tensors[cur.index].shape, SOFTMAX_QUANT if cur.quant else None, 0.0, 1.0,
+                        cur.shape, cur.order)
+        opts = fb.SoftmaxOptionsT()
+        opts.beta = 1.0
+        self.g.op(fb.BuiltinOperator.SOFTMAX, [cur.index], [out.index], fb.BuiltinOptions.SoftmaxOptions, opts,
+                  version=2 if cur.quant else 1)
+        self._note(i, "SOFTMAX", "int8" if cur.quant else "float32")
+        return out
+
+
+def _index_vector(values: np.ndarray):
+    if values.max(initial=0) < 1 << 16:
+        vec = fb.Uint16VectorT()
+        vec.values = values.astype(np.uint16)
+        return fb.SparseIndexVector.Uint16Vector, vec
+    vec = fb.Int32VectorT()
+    vec.values = values.astype(np.int32)
+    return fb.SparseIndexVector.Int32Vector, vec
+
+
+def _padding(layer: Conv, h: int, w: int, i: int) -> int:
+    if not any(layer.pads):
+        return fb.Padding.VALID
+    (kh, kw), (sh, sw) = layer.weight.shape[2:], layer.stride
+    total_h = max((-(-h // sh) - 1) * sh + kh - h, 0)
+    total_w = max((-(-w // sw) - 1) * sw + kw - w, 0)
+    same = (total_h // 2, total_w // 2, total_h - total_h // 2, total_w - total_w // 2)
+    if tuple(layer.pads) != same:
+        raise ModelError(f"layer {i}: conv pads {layer.pads} are neither VALID nor SAME; TFLite CONV_2D cannot express them")
+    return fb.Padding.SAME
+
+
+def _pre_activation_range(layer, lo: float, hi: float) -> tuple[float, float]:
+    if layer.act == "leaky_relu" and lo < 0 and layer.alpha > 0:
+        return lo / layer.alpha, hi
+    return lo, hi
+
+
+def calibration_ranges(net: Network, frames: np.ndarray) -> list[tuple[float, float]]:
+    """Per-layer output (min, max) of the float network on calibration frames."""
+    outs = forward(net, frames, collect=True)
+    return [(float(o.min()), float(o.max())) for o in outs]
+
+
+def write_tflite(net: Network, int8: bool = False, calib: np.ndarray | None = None,
+                 metadata: dict | None = None) -> tuple[bytes, list[dict]]:
+    """Write `net` as .tflite bytes; int8 needs calibration frames. Returns (bytes, per-op report)."""
+    if int8 and (calib is None or len(calib) == 0):
+        raise ModelError("int8 quantisation needs calibration frames")
+    ranges = calibration_ranges(net, calib) if int8 else []
+    low = _Lowering(net, int8, ranges)
+    first, last = low.run()
+    meta = dict(metadata or {})
+    meta["ops"] = low.report
+    return low.g.finish([first], [last], meta), low.report
