@@ -1,0 +1,102 @@
+"""Fiber-bundle faceplate optics as one sparse linear operator on a frame (H, W).
+
+Modelled after the Key-Nets reference simulation: the image is supersampled, a hexagonal lattice of
+fiber cores (optionally jittered) samples it, light falling on the cladding is lost, each core
+leaks a fraction of its light into each of its neighbours (crosstalk), the output face is blurred
+onto the sensor and binned back to the pixel grid. Every step is linear, so the whole optics is a
+sparse matrix built once per frame shape and normalised so a uniform white frame averages
+`transmission`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.spatial import cKDTree
+
+from edge.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class FiberOptics:
+    """Geometry and losses of a coherent fiber bundle; lengths in supersampled sub-pixels."""
+
+    supersample: int = 4          # sub-pixels per sensor pixel and axis
+    core_pitch: float = 4.0       # distance between neighbouring core centres
+    core_radius: float = 1.6      # light-guiding core radius (the rest of each cell is cladding)
+    crosstalk: float = 0.05       # fraction of a core's light leaking into each neighbouring core
+    blur_sigma: float = 1.0       # Gaussian blur of the output face onto the sensor (0: none)
+    jitter: float = 0.0           # max random offset of each core centre
+    transmission: float = 1.0     # mean response to a uniform white frame
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.supersample < 1 or self.core_pitch <= 0 or self.core_radius <= 0:
+            raise ConfigError("fiber optics: supersample >= 1, core_pitch > 0 and core_radius > 0 required")
+        if not 0 <= self.crosstalk < 1 / 6:
+            raise ConfigError(f"fiber optics: crosstalk must be in [0, 1/6) (6 neighbours), got {self.crosstalk}")
+        if self.blur_sigma < 0 or self.jitter < 0 or not 0 < self.transmission <= 1:
+            raise ConfigError("fiber optics: blur_sigma, jitter >= 0 and transmission in (0, 1] required")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FiberOptics":
+        """Build from a config mapping; unknown keys are a ConfigError."""
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"fiber optics: unknown keys {sorted(unknown)}")
+        return cls(**data)
+
+    def matrix(self, shape: tuple[int, int]) -> sp.csr_matrix:
+        """The (H*W, H*W) operator mapping a flattened frame to the sensor behind the bundle."""
+        h, w = shape
+        s = self.supersample
+        big_h, big_w = h * s, w * s
+        ys, xs = np.mgrid[0:big_h, 0:big_w]
+        pix = np.column_stack([ys.ravel() + 0.5, xs.ravel() + 0.5])
+        n_big = pix.shape[0]
+        up = sp.csr_matrix((np.ones(n_big), (np.arange(n_big), (ys.ravel() // s) * w + xs.ravel() // s)),
+                           shape=(n_big, h * w))
+        cores = self._cores(big_h, big_w)
+        tree = cKDTree(cores)
+        dist, nearest = tree.query(pix)
+        inside = dist <= self.core_radius
+        counts = np.bincount(nearest, minlength=len(cores)).astype(np.float64)
+        collect = sp.csr_matrix((inside / counts[nearest], (nearest, np.arange(n_big))),
+                                shape=(len(cores), n_big))
+        pairs = tree.query_pairs(1.2 * self.core_pitch, output_type="ndarray")
+        adj = sp.csr_matrix((np.ones(2 * len(pairs)), (np.r_[pairs[:, 0], pairs[:, 1]], np.r_[pairs[:, 1], pairs[:, 0]])),
+                            shape=(len(cores), len(cores)))
+        degree = np.asarray(adj.sum(axis=1)).ravel()
+        xtalk = sp.diags(1.0 - self.crosstalk * degree) + self.crosstalk * adj
+        emit = sp.csr_matrix((inside.astype(np.float64), (np.arange(n_big), nearest)), shape=(n_big, len(cores)))
+        blur = sp.kron(self._gauss(big_h), self._gauss(big_w), format="csr")
+        down = sp.kron(self._bin(h), self._bin(w), format="csr")
+        m = (down @ blur @ emit @ xtalk @ collect @ up).tocsr()
+        white = m @ np.ones(h * w)
+        return (m * (self.transmission / white.mean())).tocsr()
+
+    def _cores(self, big_h: int, big_w: int) -> np.ndarray:
+        """Hexagonal lattice of core centres covering the supersampled frame plus a margin."""
+        p = self.core_pitch
+        row_step = p * np.sqrt(3) / 2
+        rows = np.arange(-row_step, big_h + 2 * row_step, row_step)
+        centres = [(y, x + (p / 2 if i % 2 else 0.0)) for i, y in enumerate(rows)
+                   for x in np.arange(-p, big_w + 2 * p, p)]
+        out = np.array(centres) + p / 2
+        if self.jitter:
+            out += np.random.default_rng(self.seed).uniform(-self.jitter, self.jitter, out.shape)
+        return out
+
+    def _gauss(self, n: int) -> sp.csr_matrix:
+        if self.blur_sigma == 0:
+            return sp.identity(n, format="csr")
+        radius = int(np.ceil(3 * self.blur_sigma))
+        offsets = np.arange(-radius, radius + 1)
+        kernel = np.exp(-0.5 * (offsets / self.blur_sigma) ** 2)
+        m = sp.diags([np.full(n - abs(o), k) for o, k in zip(offsets, kernel)], offsets, shape=(n, n), format="csr")
+        return sp.diags(1.0 / np.asarray(m.sum(axis=1)).ravel()) @ m
+
+    def _bin(self, n: int) -> sp.csr_matrix:
+        s = self.supersample
+        return sp.kron(sp.identity(n), np.full((1, s), 1.0 / s), format="csr")

@@ -1,0 +1,157 @@
+"""Simulated pre-ADC sensor stage: the optical key A0 applied in the analog domain, then noise and ADC.
+
+Signal chain for one frame x (float linear intensity in [0, 1], fraction of full well):
+    optional fiber-bundle optics  ->  sensor key A0 (gain, bias, permutation, tile mixing)
+    ->  shot noise (Poisson on x * full_well electrons)  ->  dark offset  ->  read noise
+    ->  analog gain  ->  ADC (clip to full scale 1.0, round to `bits`).
+The lead's key generator normalises A0 so [0, 1] maps into [0, 1]: the ADC never clips a clean
+frame. The raw frame and every analog intermediate stay local to __call__; only ADC codes leave.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from edge.errors import ConfigError
+from hardware.errors import KeyStageError
+from hardware.optics import FiberOptics
+
+__all__ = ["SensorModel", "PreADCStage", "KeyStageError", "adc", "dequantize", "FiberOptics"]
+
+
+def adc(values: np.ndarray, bits: int = 8, gain: float = 1.0, full_scale: float = 1.0) -> np.ndarray:
+    """Quantise analog values: code = round(clip(values * gain / full_scale, 0, 1) * (2**bits - 1)).
+
+    Returns uint8 for bits <= 8, uint16 for 9..16 bits.
+    """
+    if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 16:
+        raise ConfigError(f"ADC bits must be an integer in 1..16, got {bits!r}")
+    if not gain > 0 or not full_scale > 0:
+        raise ConfigError(f"ADC gain and full scale must be > 0, got gain={gain}, full_scale={full_scale}")
+    levels = (1 << int(bits)) - 1
+    scaled = np.clip(np.asarray(values, dtype=np.float64) * (gain / full_scale), 0.0, 1.0)
+    return np.rint(scaled * levels).astype(np.uint8 if bits <= 8 else np.uint16)
+
+
+def dequantize(codes: np.ndarray, bits: int) -> np.ndarray:
+    """ADC codes back to float32 in [0, 1] (for feeding >8-bit frames to a float-input model)."""
+    return (np.asarray(codes, dtype=np.float32) / np.float32((1 << int(bits)) - 1)).astype(np.float32)
+
+
+@dataclass
+class SensorModel:
+    """Noise and ADC parameters. Signal levels are fractions of ADC full scale (1.0 = full well).
+
+    read_noise: RMS Gaussian read noise as a fraction of full scale (1 LSB at 8 bits = 1/255 ~ 0.0039);
+        multiply by full_well for electrons (e.g. 0.0005 * 10000 e- = 5 e- RMS).
+    shot_noise: draw Poisson photo-electrons from x * full_well.
+    full_well: electrons at full scale (only used by shot noise).
+    dark_offset: mean dark signal added before the ADC, fraction of full scale (not subtracted: it is a
+        systematic error the keyed model sees).
+    bits, adc_gain: ADC resolution and the analog gain in front of it (clipping above full scale).
+    seed: seeds the noise generator; the same seed and frame sequence give identical output.
+    optics: optional FiberOptics applied before the key (or after it, with optics_after_key).
+    """
+
+    read_noise: float = 0.0
+    shot_noise: bool = False
+    full_well: float = 10000.0
+    dark_offset: float = 0.0
+    bits: int = 8
+    adc_gain: float = 1.0
+    seed: int = 0
+    optics: FiberOptics | None = None
+    optics_after_key: bool = False
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.read_noise) or self.read_noise < 0:
+            raise ConfigError(f"sensor read_noise must be >= 0 (fraction of full scale), got {self.read_noise}")
+        if not self.full_well > 0:
+            raise ConfigError(f"sensor full_well must be > 0 electrons, got {self.full_well}")
+        if not 0 <= self.dark_offset < 1:
+            raise ConfigError(f"sensor dark_offset must be in [0, 1) of full scale, got {self.dark_offset}")
+        if not isinstance(self.bits, int) or not 1 <= self.bits <= 16:
+            raise ConfigError(f"sensor bits must be an integer in 1..16, got {self.bits!r}")
+        if not self.adc_gain > 0:
+            raise ConfigError(f"sensor adc_gain must be > 0, got {self.adc_gain}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SensorModel":
+        """Build from a device-config mapping (optics as a nested mapping); unknown keys are an error."""
+        allowed = {f.name for f in fields(cls)}
+        unknown = set(data) - allowed
+        if unknown:
+            raise ConfigError(f"sensor model: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+        data = dict(data)
+        if data.get("optics") is not None:
+            data["optics"] = FiberOptics.from_dict(data["optics"])
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"sensor model: {exc}") from exc
+
+
+@dataclass
+class PreADCStage:
+    """Keys linear frames before the simulated ADC: PreADCStage(key, model)(image) -> ADC codes."""
+
+    sensor_key: object | None
+    model: SensorModel = field(default_factory=SensorModel)
+
+    def __post_init__(self) -> None:
+        self._rng = np.random.default_rng(self.model.seed)
+        self._optics: dict[tuple[int, int], object] = {}
+
+    def reset(self) -> None:
+        """Restart the noise sequence from the model's seed."""
+        self._rng = np.random.default_rng(self.model.seed)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """Key one frame (float (H, W) or (H, W, C) in [0, 1]); returns uint8/uint16 codes, same shape."""
+        key = self.sensor_key
+        if key is None:
+            raise KeyStageError("no sensor key is loaded: refusing to digitise an unkeyed frame")
+        x = self._check(image)
+        if key.size != x.size:
+            raise KeyStageError(f"sensor key is for frames of {key.size} values but the frame {x.shape} has "
+                                f"{x.size}: the key does not belong to this camera configuration")
+        chw = x.reshape(x.shape[0], x.shape[1], -1).transpose(2, 0, 1)        # key order is C, H, W
+        vec = chw.reshape(-1).astype(np.float64)
+        optics = self._optics_matrix(x.shape[:2], chw.shape[0]) if self.model.optics else None
+        if optics is not None and not self.model.optics_after_key:
+            vec = optics @ vec
+        vec = np.asarray(key.apply(vec), dtype=np.float64)
+        if optics is not None and self.model.optics_after_key:
+            vec = optics @ vec
+        codes = adc(self._noise(vec), self.model.bits, self.model.adc_gain)
+        return codes.reshape(chw.shape).transpose(1, 2, 0).reshape(x.shape)
+
+    def _check(self, image: np.ndarray) -> np.ndarray:
+        if not isinstance(image, np.ndarray) or not np.issubdtype(image.dtype, np.floating):
+            kind = image.dtype if isinstance(image, np.ndarray) else type(image).__name__
+            raise KeyStageError(f"the pre-ADC stage takes float linear intensities, got {kind}")
+        if image.ndim not in (2, 3) or image.size == 0:
+            raise KeyStageError(f"frame must have shape (H, W) or (H, W, C), got {image.shape}")
+        lo, hi = float(image.min()), float(image.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1e-6 or hi > 1 + 1e-6:
+            raise KeyStageError(f"frame intensities must lie in [0, 1], got [{lo}, {hi}]")
+        return image
+
+    def _optics_matrix(self, hw: tuple[int, int], channels: int):
+        import scipy.sparse as sp
+
+        if hw not in self._optics:
+            self._optics[hw] = self.model.optics.matrix(hw)
+        m = self._optics[hw]
+        return m if channels == 1 else sp.block_diag([m] * channels, format="csr")
+
+    def _noise(self, signal: np.ndarray) -> np.ndarray:
+        m, rng = self.model, self._rng
+        if m.shot_noise:
+            signal = rng.poisson(np.clip(signal, 0.0, None) * m.full_well) / m.full_well
+        if m.dark_offset:
+            signal = signal + m.dark_offset
+        if m.read_noise:
+            signal = signal + rng.normal(0.0, m.read_noise, signal.shape)
+        return signal
