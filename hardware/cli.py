@@ -37,12 +37,13 @@ def hw() -> None:
 @click.option("--stuck", is_flag=True, help="Fault: the motor never moves (firmware reports STALL).")
 @click.option("--disconnect-after", type=int, default=None,
               help="Fault: close the link after this many requests.")
+@click.option("--only", default="", help="Apply reply faults only to these commands (comma-separated, e.g. MOVE,HOME).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fault draws.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every request, reply and fault on stderr.")
 def emulate_faceplate(faceplates: str, unit: str, firmware: str, start_slot: int, step_time: float,
                       stall_timeout: float, port: str | None, link: str | None, drop: float, garble: float,
                       noise: float, delay: float, delay_rate: float, stuck: bool, disconnect_after: int | None,
-                      seed: int, verbose: bool) -> None:
+                      only: str, seed: int, verbose: bool) -> None:
     """Emulate the actuator firmware on a pty; prints the device path, runs until Ctrl-C."""
     from hardware.faceplate_emulator import LinkFaults, run
     from hardware.faceplate_firmware import FirmwareConfig
@@ -52,7 +53,8 @@ def emulate_faceplate(faceplates: str, unit: str, firmware: str, start_slot: int
                                 firmware=firmware, step_time=step_time, stall_timeout=stall_timeout,
                                 start_slot=start_slot, stuck=stuck)
         faults = LinkFaults(drop=drop, garble=garble, noise=noise, delay=delay, delay_rate=delay_rate,
-                            disconnect_after=disconnect_after, seed=seed)
+                            disconnect_after=disconnect_after, seed=seed,
+                            only=tuple(c.strip().upper() for c in only.split(",") if c.strip()))
     except ValueError as exc:
         raise ConfigError(f"emulate-faceplate: {exc}") from exc
     try:

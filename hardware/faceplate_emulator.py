@@ -30,6 +30,7 @@ class LinkFaults:
     delay: float = 0.0             # seconds added before a reply ...
     delay_rate: float = 1.0        # ... with this probability
     disconnect_after: int | None = None   # close the link after this many requests
+    only: tuple[str, ...] = ()     # if set, reply faults hit only replies to these commands
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -58,8 +59,12 @@ class Emulator:
         if self.log:
             print(text, file=self.log, flush=True)
 
-    def _queue(self, reply: bytes, now: float) -> None:
+    def _queue(self, reply: bytes, now: float, command: str) -> None:
         f, rng = self.faults, self.rng
+        if f.only and command not in f.only:
+            heapq.heappush(self._outbox, (now, self._order, reply))
+            self._order += 1
+            return
         if rng.random() < f.drop:
             self._say(f"fault: drop {reply!r}")
             return
@@ -111,12 +116,18 @@ class Emulator:
                 reply = self.fw.handle(line, time.monotonic())
                 if reply is not None:
                     self._say(f"-> {reply!r}")
-                    self._queue(reply, time.monotonic())
+                    self._queue(reply, time.monotonic(), _command_of(line))
                 if self.faults.disconnect_after is not None and self.requests >= self.faults.disconnect_after:
                     return "disconnect fault"
             if len(buffer) > MAX_LINE:
                 buffer = b""            # garbage without newline: resynchronise on the next one
         return "stopped"
+
+
+def _command_of(line: bytes) -> str:
+    """Best-effort command name of a request line (for command-filtered faults)."""
+    parts = line[line.rfind(b"@"):].split(b" ")
+    return parts[1].split(b"*")[0].decode("ascii", "replace") if len(parts) > 1 else ""
 
 
 def open_pty() -> tuple[int, int, str]:
@@ -138,6 +149,7 @@ class EmulatorProcess:
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen | None = None
         self.port = ""
+        self.log = ""          # the emulator's stderr (its -v trace), available after stop()
 
     def __enter__(self) -> "EmulatorProcess":
         cmd = [sys.executable, "-m", "hardware.faceplate_emulator", *self.args]
@@ -165,6 +177,8 @@ class EmulatorProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if self.proc and self.proc.stderr and not self.proc.stderr.closed:
+            self.log = self.proc.stderr.read()
         if self.proc:
             for stream in (self.proc.stdout, self.proc.stderr):
                 if stream:
