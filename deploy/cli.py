@@ -1,0 +1,205 @@
+"""`keycam deploy`: build and verify signed bundles, push them to devices, query and roll back slots.
+
+Targets are `dir:PATH` (a device root on a mounted SD card, first flash) or
+`ssh://[user@]host[:port]/device/root`; a fleet is listed in an inventory YAML (see deploy/inventory.py).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from deploy import builder, fleet
+from deploy.bundle import verify_bundle
+from deploy.inventory import Entry, load_inventory, select
+from deploy.signing import decode_public
+from edge.errors import ConfigError, KeycamError
+from keys import audit
+from keys.cli import edit_vault, open_vault, vault_options
+from keys.vault import b64d
+
+
+def _trusted(pubkey: Path | None, params: dict) -> bytes:
+    """The trusted signing public key: --pubkey FILE, else the vault's."""
+    if pubkey is not None:
+        return decode_public(pubkey.read_text(), str(pubkey))
+    return b64d(open_vault(params).data["signing"]["public"], "signing.public")
+
+
+def _entries(inventory: Path | None, limit: tuple[str, ...], target: str | None, device: str | None,
+             python: str | None) -> list[Entry]:
+    if (inventory is None) == (target is None):
+        raise ConfigError("give either --inventory FILE or --target dir:PATH|ssh://...")
+    if inventory is not None:
+        return select(load_inventory(inventory), limit)
+    return [Entry(device or "", target, None, {"python": python} if python else {})]
+
+
+def _print_results(results: list[dict], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(results, indent=1, sort_keys=True))
+        return
+    for r in results:
+        extra = r.get("reason") or (f"slot {r['slot']}" if r.get("slot") else "")
+        click.echo(f"{r['device']:16} {r['status']:12} {r.get('from_version') or '-'} -> "
+                   f"{r.get('version') or '-'}  {extra}")
+
+
+_PUBKEY = click.option("--pubkey", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                       help="trusted signing public key (<vault>.signing.pub); default: from the vault")
+_TARGETS = [click.option("--inventory", type=click.Path(exists=True, dir_okay=False, path_type=Path)),
+            click.option("--limit", multiple=True, help="only these devices (comma-separated, repeatable)"),
+            click.option("--target", help="one device: dir:PATH or ssh://[user@]host[:port]/root"),
+            click.option("--python", help="device python for --target (ssh default: python3)"),
+            click.option("--json", "as_json", is_flag=True, help="machine-readable output")]
+
+
+def _targets(func):
+    for opt in reversed(_TARGETS):
+        func = opt(func)
+    return func
+
+
+@click.group()
+def deploy() -> None:
+    """Signed bundles, A/B slots on devices, health-checked installs, rollback."""
+
+
+@deploy.command()
+@click.argument("device")
+@click.option("--version", "version", required=True, help="bundle version, e.g. 1.2.0")
+@click.option("--min-version", default="0", show_default=True,
+              help="after installing this bundle the device refuses anything older")
+@click.option("--keyset", default="active", show_default=True, help="active, pending (after rotate), or a fingerprint")
+@click.option("--hardware", multiple=True, help="compatible hardware (default: the device's)")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("."), show_default=True,
+              help="bundle file, or a directory for <device>-<version>.bundle")
+@click.option("--canary-frames", default=16, show_default=True, type=click.IntRange(1, 500))
+@click.option("--canary-dataset", help="dataset for canary frames (default: the model's)")
+@click.option("--health-timeout", default=30.0, show_default=True, type=click.FloatRange(1, 3600))
+@vault_options
+def build(device, version, min_version, keyset, hardware, out, canary_frames, canary_dataset, health_timeout,
+          **params) -> None:
+    """Build DEVICE's signed bundle from the vault."""
+    with edit_vault(params) as vault:
+        path, manifest = builder.build(vault, device, version, out, min_version, keyset, list(hardware) or None,
+                                       canary_frames, canary_dataset=canary_dataset,
+                                       health_timeout_s=health_timeout)
+        audit.record(vault, "bundle", device, version=version, key_fingerprint=manifest.keys["key_fingerprint"],
+                     bundle=str(path))
+    click.echo(f"built {path}: {device} {version} (min {min_version}), key set "
+               f"{manifest.keys['key_fingerprint'][:16]}, {len(manifest.files)} files, "
+               f"signed by {manifest.signing_key_id}")
+
+
+@deploy.command()
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_PUBKEY
+@click.option("--json", "as_json", is_flag=True)
+@vault_options
+def verify(bundle, pubkey, as_json, **params) -> None:
+    """Check BUNDLE's signature and every file's sha256 (nothing is unpacked)."""
+    manifest = verify_bundle(bundle, _trusted(pubkey, params))
+    if as_json:
+        click.echo(manifest.to_bytes().decode())
+        return
+    click.echo(f"OK {bundle}: device {manifest.device_id}, version {manifest.version} "
+               f"(min {manifest.minimum_version}), hardware {', '.join(manifest.compatible)}, "
+               f"{len(manifest.files)} files verified, signed by {manifest.signing_key_id}")
+    for name, spec in sorted(manifest.files.items()):
+        sealed = " (sealed to the device)" if name in manifest.secrets else ""
+        click.echo(f"  {spec['sha256'][:16]} {spec['size']:>9}  {name}{sealed}")
+
+
+@deploy.command()
+@_targets
+@click.option("--bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="bundle for --target (its device id is taken from the manifest)")
+@click.option("--bundles", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="directory of bundles: each device gets its newest one")
+@click.option("--canary", default=0, show_default=True, type=click.IntRange(0),
+              help="deploy to the first N devices first; stop if any of them fails")
+@click.option("--dry-run", is_flag=True, help="verify bundles and ask devices, change nothing")
+@click.option("--no-service", is_flag=True, help="do not restart/check the service (first flash)")
+@_PUBKEY
+@vault_options
+def push(inventory, limit, target, python, as_json, bundle, bundles, canary, dry_run, no_service, pubkey,
+         **params) -> None:
+    """Install bundles on devices (health-checked; each device rolls back on failure)."""
+    trusted = _trusted(pubkey, params)
+    device = None
+    if target is not None:
+        if bundle is None:
+            raise click.UsageError("--target needs --bundle")
+        device = verify_bundle(bundle, trusted).device_id
+    entries = _entries(inventory, limit, target, device, python)
+    if bundle is not None:
+        entries = [Entry(e.device_id, e.target, bundle, e.options) for e in entries]
+    confirm = None
+    if pubkey is None and not dry_run:
+        def confirm(device_id: str, fingerprint: str) -> None:
+            with edit_vault(params) as vault:
+                if fingerprint and vault.confirm(device_id, fingerprint):
+                    audit.record(vault, "confirm", device_id, key_fingerprint=fingerprint, by="deploy push")
+
+    def progress(result: dict) -> None:
+        if not as_json:
+            _print_results([result], False)
+
+    results = fleet.push(entries, lambda e: fleet.find_bundle(e, bundles, trusted), trusted, canary,
+                         dry_run, not no_service, confirm, progress)
+    if as_json:
+        _print_results(results, True)
+    failed = [r["device"] for r in results if not r["ok"]]
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(results)} device(s) not deployed: {', '.join(failed)}")
+
+
+def _each(entries: list[Entry], *agent_args: str) -> list[dict]:
+    out = []
+    for e in entries:
+        t = e.transport()
+        try:
+            answer = t.agent(*agent_args)
+        except KeycamError as exc:
+            answer = {"ok": False, "error": str(exc)}
+        out.append({"device": e.device_id or answer.get("device_id", "?"), "target": t.describe(), **answer})
+    return out
+
+
+@deploy.command()
+@_targets
+def status(inventory, limit, target, python, as_json) -> None:
+    """Identity, committed/current slot, versions and service state of devices."""
+    results = _each(_entries(inventory, limit, target, None, python), "status")
+    if as_json:
+        click.echo(json.dumps(results, indent=1, sort_keys=True))
+    else:
+        for r in results:
+            if not r["ok"]:
+                click.echo(f"{r['device']:16} ERROR {r['error']}")
+                continue
+            slots = ", ".join(f"{s}={v['version'] or '-'}" for s, v in sorted(r["slots"].items()))
+            click.echo(f"{r['device_id']:16} version {r['version'] or '-'} slot {r['committed'] or '-'} "
+                       f"(current {r['current'] or '-'}; {slots}) min {r['min_version']} "
+                       f"service {'up' if r['service_up'] else 'down' if r['service_up'] is False else 'n/a'}")
+    if not all(r["ok"] for r in results):
+        raise click.ClickException("some devices could not be queried")
+
+
+@deploy.command()
+@_targets
+@click.option("--no-service", is_flag=True)
+def rollback(inventory, limit, target, python, as_json, no_service) -> None:
+    """Switch devices back to their previous slot (health-checked)."""
+    args = ("rollback",) + (("--no-service",) if no_service else ())
+    results = _each(_entries(inventory, limit, target, None, python), *args)
+    if as_json:
+        click.echo(json.dumps(results, indent=1, sort_keys=True))
+    else:
+        for r in results:
+            click.echo(f"{r['device']:16} " + (f"now on slot {r['committed']} version {r['version']}" if r["ok"]
+                                                else f"FAILED {r.get('error') or r.get('reason')}"))
+    if not all(r["ok"] for r in results):
+        raise click.ClickException("rollback failed on some devices")

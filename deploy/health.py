@@ -1,0 +1,79 @@
+"""Model health check for an installed slot: the keyed model must classify the bundle's canary
+keyed frames exactly as the provisioning host saw it do. Device side (no tools/ imports).
+
+Run as `python -m deploy.health SLOT_DIR` so the agent can bound it with a timeout; prints one JSON
+object and exits 0 when healthy, 1 otherwise.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from deploy.manifest import MANIFEST, Manifest
+from edge.errors import KeycamError
+
+CANARY_ARRAYS = ("frames", "expected")
+
+
+def save_canary(frames: np.ndarray, expected: np.ndarray) -> bytes:
+    """Serialise canary keyed frames (uint8) and their expected class indices as .npz bytes."""
+    import io
+    buf = io.BytesIO()
+    np.savez(buf, frames=np.asarray(frames, dtype=np.uint8), expected=np.asarray(expected, dtype=np.int64))
+    return buf.getvalue()
+
+
+def load_canary(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            frames, expected = data["frames"], data["expected"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise KeycamError(f"canary file {path} is unreadable: {exc}") from exc
+    if frames.dtype != np.uint8 or expected.ndim != 1 or len(frames) != len(expected) or len(frames) == 0:
+        raise KeycamError(f"canary file {path} must hold uint8 frames and one expected class per frame")
+    return frames, expected
+
+
+def check_slot(slot_dir: Path) -> dict:
+    """Run the slot's keyed model on its canary frames; return a JSON-able verdict."""
+    from edge.runtime import TFLiteModel
+    start = time.monotonic()
+    manifest = Manifest.from_bytes((slot_dir / MANIFEST).read_bytes())
+    model_file = manifest.keys.get("model")
+    canary_file = manifest.health.get("canary")
+    if not model_file or not canary_file:
+        return {"ok": False, "reason": "bundle declares no model or no canary frames"}
+    model = TFLiteModel(slot_dir / model_file)
+    want_fp = manifest.keys.get("key_fingerprint")
+    have_fp = model.metadata.get("key_fingerprint")
+    if want_fp and have_fp and want_fp != have_fp:
+        return {"ok": False, "reason": f"model key fingerprint {have_fp[:16]} != manifest {want_fp[:16]}"}
+    frames, expected = load_canary(slot_dir / canary_file)
+    got = np.argmax(model.predict(frames), axis=1)
+    correct = int(np.sum(got == expected))
+    verdict = {"ok": correct == len(expected), "correct": correct, "total": int(len(expected)),
+               "seconds": round(time.monotonic() - start, 3)}
+    if not verdict["ok"]:
+        verdict["reason"] = f"keyed model classified {correct}/{len(expected)} canary frames as expected"
+    return verdict
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m deploy.health SLOT_DIR", file=sys.stderr)
+        return 2
+    try:
+        verdict = check_slot(Path(argv[0]))
+    except (KeycamError, OSError) as exc:
+        verdict = {"ok": False, "reason": str(exc)}
+    print(json.dumps(verdict))
+    return 0 if verdict["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""The provisioning vault: one file, encrypted at rest, holding every device's secrets and keyed models.
+
+File format (version 1): UTF-8 JSON
+    {"format": "keycam-vault", "version": 1,
+     "kdf": {"name": "scrypt", "salt": b64, "n": 2**15, "r": 8, "p": 1},
+     "cipher": "AES-256-GCM", "check": b64, "nonce": b64, "ciphertext": b64}
+The passphrase goes through scrypt to a 256-bit key. `check` (an HMAC of a constant under that key)
+tells a wrong passphrase apart from a tampered file; AES-GCM authenticates the payload with the
+header (format, version, kdf, cipher) as associated data, so any change to either is detected.
+The file is mode 0600 and every write is atomic (temp file, fsync, rename, fsync of the directory).
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from edge.errors import KeycamError
+
+FORMAT = "keycam-vault"
+VERSION = 1
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 15, 8, 1
+_CHECK_LABEL = b"keycam-vault passphrase check v1"
+MIN_PASSPHRASE = 8
+
+# Key-set generation states: 'pending' after rotate until a deploy confirms it, then 'active';
+# the generation it replaced becomes 'retired'; revoke marks every generation 'revoked'.
+GEN_STATES = ("active", "pending", "retired", "revoked")
+
+
+class VaultError(KeycamError):
+    """The vault is missing, unreadable, tampered, or the passphrase is wrong."""
+
+
+def b64e(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64d(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, AttributeError) as exc:
+        raise VaultError(f"vault field {what} is not valid base64") from exc
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _derive(passphrase: str, kdf: dict) -> bytes:
+    salt = b64d(kdf["salt"], "kdf.salt")
+    return Scrypt(salt=salt, length=32, n=int(kdf["n"]), r=int(kdf["r"]), p=int(kdf["p"])).derive(
+        passphrase.encode("utf-8"))
+
+
+def _header_aad(doc: dict) -> bytes:
+    head = {k: doc[k] for k in ("format", "version", "kdf", "cipher")}
+    return json.dumps(head, sort_keys=True, separators=(",", ":")).encode()
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write `data` to `path` so that a crash leaves either the old or the new content, never a mix."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@dataclass
+class Vault:
+    """Decrypted vault contents plus what is needed to write them back."""
+    path: Path
+    data: dict
+    _key: bytes = field(repr=False)
+    _kdf: dict = field(repr=False)
+
+    # ---- file level -------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, passphrase: str) -> "Vault":
+        """Create a new vault with a fresh bundle-signing key; refuses to overwrite one."""
+        path = Path(path)
+        if path.exists():
+            raise VaultError(f"a vault already exists at {path}; refusing to overwrite it")
+        if len(passphrase) < MIN_PASSPHRASE:
+            raise VaultError(f"the vault passphrase must have at least {MIN_PASSPHRASE} characters")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kdf = {"name": "scrypt", "salt": b64e(os.urandom(16)), "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P}
+        signing = Ed25519PrivateKey.generate()
+        from deploy.signing import public_key_id, raw_private, raw_public
+        data = {"created": now_iso(), "devices": {},
+                "signing": {"private": b64e(raw_private(signing)), "public": b64e(raw_public(signing)),
+                            "key_id": public_key_id(signing.public_key()), "created": now_iso()}}
+        vault = cls(path, data, _derive(passphrase, kdf), kdf)
+        vault.save()
+        return vault
+
+    @classmethod
+    def open(cls, path: str | Path, passphrase: str) -> "Vault":
+        """Decrypt the vault at `path`; a wrong passphrase or any tampering raises VaultError."""
+        path = Path(path)
+        if not path.is_file():
+            raise VaultError(f"no vault at {path} (create one with `keycam keys init`)")
+        try:
+            doc = json.loads(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise VaultError(f"vault {path} is unreadable or corrupted: {exc}") from exc
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise VaultError(f"{path} is not a keycam vault")
+        if doc.get("version") != VERSION:
+            raise VaultError(f"vault {path} has format version {doc.get('version')}; "
+                             f"this keycam reads version {VERSION}")
+        try:
+            kdf = doc["kdf"]
+            if kdf.get("name") != "scrypt" or doc.get("cipher") != "AES-256-GCM":
+                raise VaultError(f"vault {path} uses an unsupported kdf/cipher")
+            key = _derive(passphrase, kdf)
+            check = hmac.new(key, _CHECK_LABEL, hashlib.sha256).digest()
+            if not hmac.compare_digest(check, b64d(doc["check"], "check")):
+                raise VaultError(f"wrong passphrase for vault {path}")
+            plain = AESGCM(key).decrypt(b64d(doc["nonce"], "nonce"), b64d(doc["ciphertext"], "ciphertext"),
+                                        _header_aad(doc))
+        except InvalidTag as exc:
+            raise VaultError(f"vault {path} has been tampered with or is corrupted "
+                             "(authentication failed); restore it from a backup") from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            raise VaultError(f"vault {path} is malformed: {exc}") from exc
+        return cls(path, json.loads(plain), key, kdf)
+
+    def save(self) -> None:
+        """Encrypt and atomically replace the vault file (mode 0600)."""
+        doc = {"format": FORMAT, "version": VERSION, "kdf": self._kdf, "cipher": "AES-256-GCM"}
+        nonce = os.urandom(12)
+        plain = json.dumps(self.data, sort_keys=True).encode()
+        doc["check"] = b64e(hmac.new(self._key, _CHECK_LABEL, hashlib.sha256).digest())
+        doc["nonce"] = b64e(nonce)
+        doc["ciphertext"] = b64e(AESGCM(self._key).encrypt(nonce, plain, _header_aad(doc)))
+        atomic_write(self.path, json.dumps(doc, indent=1).encode())
+
+    @classmethod
+    @contextlib.contextmanager
+    def edit(cls, path: str | Path, passphrase: str) -> Iterator["Vault"]:
+        """Open under an exclusive lock and save on normal exit (nothing is written on error)."""
+        path = Path(path)
+        lock_path = path.with_name(f".{path.name}.lock")
+        if not path.parent.is_dir():
+            raise VaultError(f"no vault at {path} (create one with `keycam keys init`)")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            vault = cls.open(path, passphrase)
+            yield vault
+            vault.save()
+        finally:
+            os.close(fd)
+
+    # ---- devices --------------------------------------------------------------------------------
+    @property
+    def devices(self) -> dict[str, dict]:
+        return self.data["devices"]
+
+    def device(self, device_id: str) -> dict:
+        """The record of one device; an unknown id raises VaultError listing the known ones."""
+        if device_id not in self.devices:
+            known = ", ".join(sorted(self.devices)) or "none"
+            raise VaultError(f"device {device_id!r} is not in the vault (known: {known})")
+        return self.devices[device_id]
+
+    def generation(self, device_id: str, state: str = "active", fingerprint: str | None = None) -> dict:
+        """One key-set generation of a device: by key fingerprint (prefix ok) or by state."""
+        gens = self.device(device_id)["generations"]
+        if fingerprint:
+            hits = [g for g in gens if g["key_fingerprint"].startswith(fingerprint)]
+            if len(hits) != 1:
+                raise VaultError(f"device {device_id!r}: {len(hits)} key sets match fingerprint {fingerprint!r}")
+            return hits[0]
+        hits = [g for g in gens if g["state"] == state]
+        if not hits:
+            raise VaultError(f"device {device_id!r} has no {state} key set"
+                             + (" (it is revoked)" if self.device(device_id)["state"] == "revoked" else ""))
+        return hits[-1]
+
+    def require_usable(self, device_id: str) -> dict:
+        """The device record, refusing revoked devices."""
+        dev = self.device(device_id)
+        if dev["state"] == "revoked":
+            raise VaultError(f"device {device_id!r} is revoked; provision a new device id instead")
+        return dev
+
+    def confirm(self, device_id: str, fingerprint: str) -> bool:
+        """Promote the pending generation with this key fingerprint to active (the old one is retired).
+
+        Returns False when that generation is already active (nothing to do).
+        """
+        dev = self.require_usable(device_id)
+        gen = self.generation(device_id, fingerprint=fingerprint)
+        if gen["state"] == "active":
+            return False
+        if gen["state"] != "pending":
+            raise VaultError(f"device {device_id!r}: key set {fingerprint[:16]} is {gen['state']}, not pending")
+        for other in dev["generations"]:
+            if other["state"] == "active":
+                other["state"] = "retired"
+                other["retired"] = now_iso()
+        gen["state"] = "active"
+        gen["confirmed"] = now_iso()
+        return True
+
+    # ---- signing key ----------------------------------------------------------------------------
+    def signing_private(self) -> Ed25519PrivateKey:
+        """The Ed25519 bundle-signing key (separate from every sensor/model key)."""
+        return Ed25519PrivateKey.from_private_bytes(b64d(self.data["signing"]["private"], "signing.private"))
