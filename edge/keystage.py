@@ -1,0 +1,158 @@
+"""The key stage and its health: the service fails closed unless the right key is in the light path.
+
+Two kinds:
+- `SimulatedKeyStage`: the pre-ADC stage (hardware.preadc) with the device's sensor key file; healthy
+  only when the key file exists, parses, and its fingerprint equals the model's `sensor_fingerprint`.
+- `FaceplateKeyStage`: a physical fiber faceplate keys the light before the sensor; healthy only when
+  the actuator answers, reports no fault, and the expected faceplate id is engaged. The stage then only
+  digitises (ADC) the already keyed frame.
+`check()` never raises: it returns a `Health` whose `reason` is an alarm reason of edge.egress.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import ConfigError, KeycamError
+from hardware.errors import KeyStageError
+from hardware.preadc import PreADCStage, SensorModel, adc, dequantize
+
+
+@dataclass(frozen=True)
+class Health:
+    """Result of a key-stage check; `reason` is an egress alarm reason when not ok."""
+
+    ok: bool
+    reason: str = ""
+    detail: str = ""
+
+
+HEALTHY = Health(True)
+
+
+def _as_model_input(codes: np.ndarray, bits: int) -> np.ndarray:
+    """8-bit codes go to the model as they are; deeper ADCs are rescaled to float [0, 1]."""
+    return codes if codes.dtype == np.uint8 else dequantize(codes, bits)
+
+
+class KeyStage(ABC):
+    """Keys (or checks the keying of) raw frames and digitises them."""
+
+    kind = "key stage"
+
+    @abstractmethod
+    def check(self) -> Health:
+        """Re-check that the right key is in place."""
+
+    @abstractmethod
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """Float linear frame in [0, 1] -> keyed ADC frame; raises KeyStageError when not possible."""
+
+    def close(self) -> None:
+        """Release hardware."""
+
+
+def load_sensor_key(path: Path):
+    """Read a sensor key file (keys.factors.Key, or a KeySet whose sensor key is used)."""
+    from keys.factors import Key, KeyFileError
+    from keys.keyset import KeySet
+    blob = Path(path).read_bytes()
+    try:
+        return Key.from_bytes(blob, f"sensor key {path}")
+    except KeyFileError as key_exc:
+        try:
+            return KeySet.from_bytes(blob, f"key set {path}").sensor
+        except KeyFileError:
+            raise key_exc from None
+
+
+class SimulatedKeyStage(KeyStage):
+    """The simulated pre-ADC stage with the sensor key from `sensor_key_path`."""
+
+    kind = "simulated"
+
+    def __init__(self, sensor_key_path: str | Path, expected_fingerprint: str, sensor: dict | None = None):
+        self.path = Path(sensor_key_path)
+        self.expected = expected_fingerprint
+        try:
+            self.sensor_model = SensorModel.from_dict(dict(sensor or {}))
+        except ConfigError as exc:
+            raise ConfigError(f"key_stage.sensor: {exc}") from exc
+        self._stage: PreADCStage | None = None
+        self.fingerprint = ""
+
+    def check(self) -> Health:
+        if not self.expected:
+            self._stage = None
+            return Health(False, "sensor_key_mismatch", "the model carries no sensor_fingerprint metadata")
+        try:
+            key = load_sensor_key(self.path)
+        except FileNotFoundError:
+            self._stage = None
+            return Health(False, "sensor_key_missing", f"sensor key file {self.path} is missing")
+        except (OSError, KeycamError) as exc:
+            self._stage = None
+            return Health(False, "key_stage_error", f"sensor key {self.path} unreadable: {exc}")
+        if key.fingerprint != self.expected:
+            self._stage = None
+            return Health(False, "sensor_key_mismatch",
+                          f"sensor key {key.fingerprint[:12]} does not match the model's {self.expected[:12]}")
+        if self._stage is None or key.fingerprint != self.fingerprint:
+            self._stage, self.fingerprint = PreADCStage(key, self.sensor_model), key.fingerprint
+        return HEALTHY
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        stage = self._stage
+        if stage is None:
+            raise KeyStageError("sensor key not loaded or not matching the model: refusing to digitise")
+        return _as_model_input(stage(image), self.sensor_model.bits)
+
+
+class FaceplateKeyStage(KeyStage):
+    """A physical faceplate on a serial actuator; frames arrive optically keyed and are only digitised."""
+
+    kind = "faceplate"
+
+    def __init__(self, port: str, expected_id: str, baudrate: int = 115200, bits: int = 8):
+        self.port, self.expected_id, self.baudrate, self.bits = port, expected_id, baudrate, bits
+        self._faceplate = None
+        self._healthy = False
+
+    def _connect(self):
+        from hardware.faceplate import SerialFaceplate
+        if self._faceplate is None:
+            self._faceplate = SerialFaceplate(self.port, baudrate=self.baudrate)
+        return self._faceplate
+
+    def check(self) -> Health:
+        from hardware.errors import FaceplateError
+        self._healthy = False
+        try:
+            state = self._connect().status()
+        except FaceplateError as exc:
+            self.close()
+            return Health(False, "faceplate_unreachable", str(exc))
+        if state.get("error") or state.get("moving"):
+            return Health(False, "faceplate_not_engaged",
+                          f"actuator {'moving' if state.get('moving') else 'fault ' + str(state.get('error'))}")
+        if state.get("faceplate_id") != self.expected_id:
+            return Health(False, "faceplate_wrong_id",
+                          f"faceplate {state.get('faceplate_id') or 'none'} fitted, expected {self.expected_id}")
+        if not state.get("engaged"):
+            return Health(False, "faceplate_not_engaged", f"faceplate {self.expected_id} is not engaged")
+        self._healthy = True
+        return HEALTHY
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        if not self._healthy:
+            raise KeyStageError("faceplate not verified engaged: refusing to digitise")
+        return _as_model_input(adc(image, self.bits), self.bits)
+
+    def close(self) -> None:
+        self._healthy = False
+        if self._faceplate is not None:
+            self._faceplate.close()
+            self._faceplate = None

@@ -1,0 +1,324 @@
+"""The device service: builds the pipeline from a DeviceConfig and supervises it.
+
+The supervisor (the calling thread) owns everything slow or stateful: key-stage health checks and the
+fail-closed retry back-off, camera recovery, model hot-swap, periodic stats records, and signals
+(SIGTERM/SIGINT: drain, flush sinks, return; SIGHUP: look for a new model/key pair now).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from edge.config import DeviceConfig
+from edge.datasets import labels_for
+from edge.egress import STAGES, EgressGuard, OutputPolicy
+from edge.errors import ConfigError, KeycamError, ModelError
+from edge.keystage import FaceplateKeyStage, Health, KeyStage, SimulatedKeyStage
+from edge.metrics import Metrics, MetricsServer
+from edge.pipeline import ModelContext, Pipeline
+from edge.runtime import TFLiteModel
+from edge.sinks import Sink, make_sink
+
+log = logging.getLogger("keycam.service")
+_TICK_S = 0.05
+_REQUIRED_METADATA = ("model_id", "key_fingerprint", "sensor_fingerprint", "labels")
+
+
+def file_signature(paths: list[Path]) -> tuple:
+    """What identifies the current version of the model/key files (follows symlinks, e.g. A/B slots)."""
+    sig = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            sig.append((os.path.realpath(p), st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            sig.append((str(p), None))
+    return tuple(sig)
+
+
+def output_policy(model: TFLiteModel, path: Path, top_k: int, max_record_bytes: int) -> OutputPolicy:
+    """The egress policy of a keyed model, from its embedded keycam metadata."""
+    meta = model.metadata
+    missing = [k for k in _REQUIRED_METADATA if k not in meta]
+    if missing:
+        raise ModelError(f"model {path} lacks keycam metadata {missing}: is it a keyed model made by "
+                         "provisioning (tools.keying / keycam keys)?")
+    n_outputs = int(model.interpreter.get_output_details()[0]["shape"][1:].prod())
+    labels = tuple(str(x) for x in meta.get("labels") or ())
+    if not labels and meta.get("dataset") in ("mnist", "fashion"):
+        labels = labels_for(meta["dataset"])
+    if not labels:      # no label names embedded: records carry class indices
+        labels = tuple(str(i) for i in range(n_outputs))
+    return OutputPolicy(model_id=str(meta["model_id"]), key_fingerprint=str(meta["key_fingerprint"]),
+                        sensor_fingerprint=str(meta["sensor_fingerprint"]), labels=labels,
+                        n_outputs=n_outputs, output_encrypted=bool(meta.get("output_encrypted")),
+                        top_k=min(top_k, max(len(labels), 1)), max_record_bytes=max_record_bytes)
+
+
+@dataclass
+class _Backoff:
+    """Fail-closed retry state: attempt count and the next retry time."""
+
+    initial: float
+    maximum: float
+    attempt: int = 0
+    delay: float = 0.0
+    next_at: float = 0.0
+
+    def failed(self, now: float) -> float:
+        self.delay = self.initial if self.attempt == 0 else min(self.delay * 2, self.maximum)
+        self.attempt += 1
+        self.next_at = now + self.delay
+        return self.delay
+
+    def reset(self) -> None:
+        self.attempt, self.delay, self.next_at = 0, 0.0, 0.0
+
+
+class Service:
+    """One running device: camera, key stage, keyed model, egress guard, sinks, metrics."""
+
+    def __init__(self, config: DeviceConfig, max_frames: int | None = None):
+        if max_frames is not None and max_frames < 1:
+            raise ConfigError(f"--frames must be >= 1, got {max_frames}")
+        self.cfg, self.max_frames = config, max_frames
+        self.metrics = Metrics()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._key_failed = threading.Event()
+        self._seq = {"alarm": 0, "stats": 0}
+        self._seq_lock = threading.Lock()
+        self._shared_stage: KeyStage | None = None
+        self._generation = 0
+        self._camera_backoff = _Backoff(config.key_stage.retry_initial_s, config.key_stage.retry_max_s)
+        self.sinks: list[Sink] = []
+        self.camera = None
+        self.metrics_server: MetricsServer | None = None
+        self.pipeline: Pipeline | None = None
+
+    # -- building -----------------------------------------------------------------------------------
+    def _watched_files(self) -> list[Path]:
+        ks = self.cfg.key_stage
+        return [Path(self.cfg.model.path)] + ([Path(ks.sensor_key)] if ks.type == "simulated" else [])
+
+    def _key_stage(self, policy: OutputPolicy) -> KeyStage:
+        ks = self.cfg.key_stage
+        if ks.type == "simulated":
+            return SimulatedKeyStage(ks.sensor_key, policy.sensor_fingerprint, ks.sensor)
+        if self._shared_stage is None:    # one actuator, shared by every model generation
+            self._shared_stage = FaceplateKeyStage(ks.port, ks.expected_id, ks.baudrate)
+        return self._shared_stage
+
+    def load_context(self) -> ModelContext:
+        """Load the configured model and build its key stage and guard (not yet health-checked)."""
+        files = file_signature(self._watched_files())
+        mc = self.cfg.model
+        model = TFLiteModel(mc.path, num_threads=mc.num_threads)
+        try:
+            policy = output_policy(model, Path(mc.path), mc.top_k, self.cfg.pipeline.max_record_bytes)
+        except KeycamError as exc:
+            raise ModelError(f"model {mc.path}: {exc}") from exc
+        self._generation += 1
+        return ModelContext(self._generation, model, self._key_stage(policy), EgressGuard(policy), files)
+
+    def _make_camera(self):
+        from hardware.camera import make_camera
+        try:
+            return make_camera(dict(self.cfg.camera))
+        except ConfigError as exc:
+            raise ConfigError(f"{self.cfg.source}: camera: {exc}") from exc
+
+    # -- records ------------------------------------------------------------------------------------
+    def _next_seq(self, kind: str) -> int:
+        with self._seq_lock:
+            self._seq[kind] += 1
+            return self._seq[kind]
+
+    def alarm(self, reason: str, attempt: int = 0, retry_in_s: float = 0.0, detail: str = "") -> None:
+        """Send an alarm record (the detail stays in the local log: free text never leaves)."""
+        log.warning("alarm %s (attempt %d, retry in %.1fs): %s", reason, attempt, retry_in_s, detail)
+        self.metrics.alarm()
+        ctx = self.pipeline.context
+        self.pipeline.send({"type": "alarm", "timestamp": time.time(), "seq": self._next_seq("alarm"),
+                            "model_id": ctx.policy.model_id, "reason": reason, "attempt": int(attempt),
+                            "retry_in_s": float(retry_in_s)}, ctx.guard)
+
+    def stats_record(self) -> dict:
+        snap, p = self.metrics.snapshot(), self.pipeline.context.policy
+        return {"type": "stats", "timestamp": time.time(), "seq": self._next_seq("stats"),
+                "model_id": p.model_id, "key_fingerprint": p.key_fingerprint,
+                "sensor_fingerprint": p.sensor_fingerprint, "frames": snap["frames"],
+                "dropped": snap["dropped"], "fps": float(snap["fps"]), "alarms": snap["alarms"],
+                "refused": snap["refused"], "sink_lost": snap["sink_lost"],
+                "latency_ms": {s: {q: float(v) for q, v in snap["latency_ms"][s].items()} for s in STAGES}}
+
+    # -- supervision --------------------------------------------------------------------------------
+    def _set_info(self, ctx: ModelContext) -> None:
+        p = ctx.policy
+        self.metrics.info = {"model_id": p.model_id, "key_fingerprint": p.key_fingerprint,
+                             "sensor_fingerprint": p.sensor_fingerprint}
+
+    def _apply_health(self, health: Health, backoff: _Backoff, now: float) -> None:
+        pipe = self.pipeline
+        if health.ok:
+            if not pipe.gate_open:
+                if backoff.attempt:
+                    self.alarm("key_stage_recovered", backoff.attempt, 0.0, "key stage healthy again")
+                backoff.reset()
+                pipe.open_gate()
+            return
+        pipe.close_gate()
+        delay = backoff.failed(now)
+        self.alarm(health.reason, backoff.attempt, delay, health.detail)
+
+    def _on_key_error(self, exc: BaseException) -> None:
+        """Called from the key thread: close the gate at once, the supervisor re-checks."""
+        self.pipeline.close_gate()
+        log.error("key stage failed: %s", exc)
+        self._key_failed.set()
+
+    def _on_camera_error(self, exc: BaseException) -> None:
+        """Called from the capture thread: alarm, back off, reopen the camera."""
+        delay = self._camera_backoff.failed(time.monotonic())
+        self.alarm("camera_error", self._camera_backoff.attempt, delay, str(exc))
+        if self._stop.wait(delay):
+            return
+        try:
+            self.camera.close()
+            self.camera.open()
+            self._camera_backoff.reset()
+        except KeycamError as reopen_exc:
+            log.error("camera reopen failed: %s", reopen_exc)
+
+    def _try_swap(self, force: bool) -> None:
+        """Load a new model/key pair if its files changed (and stayed unchanged for one poll)."""
+        current = self.pipeline.context
+        sig = file_signature(self._watched_files())
+        if sig == current.files or sig == self._rejected_sig:
+            self._pending_sig = None
+            return
+        if not force and sig != self._pending_sig:
+            self._pending_sig = sig          # debounce: a deploy may still be writing
+            return
+        self._pending_sig = None
+        try:
+            new = self.load_context()
+            health = new.key_stage.check()
+        except KeycamError as exc:
+            health = Health(False, "model_swap_rejected", str(exc))
+        if not health.ok:
+            self._rejected_sig = sig
+            self.alarm("model_swap_rejected", 0, 0.0, f"keeping {current.policy.model_id}: {health.detail}")
+            return
+        self.pipeline.swap(new)
+        self.metrics.model_swaps += 1
+        self._set_info(new)
+        self.alarm("model_swapped", 0, 0.0, f"{current.policy.model_id} -> {new.policy.model_id}")
+        if not self.pipeline.gate_open:
+            self._key_backoff.reset()
+            self.pipeline.open_gate()
+
+    def request_stop(self, *_args) -> None:
+        self._stop.set()
+
+    def request_reload(self, *_args) -> None:
+        self._reload.set()
+
+    def _install_signals(self) -> dict:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        handlers = {signal.SIGTERM: self.request_stop, signal.SIGINT: self.request_stop,
+                    signal.SIGHUP: self.request_reload}
+        return {sig: signal.signal(sig, h) for sig, h in handlers.items()}
+
+    def run(self) -> dict:
+        """Run until --frames are done, the source ends, or SIGTERM/SIGINT; return the summary."""
+        cfg = self.cfg
+        ctx = self.load_context()
+        self._set_info(ctx)
+        self.camera = self._make_camera()
+        self.sinks = [make_sink(asdict(s)) for s in cfg.sinks]
+        self.metrics.sink_stats = lambda: {f"{s.name}{i}" if i else s.name: s.stats()
+                                           for i, s in enumerate(self.sinks)}
+        self.metrics.refused = lambda: self.pipeline.context.guard.refused
+        if cfg.metrics.enabled:
+            self.metrics_server = MetricsServer(self.metrics, cfg.metrics.port)
+            log.info("metrics on http://127.0.0.1:%d/metrics", self.metrics_server.port)
+        pc = cfg.pipeline
+        self.pipeline = Pipeline(self.camera, ctx, self.sinks, self.metrics, pc.queue_size, pc.drop_when_full,
+                                 pc.camera_timeout_s, self.max_frames, self._on_key_error, self._on_camera_error)
+        self._key_backoff = _Backoff(cfg.key_stage.retry_initial_s, cfg.key_stage.retry_max_s)
+        self._pending_sig = self._rejected_sig = None
+        previous = self._install_signals()
+        started = time.monotonic()
+        stop_reason = "signal"
+        try:
+            self.camera.open()
+            self._apply_health(ctx.key_stage.check(), self._key_backoff, time.monotonic())
+            self.pipeline.start()
+            stop_reason = self._supervise()
+        finally:
+            self._shutdown()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return self.summary(time.monotonic() - started, stop_reason)
+
+    def _supervise(self) -> str:
+        cfg, pipe = self.cfg, self.pipeline
+        now = time.monotonic()
+        next_health = now + cfg.key_stage.health_interval_s
+        next_watch = now + cfg.model.watch_interval_s
+        next_stats = now + cfg.pipeline.stats_interval_s
+        while True:
+            if self._stop.wait(_TICK_S):
+                return "signal"
+            if pipe.finished.is_set():
+                return "source ended" if pipe.source_ended.is_set() else "frames done"
+            now = time.monotonic()
+            if self._key_failed.is_set() or (pipe.gate_open and now >= next_health) or \
+                    (not pipe.gate_open and now >= self._key_backoff.next_at):
+                self._key_failed.clear()
+                self._apply_health(pipe.context.key_stage.check(), self._key_backoff, now)
+                next_health = now + cfg.key_stage.health_interval_s
+            if self._reload.is_set() or (cfg.model.watch_interval_s and now >= next_watch):
+                self._try_swap(force=self._reload.is_set())
+                self._reload.clear()
+                next_watch = now + cfg.model.watch_interval_s
+            if cfg.pipeline.stats_interval_s and now >= next_stats:
+                if pipe.gate_open:       # while failing closed only alarms leave
+                    pipe.send(self.stats_record())
+                next_stats = now + cfg.pipeline.stats_interval_s
+
+    def _shutdown(self) -> None:
+        self._stop.set()                 # also interrupts a camera back-off wait
+        if self.pipeline is not None:
+            if not self.pipeline.stop(timeout=10.0):
+                log.error("pipeline did not drain within 10 s")
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except KeycamError as exc:
+                log.error("closing %s sink: %s", sink.name, exc)
+        if self.camera is not None:
+            self.camera.close()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        if self.pipeline is not None:
+            self.pipeline.context.key_stage.close()
+
+    def summary(self, elapsed: float, stop_reason: str) -> dict:
+        snap = self.metrics.snapshot()
+        frames = snap["frames"]
+        return {"frames": frames, "elapsed_s": round(elapsed, 3),
+                "fps": round(frames / elapsed, 2) if elapsed > 0 else 0.0,
+                "accepted": self.pipeline.accepted if self.pipeline else 0,
+                "dropped": snap["dropped"], "dropped_by_reason": snap["dropped_by_reason"],
+                "latency_ms": snap["latency_ms"], "alarms": snap["alarms"], "refused": snap["refused"],
+                "model_swaps": snap["model_swaps"], "sinks": snap["sinks"], "stop_reason": stop_reason,
+                "model_id": snap["model_id"], "key_fingerprint": snap["key_fingerprint"],
+                "sensor_fingerprint": snap["sensor_fingerprint"]}

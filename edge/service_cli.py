@@ -1,0 +1,53 @@
+"""`keycam run`: the device service (what the systemd unit starts)."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+
+def format_summary(summary: dict) -> str:
+    """A short human-readable summary of a run."""
+    lat = "  ".join(f"{stage} {q['p50']:.3f}/{q['p99']:.3f}" for stage, q in summary["latency_ms"].items())
+    drops = ", ".join(f"{k} {v}" for k, v in sorted(summary["dropped_by_reason"].items())) or "none"
+    return (f"keycam run: {summary['frames']} frames in {summary['elapsed_s']:.2f}s = {summary['fps']:.1f} fps "
+            f"({summary['stop_reason']}); dropped {summary['dropped']} ({drops}); alarms {summary['alarms']}; "
+            f"refused {summary['refused']}\n  latency ms p50/p99: {lat}\n"
+            f"  model {summary['model_id']}  key {summary['key_fingerprint'][:16]}  "
+            f"sensor {summary['sensor_fingerprint'][:16]}")
+
+
+@click.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="Device YAML config (see examples/sim-device.yaml).")
+@click.option("--frames", type=click.IntRange(min=1), default=None,
+              help="Stop after this many frames entered the pipeline and print a summary.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Override metrics.port (0: any free port).")
+@click.option("--summary-json", type=click.Path(dir_okay=False), default=None,
+              help="Also write the run summary as JSON to this file.")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-v info, -vv debug).")
+def run(config_path: str, frames: int | None, metrics_port: int | None, summary_json: str | None,
+        verbose: int) -> None:
+    """Run the device service: camera -> key stage -> keyed model -> egress guard -> sinks.
+
+    Records go to the configured sinks (stdout: JSON lines); logs and the summary go to stderr.
+    SIGTERM/SIGINT drain the pipeline, flush the sinks and exit 0; SIGHUP checks for a new model.
+    """
+    import dataclasses
+
+    from edge.config import load_config
+    from edge.service import Service
+
+    logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)])
+    cfg = load_config(config_path)
+    if metrics_port is not None:
+        cfg = dataclasses.replace(cfg, metrics=dataclasses.replace(cfg.metrics, port=metrics_port))
+    summary = Service(cfg, max_frames=frames).run()
+    click.echo(format_summary(summary), err=True)
+    if summary_json:
+        with open(summary_json, "w") as fh:
+            json.dump(summary, fh, indent=2)
