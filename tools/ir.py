@@ -73,6 +73,7 @@ class Network:
     input_shape: tuple[int, ...]          # (C, H, W) or (N,)
     layers: list = field(default_factory=list)
     name: str = "model"
+    meta: dict = field(default_factory=dict)     # e.g. {"dataset": "fashion", "labels": [...]}
 
     def shapes(self) -> list[tuple[int, ...]]:
         """Output shape of every layer (input excluded)."""

@@ -6,6 +6,7 @@ Constant, and Softmax as the last op. Anything else is an error naming the node 
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,8 @@ def load_onnx(path: str | Path) -> Network:
     dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim][1:]
     if not dims or any(d <= 0 for d in dims):
         raise UnsupportedModelError(f"{path}: input {inputs[0].name!r} needs a fixed shape after the batch axis")
-    net = Network(tuple(dims), [], name=graph.name or path.stem)
+    meta = {p.key[len("keycam."):]: json.loads(p.value) for p in model.metadata_props if p.key.startswith("keycam.")}
+    net = Network(tuple(dims), [], name=graph.name or path.stem, meta=meta)
     _Importer(net, consts, inputs[0].name).run(graph.node)
     if graph.output[0].name != _Importer.last_output:
         raise UnsupportedModelError(f"{path}: the graph output is not the end of a sequential chain")

@@ -1,6 +1,7 @@
 """Train the LeNet-with-average-pool base model (PyTorch, host extra `train`) and export ONNX."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +19,25 @@ def lenet(in_channels: int = 1, classes: int = 10, size: int = 28):
         nn.Flatten(), nn.Linear(flat, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, classes))
 
 
-def export_onnx(model, path: str | Path, input_shape: tuple[int, ...], softmax: bool = True) -> None:
-    """Export a sequential torch model (optionally with a final Softmax) to ONNX opset 13."""
+def export_onnx(model, path: str | Path, input_shape: tuple[int, ...], softmax: bool = True,
+                meta: dict | None = None) -> None:
+    """Export a sequential torch model (optionally with a final Softmax) to ONNX opset 13.
+
+    `meta` (e.g. dataset and labels) is stored as JSON in the model's `keycam.*` metadata properties.
+    """
+    import onnx
     import torch
     import torch.nn as nn
     model = nn.Sequential(*model, nn.Softmax(dim=1)) if softmax else model
     model.eval()
     torch.onnx.export(model, torch.zeros((1,) + tuple(input_shape)), str(path), opset_version=13,
                       input_names=["image"], output_names=["probs"], dynamo=False)
+    if meta:
+        proto = onnx.load(str(path))
+        for key, value in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = f"keycam.{key}", json.dumps(value)
+        onnx.save(proto, str(path))
 
 
 def evaluate(model, images: np.ndarray, labels: np.ndarray, batch: int = 1000) -> float:

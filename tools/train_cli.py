@@ -21,9 +21,10 @@ def train(dataset: str, out_path: str, epochs: int, limit: int | None, seed: int
         import torch  # noqa: F401
     except ImportError as exc:
         raise KeycamError("keycam train needs PyTorch: pip install -e '.[train]'") from exc
+    from edge.datasets import labels_for
     from tools.train import export_onnx, train_lenet
     start = time.perf_counter()
     model, acc = train_lenet(dataset, epochs=epochs, limit=limit, seed=seed, data_dir=data_dir)
-    export_onnx(model, out_path, (1, 28, 28))
+    export_onnx(model, out_path, (1, 28, 28), meta={"dataset": dataset, "labels": list(labels_for(dataset))})
     click.echo(f"{dataset}: test accuracy {acc:.4f} after {epochs} epochs "
                f"({time.perf_counter() - start:.0f} s); wrote {out_path}")

@@ -4,7 +4,7 @@ A prototype autoencoder G gets an image x with its binary attribute y (the one c
 Stage 1 pretrains G as a plain autoencoder (pixel loss on both outputs). Stage 2 minimises
 
     w_confound * [CE(B(X_SM), y) + CE(B(X_OP), 1 - y)]          # B is confounded on X_OP, steered on X_SM
-  + w_pixel * |x - X_SM| + w_pixel_op * |x - X_OP|              # stay close to the input
+  + w_pixel * d(x, X_SM) + w_pixel_op * d(x, X_OP)             # stay close (d = L1 or MSE)
   + w_keep * (||A(X_SM) - A(x)||^2 + ||A(X_OP) - A(x)||^2) / 2  # A's output (features or logits) is kept
 
 with A and B frozen: neither is trained against G (semi-adversarial, not a GAN). The SAN is the case
@@ -26,6 +26,9 @@ from tools.san.data import balanced_epoch
 from tools.san.nets import PrototypeAutoencoder
 
 
+PIXEL_LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
+
+
 @dataclass
 class SemiAdversarialConfig:
     """Hyper-parameters of one semi-adversarial training run."""
@@ -41,6 +44,8 @@ class SemiAdversarialConfig:
     seed: int = 0
     augmentations: tuple[str, ...] = field(default_factory=tuple)
     max_steps_per_epoch: int | None = None
+    pixel_loss: str = "l1"
+
 
     def __post_init__(self) -> None:
         if self.pretrain_epochs < 0 or self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
@@ -48,6 +53,8 @@ class SemiAdversarialConfig:
         if min(self.w_confound, self.w_pixel, self.w_pixel_op, self.w_keep) < 0:
             raise ConfigError("loss weights must be >= 0")
         self.augmentations = check_names(tuple(self.augmentations))
+        if self.pixel_loss not in PIXEL_LOSSES:
+            raise ConfigError(f"pixel_loss must be one of {sorted(PIXEL_LOSSES)}, got {self.pixel_loss!r}")
 
 
 def prototype_inputs(prototypes: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,12 +80,13 @@ class SemiAdversarialTrainer:
         cfg = self.config
         same, opposite = prototype_inputs(self.prototypes, y)
         x_sm, x_op = self.generator(x, same, opposite)
+        pixel_loss = PIXEL_LOSSES[cfg.pixel_loss]
         if not full:
-            pixel = F.l1_loss(x_sm, x) + F.l1_loss(x_op, x)
+            pixel = pixel_loss(x_sm, x) + pixel_loss(x_op, x)
             return {"total": pixel, "pixel": pixel}
         confound = F.cross_entropy(self.confound(x_sm), y) + F.cross_entropy(self.confound(x_op), 1 - y)
-        pixel = F.l1_loss(x_sm, x)
-        pixel_op = F.l1_loss(x_op, x)
+        pixel = pixel_loss(x_sm, x)
+        pixel_op = pixel_loss(x_op, x)
         target = self.keep(x)
         keep = 0.5 * ((self.keep(x_sm) - target).pow(2).sum(1) + (self.keep(x_op) - target).pow(2).sum(1)).mean()
         total = cfg.w_confound * confound + cfg.w_pixel * pixel + cfg.w_pixel_op * pixel_op + cfg.w_keep * keep

@@ -126,6 +126,8 @@ class _Lowering:
                 cur = self._softmax(cur, i, name)
             else:
                 raise ModelError(f"layer {i}: {type(layer).__name__} cannot be written to TFLite")
+            if self.int8 and cur.quant is None and nxt is not None and not (isinstance(nxt, Dense) and nxt.sparse):
+                cur = self._quantized(cur, name)     # leave a float island as early as possible
         return first, cur.index
 
     def _conv(self, cur: _Act, layer: Conv, i, name, lo, hi) -> _Act:

@@ -1,0 +1,115 @@
+"""`keycam bench keyed`: keyed vs unkeyed accuracy, size and latency, side by side in one process."""
+from __future__ import annotations
+
+import os
+
+import click
+import numpy as np
+
+from edge.datasets import load_dataset
+from edge.runtime import TFLiteModel
+from tools.bench.common import latency_ms, predict_labels, print_table, write_json
+from tools.ir import forward
+from tools.keying.provision import adc8, build_keyed_model, default_calibration_frames, model_metadata
+from tools.onnx_import import load_onnx
+from tools.tflite.writer import write_tflite
+
+SHIPPED_MODELS = {"mnist": "lenet_mnist.onnx", "fashion": "lenet_fashion.onnx"}
+
+
+def shipped_model(dataset: str) -> str:
+    """Path of the committed base model for a dataset."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", SHIPPED_MODELS[dataset])
+
+
+def run_keyed_bench(dataset: str, profile: str, limit: int | None, model_path: str | None = None,
+                    progress: bool = True) -> tuple[dict, dict]:
+    """Measure everything `keycam bench keyed` reports; returns (JSON fields, extra details)."""
+    model_path = model_path or shipped_model(dataset)
+    images, labels = load_dataset(dataset, "test", limit=limit)
+    plain = images.reshape(len(images), -1).astype(np.float64) / 255.0
+    net = load_onnx(model_path)
+    calib = default_calibration_frames(net)
+    prov = build_keyed_model(model_path, os.urandom(32), "bench-device", profile, calib_frames=calib)
+    wrong = build_keyed_model(model_path, os.urandom(32), "other-device", profile, calib_frames=calib[:50],
+                              float_model=False).keyset
+    meta = model_metadata(net, None, "unkeyed")
+    unkeyed_float = write_tflite(net, metadata=meta)[0]
+    unkeyed_int8 = write_tflite(net, int8=True, calib=calib, metadata=meta)[0]
+    models = {"float": TFLiteModel(unkeyed_float), "int8_unkeyed": TFLiteModel(unkeyed_int8),
+              "keyed_float": TFLiteModel(prov.tflite_float), "keyed_int8": TFLiteModel(prov.tflite_int8)}
+    keyed_frames = adc8(prov.keyset.sensor.apply(plain))
+    wrong_frames = adc8(wrong.sensor.apply(plain))
+    inputs = {"float": images, "int8_unkeyed": images, "keyed_float": keyed_frames, "keyed_int8": keyed_frames}
+    pred = {name: predict_labels(m, inputs[name], name, progress) for name, m in models.items()}
+    acc = {name: float(np.mean(p == labels)) for name, p in pred.items()}
+    acc_wrong = float(np.mean(predict_labels(models["keyed_int8"], wrong_frames, "wrong key", progress) == labels))
+    acc_raw = float(np.mean(predict_labels(models["keyed_int8"], images, "plain frames", progress) == labels))
+    lat = latency_ms({k: models[k] for k in ("int8_unkeyed", "keyed_int8", "keyed_float")}, inputs)
+    ref = forward(net, plain).argmax(1)
+    return {
+        "dataset": dataset, "profile": profile, "n": int(len(images)),
+        "acc_float": acc["float"], "acc_int8_unkeyed": acc["int8_unkeyed"], "acc_keyed_float": acc["keyed_float"],
+        "agree_keyed_float": float(np.mean(pred["keyed_float"] == pred["float"])),
+        "acc_keyed_int8": acc["keyed_int8"], "acc_wrong_key": acc_wrong, "acc_raw_on_keyed": acc_raw,
+        "size_bytes": {"float": len(unkeyed_float), "int8_unkeyed": len(unkeyed_int8),
+                       "keyed_int8": len(prov.tflite_int8)},
+        "latency_ms": lat, "keying_s": prov.report["total_s"],
+    }, {"agree_numpy_float": float(np.mean(pred["keyed_float"] == ref)),
+        "float_max_rel_error": prov.report["float_max_rel_error"],
+        "keyed_int8_float_ops": [o["op"] for o in prov.report["float_ops"]],
+        "size_keyed_float": len(prov.tflite_float)}
+
+
+def check_targets(r: dict) -> list[str]:
+    """Which of the issue's targets a result misses (empty = all met)."""
+    misses = []
+    if r["agree_keyed_float"] < 1.0:
+        misses.append(f"agree_keyed_float {r['agree_keyed_float']:.4f} < 1.0")
+    if r["acc_keyed_int8"] < r["acc_float"] - 0.005:
+        misses.append(f"acc_keyed_int8 {r['acc_keyed_int8']:.4f} < acc_float - 0.005")
+    for k in ("acc_wrong_key", "acc_raw_on_keyed"):
+        if r[k] > 0.20:
+            misses.append(f"{k} {r[k]:.3f} > 0.20")
+    if r["profile"] == "full":
+        if r["latency_ms"]["keyed_int8"] > 4 * r["latency_ms"]["int8_unkeyed"]:
+            misses.append("keyed_int8 latency > 4x int8_unkeyed")
+        if r["size_bytes"]["keyed_int8"] > 4 * r["size_bytes"]["float"]:
+            misses.append("keyed_int8 size > 4x float size")
+    if r["keying_s"] > 2.0:
+        misses.append(f"keying_s {r['keying_s']:.2f} > 2")
+    return misses
+
+
+@click.command()
+@click.option("--dataset", type=click.Choice(sorted(SHIPPED_MODELS)), default="mnist", show_default=True)
+@click.option("--profile", default="full", show_default=True, help="Key profile (full, stem, ...).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Use the first N test frames (default all).")
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="ONNX base model (default: the shipped one for the dataset).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results as JSON.")
+def keyed(dataset: str, profile: str, limit: int | None, model_path: str | None, json_path: str | None) -> None:
+    """Keyed vs unkeyed: accuracy, wrong-key/raw-frame accuracy, size, latency, keying time."""
+    r, details = run_keyed_bench(dataset, profile, limit, model_path)
+    lat, size = r["latency_ms"], r["size_bytes"]
+    print_table([
+        ("frames", str(r["n"])),
+        ("accuracy float (unkeyed)", f"{r['acc_float']:.4f}"),
+        ("accuracy int8 (unkeyed)", f"{r['acc_int8_unkeyed']:.4f}"),
+        ("accuracy keyed float", f"{r['acc_keyed_float']:.4f}   agreement with float: {r['agree_keyed_float']:.4f}"),
+        ("accuracy keyed int8", f"{r['acc_keyed_int8']:.4f}"),
+        ("accuracy, another device's key", f"{r['acc_wrong_key']:.4f}"),
+        ("accuracy, plain frames into keyed", f"{r['acc_raw_on_keyed']:.4f}"),
+        ("size float / int8 / keyed int8", f"{size['float']:,} / {size['int8_unkeyed']:,} / {size['keyed_int8']:,} B "
+                                          f"({size['keyed_int8'] / size['float']:.2f}x float)"),
+        ("latency int8 / keyed int8 / keyed float", f"{lat['int8_unkeyed']:.4f} / {lat['keyed_int8']:.4f} / "
+                                                    f"{lat['keyed_float']:.4f} ms "
+                                                    f"({lat['keyed_int8'] / lat['int8_unkeyed']:.2f}x)"),
+        ("keyed int8 ops kept float", ", ".join(details["keyed_int8_float_ops"]) or "none"),
+        ("keying (keygen+key+quantize+write)", f"{r['keying_s']:.3f} s"),
+        ("keyed float vs numpy float agreement", f"{details['agree_numpy_float']:.4f} "
+                                                 f"(max rel. error in float64 {details['float_max_rel_error']:.1e})"),
+    ], f"keycam bench keyed: {dataset}, profile {profile}")
+    misses = check_targets(r)
+    click.echo("targets: all met" if not misses else "targets missed: " + "; ".join(misses))
+    write_json(json_path, r)

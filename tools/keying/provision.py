@@ -1,0 +1,88 @@
+"""One call from a trained ONNX model and a device secret to the device's keyed int8 .tflite.
+
+key generation -> keying W'_i = A_i W_i A_{i-1}^-1 -> float check (<= 1e-4) -> int8 calibration on
+keyed ADC frames -> .tflite with keycam metadata (model id, key fingerprints, profile, labels).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge.datasets import load_dataset, load_samples
+from edge.errors import ConfigError, KeycamError
+from keys.keyset import KeySet
+from tools.ir import Network
+from tools.keying.keyed import derive_keyset, key_network, model_id_of, verify_keyed
+from tools.onnx_import import load_onnx
+from tools.tflite.writer import write_tflite
+
+CALIBRATION_FRAMES = 500
+
+
+@dataclass
+class Provisioned:
+    """Everything provisioning produces for one device and one model."""
+    keyset: KeySet
+    tflite_int8: bytes
+    tflite_float: bytes
+    report: dict = field(default_factory=dict)
+
+
+def adc8(values: np.ndarray) -> np.ndarray:
+    """Ideal 8-bit ADC with full scale 1.0: float intensities -> uint8 counts."""
+    return np.clip(np.round(np.asarray(values) * 255.0), 0, 255).astype(np.uint8)
+
+
+def default_calibration_frames(net: Network, limit: int = CALIBRATION_FRAMES) -> np.ndarray:
+    """Plain float frames for calibration: the model's training data if present, else the shipped samples."""
+    dataset = net.meta.get("dataset")
+    try:
+        images, _ = load_dataset(dataset, "train", limit=limit) if dataset else load_samples(limit)
+    except ConfigError:
+        images, _ = load_samples(limit)
+    return images.reshape(len(images), -1).astype(np.float64) / 255.0
+
+
+def model_metadata(net: Network, keyset: KeySet | None, kind: str) -> dict:
+    """The JSON metadata embedded in every .tflite keycam writes."""
+    meta = {"kind": kind, "model_id": keyset.model_id if keyset else net.meta.get("model_id", ""),
+            "labels": net.meta.get("labels", []), "dataset": net.meta.get("dataset", ""),
+            "input_shape": list(net.input_shape), "output_encrypted": bool(keyset and keyset.output is not None)}
+    if keyset is not None:
+        meta.update(profile=keyset.profile, device_id=keyset.device_id, key_fingerprint=keyset.fingerprint,
+                    sensor_fingerprint=keyset.sensor_fingerprint)
+    return meta
+
+
+def build_keyed_model(onnx_path: str | Path, secret: bytes, device_id: str, profile: str = "full",
+                      output_encryption: bool = False, calib_frames: np.ndarray | None = None,
+                      float_model: bool = True) -> Provisioned:
+    """Derive the device's key set, key the model, check it in float and write int8 (+ float) .tflite."""
+    if not device_id or not isinstance(device_id, str):
+        raise KeycamError("device id must be a non-empty string")
+    onnx_path = Path(onnx_path)
+    net = load_onnx(onnx_path)
+    start = time.perf_counter()
+    model_id = model_id_of(onnx_path.read_bytes())
+    keyset = derive_keyset(secret, device_id, model_id, net, profile, output_encryption)
+    t_keys = time.perf_counter()
+    keyed = key_network(net, keyset)
+    t_keying = time.perf_counter()
+    plain = default_calibration_frames(net) if calib_frames is None else \
+        np.asarray(calib_frames, dtype=np.float64).reshape(len(calib_frames), -1)
+    if plain.max(initial=0) > 1.0:
+        plain = plain / 255.0
+    float_error = verify_keyed(net, keyed, keyset, plain[:100])
+    keyed_frames = adc8(keyset.sensor.apply(plain)).astype(np.float64) / 255.0
+    meta = model_metadata(net, keyset, "keyed")
+    tflite_int8, ops = write_tflite(keyed, int8=True, calib=keyed_frames, metadata={**meta, "quantization": "int8"})
+    t_int8 = time.perf_counter()
+    tflite_float = write_tflite(keyed, metadata={**meta, "quantization": "float32"})[0] if float_model else b""
+    report = {"model_id": model_id, "profile": keyset.profile, "float_max_rel_error": float_error,
+              "keygen_s": t_keys - start, "keying_s": t_keying - t_keys, "quantize_write_s": t_int8 - t_keying,
+              "total_s": t_int8 - start, "size_int8": len(tflite_int8), "size_float": len(tflite_float),
+              "ops": ops, "float_ops": [o for o in ops if o["dtype"] == "float32"]}
+    return Provisioned(keyset, tflite_int8, tflite_float, report)
