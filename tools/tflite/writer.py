@@ -249,7 +249,8 @@ class _Lowering:
                       opts, version=2 if quant else 1)
         else:
             raise ModelError(f"layer {i}: activation {layer.act!r} cannot be written to TFLite")
-        self._note(i, layer.act.upper(), "int8" if quant else "float32")
+        why = "between float sparse layers" if self.int8 and not quant else ""
+        self._note(i, layer.act.upper(), "int8" if quant else "float32", why)
         return out
 
     def _softmax(self, cur: _Act, i, name) -> _Act:

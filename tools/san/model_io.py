@@ -1,0 +1,80 @@
+"""The SAN ensemble file: member autoencoders + gender prototypes + training metadata (torch, weights only)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tools.san.data import to_float, to_uint8
+from tools.san.errors import SanModelError
+from tools.san.nets import PrototypeAutoencoder
+from tools.san.semi_adversarial import perturb
+
+FORMAT = "keycam-san-ensemble/1"
+DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "san_ensemble.pt"
+
+
+@dataclass
+class SanEnsemble:
+    """Diverse SAN members sharing one set of prototypes [female, male, neutral] (float (3,C,H,W))."""
+
+    members: list[PrototypeAutoencoder]
+    prototypes: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        """Image side the SAN was trained on."""
+        return int(self.prototypes.shape[-1])
+
+    def perturb(self, images: np.ndarray, gender: np.ndarray, member: int) -> tuple[np.ndarray, np.ndarray]:
+        """(X_SM, X_OP) uint8 (N,H,W,3) from uint8 RGB images of the training size by member `member`.
+
+        gender: 1 male, 0 female, -1 unknown (the neutral prototype is used for both outputs).
+        """
+        if images.ndim != 4 or images.shape[1:3] != (self.size, self.size) or images.dtype != np.uint8:
+            raise SanModelError(f"SAN input must be uint8 (N,{self.size},{self.size},3), got {images.dtype} "
+                                f"{images.shape}")
+        if not 0 <= member < len(self.members):
+            raise SanModelError(f"member {member} does not exist; the ensemble has {len(self.members)}")
+        sm, op = perturb(self.members[member], self.prototypes, to_float(images), gender)
+        return to_uint8(sm), to_uint8(op)
+
+
+def save_ensemble(ensemble: SanEnsemble, path: Path) -> None:
+    """Write the ensemble as a torch weights-only file."""
+    blob: dict[str, object] = {"format": FORMAT, "prototypes": torch.from_numpy(ensemble.prototypes),
+                               "meta": json.dumps(ensemble.meta)}
+    blob["architecture"] = json.dumps([{"channels": m.channels, **m.widths} for m in ensemble.members])
+    for i, member in enumerate(ensemble.members):
+        for name, tensor in member.state_dict().items():
+            blob[f"member{i}.{name}"] = tensor.detach().clone()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(blob, path)
+
+
+def load_ensemble(path: Path | None = None) -> SanEnsemble:
+    """Read an ensemble file (default: the committed tools/san/weights/san_ensemble.pt)."""
+    path = Path(path or DEFAULT_MODEL)
+    if not path.is_file():
+        raise SanModelError(f"SAN model {path} not found; train one with 'keycam san train --out {path}'")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several unrelated types for corrupt files
+        raise SanModelError(f"{path} is not a readable SAN model file: {exc}") from exc
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise SanModelError(f"{path} is not a {FORMAT} file")
+    members = []
+    for i, arch in enumerate(json.loads(blob["architecture"])):
+        model = PrototypeAutoencoder(arch["channels"], tuple(arch["enc"]), tuple(arch["dec"]))
+        prefix = f"member{i}."
+        state = {k[len(prefix):]: v for k, v in blob.items() if k.startswith(prefix)}
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise SanModelError(f"{path}: member {i} weights do not match its architecture: {exc}") from exc
+        members.append(model.eval())
+    return SanEnsemble(members, blob["prototypes"].numpy(), json.loads(blob["meta"]))
