@@ -21,7 +21,7 @@ def hw() -> None:
               help="Comma-separated faceplate id per turret slot; '-' marks an empty slot.")
 @click.option("--unit", default="ACT-EMU-01", show_default=True, help="Actuator unit id.")
 @click.option("--firmware", default="1.2.0", show_default=True, help="Reported firmware version.")
-@click.option("--start-slot", type=int, default=2, show_default=True, help="Physical slot at power-up.")
+@click.option("--start-slot", type=int, default=None, help="Physical slot at power-up [default: the last].")
 @click.option("--step-time", type=float, default=0.02, show_default=True, help="Seconds per slot of motion.")
 @click.option("--stall-timeout", type=float, default=0.3, show_default=True,
               help="Seconds without progress before the firmware latches STALL.")
@@ -40,7 +40,7 @@ def hw() -> None:
 @click.option("--only", default="", help="Apply reply faults only to these commands (comma-separated, e.g. MOVE,HOME).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fault draws.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every request, reply and fault on stderr.")
-def emulate_faceplate(faceplates: str, unit: str, firmware: str, start_slot: int, step_time: float,
+def emulate_faceplate(faceplates: str, unit: str, firmware: str, start_slot: int | None, step_time: float,
                       stall_timeout: float, port: str | None, link: str | None, drop: float, garble: float,
                       noise: float, delay: float, delay_rate: float, stuck: bool, disconnect_after: int | None,
                       only: str, seed: int, verbose: bool) -> None:

@@ -159,8 +159,8 @@ class EmulatorProcess:
         line = self.proc.stdout.readline().strip() if ready else ""
         if not line.startswith("/"):
             self.stop()
-            err = self.proc.stderr.read() if self.proc.stderr else ""
-            raise FaceplateError(f"faceplate emulator did not start within {self.start_timeout}s: {err.strip()}")
+            raise FaceplateError(f"faceplate emulator did not start within {self.start_timeout}s: "
+                                 f"{self.log.strip()[-500:]}")
         self.port = line
         return self
 
@@ -220,6 +220,6 @@ def run(config: FirmwareConfig, faults: LinkFaults, port: str | None = None, lin
 
 
 if __name__ == "__main__":
-    from hardware.cli import emulate_faceplate
+    from edge.cli import cli
 
-    emulate_faceplate(prog_name="python -m hardware.faceplate_emulator")
+    cli(["hw", "emulate-faceplate", *sys.argv[1:]], prog_name="keycam")

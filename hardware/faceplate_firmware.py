@@ -23,13 +23,15 @@ class FirmwareConfig:
     firmware: str = "1.2.0"
     step_time: float = 0.02
     stall_timeout: float = 0.3
-    start_slot: int = 2
+    start_slot: int | None = None  # physical slot at power-up (default: the last one)
     stuck: bool = False
     dedupe_window: float = 2.0     # a repeated (seq, request) within this many seconds is a retransmission
 
     def __post_init__(self) -> None:
         if not self.faceplates:
             raise ValueError("the turret needs at least one slot")
+        if self.start_slot is None:
+            self.start_slot = len(self.faceplates) - 1
         if not 0 <= self.start_slot < len(self.faceplates):
             raise ValueError(f"start slot {self.start_slot} outside 0..{len(self.faceplates) - 1}")
         if self.step_time <= 0 or self.stall_timeout <= 0:
