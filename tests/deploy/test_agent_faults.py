@@ -1,0 +1,185 @@
+"""The device agent over the dir: transport: a good install, and every fault leaves the committed slot
+running and byte-for-byte unchanged."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+
+import numpy as np
+import pytest
+from deploy_testkit import (assert_still_running, deploy, local, rebundle, service, snapshot)
+
+from deploy.agent import STEPS
+from deploy.device import tree_digest
+from deploy.health import load_canary, save_canary
+from keys.keyset import KeySet
+from keys.vault import b64d
+
+
+def test_install_switches_slot_and_commits(device_root, bundles, fleet_vault):
+    answer = deploy(local(device_root), bundles["2.0.0"])
+    assert answer["ok"] and answer["committed"] == "b", answer
+    assert answer["health"]["correct"] == answer["health"]["total"] == 8
+    assert os.readlink(device_root / "current") == "slots/b"
+    assert service(device_root, "status") == 0
+    status = local(device_root).agent("status")
+    assert (status["version"], status["previous"], status["slots"]["a"]["version"]) == ("2.0.0", "a", "1.0.0")
+    assert not list((device_root / "incoming").iterdir()), "the upload must be removed after install"
+    # the sensor key was sealed to this device in transit and is stored opened, 0600
+    gen = fleet_vault.vault.generation("cam-01")
+    sensor = KeySet.from_bytes(b64d(gen["keyset"], "keyset")).sensor.to_bytes()
+    key_file = device_root / "slots" / "b" / "sensor.key"
+    assert key_file.read_bytes() == sensor and (key_file.stat().st_mode & 0o777) == 0o600
+    with open(bundles["2.0.0"], "rb") as fh:
+        assert sensor not in fh.read(), "the bundle must not carry the sensor key in clear"
+
+
+def test_rollback_returns_to_previous_slot(device_root, bundles):
+    assert deploy(local(device_root), bundles["2.0.0"])["ok"]
+    answer = local(device_root).agent("rollback")
+    assert answer["ok"] and answer["committed"] == "a" and answer["version"] == "1.0.0"
+    assert os.readlink(device_root / "current") == "slots/a" and service(device_root, "status") == 0
+
+
+def test_tampered_bundle_is_refused_before_unpacking(device_root, bundles, tmp_path):
+    snap = snapshot(device_root)
+    data = bytearray(bundles["2.0.0"].read_bytes())
+    with tarfile.open(bundles["2.0.0"]) as tar:
+        data[tar.getmember("model.tflite").offset_data + 1000] ^= 0x01   # one bit of the model
+    bad = tmp_path / "tampered.bundle"
+    bad.write_bytes(bytes(data))
+    answer = deploy(local(device_root), bad)
+    assert not answer["ok"] and "sha256" in answer["error"]
+    assert not (device_root / "slots" / "b").exists(), "nothing may be unpacked from a bad bundle"
+    assert_still_running(device_root, snap)
+
+
+def test_bad_signature_is_refused(device_root, bundles, fleet_vault, tmp_path):
+    snap = snapshot(device_root)
+    data = bundles["2.0.0"].read_bytes()
+    forged = tmp_path / "forged.bundle"
+    forged.write_bytes(data.replace(b'"version": "2.0.0"', b'"version": "9.0.0"', 1))
+    answer = deploy(local(device_root), forged)
+    assert not answer["ok"] and "bad bundle signature" in answer["error"]
+    assert not (device_root / "slots" / "b").exists()
+    assert_still_running(device_root, snap)
+
+
+def test_wrong_device_is_refused(device_root, bundles, fleet_vault, tmp_path):
+    snap = snapshot(device_root)
+    other = rebundle(bundles["2.0.0"], tmp_path / "other.bundle", fleet_vault.vault, device_id="cam-99")
+    answer = deploy(local(device_root), other)
+    assert not answer["ok"] and "for device 'cam-99'" in answer["error"]
+    hw = rebundle(bundles["2.0.0"], tmp_path / "hw.bundle", fleet_vault.vault, compatible=["jetson"])
+    answer = deploy(local(device_root), hw)
+    assert not answer["ok"] and "hardware" in answer["error"]
+    assert_still_running(device_root, snap)
+
+
+def test_downgrade_and_minimum_version_are_refused(device_root, bundles, fleet_vault, tmp_path):
+    assert deploy(local(device_root), bundles["3.0.0"])["ok"]   # raises the floor to 3.0.0
+    snap = snapshot(device_root)
+    answer = deploy(local(device_root), bundles["2.0.0"])
+    assert not answer["ok"] and "minimum version 3.0.0" in answer["error"]
+    same = deploy(local(device_root), bundles["3.0.0"])
+    assert not same["ok"] and "not newer" in same["error"]
+    rb = local(device_root).agent("rollback")
+    assert not rb["ok"] and "below the minimum version" in rb["error"]
+    assert_still_running(device_root, snap)
+
+
+def test_truncated_upload_is_rejected(device_root, bundles):
+    snap = snapshot(device_root)
+    data = bundles["2.0.0"].read_bytes()
+    t = local(device_root)
+    answer = t.agent("receive", "--sha256", hashlib.sha256(data).hexdigest(), "--size", str(len(data)),
+                     stdin=data[: len(data) // 2])
+    assert not answer["ok"] and f"received {len(data) // 2} of {len(data)}" in answer["error"]
+    assert not list((device_root / "incoming").iterdir()), "a partial upload must not be kept"
+    # a truncated bundle that reaches install anyway is refused by verification
+    cut = device_root / "incoming" / "cut.bundle"
+    cut.write_bytes(data[: len(data) // 2])
+    answer = t.agent("install", str(cut))
+    assert not answer["ok"] and ("truncated" in answer["error"] or "missing" in answer["error"])
+    assert_still_running(device_root, snap)
+
+
+def test_disk_full_while_unpacking(small_tmpfs, template_root, bundles, fleet_vault, tmp_path):
+    slot_bytes = sum(f.stat().st_size for f in (template_root / "slots" / "a").iterdir())
+    pad = os.urandom(2 * 1024 * 1024)
+    big = rebundle(bundles["2.0.0"], tmp_path / "big.bundle", fleet_vault.vault,
+                   edit_payload=lambda p: p.update({"padding.bin": pad}))
+    # room for the installed slot, the export files and the upload, but not for unpacking it too
+    size_kib = (2 * slot_bytes + big.stat().st_size + len(pad) // 2) // 1024
+    root = small_tmpfs(size_kib) / "device"
+    shutil.copytree(template_root, root, symlinks=True)
+    assert service(root, "restart") == 0
+    snap = snapshot(root)
+    answer = deploy(local(root), big)
+    assert not answer["ok"] and "disk is full while unpacking" in answer["error"], answer
+    assert not (root / "slots" / "b").exists(), "a half-unpacked slot must be removed"
+    assert_still_running(root, snap)
+    assert deploy(local(root), bundles["2.0.0"])["ok"], "after the failure a normal bundle still installs"
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_agent_killed_at_each_step(device_root, bundles, step):
+    snap = snapshot(device_root)
+    t = local(device_root)
+    up = t.upload(bundles["2.0.0"])
+    crashing = local(device_root, KEYCAM_AGENT_CRASH_AT=step)
+    with pytest.raises(Exception, match="killed by signal 9"):
+        crashing.agent("install", up["path"])
+    state = json.loads((device_root / "state.json").read_text())
+    assert state["committed"] == "a"
+    recovered = t.agent("recover")   # what the boot hook runs
+    assert recovered["ok"]
+    assert recovered["recovered"] == (step in ("marked", "switched", "restarted", "checked"))
+    assert_still_running(device_root, snap)
+    assert deploy(t, bundles["2.0.0"])["ok"], "the interrupted update can be retried"
+
+
+def test_failing_health_check_service_down(device_root, bundles):
+    snap = snapshot(device_root)
+    (device_root / "fail_start").touch()
+    answer = deploy(local(device_root), bundles["2.0.0"])
+    assert not answer["ok"] and answer["rolled_back_to"] == "a"
+    assert "service is not up" in answer["reason"]
+    (device_root / "fail_start").unlink()
+    assert service(device_root, "restart") == 0
+    assert_still_running(device_root, snap)
+
+
+def test_failing_health_check_canary_misclassified(device_root, bundles, fleet_vault, tmp_path):
+    snap = snapshot(device_root)
+
+    def wrong_labels(payload):
+        path = tmp_path / "canary.npz"
+        path.write_bytes(payload["canary.npz"])
+        frames, expected = load_canary(path)
+        payload["canary.npz"] = save_canary(frames, (expected + 1) % 10)
+
+    bad = rebundle(bundles["2.0.0"], tmp_path / "bad.bundle", fleet_vault.vault, edit_payload=wrong_labels)
+    answer = deploy(local(device_root), bad)
+    assert not answer["ok"] and answer["rolled_back_to"] == "a"
+    assert answer["health"]["correct"] == 0 and answer["health"]["service"] == "up"
+    assert_still_running(device_root, snap)
+    b = device_root / "slots" / "b"
+    assert tree_digest(b) is not None, "the failed slot stays for inspection, inactive"
+
+
+def test_canary_frames_are_keyed(bundles, fleet_vault, tmp_path):
+    """The canary frames in a bundle are keyed sensor output, not plain images."""
+    with tarfile.open(bundles["1.0.0"]) as tar:
+        (tmp_path / "c.npz").write_bytes(tar.extractfile("canary.npz").read())
+    frames, _ = load_canary(tmp_path / "c.npz")
+    from deploy.canary import key_frames, plain_frames
+    plain, _ = plain_frames(fleet_vault.dataset, 32)
+    gen = fleet_vault.vault.generation("cam-01")
+    sensor = KeySet.from_bytes(b64d(gen["keyset"], "keyset")).sensor
+    keyed = key_frames(sensor, plain)
+    assert any(np.array_equal(frames[0], k) for k in keyed)
+    assert not any(np.array_equal(frames[0], p) for p in plain)
