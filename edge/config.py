@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -172,7 +173,7 @@ def _coerce(value: object, hint: object, where: str, base: Path) -> object:
         path = path if path.is_absolute() else (base / path)
         if not path.is_file():
             raise ConfigError(f"{where}: file not found: {path}")
-        return FilePath(path.resolve())
+        return FilePath(os.path.abspath(path))   # symlinks kept: A/B slot flips are seen
     return value
 
 

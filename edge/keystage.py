@@ -121,7 +121,8 @@ class FaceplateKeyStage(KeyStage):
         self._faceplate = None
         self._healthy = False
 
-    def _connect(self):
+    def actuator(self):
+        """The actuator driver (hardware.faceplate.SerialFaceplate), opening the port if needed."""
         from hardware.faceplate import SerialFaceplate
         if self._faceplate is None:
             self._faceplate = SerialFaceplate(self.port, baudrate=self.baudrate)
@@ -131,7 +132,7 @@ class FaceplateKeyStage(KeyStage):
         from hardware.errors import FaceplateError
         self._healthy = False
         try:
-            state = self._connect().status()
+            state = self.actuator().status()
         except FaceplateError as exc:
             self.close()
             return Health(False, "faceplate_unreachable", str(exc))

@@ -60,7 +60,8 @@ class Pipeline:
         self._gate = threading.Event()            # open = key stage healthy
         self._stopping = threading.Event()
         self._send_lock = threading.Lock()
-        self.accepted = 0                         # frames that entered the key stage queue
+        self.captured = 0                         # frames read from the camera
+        self.accepted = 0                         # of those, frames that entered the key stage queue
         self.source_ended = threading.Event()
         self.finished = threading.Event()         # the egress stage has drained
         self._threads = [threading.Thread(target=fn, name=f"keycam-{name}", daemon=True) for name, fn in
@@ -150,6 +151,7 @@ class Pipeline:
                     sensor_dropped = cam.dropped
                     continue
                 m.observe("capture", time.perf_counter() - t0)
+                self.captured += 1
                 if cam.dropped != sensor_dropped:
                     m.drop("sensor", cam.dropped - sensor_dropped)
                     sensor_dropped = cam.dropped

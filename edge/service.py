@@ -83,11 +83,11 @@ class _Backoff:
 class Service:
     """One running device: camera, key stage, keyed model, egress guard, sinks, metrics."""
 
-    def __init__(self, config: DeviceConfig, max_frames: int | None = None):
+    def __init__(self, config: DeviceConfig, max_frames: int | None = None, latency_window: int = 4096):
         if max_frames is not None and max_frames < 1:
             raise ConfigError(f"--frames must be >= 1, got {max_frames}")
         self.cfg, self.max_frames = config, max_frames
-        self.metrics = Metrics()
+        self.metrics = Metrics(latency_window)
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._key_failed = threading.Event()

@@ -19,9 +19,14 @@ DEMO_SECRET = hashlib.sha256(b"keycam public demo secret - NOT A REAL KEY").dige
 DEMO_DEVICE_ID = "sim-0001"
 
 
+def default_onnx() -> Path:
+    """The base model the demo device is keyed from."""
+    return ROOT / "tools" / "models" / "lenet_fashion.onnx"
+
+
 @click.command()
 @click.option("--onnx", "onnx_path", type=click.Path(exists=True, dir_okay=False),
-              default=str(ROOT / "tools" / "models" / "lenet_fashion.onnx"), show_default=True)
+              default=str(default_onnx()), show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=str(ROOT / "examples" / "sim-device"),
               show_default=True)
 @click.option("--profile", type=click.Choice(["full", "stem"]), default="full", show_default=True)

@@ -1,10 +1,12 @@
-"""Fixtures for the device-runtime tests."""
+"""Fixtures for the device-runtime tests: a real mosquitto broker, the shipped simulated device, a
+second independently keyed device, and device configs written into tmp folders."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
-from edge_testkit import MOSQUITTO, Broker
+from edge_testkit import MOSQUITTO, SIM_DIR, Broker
 
 
 @pytest.fixture
@@ -15,3 +17,23 @@ def broker(tmp_path):
     b.start()
     yield b
     b.stop()
+
+
+@pytest.fixture(scope="session")
+def other_device(tmp_path_factory) -> Path:
+    """A second device keyed from the same base model with another secret: model.tflite + sensor.key."""
+    from tools.keying.provision import build_keyed_model
+    from tools.make_sim_device import default_onnx
+    out = tmp_path_factory.mktemp("other-device")
+    prov = build_keyed_model(default_onnx(), bytes(range(32)), "sim-0002", profile="full", float_model=False)
+    (out / "model.tflite").write_bytes(prov.tflite_int8)
+    (out / "sensor.key").write_bytes(prov.keyset.sensor.to_bytes())
+    return out
+
+
+@pytest.fixture
+def device_dir(tmp_path) -> Path:
+    """A private copy of the shipped simulated device's model and sensor key (tests may change it)."""
+    d = tmp_path / "device"
+    shutil.copytree(SIM_DIR, d)
+    return d

@@ -9,7 +9,13 @@ import subprocess
 import time
 from pathlib import Path
 
+import yaml
+
 from edge.egress import EgressGuard, OutputPolicy
+
+ROOT = Path(__file__).resolve().parents[2]
+SIM_YAML = ROOT / "examples" / "sim-device.yaml"
+SIM_DIR = ROOT / "examples" / "sim-device"
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -89,3 +95,26 @@ def top_k_record(seq: int, **overrides) -> dict:
               "top_k": [{"label": "class3", "score": 0.9}, {"label": "class1", "score": 0.05}]}
     record.update(overrides)
     return record
+
+
+def write_config(folder: Path, device: Path, **sections) -> Path:
+    """Write a device YAML based on examples/sim-device.yaml: fast replay, no metrics, discard sink.
+
+    Each keyword replaces (dict: updates) one top-level section.
+    """
+    cfg = yaml.safe_load(SIM_YAML.read_text())
+    cfg["camera"].update(fps=None)
+    cfg["key_stage"].update(sensor_key=str(device / "sensor.key"), health_interval_s=0.2,
+                            retry_initial_s=0.1, retry_max_s=0.4)
+    cfg["model"].update(path=str(device / "model.tflite"), watch_interval_s=0.1)
+    cfg["pipeline"].update(drop_when_full=False, stats_interval_s=0.0)
+    cfg["metrics"] = {"enabled": False, "port": 0}
+    cfg["sinks"] = [{"type": "discard"}]
+    for name, value in sections.items():
+        if isinstance(value, dict) and isinstance(cfg.get(name), dict):
+            cfg[name].update(value)
+        else:
+            cfg[name] = value
+    path = folder / "device.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
