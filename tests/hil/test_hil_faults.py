@@ -164,3 +164,27 @@ def test_missing_port_is_a_clear_error(tmp_path):
 
     with pytest.raises(FaceplateError, match="cannot open faceplate serial port"):
         SerialFaceplate(str(tmp_path / "ttyNONE"))
+
+
+def test_emulator_on_a_socat_pty_pair(tmp_path, emulated_faceplate):
+    """The same driver code path over a socat-made pair of ptys with stable names."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("socat"):
+        pytest.skip("socat is not installed (scripts/bootstrap.sh test installs it)")
+    a, b = tmp_path / "fp-a", tmp_path / "fp-b"
+    socat = subprocess.Popen(["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 5
+        while not (a.exists() and b.exists()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        emu = emulated_faceplate("--port", str(a), "--garble", "0.3", "--seed", "9")
+        assert emu.port == str(a)
+        with connect(str(b), retries=8) as fp, Bounded(10.0):
+            fp.home()
+            assert fp.move(1)["faceplate_id"] == "FP-0002"
+    finally:
+        socat.terminate()
+        socat.wait(5)

@@ -9,6 +9,7 @@ gains, normalised so the ADC never clips, leave keyed frames a fraction of the f
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def run_sensor_bench(dataset: str, read_noise: list[float], bits: list[int], lim
     fiber = FiberOptics() if optics else None
     cells = [(r, b) for b in bits for r in read_noise]
     results = []
-    with click.progressbar(cells, label="sensor grid", file=click.get_text_stream("stderr"),
+    with click.progressbar(cells, label="sensor grid", file=sys.stderr,
                            show_pos=True, hidden=not progress) as bar:
         for r, b in bar:
             model = SensorModel(read_noise=r, bits=b, shot_noise=shot_noise, full_well=full_well,
