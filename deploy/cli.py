@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from deploy import builder, fleet
+from deploy import fleet
 from deploy.bundle import verify_bundle
 from deploy.inventory import Entry, load_inventory, select
 from deploy.signing import decode_public
@@ -82,6 +82,7 @@ def deploy() -> None:
 def build(device, version, min_version, keyset, hardware, out, canary_frames, canary_dataset, health_timeout,
           **params) -> None:
     """Build DEVICE's signed bundle from the vault."""
+    from deploy import builder  # host-only heavy imports (scipy, the TFLite runtime)
     with edit_vault(params) as vault:
         path, manifest = builder.build(vault, device, version, out, min_version, keyset, list(hardware) or None,
                                        canary_frames, canary_dataset=canary_dataset,

@@ -1,0 +1,142 @@
+"""`keycam keys` commands against a real vault and real keying (one provisioned device per module)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edge.datasets import load_dataset, load_samples
+from edge.runtime import TFLiteModel
+from keys.cli import keys
+from keys.keyset import KeySet
+from keys.vault import Vault, b64d
+
+REPO = Path(__file__).resolve().parents[2]
+PASS = "keys-cli-test-pass"
+FASHION = REPO / "tools" / "models" / "lenet_fashion.onnx"
+MODEL = FASHION if FASHION.exists() else REPO / "tools" / "models" / "lenet_mnist.onnx"
+
+
+def _frames(n):
+    return load_samples(limit=n) if MODEL == FASHION else load_dataset("mnist", "test", limit=n)
+
+
+@pytest.fixture(scope="module")
+def vault_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("keys") / "vault.kcv"
+    env = {"KEYCAM_VAULT_PASSPHRASE": PASS}
+    for args in (["init"], ["provision", "cam-enc", "--model", str(MODEL), "--profile", "stem",
+                            "--output-encryption", "--no-faceplate", "--hardware", "pi5"]):
+        res = CliRunner().invoke(keys, [*args, "--vault", str(path)], env=env)
+        assert res.exit_code == 0, res.output
+    return path
+
+
+def run(vault_path, *args, env=None, input=None):
+    env = {"KEYCAM_VAULT_PASSPHRASE": PASS} if env is None else env
+    return CliRunner().invoke(keys, [*args, "--vault", str(vault_path)], env=env, input=input)
+
+
+def test_passphrase_sources(vault_path, tmp_path):
+    passfile = tmp_path / "pass"
+    passfile.write_text(PASS + "\n")
+    ok = run(vault_path, "list", "--passphrase-file", str(passfile), env={"KEYCAM_VAULT_PASSPHRASE": ""})
+    assert ok.exit_code == 0 and "cam-enc" in ok.output
+    none = run(vault_path, "list", env={"KEYCAM_VAULT_PASSPHRASE": ""})
+    assert none.exit_code != 0 and "no vault passphrase" in none.output
+    wrong = run(vault_path, "list", env={"KEYCAM_VAULT_PASSPHRASE": "not-the-one"})
+    assert wrong.exit_code != 0 and "wrong passphrase" in wrong.output
+
+
+def test_show_hides_secrets_unless_revealed(vault_path):
+    secret = b64d(Vault.open(vault_path, PASS).generation("cam-enc")["secret"], "secret").hex()
+    shown = run(vault_path, "show", "cam-enc")
+    assert shown.exit_code == 0 and "key set" in shown.output and secret not in shown.output
+    assert "private" not in run(vault_path, "show", "cam-enc", "--json").output
+    revealed = run(vault_path, "show", "cam-enc", "--reveal")
+    assert revealed.exit_code == 0 and secret in revealed.output
+    log = json.loads(run(vault_path, "audit", "--json").output)
+    assert log["entries"][-1]["action"] == "reveal" and log["problems"] == []
+
+
+def test_provision_twice_and_unknown_device_are_errors(vault_path):
+    again = run(vault_path, "provision", "cam-enc", "--model", str(MODEL))
+    assert again.exit_code != 0 and "already provisioned" in again.output
+    unknown = run(vault_path, "show", "cam-nope")
+    assert unknown.exit_code != 0 and "not in the vault (known: cam-enc" in unknown.output
+    bad_id = run(vault_path, "provision", "../evil", "--model", str(MODEL))
+    assert bad_id.exit_code != 0 and "invalid device id" in bad_id.output
+
+
+def test_decode_encrypted_predictions(vault_path, tmp_path):
+    vault = Vault.open(vault_path, PASS)
+    gen = vault.generation("cam-enc")
+    ks = KeySet.from_bytes(b64d(gen["keyset"], "keyset"))
+    model = TFLiteModel(b64d(gen["model_int8"], "model"))
+    assert model.metadata["output_encrypted"] is True
+    frames, labels = _frames(40)
+    from deploy.canary import key_frames
+    outputs = model.predict(key_frames(ks.sensor, frames))
+    records = [{"type": "prediction", "seq": i, "timestamp": 1.8e9, "model_id": gen["model_id"],
+                "key_fingerprint": gen["key_fingerprint"], "encrypted_logits": [float(v) for v in out]}
+               for i, out in enumerate(outputs)]
+    src = tmp_path / "records.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    res = run(vault_path, "decode", str(src))
+    assert res.exit_code == 0, res.output
+    decoded = [json.loads(line) for line in res.output.splitlines()]
+    names = gen["labels"] or [str(i) for i in range(10)]
+    got = [names.index(d["top_k"][0]["label"]) for d in decoded]
+    assert got == list(np.argmax(ks.output.apply_inverse(outputs), axis=1))
+    assert np.mean(np.array(got) == labels) >= 0.7, "decoded labels must match the true labels"
+    assert not np.array_equal(np.argmax(outputs, axis=1), got), "the raw logits must not give the labels"
+    # records without a fingerprint need --device; unknown fingerprints are refused
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text(json.dumps({"encrypted_logits": records[0]["encrypted_logits"]}) + "\n")
+    assert run(vault_path, "decode", str(bare)).exit_code != 0
+    assert run(vault_path, "decode", str(bare), "--device", "cam-enc").exit_code == 0
+    alien = tmp_path / "alien.jsonl"
+    alien.write_text(json.dumps({**records[0], "key_fingerprint": "f" * 64}) + "\n")
+    res = run(vault_path, "decode", str(alien))
+    assert res.exit_code != 0 and "no key set with fingerprint" in res.output
+
+
+def test_export_for_a_device_without_faceplate(vault_path, tmp_path):
+    out = tmp_path / "sd"
+    res = run(vault_path, "export", "cam-enc", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    gen = Vault.open(vault_path, PASS).generation("cam-enc")
+    ks = KeySet.from_bytes(b64d(gen["keyset"], "keyset"))
+    assert (out / "sensor.key").read_bytes() == ks.sensor.to_bytes()
+    assert (os.stat(out / "sensor.key").st_mode & 0o777) == 0o600
+    assert (os.stat(out / "identity" / "device.key").st_mode & 0o777) == 0o600
+    assert TFLiteModel(out / "model.tflite").metadata["key_fingerprint"] == gen["key_fingerprint"]
+    assert json.loads((out / "identity" / "device.json").read_text()) == {"device_id": "cam-enc", "hardware": "pi5"}
+
+
+def test_rotate_confirm_and_revoke(vault_path):
+    before = Vault.open(vault_path, PASS).generation("cam-enc")["key_fingerprint"]
+    assert run(vault_path, "rotate", "cam-enc").exit_code == 0
+    vault = Vault.open(vault_path, PASS)
+    pending = vault.generation("cam-enc", state="pending")
+    assert vault.generation("cam-enc")["key_fingerprint"] == before != pending["key_fingerprint"]
+    assert pending["output_encryption"] and pending["profile"] == "stem"
+    twice = run(vault_path, "rotate", "cam-enc")
+    assert twice.exit_code != 0 and "already has a pending" in twice.output
+    assert run(vault_path, "confirm", "cam-enc").exit_code == 0
+    vault = Vault.open(vault_path, PASS)
+    assert vault.generation("cam-enc")["key_fingerprint"] == pending["key_fingerprint"]
+    assert vault.generation("cam-enc", fingerprint=before)["state"] == "retired"
+
+    assert run(vault_path, "revoke", "cam-enc", "--reason", "stolen").exit_code == 0
+    for args in (["rotate", "cam-enc"], ["export", "cam-enc", "--out", "/tmp/never"]):
+        res = run(vault_path, *args)
+        assert res.exit_code != 0 and "revoked" in res.output
+    listed = json.loads(run(vault_path, "list", "--json").output)
+    assert listed[0]["state"] == "revoked" and listed[0]["active"] is None
+    actions = [e["action"] for e in json.loads(run(vault_path, "audit", "--json").output)["entries"]]
+    assert actions[-3:] == ["rotate", "confirm", "revoke"]
