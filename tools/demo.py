@@ -18,7 +18,8 @@ import numpy as np
 from edge.datasets import load_samples
 from edge.runtime import TFLiteModel
 from tools.bench.keyed import shipped_model
-from tools.keying.provision import adc8, build_keyed_model
+from hardware.preadc import PreADCStage, SensorModel
+from tools.keying.provision import build_keyed_model
 from tools.montage import save_montage
 
 
@@ -37,12 +38,14 @@ def demo(profile: str, n_frames: int | None, show: int, out_png: str) -> None:
     names = model.metadata.get("labels") or [str(i) for i in range(10)]
     click.echo(f"    key set {prov.keyset.fingerprint[:16]}  model {prov.report['model_id']}  "
                f"keyed int8 .tflite {len(prov.tflite_int8):,} B  ({prov.report['total_s']:.2f} s)")
-    click.echo(f"2/4 streaming {len(images)} frames: scene -> A0 (pre-ADC) -> 8-bit ADC -> keyed model")
+    sensor = PreADCStage(prov.keyset.sensor, SensorModel(shot_noise=True, read_noise=0.001, seed=1))
+    click.echo(f"2/4 streaming {len(images)} frames: scene -> A0 (pre-ADC, shot + read noise) -> 8-bit ADC "
+               "-> keyed int8 model")
     t_key, t_infer, correct, keyed_frames = [], [], 0, []
     start = time.perf_counter()
     for seq, (image, label) in enumerate(zip(images, labels)):
         t0 = time.perf_counter()
-        keyed = adc8(prov.keyset.sensor.apply(image.reshape(-1).astype(np.float64) / 255.0))
+        keyed = sensor(image.astype(np.float64) / 255.0)
         t1 = time.perf_counter()
         probs = model.invoke(keyed)
         t2 = time.perf_counter()
@@ -51,7 +54,7 @@ def demo(profile: str, n_frames: int | None, show: int, out_png: str) -> None:
         top = int(np.argmax(probs))
         correct += top == label
         if len(keyed_frames) < 12:
-            keyed_frames.append(keyed.reshape(image.shape))
+            keyed_frames.append(keyed)
         if seq < show:
             click.echo(json.dumps({"seq": seq, "label": names[top], "score": round(float(probs[top]), 3),
                                    "truth": names[label]}))

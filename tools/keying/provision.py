@@ -13,6 +13,7 @@ import numpy as np
 
 from edge.datasets import load_dataset, load_samples
 from edge.errors import ConfigError, KeycamError
+from hardware.preadc import adc
 from keys.keyset import KeySet
 from tools.ir import Network
 from tools.keying.keyed import derive_keyset, key_network, model_id_of, verify_keyed
@@ -31,9 +32,7 @@ class Provisioned:
     report: dict = field(default_factory=dict)
 
 
-def adc8(values: np.ndarray) -> np.ndarray:
-    """Ideal 8-bit ADC with full scale 1.0: float intensities -> uint8 counts."""
-    return np.clip(np.round(np.asarray(values) * 255.0), 0, 255).astype(np.uint8)
+adc8 = adc       # the ideal 8-bit ADC (full scale 1.0) that keyed calibration frames go through
 
 
 def default_calibration_frames(net: Network, limit: int = CALIBRATION_FRAMES) -> np.ndarray:
