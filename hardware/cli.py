@@ -36,7 +36,7 @@ def hw() -> None:
               help="Fault: probability a reply is delayed by --delay.")
 @click.option("--stuck", is_flag=True, help="Fault: the motor never moves (firmware reports STALL).")
 @click.option("--disconnect-after", type=int, default=None,
-              help="Fault: close the link after this many requests.")
+              help="Fault: answer this many requests, then close the link.")
 @click.option("--only", default="", help="Apply reply faults only to these commands (comma-separated, e.g. MOVE,HOME).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fault draws.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every request, reply and fault on stderr.")

@@ -8,6 +8,7 @@ import heapq
 import os
 import random
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ class LinkFaults:
     noise: float = 0.0             # random garbage bytes (no newline) sent before the reply
     delay: float = 0.0             # seconds added before a reply ...
     delay_rate: float = 1.0        # ... with this probability
-    disconnect_after: int | None = None   # close the link after this many requests
+    disconnect_after: int | None = None   # answer this many requests, then close the link
     only: tuple[str, ...] = ()     # if set, reply faults hit only replies to these commands
     seed: int = 0
 
@@ -88,13 +89,22 @@ class Emulator:
             del body[self.rng.randint(1, len(body) - 1):]
         return bytes(body) + b"\n"
 
+    def _flush(self, fd: int, now: float) -> bool:
+        """Write every queued reply due by `now`; False when the link is gone."""
+        while self._outbox and self._outbox[0][0] <= now:
+            try:
+                os.write(fd, heapq.heappop(self._outbox)[2])
+            except OSError:
+                return False
+        return True
+
     def serve(self, fd: int, stop=lambda: False) -> str:
         """Run until `stop()` is true or a disconnect fault fires; returns why it ended."""
         buffer = b""
         while not stop():
             now = time.monotonic()
-            while self._outbox and self._outbox[0][0] <= now:
-                os.write(fd, heapq.heappop(self._outbox)[2])
+            if not self._flush(fd, now):
+                return "link closed"
             wait = min(0.05, max(0.0, self._outbox[0][0] - now)) if self._outbox else 0.05
             readable, _, _ = select.select([fd], [], [], wait)
             if not readable:
@@ -118,6 +128,7 @@ class Emulator:
                     self._say(f"-> {reply!r}")
                     self._queue(reply, time.monotonic(), _command_of(line))
                 if self.faults.disconnect_after is not None and self.requests >= self.faults.disconnect_after:
+                    self._flush(fd, float("inf"))         # answer the last request, then vanish
                     return "disconnect fault"
             if len(buffer) > MAX_LINE:
                 buffer = b""            # garbage without newline: resynchronise on the next one
@@ -191,8 +202,6 @@ class EmulatorProcess:
 def run(config: FirmwareConfig, faults: LinkFaults, port: str | None = None, link: str | None = None,
         verbose: bool = False, announce=print) -> str:
     """Serve an emulated actuator on a new pty (or on `port`) until SIGTERM/SIGINT or a disconnect fault."""
-    import signal
-
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
