@@ -211,6 +211,10 @@ class Service:
             health = new.key_stage.check()
         except KeycamError as exc:
             health = Health(False, "model_swap_rejected", str(exc))
+        else:
+            if new.policy == current.policy:   # same pair rewritten (e.g. a key file restored)
+                current.files = sig
+                return
         if not health.ok:
             self._rejected_sig = sig
             self.alarm("model_swap_rejected", 0, 0.0, f"keeping {current.policy.model_id}: {health.detail}")

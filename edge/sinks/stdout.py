@@ -8,7 +8,7 @@ from edge.sinks.base import Sink, SinkError
 
 
 class StdoutSink(Sink):
-    """Writes JSON lines to a binary stream (stdout by default)."""
+    """Writes JSON lines to a binary stream (stdout by default), flushed line by line."""
 
     name = "stdout"
 
@@ -19,6 +19,7 @@ class StdoutSink(Sink):
     def _send(self, payload: bytes) -> None:
         try:
             self.stream.write(payload)
+            self.stream.flush()
         except (OSError, ValueError) as exc:  # closed pipe or stream
             self._count(lost=1)
             raise SinkError(f"stdout sink: cannot write: {exc}") from exc

@@ -1,0 +1,201 @@
+"""The device service end to end on the simulated device: predictions, fail closed, hot swap, metrics."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import urllib.request
+
+import numpy as np
+import pytest
+
+from edge.config import DeviceConfig, load_config
+from edge.datasets import load_samples
+from edge.runtime import TFLiteModel
+from edge.service import Service
+from edge.sinks.base import Sink
+from edge_testkit import wait_until, write_config
+from keys.drbg import Drbg
+from keys.generate import KeyConfig, sensor_key
+
+_, LABELS = load_samples()
+
+
+class CollectSink(Sink):
+    """Keeps every record it is sent (decoded)."""
+
+    name = "collect"
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[dict] = []
+
+    def _send(self, payload: bytes) -> None:
+        self.records.append(json.loads(payload))
+        self._count(sent=1)
+
+    def of(self, kind: str) -> list[dict]:
+        return [r for r in list(self.records) if r["type"] == kind]
+
+
+@pytest.fixture
+def collect(monkeypatch) -> CollectSink:
+    sink = CollectSink()
+    monkeypatch.setattr("edge.service.make_sink", lambda spec: sink)
+    return sink
+
+
+class Running:
+    """A Service running in a background thread (signals are the main thread's business)."""
+
+    def __init__(self, config, max_frames=None):
+        cfg = config if isinstance(config, DeviceConfig) else load_config(config)
+        self.service = Service(cfg, max_frames=max_frames)
+        self.summary: dict | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.summary = self.service.run()
+        except BaseException as exc:  # noqa: BLE001 - surfaced by stop()
+            self.error = exc
+
+    def stop(self, timeout: float = 20) -> dict:
+        self.service.request_stop()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "service did not stop"
+        if self.error:
+            raise self.error
+        return self.summary
+
+
+def _accuracy(predictions: list[dict]) -> float:
+    hits = [r["top_k"][0]["label"] == _label_names()[LABELS[r["seq"] % len(LABELS)]] for r in predictions]
+    return float(np.mean(hits))
+
+
+def _label_names() -> tuple:
+    from edge.datasets import labels_for
+    return labels_for("fashion")
+
+
+def _meta(device) -> dict:
+    return TFLiteModel(device / "model.tflite").metadata
+
+
+@pytest.mark.timeout(60)
+def test_simulated_device_predicts_through_the_keyed_model(tmp_path, device_dir, collect):
+    run = Running(write_config(tmp_path, device_dir), max_frames=500)
+    run.thread.join(50)
+    summary = run.stop()
+    preds = collect.of("prediction")
+    assert summary["frames"] == 500 == len(preds) and summary["stop_reason"] == "frames done"
+    assert [r["seq"] for r in preds] == list(range(500))        # replay order, nothing lost
+    meta = _meta(device_dir)
+    assert {(r["model_id"], r["key_fingerprint"]) for r in preds} == {(meta["model_id"], meta["key_fingerprint"])}
+    assert _accuracy(preds) > 0.75
+    assert summary["dropped"] == 0 and summary["alarms"] == 0
+    assert all(summary["latency_ms"][s]["p50"] > 0 for s in ("capture", "key", "infer", "egress"))
+
+
+@pytest.mark.timeout(60)
+def test_fail_closed_on_a_mismatched_key_then_recovers(tmp_path, device_dir, collect):
+    cfg = write_config(tmp_path, device_dir)
+    good = (device_dir / "sensor.key").read_bytes()
+    other = sensor_key(Drbg(bytes(32), "someone else"), (1, 28, 28), KeyConfig())
+    (device_dir / "sensor.key").write_bytes(other.to_bytes())
+    run = Running(cfg)
+    assert wait_until(lambda: len(collect.of("alarm")) >= 4, 15)
+    infer = run.service.metrics.latency["infer"]
+    assert infer.count == 0 and not collect.of("prediction") and not collect.of("stats")
+    assert {r["type"] for r in collect.records} == {"alarm"}
+    alarms = collect.of("alarm")
+    assert {a["reason"] for a in alarms} == {"sensor_key_mismatch"}
+    assert [a["retry_in_s"] for a in alarms[:4]] == [0.1, 0.2, 0.4, 0.4]      # back-off, capped
+    assert [a["attempt"] for a in alarms[:4]] == [1, 2, 3, 4]
+
+    (device_dir / "sensor.key").write_bytes(good)             # the right key comes back
+    assert wait_until(lambda: len(collect.of("prediction")) >= 50, 15)
+    summary = run.stop()
+    assert "key_stage_recovered" in {a["reason"] for a in collect.of("alarm")}
+    assert summary["dropped_by_reason"]["fail_closed"] > 0
+    assert _accuracy(collect.of("prediction")) > 0.75
+
+
+@pytest.mark.timeout(60)
+def test_missing_key_file_fails_closed(tmp_path, device_dir, collect):
+    cfg = load_config(write_config(tmp_path, device_dir))
+    (device_dir / "sensor.key").unlink()                      # gone after the config was validated
+    run = Running(cfg)
+    assert wait_until(lambda: len(collect.of("alarm")) >= 2, 15)
+    run.stop()
+    assert {a["reason"] for a in collect.of("alarm")} == {"sensor_key_missing"}
+    assert not collect.of("prediction") and run.service.metrics.latency["infer"].count == 0
+
+
+@pytest.mark.timeout(90)
+def test_hot_swap_to_a_new_pair_without_restart(tmp_path, device_dir, other_device, collect):
+    run = Running(write_config(tmp_path, device_dir))
+    assert wait_until(lambda: len(collect.of("prediction")) >= 100, 20)
+    staging = tmp_path / "staging"
+    shutil.copytree(other_device, staging)
+    os.replace(staging / "sensor.key", device_dir / "sensor.key")    # a deploy lands key, then model
+    os.replace(staging / "model.tflite", device_dir / "model.tflite")
+    new = _meta(device_dir)
+    assert wait_until(lambda: any(r["model_id"] == new["model_id"] for r in collect.of("prediction")), 20)
+    n = len(collect.of("prediction"))
+    assert wait_until(lambda: len(collect.of("prediction")) >= n + 100, 20)
+    summary = run.stop()
+    preds = collect.of("prediction")
+    pairs = [(r["model_id"], r["key_fingerprint"]) for r in preds]
+    switch = pairs.index((new["model_id"], new["key_fingerprint"]))
+    assert len(set(pairs[:switch])) == 1 and set(pairs[switch:]) == {(new["model_id"], new["key_fingerprint"])}
+    assert _accuracy(preds[:switch]) > 0.75 and _accuracy(preds[switch:]) > 0.75   # no mismatched frame
+    assert summary["model_swaps"] == 1 and "model_swapped" in {a["reason"] for a in collect.of("alarm")}
+
+
+@pytest.mark.timeout(60)
+def test_mismatched_new_pair_is_rejected_and_the_old_one_keeps_running(tmp_path, device_dir, other_device,
+                                                                       collect):
+    old = _meta(device_dir)
+    run = Running(write_config(tmp_path, device_dir))
+    assert wait_until(lambda: len(collect.of("prediction")) >= 20, 20)
+    shutil.copy(other_device / "model.tflite", device_dir / "model.tflite.new")
+    os.replace(device_dir / "model.tflite.new", device_dir / "model.tflite")   # model only, key unchanged
+    assert wait_until(lambda: "model_swap_rejected" in {a["reason"] for a in collect.of("alarm")}, 20)
+    n = len(collect.of("prediction"))
+    assert wait_until(lambda: len(collect.of("prediction")) >= n + 50, 20)
+    summary = run.stop()
+    assert {r["model_id"] for r in collect.of("prediction")} == {old["model_id"]}
+    assert summary["model_swaps"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_metrics_endpoint_and_stats_records(tmp_path, device_dir, collect):
+    cfg = write_config(tmp_path, device_dir, metrics={"enabled": True, "port": 0},
+                       pipeline={"stats_interval_s": 0.2})
+    run = Running(cfg)
+    assert wait_until(lambda: run.service.metrics_server is not None and collect.of("stats"), 20)
+    url = f"http://127.0.0.1:{run.service.metrics_server.port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    run.stop()
+    meta = _meta(device_dir)
+    assert f'model_id="{meta["model_id"]}"' in text and meta["key_fingerprint"] in text
+    assert "keycam_key_stage_healthy 1" in text
+    frames = [ln for ln in text.splitlines() if ln.startswith("keycam_frames_total ")]
+    assert int(frames[0].split()[1]) > 0
+    stats = collect.of("stats")[-1]
+    assert stats["frames"] > 0 and set(stats["latency_ms"]) == {"capture", "key", "infer", "egress"}
+    assert stats["sensor_fingerprint"] == meta["sensor_fingerprint"]
+
+
+@pytest.mark.timeout(60)
+def test_camera_failure_alarms_and_recovers(tmp_path, device_dir, collect):
+    cfg = write_config(tmp_path, device_dir, camera={"faults": {"disconnect_after": 40}})
+    run = Running(cfg)
+    assert wait_until(lambda: len(collect.of("prediction")) >= 100, 20)
+    run.stop()
+    assert "camera_error" in {a["reason"] for a in collect.of("alarm")}

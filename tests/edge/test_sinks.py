@@ -1,0 +1,68 @@
+"""Stdout and serial sinks (serial over a real pty), and the sink factory."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import select
+import tty
+
+import pytest
+
+from edge.egress import EgressRefused
+from edge.sinks import DiscardSink, SinkError, make_sink
+from edge.sinks.serial import SerialSink
+from edge.sinks.stdout import StdoutSink
+from edge_testkit import guard, top_k_record
+
+
+def test_stdout_sink_writes_json_lines_and_refuses_raw_data():
+    buf = io.BytesIO()
+    sink, g = StdoutSink(buf), guard()
+    for seq in range(3):
+        sink.send(g.check(top_k_record(seq)))
+    with pytest.raises(EgressRefused):
+        sink.send(b"\x00" * 784)
+    lines = buf.getvalue().decode().splitlines()
+    assert [json.loads(line)["seq"] for line in lines] == [0, 1, 2] and sink.sent == 3
+
+
+def test_stdout_sink_counts_a_broken_stream():
+    buf = io.BytesIO()
+    buf.close()
+    sink = StdoutSink(buf)
+    with pytest.raises(SinkError):
+        sink.send(guard().check(top_k_record(1)))
+    assert sink.lost == 1
+
+
+def test_serial_sink_over_a_pty():
+    master, slave = os.openpty()
+    tty.setraw(master)
+    sink = SerialSink(os.ttyname(slave))
+    try:
+        g = guard()
+        for seq in range(5):
+            sink.send(g.check(top_k_record(seq)))
+        sink.flush()
+        data = b""
+        while data.count(b"\n") < 5 and select.select([master], [], [], 5)[0]:
+            data += os.read(master, 4096)
+        assert [json.loads(line)["seq"] for line in data.decode().splitlines()] == list(range(5))
+        assert sink.sent == 5
+    finally:
+        sink.close()
+        os.close(master)
+        os.close(slave)
+
+
+def test_serial_sink_bad_port_is_a_clear_error(tmp_path):
+    with pytest.raises(SinkError, match="cannot open"):
+        SerialSink(str(tmp_path / "no-such-tty"))
+
+
+def test_make_sink():
+    assert isinstance(make_sink({"type": "discard"}), DiscardSink)
+    assert isinstance(make_sink({"type": "stdout"}), StdoutSink)
+    with pytest.raises(SinkError, match="unknown sink type"):
+        make_sink({"type": "carrier-pigeon"})
