@@ -1,1 +1,10 @@
-"""keycam hardware package."""
+"""keycam hardware layer: the physical parts and their faithful simulations.
+
+camera.py            Camera interface, ReplayCamera, Picamera2Camera (raw, linear), make_camera
+faceplate.py         SerialFaceplate: host driver of the faceplate actuator (PROTOCOL.md)
+protocol.py          the actuator's line protocol (framing, CRC-16, error codes)
+faceplate_firmware.py / faceplate_emulator.py   the actuator firmware and its pty emulator with faults
+preadc.py, optics.py simulated pre-ADC stage: fiber optics, sensor key A0, noise, ADC
+cli.py               `keycam hw`
+Nothing here imports tools/ or torch.
+"""

@@ -122,7 +122,7 @@ class Camera(ABC):
 # -- replay ---------------------------------------------------------------------------------------
 @dataclass
 class ReplayFaults:
-    """Faults a ReplayCamera can inject, counted in delivered frames (for fail-closed tests)."""
+    """Faults a ReplayCamera can inject, counted in frames delivered since the last open()."""
 
     stall_after: int | None = None        # then read() times out
     disconnect_after: int | None = None   # then read() raises CameraDisconnected
