@@ -73,8 +73,8 @@ class Metrics:
         self.key_stage_healthy = False
         self.info = {"model_id": "", "key_fingerprint": "", "sensor_fingerprint": ""}
         self.started = time.monotonic()
+        self.refused = 0
         self.sink_stats: Callable[[], dict[str, dict[str, int]]] = dict
-        self.refused: Callable[[], int] = lambda: 0
 
     def observe(self, stage: str, seconds: float) -> None:
         """Record one latency sample; each stage is written by a single thread."""
@@ -93,6 +93,10 @@ class Metrics:
         with self._lock:
             self.alarms += 1
 
+    def refuse(self) -> None:
+        with self._lock:
+            self.refused += 1
+
     @property
     def dropped_total(self) -> int:
         with self._lock:
@@ -108,7 +112,7 @@ class Metrics:
         with self._lock:
             return {"frames": self.frames, "dropped": sum(self.dropped.values()),
                     "dropped_by_reason": dict(self.dropped), "fps": round(self.rate.rate(), 2),
-                    "alarms": self.alarms, "refused": self.refused(), "model_swaps": self.model_swaps,
+                    "alarms": self.alarms, "refused": self.refused, "model_swaps": self.model_swaps,
                     "sink_lost": sum(s.get("lost", 0) for s in sinks.values()), "sinks": sinks,
                     "latency_ms": self.latency_ms(), "uptime_s": round(time.monotonic() - self.started, 3),
                     **self.info}

@@ -106,8 +106,10 @@ class Pipeline:
         try:
             guarded = (guard or self._ctx.guard).check(record)
         except EgressRefused as exc:
-            log.error("egress guard refused a %s record: %s", record.get("type") if isinstance(record, dict)
-                      else type(record).__name__, exc)
+            self.metrics.refuse()
+            if self.metrics.refused % 1000 == 1:     # the first, then every 1000th: no log flood
+                log.error("egress guard refused a %s record (%d so far): %s", record.get("type")
+                          if isinstance(record, dict) else type(record).__name__, self.metrics.refused, exc)
             return False
         with self._send_lock:
             for sink in self.sinks:

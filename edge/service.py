@@ -93,6 +93,10 @@ class Service:
         self._key_failed = threading.Event()
         self._seq = {"alarm": 0, "stats": 0}
         self._seq_lock = threading.Lock()
+        self._key_error = ""
+        self._pending_sig: tuple | None = None     # hot-swap candidate seen once (debounce)
+        self._rejected_sig: tuple | None = None    # a pair already refused: do not retry or re-alarm
+        self._key_backoff = _Backoff(config.key_stage.retry_initial_s, config.key_stage.retry_max_s)
         self._shared_stage: KeyStage | None = None
         self._generation = 0
         self._camera_backoff = _Backoff(config.key_stage.retry_initial_s, config.key_stage.retry_max_s)
@@ -164,12 +168,15 @@ class Service:
                              "sensor_fingerprint": p.sensor_fingerprint}
 
     def _apply_health(self, health: Health, backoff: _Backoff, now: float) -> None:
+        """Open or close the gate; the back-off only resets once the stage stayed healthy a whole
+        health interval, so a stage that fails again right after recovering keeps backing off."""
         pipe = self.pipeline
         if health.ok:
-            if not pipe.gate_open:
+            if pipe.gate_open:
+                backoff.reset()
+            else:
                 if backoff.attempt:
                     self.alarm("key_stage_recovered", backoff.attempt, 0.0, "key stage healthy again")
-                backoff.reset()
                 pipe.open_gate()
             return
         pipe.close_gate()
@@ -177,9 +184,9 @@ class Service:
         self.alarm(health.reason, backoff.attempt, delay, health.detail)
 
     def _on_key_error(self, exc: BaseException) -> None:
-        """Called from the key thread: close the gate at once, the supervisor re-checks."""
+        """Called from the key thread: close the gate at once; the supervisor alarms and retries."""
         self.pipeline.close_gate()
-        log.error("key stage failed: %s", exc)
+        self._key_error = f"{type(exc).__name__}: {exc}"
         self._key_failed.set()
 
     def _on_camera_error(self, exc: BaseException) -> None:
@@ -249,15 +256,12 @@ class Service:
         self.sinks = [make_sink(asdict(s)) for s in cfg.sinks]
         self.metrics.sink_stats = lambda: {f"{s.name}{i}" if i else s.name: s.stats()
                                            for i, s in enumerate(self.sinks)}
-        self.metrics.refused = lambda: self.pipeline.context.guard.refused
         if cfg.metrics.enabled:
             self.metrics_server = MetricsServer(self.metrics, cfg.metrics.port)
             log.info("metrics on http://127.0.0.1:%d/metrics", self.metrics_server.port)
         pc = cfg.pipeline
         self.pipeline = Pipeline(self.camera, ctx, self.sinks, self.metrics, pc.queue_size, pc.drop_when_full,
                                  pc.camera_timeout_s, self.max_frames, self._on_key_error, self._on_camera_error)
-        self._key_backoff = _Backoff(cfg.key_stage.retry_initial_s, cfg.key_stage.retry_max_s)
-        self._pending_sig = self._rejected_sig = None
         previous = self._install_signals()
         started = time.monotonic()
         stop_reason = "signal"
@@ -284,9 +288,11 @@ class Service:
             if pipe.finished.is_set():
                 return "source ended" if pipe.source_ended.is_set() else "frames done"
             now = time.monotonic()
-            if self._key_failed.is_set() or (pipe.gate_open and now >= next_health) or \
-                    (not pipe.gate_open and now >= self._key_backoff.next_at):
+            if self._key_failed.is_set():
                 self._key_failed.clear()
+                self._apply_health(Health(False, "key_stage_error", self._key_error), self._key_backoff, now)
+            elif (pipe.gate_open and now >= next_health) or \
+                    (not pipe.gate_open and now >= self._key_backoff.next_at):
                 self._apply_health(pipe.context.key_stage.check(), self._key_backoff, now)
                 next_health = now + cfg.key_stage.health_interval_s
             if self._reload.is_set() or (cfg.model.watch_interval_s and now >= next_watch):

@@ -37,3 +37,17 @@ def device_dir(tmp_path) -> Path:
     d = tmp_path / "device"
     shutil.copytree(SIM_DIR, d)
     return d
+
+
+@pytest.fixture(scope="session")
+def encrypted_device(tmp_path_factory) -> Path:
+    """The demo device with output encryption: model.tflite, sensor.key, and the key set (host side)."""
+    from tools.keying.provision import build_keyed_model
+    from tools.make_sim_device import DEMO_SECRET, default_onnx
+    out = tmp_path_factory.mktemp("encrypted-device")
+    prov = build_keyed_model(default_onnx(), DEMO_SECRET, "sim-0003", profile="full", output_encryption=True,
+                             float_model=False)
+    (out / "model.tflite").write_bytes(prov.tflite_int8)
+    (out / "sensor.key").write_bytes(prov.keyset.sensor.to_bytes())
+    prov.keyset.save(out / "keyset.bin")
+    return out

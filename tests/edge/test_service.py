@@ -199,3 +199,35 @@ def test_camera_failure_alarms_and_recovers(tmp_path, device_dir, collect):
     assert wait_until(lambda: len(collect.of("prediction")) >= 100, 20)
     run.stop()
     assert "camera_error" in {a["reason"] for a in collect.of("alarm")}
+
+
+@pytest.mark.timeout(60)
+def test_output_encryption_only_encrypted_logits_leave_and_the_key_holder_decodes(tmp_path, encrypted_device,
+                                                                                 collect):
+    from edge.egress import decode_encrypted_logits
+    from keys.keyset import KeySet
+    run = Running(write_config(tmp_path, encrypted_device), max_frames=300)
+    run.thread.join(50)
+    run.stop()
+    preds = collect.of("prediction")
+    assert len(preds) == 300 and all("top_k" not in r and len(r["encrypted_logits"]) == 10 for r in preds)
+    keyset = KeySet.load(encrypted_device / "keyset.bin")
+    names = _label_names()
+    decoded = [decode_encrypted_logits(r["encrypted_logits"], keyset.output, names, top_k=1)[0][0] for r in preds]
+    hits = [label == names[LABELS[r["seq"] % len(LABELS)]] for label, r in zip(decoded, preds)]
+    assert np.mean(hits) > 0.75
+    raw_top = [names[int(np.argmax(r["encrypted_logits"]))] for r in preds]   # without the key: not the answer
+    assert np.mean([a == b for a, b in zip(raw_top, decoded)]) < 0.6
+
+
+@pytest.mark.timeout(60)
+def test_key_stage_errors_on_frames_fail_closed_with_growing_backoff(tmp_path, device_dir, collect):
+    frames = tmp_path / "frames32.npz"                     # a camera that does not match the sensor key
+    np.savez(frames, images=np.zeros((4, 32, 32), dtype=np.uint8))
+    run = Running(write_config(tmp_path, device_dir, camera={"source": str(frames)}))
+    assert wait_until(lambda: sum(a["reason"] == "key_stage_error" for a in collect.of("alarm")) >= 3, 15)
+    summary = run.stop()
+    errors = [a for a in collect.of("alarm") if a["reason"] == "key_stage_error"]
+    assert [a["retry_in_s"] for a in errors[:3]] == [0.1, 0.2, 0.4]
+    assert not collect.of("prediction") and run.service.metrics.latency["infer"].count == 0
+    assert summary["dropped_by_reason"]["key_stage_error"] >= 3
