@@ -53,11 +53,15 @@ def evaluate(model, images: np.ndarray, labels: np.ndarray, batch: int = 1000) -
 
 
 def train_lenet(dataset: str, epochs: int = 4, batch: int = 128, lr: float = 2e-3, seed: int = 0,
-                limit: int | None = None, data_dir: str | None = None, progress: bool = True):
-    """Train LeNet on an IDX dataset; returns (model, test accuracy)."""
+                limit: int | None = None, data_dir: str | None = None, progress: bool = True, threads: int = 1):
+    """Train LeNet on an IDX dataset; returns (model, test accuracy).
+
+    One thread by default: for a net this small, extra threads mostly add contention.
+    """
     import torch
     import torch.nn.functional as F
     from tqdm import tqdm
+    torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     x_train, y_train = load_dataset(dataset, "train", data_dir, limit)

@@ -15,7 +15,9 @@ from edge.errors import KeycamError
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N training images.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder with the IDX .gz files.")
-def train(dataset: str, out_path: str, epochs: int, limit: int | None, seed: int, data_dir: str | None) -> None:
+@click.option("--threads", type=click.IntRange(1, 64), default=1, show_default=True, help="PyTorch CPU threads.")
+def train(dataset: str, out_path: str, epochs: int, limit: int | None, seed: int, data_dir: str | None,
+          threads: int) -> None:
     """Train LeNet-with-average-pool and export it as ONNX (needs the `train` extra: PyTorch)."""
     try:
         import torch  # noqa: F401
@@ -24,7 +26,7 @@ def train(dataset: str, out_path: str, epochs: int, limit: int | None, seed: int
     from edge.datasets import labels_for
     from tools.train import export_onnx, train_lenet
     start = time.perf_counter()
-    model, acc = train_lenet(dataset, epochs=epochs, limit=limit, seed=seed, data_dir=data_dir)
+    model, acc = train_lenet(dataset, epochs=epochs, limit=limit, seed=seed, data_dir=data_dir, threads=threads)
     export_onnx(model, out_path, (1, 28, 28), meta={"dataset": dataset, "labels": list(labels_for(dataset))})
     click.echo(f"{dataset}: test accuracy {acc:.4f} after {epochs} epochs "
                f"({time.perf_counter() - start:.0f} s); wrote {out_path}")
