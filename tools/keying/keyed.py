@@ -2,20 +2,24 @@
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
 from edge.errors import KeycamError
 from keys.drbg import Drbg
-from keys.factors import ChannelGenPerm, Key
+from keys.factors import Bias, ChannelGenPerm, Gain, Key, Permutation
 from keys.generate import channel_layer_key, output_key, sensor_key, spatial_layer_key
 from keys.keyset import KeySet
-from tools.ir import (LINEAR, Activation, AvgPool, Conv, Dense, Flatten, Network, Softmax, Unflatten,
+from tools.ir import (LINEAR, AvgPool, Conv, Dense, Flatten, Network, Softmax, Unflatten,
                       conv_matrix, forward, pool_matrix)
 from tools.keying.profiles import Profile, get_profile
 
 FLOAT_TOLERANCE = 1e-4
+ROW_CHUNK_NNZ = 8_000_000      # bound on the temporaries of one row-gather chunk
 
 
 class KeyingError(KeycamError):
@@ -29,11 +33,6 @@ def model_id_of(onnx_bytes: bytes) -> str:
 
 def _linear_indices(net: Network) -> list[int]:
     return [i for i, layer in enumerate(net.layers) if isinstance(layer, LINEAR)]
-
-
-def _followed_by_squashing(net: Network, index: int) -> bool:
-    nxt = net.layers[index + 1] if index + 1 < len(net.layers) else None
-    return isinstance(nxt, Activation) and nxt.act not in ("relu", "leaky_relu", "none")
 
 
 def derive_keyset(secret: bytes, device_id: str, model_id: str, net: Network, profile: str | Profile,
@@ -83,20 +82,102 @@ def _as_matrix(layer, in_shape) -> tuple[sp.csr_matrix | np.ndarray, np.ndarray]
     return layer.weight, layer.bias
 
 
+@dataclass(frozen=True)
+class GenPerm:
+    """A key in generalized-permutation form: y[i] = scale[i] * x[index[i]] + offset[i]."""
+    index: np.ndarray
+    scale: np.ndarray
+    offset: np.ndarray
+
+    @property
+    def inverse_index(self) -> np.ndarray:
+        """inv[j] = the output position that reads input j."""
+        inv = np.empty_like(self.index)
+        inv[self.index] = np.arange(len(self.index))
+        return inv
+
+    def inverse_linear(self, y: np.ndarray) -> np.ndarray:
+        """L^-1 y (the offset not removed)."""
+        x = np.empty_like(y, dtype=np.float64)
+        x[self.index] = y / self.scale
+        return x
+
+
+def genperm_form(key: Key) -> GenPerm | None:
+    """The key as one gather + scale + offset, or None when a factor mixes units (tile or dense mix)."""
+    n = key.size
+    index, scale, offset = np.arange(n), np.ones(n), np.zeros(n)
+    for f in key.factors:
+        if isinstance(f, Permutation):
+            index, scale, offset = index[f.perm], scale[f.perm], offset[f.perm]
+        elif isinstance(f, ChannelGenPerm):
+            gather, g = f._index(f.perm), np.repeat(f.gain, f.spatial)
+            index, scale, offset = index[gather], scale[gather] * g, offset[gather] * g
+        elif isinstance(f, Gain):
+            scale, offset = scale * f.g, offset * f.g
+        elif isinstance(f, Bias):
+            offset = offset + f.b
+        else:
+            return None
+    return GenPerm(index, scale, offset)
+
+
+def _csr_gather_rows(w: sp.csr_matrix, rows: np.ndarray, row_scale: np.ndarray) -> sp.csr_matrix:
+    """Rows w[rows[r]] * row_scale[r], built in bounded chunks of rows (no sparse product)."""
+    lengths = np.diff(w.indptr)[rows]
+    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    indices = np.empty(indptr[-1], dtype=w.indices.dtype)
+    data = np.empty(indptr[-1], dtype=w.data.dtype)
+    step = max(1, int(ROW_CHUNK_NNZ // max(1.0, lengths.mean() if len(lengths) else 1.0)))
+    for a in range(0, len(rows), step):
+        b = min(a + step, len(rows))
+        lo, hi = indptr[a], indptr[b]
+        src = np.repeat(w.indptr[rows[a:b]] - indptr[a:b], lengths[a:b]) + np.arange(lo, hi)
+        indices[lo:hi] = w.indices[src]
+        data[lo:hi] = w.data[src] * np.repeat(row_scale[a:b], lengths[a:b])
+    return sp.csr_matrix((data, indices, indptr), shape=(len(rows), w.shape[1]))
+
+
+def _key_columns(w, g_in: GenPerm):
+    """W L_in^-1 for a generalized-permutation input key: column j moves to inv[j], divided by its scale."""
+    inv = g_in.inverse_index
+    if not sp.issparse(w):
+        return np.asarray(w)[:, g_in.index] / g_in.scale
+    w = sp.csr_matrix(w)
+    indices = inv[w.indices]
+    out = sp.csr_matrix((w.data / g_in.scale[indices], indices.astype(w.indices.dtype), w.indptr.copy()),
+                        shape=w.shape)
+    out.has_sorted_indices = False
+    out.sort_indices()
+    return out
+
+
 def _key_generic(w, b, k_in: Key, k_out: Key | None):
-    """W' = L_out W L_in^-1 and b' = L_out (b - W L_in^-1 c_in) + c_out, sparse where W is."""
-    lin_inv = k_in.inverse_linear_csr()
-    c_in = k_in.offset()
-    if sp.issparse(w):
-        wk = (w @ lin_inv).tocsr()
-        b2 = b - np.asarray(w @ (lin_inv @ c_in)).ravel()
+    """W' = L_out W L_in^-1 and b' = L_out (b - W L_in^-1 c_in) + c_out, sparse where W is.
+
+    Generalized-permutation keys (every layer key, and sensor keys without tile mixing) permute and
+    scale the rows and columns directly; other keys fall back to sparse matrix products.
+    """
+    g_in = genperm_form(k_in)
+    if g_in is not None:
+        x0 = g_in.inverse_linear(g_in.offset)
+        wk = _key_columns(w, g_in)
     else:
-        wk = np.asarray((lin_inv.T @ np.asarray(w).T).T)
-        b2 = b - wk @ c_in
+        lin_inv = k_in.inverse_linear_csr()
+        x0 = lin_inv @ k_in.offset()
+        wk = (sp.csr_matrix(w) @ lin_inv).tocsr() if sp.issparse(w) else np.asarray((lin_inv.T @ np.asarray(w).T).T)
+    b2 = b - np.asarray(w @ x0).ravel()
     if k_out is not None:
-        lout = k_out.linear_csr()
-        wk = (lout @ wk).tocsr() if sp.issparse(wk) else np.asarray(lout @ wk)
-        b2 = np.asarray(lout @ b2).ravel() + k_out.offset()
+        g_out = genperm_form(k_out)
+        if g_out is not None:
+            wk = _csr_gather_rows(wk, g_out.index, g_out.scale) if sp.issparse(wk) else \
+                wk[g_out.index] * g_out.scale[:, None]
+            b2 = b2[g_out.index] * g_out.scale + g_out.offset
+        else:
+            lout = k_out.linear_csr()
+            wk = (lout @ wk).tocsr() if sp.issparse(wk) else np.asarray(lout @ wk)
+            b2 = np.asarray(lout @ b2).ravel() + k_out.offset()
     if sp.issparse(wk):
         wk.eliminate_zeros()
         wk.sort_indices()
@@ -109,8 +190,11 @@ def _key_conv_channels(layer: Conv, k_in: ChannelGenPerm, k_out: ChannelGenPerm)
     return Conv(w, k_out.gain * layer.bias[k_out.perm], layer.stride, layer.pads, layer.act, layer.alpha)
 
 
-def key_network(net: Network, keyset: KeySet) -> Network:
-    """Return the keyed network: on keyed frames it computes A_k f(x) (A_k = I without output key)."""
+def iter_keyed_layers(net: Network, keyset: KeySet, progress: Callable[[str], None] | None = None) -> Iterator:
+    """Yield the keyed network's layers one at a time (callers may stream them and drop each one).
+
+    `progress` (e.g. a stderr printer) gets one line per keyed linear layer with its size and time.
+    """
     shapes = [tuple(net.input_shape)] + net.shapes()
     linear = _linear_indices(net)
     keys_out = dict(zip(linear, keyset.layers + [keyset.output]))
@@ -118,38 +202,48 @@ def key_network(net: Network, keyset: KeySet) -> Network:
         raise KeyingError(f"key set has {len(keyset.layers)} layer keys, the network needs {len(linear) - 1}")
     k_in: Key = keyset.sensor
     vector = True            # keyed activations start as flat vectors (the sensor key scrambles space)
-    layers: list = []
     for i, layer in enumerate(net.layers):
         in_shape, out_shape = shapes[i], shapes[i + 1]
         if isinstance(layer, LINEAR):
+            start = time.perf_counter()
             k_out = keys_out[i]
             cin, cout = _single(k_in), _single(k_out) if k_out is not None else None
             if isinstance(layer, AvgPool) and isinstance(cin, ChannelGenPerm) and not vector:
-                layers.append(layer)
+                keyed, what = layer, "average pool (per-channel key, unchanged)"
             elif isinstance(layer, Conv) and isinstance(cin, ChannelGenPerm) and isinstance(cout, ChannelGenPerm) \
                     and not vector:
-                layers.append(_key_conv_channels(layer, cin, cout))
+                keyed, what = _key_conv_channels(layer, cin, cout), "conv (channel keys)"
             else:
                 if not vector:
-                    layers.append(Flatten())
+                    yield Flatten()
                 w, b = _as_matrix(layer, in_shape)
                 wk, bk = _key_generic(w, b, k_in, k_out)
-                layers.append(Dense(wk, bk, getattr(layer, "act", "none"), getattr(layer, "alpha", 0.0)))
-                vector = True
-                if isinstance(cout, ChannelGenPerm) and len(out_shape) == 3:
-                    layers.append(Unflatten(out_shape))
-                    vector = False
+                del w
+                keyed = Dense(wk, bk, getattr(layer, "act", "none"), getattr(layer, "alpha", 0.0))
+                what = f"dense {wk.shape[0]}x{wk.shape[1]}" + (f", {wk.nnz:,} non-zeros" if sp.issparse(wk) else "")
+                vector = not (isinstance(cout, ChannelGenPerm) and len(out_shape) == 3)
+            if progress is not None:
+                progress(f"keyed layer {i + 1}/{len(net.layers)} ({type(layer).__name__.lower()}): {what} "
+                         f"in {time.perf_counter() - start:.2f} s")
+            yield keyed
+            if isinstance(keyed, Dense) and not vector:
+                yield Unflatten(out_shape)
             if k_out is not None:
                 k_in = k_out
         elif isinstance(layer, (Flatten, Unflatten)):
             if not vector and isinstance(layer, Flatten):
-                layers.append(Flatten())
+                yield Flatten()
                 vector = True
         elif isinstance(layer, Softmax):
             if keyset.output is None:
-                layers.append(layer)
+                yield layer
         else:
-            layers.append(layer)
+            yield layer
+
+
+def key_network(net: Network, keyset: KeySet, progress: Callable[[str], None] | None = None) -> Network:
+    """Return the keyed network: on keyed frames it computes A_k f(x) (A_k = I without output key)."""
+    layers = list(iter_keyed_layers(net, keyset, progress))
     return Network((int(np.prod(net.input_shape)),), layers, name=f"{net.name}-keyed-{keyset.profile}")
 
 
