@@ -19,6 +19,7 @@ import math
 import re
 import threading
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 
@@ -99,7 +100,7 @@ class GuardedRecord:
         return f"GuardedRecord({self.kind}, seq={self.seq}, {len(self.payload)} bytes)"
 
 
-def _refuse(msg: str) -> None:
+def _refuse(msg: str) -> NoReturn:
     raise EgressRefused(msg)
 
 
@@ -120,7 +121,6 @@ def _record_kind(record: dict) -> str:
     if kind in ("alarm", "stats"):
         return kind
     _refuse(f"record type {kind!r} is not one of prediction, alarm, stats")
-    raise AssertionError  # unreachable
 
 
 class EgressGuard:
@@ -183,7 +183,6 @@ class EgressGuard:
                 _refuse("top_k labels must be distinct labels of the running model")
             seen.add(label)
             _float(score, "score", 0.0, previous)
-
             previous = score
 
     def _check_prediction_encrypted(self, record: dict) -> None:

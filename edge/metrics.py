@@ -23,7 +23,7 @@ class LatencyWindow:
     """The last `size` latency samples (seconds) of one stage plus running count and sum."""
 
     def __init__(self, size: int = 4096):
-        self._buf = np.zeros(size, dtype=np.float64)
+        self._buf = np.full(size, 0.0)   # written now, so its pages count from the start (flat RSS)
         self._size, self.count, self.total = size, 0, 0.0
 
     def add(self, seconds: float) -> None:

@@ -98,7 +98,8 @@ class Pipeline:
         self._stopping.set()
         deadline = time.monotonic() + timeout
         for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
+            if t.ident is not None:          # started
+                t.join(max(0.0, deadline - time.monotonic()))
         return not any(t.is_alive() for t in self._threads)
 
     def send(self, record: dict, guard: EgressGuard | None = None) -> bool:

@@ -249,11 +249,28 @@ class Service:
 
     def run(self) -> dict:
         """Run until --frames are done, the source ends, or SIGTERM/SIGINT; return the summary."""
+        previous = self._install_signals()
+        started = time.monotonic()
+        stop_reason = "signal"
+        try:
+            self._build()
+            self.camera.open()
+            self._apply_health(self.pipeline.context.key_stage.check(), self._key_backoff, time.monotonic())
+            self.pipeline.start()
+            stop_reason = self._supervise()
+        finally:
+            self._shutdown()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return self.summary(time.monotonic() - started, stop_reason)
+
+    def _build(self) -> None:
         cfg = self.cfg
         ctx = self.load_context()
         self._set_info(ctx)
         self.camera = self._make_camera()
-        self.sinks = [make_sink(asdict(s)) for s in cfg.sinks]
+        for sink_cfg in cfg.sinks:
+            self.sinks.append(make_sink(asdict(sink_cfg)))
         self.metrics.sink_stats = lambda: {f"{s.name}{i}" if i else s.name: s.stats()
                                            for i, s in enumerate(self.sinks)}
         if cfg.metrics.enabled:
@@ -262,19 +279,6 @@ class Service:
         pc = cfg.pipeline
         self.pipeline = Pipeline(self.camera, ctx, self.sinks, self.metrics, pc.queue_size, pc.drop_when_full,
                                  pc.camera_timeout_s, self.max_frames, self._on_key_error, self._on_camera_error)
-        previous = self._install_signals()
-        started = time.monotonic()
-        stop_reason = "signal"
-        try:
-            self.camera.open()
-            self._apply_health(ctx.key_stage.check(), self._key_backoff, time.monotonic())
-            self.pipeline.start()
-            stop_reason = self._supervise()
-        finally:
-            self._shutdown()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        return self.summary(time.monotonic() - started, stop_reason)
 
     def _supervise(self) -> str:
         cfg, pipe = self.cfg, self.pipeline

@@ -1,6 +1,7 @@
 """The device service end to end on the simulated device: predictions, fail closed, hot swap, metrics."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ from edge.datasets import load_samples
 from edge.runtime import TFLiteModel
 from edge.service import Service
 from edge.sinks.base import Sink
-from edge_testkit import wait_until, write_config
+from edge_testkit import SIM_DIR, wait_until, write_config
 from keys.drbg import Drbg
 from keys.generate import KeyConfig, sensor_key
 
@@ -145,7 +146,9 @@ def test_hot_swap_to_a_new_pair_without_restart(tmp_path, device_dir, other_devi
     os.replace(staging / "sensor.key", device_dir / "sensor.key")    # a deploy lands key, then model
     os.replace(staging / "model.tflite", device_dir / "model.tflite")
     new = _meta(device_dir)
-    assert wait_until(lambda: any(r["model_id"] == new["model_id"] for r in collect.of("prediction")), 20)
+    assert new["key_fingerprint"] != _meta(SIM_DIR)["key_fingerprint"]
+    assert wait_until(lambda: any(r["key_fingerprint"] == new["key_fingerprint"]
+                                  for r in collect.of("prediction")), 20)
     n = len(collect.of("prediction"))
     assert wait_until(lambda: len(collect.of("prediction")) >= n + 100, 20)
     summary = run.stop()
@@ -169,7 +172,7 @@ def test_mismatched_new_pair_is_rejected_and_the_old_one_keeps_running(tmp_path,
     n = len(collect.of("prediction"))
     assert wait_until(lambda: len(collect.of("prediction")) >= n + 50, 20)
     summary = run.stop()
-    assert {r["model_id"] for r in collect.of("prediction")} == {old["model_id"]}
+    assert {r["key_fingerprint"] for r in collect.of("prediction")} == {old["key_fingerprint"]}
     assert summary["model_swaps"] == 0
 
 
@@ -231,3 +234,16 @@ def test_key_stage_errors_on_frames_fail_closed_with_growing_backoff(tmp_path, d
     assert [a["retry_in_s"] for a in errors[:3]] == [0.1, 0.2, 0.4]
     assert not collect.of("prediction") and run.service.metrics.latency["infer"].count == 0
     assert summary["dropped_by_reason"]["key_stage_error"] >= 3
+
+
+def test_startup_errors_are_clear_and_leave_nothing_running(tmp_path, device_dir):
+    from edge.errors import ModelError
+    from hardware.errors import CameraError
+    no_camera = dataclasses.replace(load_config(write_config(tmp_path, device_dir)),
+                                    camera={"type": "picamera2", "size": [28, 28]})
+    with pytest.raises(CameraError, match="picamera2"):      # no Raspberry Pi camera on this machine
+        Service(no_camera, max_frames=1).run()
+    bad_model = load_config(write_config(tmp_path, device_dir, model={"path": str(device_dir / "sensor.key")}))
+    with pytest.raises(ModelError):
+        Service(bad_model, max_frames=1).run()
+    assert threading.active_count() < 10
