@@ -3,7 +3,7 @@ restart the service, health-check, then commit or roll back. Device side: no too
 
 Every command prints one JSON object on stdout (`"ok": true|false`) and exits 0 or 1:
     python -m deploy.agent --root ROOT init --device-id ID --hardware HW --signing-pub B64
-    python -m deploy.agent --root ROOT receive --sha256 HEX --size N   < bundle
+    python -m deploy.agent --root ROOT receive --sha256 HEX --size N [--install]  < bundle
     python -m deploy.agent --root ROOT install BUNDLE [--no-service]
     python -m deploy.agent --root ROOT status | rollback [--no-service] | recover
 Crash safety: state.json records an install in flight ("trying") before `current` is switched; every
@@ -152,7 +152,7 @@ class Agent:
 
     # ---- activation (shared by install and rollback) --------------------------------------------
     def _activate(self, state: dict, slot: str, manifest: Manifest, cfg: ServiceConfig, action: str) -> dict:
-        old = state["committed"]
+        old, old_version = state["committed"], state["version"]
         state["trying"] = {"slot": slot, "version": manifest.version, "action": action, "since": _now()}
         self.dev.save_state(state)
         _crash_point("marked")
@@ -167,7 +167,7 @@ class Agent:
             self._recover(state, cfg)
             raise
         result = {"action": action, "device_id": manifest.device_id, "version": manifest.version,
-                  "slot": slot, "health": verdict}
+                  "from_version": old_version, "slot": slot, "health": verdict}
         if verdict["ok"]:
             floor = max(state["min_version"], manifest.minimum_version, key=parse_version)
             state.update(committed=slot, version=manifest.version, previous=old, trying=None,
@@ -322,6 +322,8 @@ def _parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("receive", help="store a bundle read from stdin in incoming/")
     rec.add_argument("--sha256", required=True)
     rec.add_argument("--size", required=True, type=int)
+    rec.add_argument("--install", action="store_true", help="install it right away (one round trip)")
+    rec.add_argument("--no-service", action="store_true", help="with --install: no restart/is-active")
     ins = sub.add_parser("install", help="install a bundle into the inactive slot")
     ins.add_argument("bundle")
     ins.add_argument("--no-service", action="store_true", help="no restart/is-active (first flash)")
@@ -341,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
             result = {"ok": True, "device_id": args.device_id, "device_public": pub}
         elif args.cmd == "receive":
             result = agent.receive(sys.stdin.buffer, args.sha256, args.size)
+            if args.install:
+                result = agent.install(result["path"], use_service=not args.no_service)
         elif args.cmd == "install":
             result = agent.install(args.bundle, use_service=not args.no_service)
         elif args.cmd == "rollback":

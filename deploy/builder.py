@@ -15,40 +15,19 @@ from deploy.bundle import write_bundle
 from deploy.canary import make_canary
 from deploy.health import save_canary
 from deploy.manifest import Manifest, parse_version
+from deploy.payload import CANARY, CONFIG, MODEL, SENSOR_KEY, device_config
 from deploy.signing import SEAL_ALG, public_key_id, seal
 from keys.keyset import KeySet
-from keys.vault import Vault, VaultError, b64d, now_iso
-
-MODEL, CANARY, CONFIG, SENSOR_KEY = "model.tflite", "canary.npz", "device.yaml", "sensor.key"
-
-
-def device_config(device: dict, gen: dict) -> dict:
-    """The device's config as shipped in bundles and exports (paths relative to the slot)."""
-    sensor = {"mode": "faceplate" if device["faceplate"] else "preadc",
-              "fingerprint": gen["sensor_fingerprint"]}
-    if not device["faceplate"]:
-        sensor["key_file"] = SENSOR_KEY
-    return {"device_id": device["device_id"], "hardware": device["hardware"],
-            "model": {"path": MODEL, "model_id": gen["model_id"], "key_fingerprint": gen["key_fingerprint"],
-                      "profile": gen["profile"], "output_encrypted": gen["output_encryption"]},
-            "sensor": sensor}
-
-
-def select_generation(vault: Vault, device_id: str, keyset: str) -> dict:
-    """'active', 'pending', or a key fingerprint (prefix)."""
-    if keyset in ("active", "pending"):
-        return vault.generation(device_id, state=keyset)
-    return vault.generation(device_id, fingerprint=keyset)
+from keys.vault import Vault, b64d, now_iso
 
 
 def build(vault: Vault, device_id: str, version: str, out: Path, minimum_version: str = "0",
           keyset: str = "active", hardware: list[str] | None = None, canary_count: int = 16,
-          canary_source: Path | None = None, canary_dataset: str | None = None, health_timeout_s: float = 30.0) -> tuple[Path, Manifest]:
+          canary_source: Path | None = None, canary_dataset: str | None = None,
+          health_timeout_s: float = 30.0) -> tuple[Path, Manifest]:
     """Write `out` (a file, or a directory to hold <device>-<version>.bundle); return path and manifest."""
     device = vault.require_usable(device_id)
-    gen = select_generation(vault, device_id, keyset)
-    if gen["state"] in ("revoked", "retired"):
-        raise VaultError(f"key set {gen['key_fingerprint'][:16]} of {device_id!r} is {gen['state']}")
+    gen = vault.select(device_id, keyset)
     parse_version(version)
     parse_version(minimum_version)
     ks = KeySet.from_bytes(b64d(gen["keyset"], "keyset"))

@@ -47,20 +47,17 @@ def push_one(entry: Entry, resolve: Resolve, trusted: bytes, dry_run: bool, use_
         result["version"] = manifest.version
         if manifest.device_id != entry.device_id:
             raise BundleError(f"bundle {bundle.name} is for {manifest.device_id!r}, not {entry.device_id!r}")
-        status = transport.agent("status")
-        if not status["ok"]:
-            raise KeycamError(f"device status failed: {status.get('error')}")
-        if status["device_id"] != entry.device_id:
-            raise KeycamError(f"target answers as device {status['device_id']!r}, not {entry.device_id!r}")
-        result["from_version"] = status["version"]
         if dry_run:
-            result.update(status="planned", ok=True)
+            status = transport.agent("status")
+            if not status["ok"]:
+                raise KeycamError(f"device status failed: {status.get('error')}")
+            if status["device_id"] != entry.device_id:
+                raise KeycamError(f"target answers as device {status['device_id']!r}, not {entry.device_id!r}")
+            result.update(status="planned", ok=True, from_version=status["version"])
             return result
-        upload = transport.upload(bundle)
-        if not upload["ok"]:
-            raise KeycamError(f"upload failed: {upload['error']}")
-        args = ["install", upload["path"]] + ([] if use_service else ["--no-service"])
-        answer = transport.agent(*args)
+        # one round trip: the agent checks size and sha256, then verifies and installs (or refuses)
+        answer = transport.upload(bundle, "--install", *([] if use_service else ["--no-service"]))
+        result["from_version"] = answer.get("from_version")
         result["ok"] = bool(answer["ok"])
         if answer["ok"]:
             result.update(status="installed", slot=answer["committed"], health=answer["health"])

@@ -59,11 +59,12 @@ class Transport:
     def _local_env(self) -> dict[str, str] | None:
         return None
 
-    def upload(self, bundle: Path) -> dict:
-        """Send a bundle to the device's incoming/ (size and sha256 checked there)."""
+    def upload(self, bundle: Path, *then: str) -> dict:
+        """Send a bundle to the device's incoming/ (size and sha256 checked there); `then` adds
+        agent options such as --install, so upload and install take one round trip."""
         data = Path(bundle).read_bytes()
         return self.agent("receive", "--sha256", hashlib.sha256(data).hexdigest(), "--size", str(len(data)),
-                          stdin=data)
+                          *then, stdin=data)
 
 
 @dataclass

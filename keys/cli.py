@@ -344,17 +344,17 @@ def decode(records, device, top_k, **params) -> None:
 @vault_options
 def export(device, out, keyset, **params) -> None:
     """Write what DEVICE needs: keyed model, config, sensor key (no faceplate only), device identity."""
-    from deploy.builder import CONFIG, MODEL, SENSOR_KEY, device_config, select_generation
     from deploy.device import DeviceRoot, atomic_write
-    from keys.keyset import KeySet
+    from deploy.payload import CONFIG, MODEL, SENSOR_KEY, device_config
     with edit_vault(params) as vault:
         dev = vault.require_usable(device)
-        gen = select_generation(vault, device, keyset)
+        gen = vault.select(device, keyset)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / MODEL, b64d(gen["model_int8"], "model"))
         atomic_write(out / CONFIG, yaml.safe_dump(device_config(dev, gen), sort_keys=False).encode())
         written = [MODEL, CONFIG]
         if not dev["faceplate"]:
+            from keys.keyset import KeySet
             sensor = KeySet.from_bytes(b64d(gen["keyset"], "keyset")).sensor
             atomic_write(out / SENSOR_KEY, sensor.to_bytes(), 0o600)
             written.append(SENSOR_KEY)

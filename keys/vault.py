@@ -207,6 +207,17 @@ class Vault:
                              + (" (it is revoked)" if self.device(device_id)["state"] == "revoked" else ""))
         return hits[-1]
 
+    def select(self, device_id: str, selector: str) -> dict:
+        """A generation by 'active', 'pending' or key fingerprint (prefix); retired/revoked ones are refused."""
+        self.require_usable(device_id)
+        if selector in ("active", "pending"):
+            gen = self.generation(device_id, state=selector)
+        else:
+            gen = self.generation(device_id, fingerprint=selector)
+        if gen["state"] in ("revoked", "retired"):
+            raise VaultError(f"key set {gen['key_fingerprint'][:16]} of {device_id!r} is {gen['state']}")
+        return gen
+
     def require_usable(self, device_id: str) -> dict:
         """The device record, refusing revoked devices."""
         dev = self.device(device_id)
