@@ -187,26 +187,62 @@ def forward(net: Network, x: np.ndarray, collect: bool = False):
     return outs if collect else x.reshape(len(x), -1)
 
 
-def conv_matrix(layer: Conv, in_shape: tuple[int, int, int]) -> sp.csr_matrix:
-    """The convolution as a sparse (O*Ho*Wo, C*H*W) Toeplitz matrix (CHW order on both sides)."""
+def _window_pattern(in_hw: tuple[int, int], kernel, stride, pads) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """Spatial index (iy * W + ix) read by every output position and kernel tap, and its validity.
+
+    Returns (cols (Ho*Wo, kh*kw) int64, valid mask of the same shape, (Ho, Wo)); taps outside the
+    input (padding) are invalid. Work and memory are O(Ho*Wo*kh*kw), independent of channels.
+    """
+    h, w = in_hw
+    kh, kw = kernel
+    ho, wo = conv_output_hw(h, w, kernel, stride, pads)
+    iy = (np.arange(ho) * stride[0] - pads[0])[:, None, None, None] + np.arange(kh)[None, None, :, None]
+    ix = (np.arange(wo) * stride[1] - pads[1])[None, :, None, None] + np.arange(kw)[None, None, None, :]
+    iy, ix = np.broadcast_arrays(iy, ix)
+    valid = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+    cols = np.where(valid, iy * w + ix, 0)
+    return cols.reshape(ho * wo, kh * kw), valid.reshape(ho * wo, kh * kw), (ho, wo)
+
+
+def _csr_from_pattern(cols: np.ndarray, valid: np.ndarray, values: np.ndarray, shape: tuple[int, int],
+                      dtype) -> sp.csr_matrix:
+    """CSR whose row (o, p) holds values[o, t] at column cols[p, t] for every valid tap t.
+
+    cols/valid: (P, T) with columns increasing along T; values: (O, T). Rows are o-major, so the
+    whole matrix is built with a few vectorised array operations and no COO intermediate.
+    """
+    o = values.shape[0]
+    taps = np.nonzero(valid)
+    per_row = valid.sum(axis=1)
+    indptr = np.zeros(o * len(per_row) + 1, dtype=np.int64)
+    np.cumsum(np.tile(per_row, o), out=indptr[1:])
+    index_type = np.int32 if max(shape) < 2 ** 31 else np.int64
+    indices = np.tile(cols[taps].astype(index_type), o)
+    data = np.asarray(values, dtype=dtype)[:, taps[1]].reshape(-1)
+    m = sp.csr_matrix((data, indices, indptr), shape=shape)
+    m.has_sorted_indices = True
+    return m
+
+
+def conv_matrix(layer: Conv, in_shape: tuple[int, int, int], dtype=np.float64) -> sp.csr_matrix:
+    """The convolution as a sparse (O*Ho*Wo, C*H*W) Toeplitz matrix (CHW order on both sides).
+
+    Zero-padding taps are left out; explicit zero weights are kept (the pattern is the conv's).
+    """
     c, h, w = in_shape
-    o, _, kh, kw = layer.weight.shape
-    ho, wo = conv_output_hw(h, w, (kh, kw), layer.stride, layer.pads)
-    oo, yy, xx, cc, ii, jj = np.meshgrid(np.arange(o), np.arange(ho), np.arange(wo), np.arange(c),
-                                         np.arange(kh), np.arange(kw), indexing="ij")
-    iy = yy * layer.stride[0] - layer.pads[0] + ii
-    ix = xx * layer.stride[1] - layer.pads[1] + jj
-    ok = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
-    rows = ((oo * ho + yy) * wo + xx)[ok]
-    cols = ((cc * h + iy) * w + ix)[ok]
-    vals = layer.weight[oo[ok], cc[ok], ii[ok], jj[ok]]
-    return sp.csr_matrix((vals, (rows, cols)), shape=(o * ho * wo, c * h * w))
+    o, ci, kh, kw = layer.weight.shape
+    if ci != c:
+        raise ValueError(f"conv expects {ci} input channels, got {c}")
+    cols, valid, (ho, wo) = _window_pattern((h, w), (kh, kw), layer.stride, layer.pads)
+    # taps ordered (c, i, j): the column (c*H + iy)*W + ix then increases along each row
+    cols = (np.arange(c)[None, :, None] * (h * w) + cols[:, None, :]).reshape(ho * wo, c * kh * kw)
+    valid = np.broadcast_to(valid[:, None, :], (ho * wo, c, kh * kw)).reshape(ho * wo, c * kh * kw)
+    return _csr_from_pattern(cols, valid, layer.weight.reshape(o, -1), (o * ho * wo, c * h * w), dtype)
 
 
-def pool_matrix(layer: AvgPool, in_shape: tuple[int, int, int]) -> sp.csr_matrix:
-    """Average pooling as a sparse matrix (CHW order)."""
-    c = in_shape[0]
-    kh, kw = layer.kernel
-    eye = np.zeros((c, c, kh, kw))
-    eye[np.arange(c), np.arange(c)] = 1.0 / (kh * kw)
-    return conv_matrix(Conv(eye, np.zeros(c), layer.stride), in_shape)
+def pool_matrix(layer: AvgPool, in_shape: tuple[int, int, int], dtype=np.float64) -> sp.csr_matrix:
+    """Average pooling as a sparse matrix (CHW order): one block per channel, no cross-channel zeros."""
+    c, h, w = in_shape
+    cols, valid, (ho, wo) = _window_pattern((h, w), layer.kernel, layer.stride, (0, 0, 0, 0))
+    block = _csr_from_pattern(cols, valid, np.full((1, cols.shape[1]), 1.0 / cols.shape[1]), (ho * wo, h * w), dtype)
+    return sp.block_diag([block] * c, format="csr")

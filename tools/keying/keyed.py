@@ -72,6 +72,12 @@ def _single(key: Key):
     return key.factors[0] if len(key.factors) == 1 else None
 
 
+def _same_channel_key(a, b) -> bool:
+    """Both per-channel keys with the same permutation and gains (an average pool commutes with them)."""
+    return isinstance(a, ChannelGenPerm) and isinstance(b, ChannelGenPerm) and np.array_equal(a.perm, b.perm) \
+        and np.array_equal(a.gain, b.gain)
+
+
 def _as_matrix(layer, in_shape) -> tuple[sp.csr_matrix | np.ndarray, np.ndarray]:
     if isinstance(layer, Conv):
         m = conv_matrix(layer, in_shape)
@@ -208,7 +214,7 @@ def iter_keyed_layers(net: Network, keyset: KeySet, progress: Callable[[str], No
             start = time.perf_counter()
             k_out = keys_out[i]
             cin, cout = _single(k_in), _single(k_out) if k_out is not None else None
-            if isinstance(layer, AvgPool) and isinstance(cin, ChannelGenPerm) and not vector:
+            if isinstance(layer, AvgPool) and not vector and _same_channel_key(cin, cout):
                 keyed, what = layer, "average pool (per-channel key, unchanged)"
             elif isinstance(layer, Conv) and isinstance(cin, ChannelGenPerm) and isinstance(cout, ChannelGenPerm) \
                     and not vector:

@@ -21,6 +21,7 @@ from tools.tflite.builder import GraphBuilder, quant_params
 INPUT_QUANT = (1.0 / 255.0, -128)     # uint8 ADC counts c map exactly to int8 c - 128
 SOFTMAX_QUANT = (1.0 / 256.0, -128)
 SPARSE_FC_VERSION = 8
+CALIBRATION_BATCH = 64
 _ACT_CODES = {"none": fb.ActivationFunctionType.NONE, "relu": fb.ActivationFunctionType.RELU}
 
 
@@ -133,7 +134,10 @@ class _Lowering:
     def _conv(self, cur: _Act, layer: Conv, i, name, lo, hi) -> _Act:
         c, h, w = cur.shape
         o, _, kh, kw = layer.weight.shape
-        padding = _padding(layer, h, w, i)
+        padding = _padding(layer, h, w)
+        if padding is None:                     # asymmetric to TFLite's SAME: an explicit PAD, then VALID
+            cur = self._pad(self._quantized(cur, name) if self.int8 else self._float(cur, name), layer.pads, name)
+            padding = fb.Padding.VALID
         out_shape = self.net.shapes()[i]
         fused = layer.act if layer.act in _ACT_CODES else "none"
         plo, phi = _pre_activation_range(layer, lo, hi)
@@ -162,6 +166,16 @@ class _Lowering:
         out.lo, out.hi = (lo, hi) if fused != "none" else (plo, phi)
         if layer.act == "leaky_relu":
             out = self._activation(out, Activation("leaky_relu", layer.alpha), i, f"{name}/act", lo, hi)
+        return out
+
+    def _pad(self, cur: _Act, pads: tuple[int, int, int, int], name: str) -> _Act:
+        """Zero padding (top, left, bottom, right) of an NHWC tensor (int8 pads with the zero point)."""
+        c, h, w = cur.shape
+        t, l, b, r = pads
+        shape = (c, h + t + b, w + l + r)
+        out = self._new(f"{name}/pad", [1, shape[1], shape[2], c], cur.quant, cur.lo, cur.hi, shape)
+        amounts = self.g.tensor(f"{name}/pads", [4, 2], np.int32, np.array([[0, 0], [t, b], [l, r], [0, 0]], np.int32))
+        self.g.op(fb.BuiltinOperator.PAD, [cur.index, amounts], [out.index], version=2 if cur.quant else 1)
         return out
 
     def _pool(self, cur: _Act, layer: AvgPool, i, name) -> _Act:
@@ -274,16 +288,15 @@ def _index_vector(values: np.ndarray):
     return fb.SparseIndexVector.Int32Vector, vec
 
 
-def _padding(layer: Conv, h: int, w: int, i: int) -> int:
+def _padding(layer: Conv, h: int, w: int) -> int | None:
+    """TFLite padding code for the conv's pads, or None when they need an explicit PAD op."""
     if not any(layer.pads):
         return fb.Padding.VALID
     (kh, kw), (sh, sw) = layer.weight.shape[2:], layer.stride
     total_h = max((-(-h // sh) - 1) * sh + kh - h, 0)
     total_w = max((-(-w // sw) - 1) * sw + kw - w, 0)
     same = (total_h // 2, total_w // 2, total_h - total_h // 2, total_w - total_w // 2)
-    if tuple(layer.pads) != same:
-        raise ModelError(f"layer {i}: conv pads {layer.pads} are neither VALID nor SAME; TFLite CONV_2D cannot express them")
-    return fb.Padding.SAME
+    return fb.Padding.SAME if tuple(layer.pads) == same else None
 
 
 def _pre_activation_range(layer, lo: float, hi: float) -> tuple[float, float]:
@@ -292,10 +305,15 @@ def _pre_activation_range(layer, lo: float, hi: float) -> tuple[float, float]:
     return lo, hi
 
 
-def calibration_ranges(net: Network, frames: np.ndarray) -> list[tuple[float, float]]:
-    """Per-layer output (min, max) of the float network on calibration frames."""
-    outs = forward(net, frames, collect=True)
-    return [(float(o.min()), float(o.max())) for o in outs]
+def calibration_ranges(net: Network, frames: np.ndarray, batch: int = CALIBRATION_BATCH) -> list[tuple[float, float]]:
+    """Per-layer output (min, max) of the float network on calibration frames, in bounded batches."""
+    frames = np.asarray(frames)
+    lo = hi = None
+    for a in range(0, len(frames), batch):
+        outs = forward(net, frames[a:a + batch], collect=True)
+        mins, maxs = np.array([o.min() for o in outs]), np.array([o.max() for o in outs])
+        lo, hi = (mins, maxs) if lo is None else (np.minimum(lo, mins), np.maximum(hi, maxs))
+    return [(float(a), float(b)) for a, b in zip(lo, hi)]
 
 
 def write_tflite(net: Network, int8: bool = False, calib: np.ndarray | None = None,
