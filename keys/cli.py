@@ -71,6 +71,7 @@ def edit_vault(params: dict):
 
 
 def _device_arg(value: str) -> str:
+    """Validate a device id (also used for hardware names: same character set)."""
     try:
         return check_device_id(value)
     except BundleError as exc:
@@ -145,7 +146,8 @@ def init(**params) -> None:
 @click.option("--output-encryption", is_flag=True, help="also key the logits (decode with `keys decode`)")
 @click.option("--faceplate/--no-faceplate", default=True, show_default=True,
               help="the device keys optically; without a faceplate its bundle carries the sensor key")
-@click.option("--hardware", default="rpi4", show_default=True, help="hardware name bundles target")
+@click.option("--hardware", default="rpi4", show_default=True, callback=lambda c, p, v: _device_arg(v),
+              help="hardware name bundles target")
 @click.option("--device-pubkey", help="the device's X25519 public key (base64, or @FILE); "
               "default: generate a pair, the private half is written by `keys export`")
 @vault_options

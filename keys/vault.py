@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from deploy.signing import public_key_id, raw_private, raw_public
 from edge.errors import KeycamError
 
 FORMAT = "keycam-vault"
@@ -114,7 +115,6 @@ class Vault:
         path.parent.mkdir(parents=True, exist_ok=True)
         kdf = {"name": "scrypt", "salt": b64e(os.urandom(16)), "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P}
         signing = Ed25519PrivateKey.generate()
-        from deploy.signing import public_key_id, raw_private, raw_public
         data = {"created": now_iso(), "devices": {},
                 "signing": {"private": b64e(raw_private(signing)), "public": b64e(raw_public(signing)),
                             "key_id": public_key_id(signing.public_key()), "created": now_iso()}}

@@ -183,3 +183,23 @@ def test_canary_frames_are_keyed(bundles, fleet_vault, tmp_path):
     keyed = key_frames(sensor, plain)
     assert any(np.array_equal(frames[0], k) for k in keyed)
     assert not any(np.array_equal(frames[0], p) for p in plain)
+
+
+def test_health_check_timeout_rolls_back(device_root, bundles, fleet_vault, tmp_path):
+    snap = snapshot(device_root)
+    manifest_health = {"canary": "canary.npz", "timeout_s": 0.01, "frames": 8}
+    slow = rebundle(bundles["2.0.0"], tmp_path / "slow.bundle", fleet_vault.vault, health=manifest_health)
+    answer = deploy(local(device_root), slow)
+    assert not answer["ok"] and "timed out" in answer["reason"]
+    assert_still_running(device_root, snap)
+
+
+def test_agent_side_imports_no_host_code():
+    """The device agent and health check import nothing from tools/, keys/ (scipy) or torch."""
+    import subprocess
+    import sys
+    code = ("import sys, deploy.agent, deploy.health, edge.runtime; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('tools', 'keys', 'torch', 'scipy')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
