@@ -20,7 +20,7 @@ from tools.keying.keyed import derive_keyset, key_network, model_id_of, verify_k
 from tools.onnx_import import load_onnx
 from tools.tflite.writer import write_tflite
 
-CALIBRATION_FRAMES = 500
+CALIBRATION_FRAMES = 256
 
 
 @dataclass
@@ -74,7 +74,7 @@ def build_keyed_model(onnx_path: str | Path, secret: bytes, device_id: str, prof
         np.asarray(calib_frames, dtype=np.float64).reshape(len(calib_frames), -1)
     if plain.max(initial=0) > 1.0:
         plain = plain / 255.0
-    float_error = verify_keyed(net, keyed, keyset, plain[:100])
+    float_error = verify_keyed(net, keyed, keyset, plain[:64])
     keyed_frames = adc8(keyset.sensor.apply(plain)).astype(np.float64) / 255.0
     meta = model_metadata(net, keyset, "keyed")
     tflite_int8, ops = write_tflite(keyed, int8=True, calib=keyed_frames, metadata={**meta, "quantization": "int8"})
