@@ -33,6 +33,8 @@ ERROR_BY_NAME = {name: code for code, (name, _) in ERROR_CODES.items()}
 RETRYABLE_ERRORS = frozenset({ERROR_BY_NAME["CRC"], ERROR_BY_NAME["FRAME"]})
 
 _TOKEN = re.compile(rb"^[\x21-\x7e]+$")
+_HEX2 = re.compile(rb"^[0-9A-F]{2}$")
+_HEX4 = re.compile(rb"^[0-9A-F]{4}$")
 
 
 class FrameError(ValueError):
@@ -106,18 +108,13 @@ def decode(line: bytes) -> Message:
     line = line.rstrip(b"\r\n")
     if len(line) < 4 or line[:1] not in (REQUEST_START, REPLY_START):
         raise FrameError(f"line does not start with '@' or '#': {line[:24]!r}")
-    seq = None
-    try:
-        seq = int(line[1:3], 16)
-    except ValueError:
-        pass
+    seq = int(line[1:3], 16) if _HEX2.match(line[1:3]) else None
     body, star, crc_text = line.rpartition(b"*")
     if not star or len(crc_text) != 4:
         raise FrameError("missing '*CCCC' CRC trailer", seq)
-    try:
-        crc = int(crc_text, 16)
-    except ValueError:
-        raise FrameError(f"CRC {crc_text!r} is not hex", seq) from None
+    if not _HEX4.match(crc_text):
+        raise FrameError(f"CRC {crc_text!r} is not four upper-case hex digits", seq)
+    crc = int(crc_text, 16)
     if crc != crc16(body):
         raise FrameError(f"CRC mismatch (got {crc:04X}, computed {crc16(body):04X})", seq)
     if seq is None or body[3:4] != b" ":

@@ -32,7 +32,8 @@ def test_ok_and_error_replies_round_trip():
 @pytest.mark.parametrize("line, match", [
     (b"hello", "does not start"),
     (b"@01 STAT", "missing"),
-    (b"@01 STAT*ZZZZ", "not hex"),
+    (b"@01 STAT*ZZZZ", "not four upper-case hex"),
+    (b"@01 STAT*1aa1", "not four upper-case hex"),
     (b"@01 STAT*0000", "CRC mismatch"),
 ])
 def test_malformed_lines_raise_frame_error(line, match):
