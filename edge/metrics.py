@@ -137,7 +137,9 @@ class Metrics:
         for stage, window in self.latency.items():
             for q, v in zip(QUANTILES, window.quantiles()):
                 samples.append((f'{{stage="{stage}",quantile="{q}"}}', v))
-        metric("stage_latency_seconds", "summary", "Per-stage latency (capture, key, infer, egress).", samples)
+        metric("stage_latency_seconds", "summary", "Per-stage latency: capture = camera.read (includes "
+               "waiting for the next sensor frame), key = key stage + ADC, infer = model, egress = record + "
+               "guard + sinks.", samples)
         out.extend(f'keycam_stage_latency_seconds_sum{{stage="{s}"}} {w.total:.9g}\n'
                    f'keycam_stage_latency_seconds_count{{stage="{s}"}} {w.count}'
                    for s, w in self.latency.items())
