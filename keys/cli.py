@@ -149,7 +149,7 @@ def init(**params) -> None:
 @click.option("--hardware", default="rpi4", show_default=True, callback=lambda c, p, v: _device_arg(v),
               help="hardware name bundles target")
 @click.option("--device-pubkey", help="the device's X25519 public key (base64, or @FILE); "
-              "default: generate a pair, the private half is written by `keys export`")
+              "default: generate a pair whose private half leaves the vault with the first `keys export`")
 @vault_options
 def provision(device, model, profile, output_encryption, faceplate, hardware, device_pubkey, **params) -> None:
     """Create DEVICE's key set, key and quantize MODEL for it, record it all in the vault."""
@@ -221,7 +221,7 @@ def show(device, reveal, as_json, **params) -> None:
     lines = [f"device {dev['device_id']}: {dev['state']}, hardware {dev['hardware']}, "
              f"{'faceplate' if dev['faceplate'] else 'no faceplate (sensor key ships sealed)'}",
              f"  device public key {dev['device_public']}"
-             + ("" if private is None else " (private key held in the vault until export)"),
+             + ("" if private is None else " (its private key stays in the vault until the first export)"),
              f"  model source {dev['model_source']['path']} sha256 {dev['model_source']['sha256'][:16]}"]
     for g in dev["generations"]:
         lines.append(f"  generation {g['generation']} [{g['state']}] created {g['created']} profile {g['profile']}"
@@ -360,10 +360,15 @@ def export(device, out, keyset, **params) -> None:
             sensor = KeySet.from_bytes(b64d(gen["keyset"], "keyset")).sensor
             atomic_write(out / SENSOR_KEY, sensor.to_bytes(), 0o600)
             written.append(SENSOR_KEY)
-        private = b64d(dev["device_private"], "device_private") if "device_private" in dev else None
+        # the device's X25519 private key leaves the vault with the first export: from then on it
+        # lives only on the device; exporting to a root without it makes the device a new key pair
+        private = b64d(dev.pop("device_private"), "device_private") if "device_private" in dev else None
         signing = encode_public(b64d(vault.data["signing"]["public"], "signing.public"))
-        DeviceRoot(out).init_identity(device, dev["hardware"], signing, private)
-        written += ["identity/device.json", "identity/signing.pub"] + (["identity/device.key"] if private else [])
+        public = DeviceRoot(out).init_identity(device, dev["hardware"], signing, private)
+        if public != dev["device_public"]:
+            audit.record(vault, "device-key", device, old=dev["device_public"], new=public)
+            dev["device_public"] = public
+        written += ["identity/device.json", "identity/signing.pub", "identity/device.key"]
         audit.record(vault, "export", device, key_fingerprint=gen["key_fingerprint"], out=str(out),
                      files=written)
     click.echo(f"exported {device} to {out}: {', '.join(written)}")

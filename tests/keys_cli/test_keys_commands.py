@@ -116,6 +116,20 @@ def test_export_for_a_device_without_faceplate(vault_path, tmp_path):
     assert (os.stat(out / "identity" / "device.key").st_mode & 0o777) == 0o600
     assert TFLiteModel(out / "model.tflite").metadata["key_fingerprint"] == gen["key_fingerprint"]
     assert json.loads((out / "identity" / "device.json").read_text()) == {"device_id": "cam-enc", "hardware": "pi5"}
+    # the device's private key left the vault with that export: it now lives only on the device
+    dev = Vault.open(vault_path, PASS).device("cam-enc")
+    assert "device_private" not in dev
+    from deploy.device import DeviceRoot
+    from deploy.signing import encode_public, raw_public
+    assert encode_public(raw_public(DeviceRoot(out).device_key())) == dev["device_public"]
+    # flashing a fresh card makes a new device key pair, and the vault records its public half
+    res = run(vault_path, "export", "cam-enc", "--out", str(tmp_path / "sd2"))
+    assert res.exit_code == 0, res.output
+    new_public = Vault.open(vault_path, PASS).device("cam-enc")["device_public"]
+    assert new_public != dev["device_public"]
+    assert new_public == encode_public(raw_public(DeviceRoot(tmp_path / "sd2").device_key()))
+    log = json.loads(run(vault_path, "audit", "--json").output)["entries"]
+    assert [e["action"] for e in log[-2:]] == ["device-key", "export"]
 
 
 def test_rotate_confirm_and_revoke(vault_path):
