@@ -201,13 +201,13 @@ class Agent:
                              f"{state['version']} (downgrade refused)")
 
     def _unsealer(self, manifest: Manifest):
-        key = None
-        first = [True]
+        """Per-file hook for `extract`: opens sealed secrets with the device key (and hosts a crash point)."""
+        key, first = None, True
 
         def transform(name: str, data: bytes) -> bytes:
-            nonlocal key
-            if first[0]:
-                first[0] = False
+            nonlocal key, first
+            if first:
+                first = False
                 _crash_point("extracting")
             if name not in manifest.secrets:
                 return data
@@ -235,6 +235,9 @@ class Agent:
         _crash_point("verified")
         self._check_applicable(manifest, state)
         slot = next(s for s in SLOTS if s != state["committed"])
+        if state.get("previous") == slot:   # its old install is about to be overwritten
+            state["previous"] = None
+            self.dev.save_state(state)
         target = self.dev.slot_dir(slot)
         shutil.rmtree(target, ignore_errors=True)
         try:

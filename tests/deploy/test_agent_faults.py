@@ -203,3 +203,14 @@ def test_agent_side_imports_no_host_code():
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_rollback_target_is_forgotten_once_overwritten(device_root, bundles, fleet_vault, tmp_path):
+    t = local(device_root)
+    assert deploy(t, bundles["2.0.0"])["ok"]                 # a=1.0.0 (previous), b=2.0.0
+    (device_root / "fail_start").touch()
+    failed = deploy(t, rebundle(bundles["2.0.0"], tmp_path / "v25.bundle", fleet_vault.vault, version="2.5.0"))
+    assert not failed["ok"] and failed["rolled_back_to"] == "b"   # 2.5.0 went into slot a and failed
+    (device_root / "fail_start").unlink()
+    rb = t.agent("rollback")
+    assert not rb["ok"] and "no previous slot" in rb["error"]
