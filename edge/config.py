@@ -136,8 +136,8 @@ _CHECKS: dict[tuple[type, str], tuple] = {
     (MqttSinkConfig, "keepalive"): (lambda v: 5 <= v <= 3600, "must be 5..3600"),
     (MqttSinkConfig, "reconnect_min_s"): _POSITIVE,
     (MqttSinkConfig, "reconnect_max_s"): _POSITIVE,
-    (MqttSinkConfig, "topic"): (lambda v: v and not set(v) & set("#+\0"), "must be a non-empty topic "
-                                "without wildcards"),
+    (MqttSinkConfig, "topic"): (lambda v: v and not set(v) & set("#+\0"),
+                                "must be a non-empty topic without wildcards"),
     (DeviceConfig, "device_id"): (lambda v: 0 < len(v) <= 64 and v.isprintable() and " " not in v,
                                   "must be 1..64 printable characters without spaces"),
 }

@@ -88,7 +88,7 @@ class OutputPolicy:
 class GuardedRecord:
     """A record that passed the guard: its kind, sequence number and encoded JSON line (bytes)."""
 
-    __slots__ = ("kind", "seq", "payload")
+    __slots__ = ("kind", "payload", "seq")
     _token = object()
 
     def __init__(self, token: object, kind: str, seq: int, payload: bytes):
@@ -135,7 +135,7 @@ class EgressGuard:
     def check(self, record: object) -> GuardedRecord:
         """Return the record as a `GuardedRecord` or raise `EgressRefused` (and count it)."""
         try:
-            kind = self._validate(record)
+            self._validate(record)
             payload = json.dumps(record, separators=(",", ":"), allow_nan=False).encode() + b"\n"
             if len(payload) > self.policy.max_record_bytes:
                 _refuse(f"record is {len(payload)} bytes, the cap is {self.policy.max_record_bytes}")
@@ -149,7 +149,7 @@ class EgressGuard:
             raise EgressRefused(f"record is not plain JSON: {exc}") from exc
         return GuardedRecord(GuardedRecord._token, record["type"], record["seq"], payload)
 
-    def _validate(self, record: object) -> str:
+    def _validate(self, record: object) -> None:
         if type(record) is not dict:
             _refuse(f"a record must be a dict, got {type(record).__name__}")
         kind = _record_kind(record)
@@ -162,11 +162,9 @@ class EgressGuard:
         _int(record["seq"], "seq")
         if record["model_id"] != p.model_id:
             _refuse("model_id does not match the running model")
-        if kind in ("prediction_top_k", "prediction_encrypted", "stats"):
-            if record["key_fingerprint"] != p.key_fingerprint:
-                _refuse("key_fingerprint does not match the running model")
+        if kind != "alarm" and record["key_fingerprint"] != p.key_fingerprint:
+            _refuse("key_fingerprint does not match the running model")
         getattr(self, f"_check_{kind}")(record)
-        return kind
 
     def _check_prediction_top_k(self, record: dict) -> None:
         p, top = self.policy, record["top_k"]

@@ -162,7 +162,7 @@ class MetricsServer:
 
     def __init__(self, metrics: Metrics, port: int):
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server API)
+            def do_GET(self):
                 if self.path.split("?")[0] != "/metrics":
                     self.send_error(404, "only /metrics is served")
                     return

@@ -313,6 +313,8 @@ class Service:
         if self.pipeline is not None:
             if not self.pipeline.stop(timeout=10.0):
                 log.error("pipeline did not drain within 10 s")
+            if self.cfg.pipeline.stats_interval_s and self.pipeline.gate_open:
+                self.pipeline.send(self.stats_record())      # the last word before the sinks close
         for sink in self.sinks:
             try:
                 sink.close()

@@ -31,4 +31,4 @@ def make_sink(spec: dict) -> Sink:
     raise SinkError(f"unknown sink type {kind!r}")
 
 
-__all__ = ["Sink", "SinkError", "DiscardSink", "make_sink"]
+__all__ = ["DiscardSink", "Sink", "SinkError", "make_sink"]

@@ -6,10 +6,17 @@ import time
 
 import numpy as np
 import pytest
-
-from edge.egress import (HARD_MAX_RECORD_BYTES, EgressGuard, EgressRefused, GuardedRecord, OutputPolicy,
-                         decode_encrypted_logits, prediction_record)
 from edge_testkit import FP_KEY, FP_SENSOR, LABELS, guard, policy, top_k_record
+
+from edge.egress import (
+    HARD_MAX_RECORD_BYTES,
+    EgressGuard,
+    EgressRefused,
+    GuardedRecord,
+    OutputPolicy,
+    decode_encrypted_logits,
+    prediction_record,
+)
 
 
 def _stats(**overrides) -> dict:

@@ -5,12 +5,12 @@ import base64
 import time
 
 import numpy as np
+from edge_testkit import LABELS, guard, top_k_record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge.datasets import load_samples
 from edge.egress import EgressRefused
-from edge_testkit import LABELS, guard, top_k_record
 from keys.drbg import Drbg
 from keys.generate import KeyConfig, sensor_key
 

@@ -7,10 +7,10 @@ import threading
 
 import paho.mqtt.client as mqtt
 import pytest
+from edge_testkit import guard, top_k_record, wait_until
 
 from edge.egress import EgressRefused
 from edge.sinks.mqtt import MqttSink
-from edge_testkit import guard, top_k_record, wait_until
 
 TOPIC = "keycam/test/records"
 

@@ -6,13 +6,13 @@ import time
 
 import numpy as np
 import pytest
+from edge_testkit import policy, wait_until
 
 from edge.egress import EgressGuard
 from edge.keystage import KeyStage
 from edge.metrics import Metrics
 from edge.pipeline import ModelContext, Pipeline
 from edge.sinks import DiscardSink
-from edge_testkit import policy, wait_until
 from hardware.camera import ReplayCamera
 from hardware.errors import KeyStageError
 

@@ -11,7 +11,6 @@ import time
 
 import pytest
 from click.testing import CliRunner
-
 from edge_testkit import ROOT, SIM_YAML, write_config
 
 KEYCAM = [sys.executable, "-c", "from edge.cli import main; main()"]
@@ -39,7 +38,8 @@ def test_keycam_run_sim_example_prints_records_and_a_summary(tmp_path):
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_drains_flushes_and_exits_zero(tmp_path, device_dir, sig):
-    cfg = write_config(tmp_path, device_dir, sinks=[{"type": "stdout"}], camera={"fps": 300})
+    cfg = write_config(tmp_path, device_dir, sinks=[{"type": "stdout"}], camera={"fps": 300},
+                       pipeline={"stats_interval_s": 60.0})
     proc = _run(["run", "--config", str(cfg)])
     lines = b""
     deadline = time.monotonic() + 30
@@ -55,6 +55,7 @@ def test_signal_drains_flushes_and_exits_zero(tmp_path, device_dir, sig):
     records = [json.loads(line) for line in text.splitlines()]
     seqs = [r["seq"] for r in records if r["type"] == "prediction"]
     assert seqs == sorted(seqs) and len(seqs) >= 50
+    assert records[-1]["type"] == "stats" and records[-1]["frames"] == len(seqs)   # final stats, after the drain
     assert "(signal)" in err.decode()
 
 

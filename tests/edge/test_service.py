@@ -10,13 +10,13 @@ import urllib.request
 
 import numpy as np
 import pytest
+from edge_testkit import SIM_DIR, wait_until, write_config
 
 from edge.config import DeviceConfig, load_config
 from edge.datasets import load_samples
 from edge.runtime import TFLiteModel
 from edge.service import Service
 from edge.sinks.base import Sink
-from edge_testkit import SIM_DIR, wait_until, write_config
 from keys.drbg import Drbg
 from keys.generate import KeyConfig, sensor_key
 

@@ -8,12 +8,12 @@ import select
 import tty
 
 import pytest
+from edge_testkit import guard, top_k_record
 
 from edge.egress import EgressRefused
 from edge.sinks import DiscardSink, SinkError, make_sink
 from edge.sinks.serial import SerialSink
 from edge.sinks.stdout import StdoutSink
-from edge_testkit import guard, top_k_record
 
 
 def test_stdout_sink_writes_json_lines_and_refuses_raw_data():

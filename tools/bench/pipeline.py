@@ -39,7 +39,7 @@ class RssSampler:
                 print(f"\r  {frames}/{self.total} frames, rss {self.samples[-1][1]:.1f} MB", end="",
                       file=sys.stderr, flush=True)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 
