@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from edge.runtime import TFLiteModel
 def predict_labels(model: TFLiteModel, frames: np.ndarray, desc: str = "", progress: bool = True) -> np.ndarray:
     """Top-1 labels of a model over frames, with a progress bar on stderr."""
     out = np.empty(len(frames), dtype=np.int64)
-    with click.progressbar(frames, label=desc or "predicting", file=click.get_text_stream("stderr"),
+    with click.progressbar(frames, label=desc or "predicting", file=sys.stderr,
                            show_pos=True, hidden=not progress) as bar:
         for i, frame in enumerate(bar):
             out[i] = int(np.argmax(model.invoke(frame)))
