@@ -31,7 +31,7 @@ def allconv32(in_channels: int = 3, classes: int = 10, width: int = 96, bn: bool
     return nn.Sequential(*layers)
 
 
-def face112(embedding: int = FACE_EMBEDDING, stem: int = 16, width: int = 32, size: int = 112):
+def face112(embedding: int = FACE_EMBEDDING, stem: int = 12, width: int = 32, size: int = 112):
     """Compact face embedder: 4x4/4 patchify stem, three 3x3 stages (28, 14, 7 px), flatten + linear.
 
     The flatten + linear head keeps the spatial layout of the aligned face (as ArcFace's output

@@ -1,9 +1,11 @@
 """Lower a keycam IR network to a .tflite model with builtin ops, float32 or int8.
 
 int8: post-training quantisation calibrated on (keyed) frames: activations asymmetric per tensor,
-weights symmetric per output channel, int32 biases. Layers without a working int8 kernel for their
-form (sparse FULLY_CONNECTED, see runtime-facts.md) stay float32 between DEQUANTIZE/QUANTIZE, and
-the report lists them. Sparse layers are written as CSR FULLY_CONNECTED with op version 8 (with
+weights symmetric per output channel, int32 biases. Sparse layers whose pattern is made of 1x16
+blocks become int8 block-sparse FULLY_CONNECTED with one weight scale per tensor (the sparse kernel
+has no per-channel path; tflite-runtime 2.14 returns zeros with per-channel scales). Other sparse
+layers have no int8 kernel (see runtime-facts.md): they stay float32 CSR between DEQUANTIZE/QUANTIZE,
+and the report lists them. Sparse layers are written as CSR FULLY_CONNECTED with op version 8 (with
 version 1 the XNNPACK delegate claims them and returns wrong results).
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ INPUT_QUANT = (1.0 / 255.0, -128)     # uint8 ADC counts c map exactly to int8 c
 SOFTMAX_QUANT = (1.0 / 256.0, -128)
 SPARSE_FC_VERSION = 8
 CALIBRATION_BATCH = 64
+BLOCK = 16                   # the only sparse block shape with an int8 FULLY_CONNECTED kernel
 _ACT_CODES = {"none": fb.ActivationFunctionType.NONE, "relu": fb.ActivationFunctionType.RELU}
 
 
@@ -204,7 +207,21 @@ class _Lowering:
         plo, phi = _pre_activation_range(layer, lo, hi)
         opts = fb.FullyConnectedOptionsT()
         opts.fusedActivationFunction = _ACT_CODES[fused]
-        if sp.issparse(w):
+        blocks = block16_layout(sp.csr_matrix(w)) if sp.issparse(w) and self.int8 else None
+        if blocks is not None:
+            cur = self._quantized(cur, name)
+            values, indptr, block_cols = blocks
+            ws = max(float(np.abs(values).max(initial=0.0)), 1e-12) / 127.0     # per tensor: see module doc
+            qv = np.clip(np.round(values / ws), -127, 127).astype(np.int8)
+            wt = self._block_weight(qv, indptr, block_cols, w.shape, ws, name)
+            bs = cur.quant[0] * ws
+            bt = self.g.tensor(f"{name}/b", [n_out], np.int32, np.round(b / bs).astype(np.int32), quant_params(bs, 0))
+            out = self._new(name, [1, n_out], act_quant(lo, hi) if fused != "none" else act_quant(plo, phi),
+                            plo, phi, (n_out,), row_order)
+            self.g.op(fb.BuiltinOperator.FULLY_CONNECTED, [cur.index, wt, bt], [out.index],
+                      fb.BuiltinOptions.FullyConnectedOptions, opts, version=SPARSE_FC_VERSION)
+            self._note(i, f"FULLY_CONNECTED(sparse 1x16 blocks, {len(block_cols)} blocks, nnz={w.nnz})", "int8")
+        elif sp.issparse(w):
             cur = self._float(cur, name)
             wt = self._sparse_weight(sp.csr_matrix(w), name)
             bt = self.g.tensor(f"{name}/b", [n_out], np.float32, b)
@@ -251,6 +268,20 @@ class _Lowering:
         sparsity.traversalOrder, sparsity.blockMap, sparsity.dimMetadata = [0, 1], [], [seg, csr]
         return self.g.tensor(f"{name}/w_csr", [rows, cols], np.float32, w.data.astype(np.float32), sparsity=sparsity)
 
+    def _block_weight(self, values: np.ndarray, indptr: np.ndarray, block_cols: np.ndarray, shape, scale: float,
+                      name: str) -> int:
+        rows, cols = shape
+        dims = [fb.DimensionMetadataT() for _ in range(3)]
+        dims[0].format, dims[0].denseSize = fb.DimensionType.DENSE, rows
+        dims[1].format = fb.DimensionType.SPARSE_CSR
+        dims[1].arraySegmentsType, dims[1].arraySegments = _index_vector(indptr)
+        dims[1].arrayIndicesType, dims[1].arrayIndices = _index_vector(block_cols)
+        dims[2].format, dims[2].denseSize = fb.DimensionType.DENSE, BLOCK
+        sparsity = fb.SparsityParametersT()
+        sparsity.traversalOrder, sparsity.blockMap, sparsity.dimMetadata = [0, 1, 2], [1], dims
+        return self.g.tensor(f"{name}/w_1x16", [rows, cols], np.int8, values.reshape(-1),
+                             quant_params(scale, 0), sparsity=sparsity)
+
     def _activation(self, cur: _Act, layer: Activation, i, name, lo, hi) -> _Act:
         quant = act_quant(lo, hi) if cur.quant else None
         out = self._new(name, self.g.tensors[cur.index].shape, quant, lo, hi, cur.shape, cur.order)
@@ -276,6 +307,29 @@ class _Lowering:
                   version=2 if cur.quant else 1)
         self._note(i, "SOFTMAX", "int8" if cur.quant else "float32")
         return out
+
+
+def block16_layout(w: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The matrix as 1x16 blocks (values (n, 16), block-row pointers, block columns), or None.
+
+    None when the column count is not a multiple of 16 or when blocks would not pay for themselves:
+    int8 blocks cost 16 + 2 bytes each against about 6 bytes per non-zero for float CSR, so
+    scattered patterns (a globally permuted input) stay float CSR and block-aligned ones (a
+    patch-aligned sensor key in front of a patchify stem) become int8.
+    """
+    rows, cols = w.shape
+    if cols % BLOCK or w.nnz == 0:
+        return None
+    row_of = np.repeat(np.arange(rows), np.diff(w.indptr))
+    keys = row_of * (cols // BLOCK) + w.indices // BLOCK
+    blocks, where = np.unique(keys, return_inverse=True)
+    if (BLOCK + 2) * len(blocks) > 6 * w.nnz:
+        return None
+    values = np.zeros((len(blocks), BLOCK))
+    values[where, w.indices % BLOCK] = w.data
+    indptr = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(blocks // (cols // BLOCK), minlength=rows), out=indptr[1:])
+    return values, indptr, blocks % (cols // BLOCK)
 
 
 def _index_vector(values: np.ndarray):

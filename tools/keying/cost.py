@@ -1,0 +1,106 @@
+"""Keying cost of a network and profile: projected size, and measured time and peak memory.
+
+`python -m tools.keying.cost MODEL.onnx --profile stem [--write] [--calib N]` runs key generation,
+keying and (with --write) the int8 .tflite writer in this fresh process and prints one JSON line
+with wall times and the process's peak RSS, so memory is measured without the caller's baggage.
+Layers are keyed one at a time and dropped when not written, so a profile too large to hold
+(e.g. the all-conv net under `full`) can still be timed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+import scipy.sparse as sp
+
+from tools.ir import AvgPool, Conv, Dense, Network, _window_pattern
+from tools.keying.keyed import derive_keyset, iter_keyed_layers, key_network, resolve_profile
+
+FLATBUFFER_LIMIT = 2 ** 31     # a .tflite flatbuffer cannot exceed 2 GiB
+
+
+def toeplitz_nnz(layer, in_shape: tuple[int, int, int]) -> int:
+    """Stored non-zeros of a conv or average pool written as a sparse matrix (padding taps excluded)."""
+    kernel = layer.weight.shape[2:] if isinstance(layer, Conv) else layer.kernel
+    pads = layer.pads if isinstance(layer, Conv) else (0, 0, 0, 0)
+    _, valid, _ = _window_pattern(in_shape[1:], kernel, layer.stride, pads)
+    per_channel = int(valid.sum())
+    if isinstance(layer, Conv):
+        return per_channel * layer.weight.shape[0] * layer.weight.shape[1]
+    return per_channel * in_shape[0]
+
+
+def projected_cost(net: Network, profile: str) -> dict:
+    """Non-zeros of every layer that keying turns into a sparse matrix, and the float CSR bytes."""
+    prof = resolve_profile(profile)
+    shapes = [tuple(net.input_shape)] + net.shapes()
+    sparse_layers, first = [], True
+    for i, layer in enumerate(net.layers):
+        if not isinstance(layer, (Conv, AvgPool)):
+            first = first and not isinstance(layer, Dense)
+            continue
+        if first or prof.spatial_layers:
+            nnz = toeplitz_nnz(layer, shapes[i])
+            index_bytes = 2 if int(np.prod(shapes[i])) < 1 << 16 else 4
+            sparse_layers.append({"layer": i, "nnz": nnz, "csr_float_bytes": nnz * (4 + index_bytes)})
+        first = False
+    total = sum(s["csr_float_bytes"] for s in sparse_layers)
+    return {"profile": prof.name, "sparse_layers": sparse_layers, "nnz": sum(s["nnz"] for s in sparse_layers),
+            "csr_float_bytes": total, "fits_one_tflite": total < FLATBUFFER_LIMIT,
+            "dense_params": net.parameter_count()}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def measure(onnx_path: str, profile: str, write: bool, calib: int, progress=None) -> dict:
+    """Time key generation, keying and (optionally) int8 writing of one model in this process."""
+    from tools.keying.provision import adc8
+    from tools.onnx_import import load_onnx
+    from tools.tflite.writer import write_tflite
+    net = load_onnx(onnx_path)
+    rss_loaded = peak_rss_mb()
+    t0 = time.perf_counter()
+    keyset = derive_keyset(os.urandom(32), "cost-device", "cost-model", net, profile)
+    t1 = time.perf_counter()
+    result = {"profile": keyset.profile, "keygen_s": t1 - t0, "rss_after_load_mb": rss_loaded}
+    if write:
+        keyed = key_network(net, keyset, progress)
+        t2 = time.perf_counter()
+        frames = np.random.default_rng(0).uniform(size=(calib, int(np.prod(net.input_shape))))
+        blob, _ = write_tflite(keyed, int8=True, calib=adc8(keyset.sensor.apply(frames)) / 255.0)
+        t3 = time.perf_counter()
+        result.update(keying_s=t2 - t1, write_int8_s=t3 - t2, size_int8=len(blob))
+    else:
+        nnz = 0
+        for layer in iter_keyed_layers(net, keyset, progress):
+            if isinstance(layer, Dense) and sp.issparse(layer.weight):
+                nnz += layer.weight.nnz
+            del layer
+        t3 = time.perf_counter()
+        result.update(keying_s=t3 - t1, keyed_nnz=nnz)
+    result.update(total_s=t3 - t0, peak_rss_mb=peak_rss_mb())
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Measure keying cost in a fresh process (prints JSON).")
+    ap.add_argument("onnx")
+    ap.add_argument("--profile", default="stem")
+    ap.add_argument("--write", action="store_true", help="also write the int8 .tflite")
+    ap.add_argument("--calib", type=int, default=32, help="calibration frames for --write")
+    a = ap.parse_args(argv)
+    res = measure(a.onnx, a.profile, a.write, a.calib, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
