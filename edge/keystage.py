@@ -129,8 +129,12 @@ class FaceplateKeyStage(KeyStage):
         return self._faceplate
 
     def check(self) -> Health:
+        health = self._check()
+        self._healthy = health.ok           # set once the answer is known: no false error mid-check
+        return health
+
+    def _check(self) -> Health:
         from hardware.errors import FaceplateError
-        self._healthy = False
         try:
             state = self.actuator().status()
         except FaceplateError as exc:
@@ -144,7 +148,6 @@ class FaceplateKeyStage(KeyStage):
                           f"faceplate {state.get('faceplate_id') or 'none'} fitted, expected {self.expected_id}")
         if not state.get("engaged"):
             return Health(False, "faceplate_not_engaged", f"faceplate {self.expected_id} is not engaged")
-        self._healthy = True
         return HEALTHY
 
     def __call__(self, image: np.ndarray) -> np.ndarray:

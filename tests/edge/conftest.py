@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from edge_testkit import MOSQUITTO, SIM_DIR, Broker
+from edge_testkit import MOSQUITTO, SIM_DIR, Broker, CollectSink
 
 
 @pytest.fixture
@@ -51,3 +51,10 @@ def encrypted_device(tmp_path_factory) -> Path:
     (out / "sensor.key").write_bytes(prov.keyset.sensor.to_bytes())
     prov.keyset.save(out / "keyset.bin")
     return out
+
+
+@pytest.fixture
+def collect(monkeypatch) -> CollectSink:
+    sink = CollectSink()
+    monkeypatch.setattr("edge.service.make_sink", lambda spec: sink)
+    return sink

@@ -1,17 +1,23 @@
 """Shared helpers for the device-runtime tests: a mosquitto broker, polling, a 10-class guard."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import yaml
 
+from edge.config import DeviceConfig, load_config
 from edge.egress import EgressGuard, OutputPolicy
+from edge.service import Service
+from edge.sinks.base import Sink
 
 ROOT = Path(__file__).resolve().parents[2]
 SIM_YAML = ROOT / "examples" / "sim-device.yaml"
@@ -118,3 +124,79 @@ def write_config(folder: Path, device: Path, **sections) -> Path:
     path = folder / "device.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+TOPIC = "keycam/test/records"
+
+
+class Subscriber:
+    """A durable (clean_session=False) QoS 1 subscriber collecting record sequence numbers."""
+
+    def __init__(self, port: int):
+        self.seqs: list[int] = []
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="keycam-test-sub",
+                                  protocol=mqtt.MQTTv311, clean_session=False)
+        self.client.reconnect_delay_set(1, 1)
+        self.subscribed = threading.Event()
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(TOPIC, qos=1)
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert self.subscribed.wait(10), "subscriber could not subscribe"
+
+    def _on_message(self, client, userdata, message) -> None:
+        with self.lock:
+            self.seqs.append(json.loads(message.payload)["seq"])
+
+    def unique(self) -> set[int]:
+        with self.lock:
+            return set(self.seqs)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class CollectSink(Sink):
+    """Keeps every record it is sent (decoded)."""
+
+    name = "collect"
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[dict] = []
+
+    def _send(self, payload: bytes) -> None:
+        self.records.append(json.loads(payload))
+        self._count(sent=1)
+
+    def of(self, kind: str) -> list[dict]:
+        return [r for r in list(self.records) if r["type"] == kind]
+
+
+class Running:
+    """A Service running in a background thread (signals are the main thread's business)."""
+
+    def __init__(self, config, max_frames=None):
+        cfg = config if isinstance(config, DeviceConfig) else load_config(config)
+        self.service = Service(cfg, max_frames=max_frames)
+        self.summary: dict | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.summary = self.service.run()
+        except BaseException as exc:  # noqa: BLE001 - surfaced by stop()
+            self.error = exc
+
+    def stop(self, timeout: float = 20) -> dict:
+        self.service.request_stop()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "service did not stop"
+        if self.error:
+            raise self.error
+        return self.summary

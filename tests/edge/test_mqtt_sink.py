@@ -1,48 +1,13 @@
 """MQTT sink against a real mosquitto broker on 127.0.0.1 that the tests stop and restart."""
 from __future__ import annotations
 
-import json
 import signal
-import threading
 
-import paho.mqtt.client as mqtt
 import pytest
-from edge_testkit import guard, top_k_record, wait_until
+from edge_testkit import TOPIC, Subscriber, guard, top_k_record, wait_until
 
 from edge.egress import EgressRefused
 from edge.sinks.mqtt import MqttSink
-
-TOPIC = "keycam/test/records"
-
-
-class Subscriber:
-    """A durable (clean_session=False) QoS 1 subscriber collecting record sequence numbers."""
-
-    def __init__(self, port: int):
-        self.seqs: list[int] = []
-        self.lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="keycam-test-sub",
-                                  protocol=mqtt.MQTTv311, clean_session=False)
-        self.client.reconnect_delay_set(1, 1)
-        self.subscribed = threading.Event()
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(TOPIC, qos=1)
-        self.client.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.set()
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        assert self.subscribed.wait(10), "subscriber could not subscribe"
-
-    def _on_message(self, client, userdata, message) -> None:
-        with self.lock:
-            self.seqs.append(json.loads(message.payload)["seq"])
-
-    def unique(self) -> set[int]:
-        with self.lock:
-            return set(self.seqs)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import threading
@@ -10,67 +9,16 @@ import urllib.request
 
 import numpy as np
 import pytest
-from edge_testkit import SIM_DIR, wait_until, write_config
+from edge_testkit import SIM_DIR, Running, wait_until, write_config
 
-from edge.config import DeviceConfig, load_config
+from edge.config import load_config
 from edge.datasets import load_samples
 from edge.runtime import TFLiteModel
 from edge.service import Service
-from edge.sinks.base import Sink
 from keys.drbg import Drbg
 from keys.generate import KeyConfig, sensor_key
 
 _, LABELS = load_samples()
-
-
-class CollectSink(Sink):
-    """Keeps every record it is sent (decoded)."""
-
-    name = "collect"
-
-    def __init__(self):
-        super().__init__()
-        self.records: list[dict] = []
-
-    def _send(self, payload: bytes) -> None:
-        self.records.append(json.loads(payload))
-        self._count(sent=1)
-
-    def of(self, kind: str) -> list[dict]:
-        return [r for r in list(self.records) if r["type"] == kind]
-
-
-@pytest.fixture
-def collect(monkeypatch) -> CollectSink:
-    sink = CollectSink()
-    monkeypatch.setattr("edge.service.make_sink", lambda spec: sink)
-    return sink
-
-
-class Running:
-    """A Service running in a background thread (signals are the main thread's business)."""
-
-    def __init__(self, config, max_frames=None):
-        cfg = config if isinstance(config, DeviceConfig) else load_config(config)
-        self.service = Service(cfg, max_frames=max_frames)
-        self.summary: dict | None = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.summary = self.service.run()
-        except BaseException as exc:  # noqa: BLE001 - surfaced by stop()
-            self.error = exc
-
-    def stop(self, timeout: float = 20) -> dict:
-        self.service.request_stop()
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "service did not stop"
-        if self.error:
-            raise self.error
-        return self.summary
 
 
 def _accuracy(predictions: list[dict]) -> float:

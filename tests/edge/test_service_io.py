@@ -1,0 +1,68 @@
+"""The service with real I/O parts: MQTT through a broker restart, and the faceplate actuator (emulator)."""
+from __future__ import annotations
+
+import json
+import signal
+
+import numpy as np
+import pytest
+from edge_testkit import TOPIC, Running, Subscriber, wait_until, write_config
+
+from edge.datasets import labels_for, load_samples
+from edge.keystage import load_sensor_key
+
+
+@pytest.mark.timeout(120)
+def test_no_prediction_lost_when_the_broker_restarts_mid_run(tmp_path, device_dir, broker):
+    sub = Subscriber(broker.port)
+    received: dict[int, dict] = {}
+    sub.client.on_message = lambda c, u, m: received.setdefault(json.loads(m.payload)["seq"], json.loads(m.payload))
+    mqtt = {"type": "mqtt", "host": "127.0.0.1", "port": broker.port, "topic": TOPIC, "buffer": 20000,
+            "reconnect_min_s": 1, "reconnect_max_s": 1}
+    cfg = write_config(tmp_path, device_dir, sinks=[mqtt], camera={"fps": 150})
+    run = Running(cfg, max_frames=450)
+    try:
+        assert wait_until(lambda: len(received) >= 60, 20)
+        broker.stop(signal.SIGTERM)
+        assert wait_until(lambda: run.service.metrics.frames >= len(received) + 60, 20)   # produced while down
+        broker.start()
+        run.thread.join(60)
+        summary = run.stop()
+        sink = summary["sinks"]["mqtt"]
+        assert summary["frames"] == 450 and sink["lost"] == 0 and sink["reconnects"] >= 1
+        assert wait_until(lambda: len(received) == 450, 20), f"{len(received)} of 450 arrived"
+    finally:
+        sub.close()
+
+
+@pytest.mark.faceplate
+@pytest.mark.timeout(90)
+def test_faceplate_device_predicts_while_engaged_and_fails_closed_when_the_actuator_goes(tmp_path, device_dir,
+                                                                                        collect):
+    from hardware.faceplate import SerialFaceplate
+    from hardware.faceplate_emulator import EmulatorProcess
+    plain, labels = load_samples()
+    key = load_sensor_key(device_dir / "sensor.key")       # the faceplate's optics implement this key
+    optical = key.apply(plain.reshape(len(plain), -1).astype(np.float64) / 255.0).reshape(plain.shape)
+    frames = tmp_path / "optically_keyed.npz"
+    np.savez(frames, images=np.clip(optical, 0.0, 1.0).astype(np.float32))
+    with EmulatorProcess() as emu:
+        with SerialFaceplate(emu.port) as actuator:
+            actuator.home()
+            actuator.engage()
+        cfg = write_config(tmp_path, device_dir, camera={"source": str(frames)},
+                           key_stage={"type": "faceplate", "sensor_key": None, "port": emu.port,
+                                      "expected_id": "FP-0001"})
+        run = Running(cfg)
+        assert wait_until(lambda: len(collect.of("prediction")) >= 300, 30)
+        emu.stop()                                          # the actuator disappears
+        assert wait_until(lambda: len(collect.of("alarm")) >= 3, 20)
+        run.stop()
+    preds = collect.of("prediction")
+    names = labels_for("fashion")
+    assert np.mean([r["top_k"][0]["label"] == names[labels[r["seq"] % len(labels)]] for r in preds]) > 0.75
+    alarms = collect.of("alarm")
+    assert {a["reason"] for a in alarms} == {"faceplate_unreachable"}
+    assert [a["retry_in_s"] for a in alarms[:3]] == [0.1, 0.2, 0.4]
+    first_alarm = collect.records.index(alarms[0])
+    assert sum(r["type"] == "prediction" for r in collect.records[first_alarm:]) <= 1   # one may be in egress
