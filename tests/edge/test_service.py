@@ -195,3 +195,29 @@ def test_startup_errors_are_clear_and_leave_nothing_running(tmp_path, device_dir
     with pytest.raises(ModelError):
         Service(bad_model, max_frames=1).run()
     assert threading.active_count() < 10
+
+
+@pytest.mark.timeout(60)
+def test_sighup_style_reload_swaps_without_polling(tmp_path, device_dir, other_device, collect):
+    run = Running(write_config(tmp_path, device_dir, model={"watch_interval_s": 0.0}))
+    assert wait_until(lambda: len(collect.of("prediction")) >= 20, 20)
+    for name in ("sensor.key", "model.tflite"):
+        shutil.copy(other_device / name, device_dir / name)
+    new_fp = _meta(device_dir)["key_fingerprint"]
+    assert wait_until(lambda: len(collect.of("alarm")) >= 1, 10)          # old pair fails closed meanwhile
+    run.service.request_reload()                                           # what SIGHUP does
+    assert wait_until(lambda: any(r["key_fingerprint"] == new_fp for r in collect.of("prediction")), 20)
+    assert run.stop()["model_swaps"] == 1
+
+
+def test_the_service_imports_nothing_host_side(tmp_path, device_dir):
+    import subprocess
+    import sys
+    cfg = write_config(tmp_path, device_dir)
+    code = ("import sys; from edge.config import load_config; from edge.service import Service; "
+            f"Service(load_config({str(cfg)!r}), max_frames=20).run(); "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tools', 'torch', 'onnx')); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=SIM_DIR.parents[1])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
