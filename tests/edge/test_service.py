@@ -218,6 +218,6 @@ def test_the_service_imports_nothing_host_side(tmp_path, device_dir):
             f"Service(load_config({str(cfg)!r}), max_frames=20).run(); "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tools', 'torch', 'onnx')); "
             "print(bad); sys.exit(1 if bad else 0)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False,
                           cwd=SIM_DIR.parents[1])
     assert proc.returncode == 0, proc.stdout + proc.stderr
