@@ -235,6 +235,7 @@ class Agent:
         _crash_point("verified")
         self._check_applicable(manifest, state)
         slot = next(s for s in SLOTS if s != state["committed"])
+        self.dev.slot_dir(slot).parent.mkdir(parents=True, exist_ok=True)
         if state.get("previous") == slot:   # its old install is about to be overwritten
             state["previous"] = None
             self.dev.save_state(state)

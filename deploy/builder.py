@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from deploy.bundle import write_bundle
 from deploy.canary import make_canary
 from deploy.health import save_canary
 from deploy.manifest import Manifest, parse_version
-from deploy.payload import CANARY, CONFIG, MODEL, SENSOR_KEY, device_config
+from deploy.payload import CANARY, CONFIG, MODEL, SENSOR_KEY, render_config
 from deploy.signing import SEAL_ALG, public_key_id, seal
 from keys.keyset import KeySet
 from keys.vault import Vault, b64d, now_iso
@@ -24,8 +23,10 @@ from keys.vault import Vault, b64d, now_iso
 def build(vault: Vault, device_id: str, version: str, out: Path, minimum_version: str = "0",
           keyset: str = "active", hardware: list[str] | None = None, canary_count: int = 16,
           canary_source: Path | None = None, canary_dataset: str | None = None,
-          health_timeout_s: float = 30.0) -> tuple[Path, Manifest]:
-    """Write `out` (a file, or a directory to hold <device>-<version>.bundle); return path and manifest."""
+          health_timeout_s: float = 30.0, config: dict | None = None) -> tuple[Path, Manifest]:
+    """Write `out` (a file, or a directory to hold <device>-<version>.bundle); return path and manifest.
+
+    `config` is a device config template overriding the one recorded in the vault."""
     device = vault.require_usable(device_id)
     gen = vault.select(device_id, keyset)
     parse_version(version)
@@ -33,12 +34,12 @@ def build(vault: Vault, device_id: str, version: str, out: Path, minimum_version
     ks = KeySet.from_bytes(b64d(gen["keyset"], "keyset"))
     model = b64d(gen["model_int8"], "model")
     frames, expected = make_canary(model, ks, canary_count, canary_source, canary_dataset)
-    payload = {MODEL: model, CANARY: save_canary(frames, expected),
-               CONFIG: yaml.safe_dump(device_config(device, gen), sort_keys=False).encode()}
-    secrets = {}
+    payload, secrets = {MODEL: model, CANARY: save_canary(frames, expected)}, {}
+    plain = {MODEL: model} if device["faceplate"] else {MODEL: model, SENSOR_KEY: ks.sensor.to_bytes()}
+    payload[CONFIG] = render_config(device, plain, config)
     if not device["faceplate"]:
         device_pub = b64d(device["device_public"], "device_public")
-        payload[SENSOR_KEY] = seal(device_pub, ks.sensor.to_bytes(), f"{device_id}/{SENSOR_KEY}")
+        payload[SENSOR_KEY] = seal(device_pub, plain[SENSOR_KEY], f"{device_id}/{SENSOR_KEY}")
         secrets[SENSOR_KEY] = {"alg": SEAL_ALG,
                                "device_key_id": public_key_id(X25519PublicKey.from_public_bytes(device_pub))}
     manifest = Manifest(

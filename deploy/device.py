@@ -5,7 +5,8 @@
     ROOT/identity/signing.pub   the trusted Ed25519 bundle-signing public key (base64)
     ROOT/agent.yaml             optional: service restart / is-active commands, health timeout
     ROOT/slots/a, ROOT/slots/b  the two A/B slots
-    ROOT/current -> slots/X     relative symlink, replaced atomically (rename) to switch slots
+    ROOT/slots/current -> X     relative symlink, replaced atomically (rename) to switch slots; the
+                                service runs `keycam run --config ROOT/slots/current/device.yaml`
     ROOT/state.json             committed slot, its version, anti-rollback floor, an install in flight
     ROOT/incoming/              uploads land here before they are verified
 """
@@ -119,7 +120,7 @@ class DeviceRoot:
         self.root = Path(root)
         self.identity_dir = self.root / "identity"
         self.state_path = self.root / "state.json"
-        self.current = self.root / "current"
+        self.current = self.root / "slots" / "current"
         self.incoming = self.root / "incoming"
         self.lock_path = self.root / ".agent.lock"
 
@@ -202,11 +203,11 @@ class DeviceRoot:
         if slot is None:
             if self.current.is_symlink():
                 self.current.unlink()
-                fsync_dir(self.root)
+                fsync_dir(self.current.parent)
             return
-        tmp = self.root / ".current.new"
+        tmp = self.current.with_name(".current.new")
         if tmp.is_symlink() or tmp.exists():
             tmp.unlink()
-        os.symlink(f"slots/{slot}", tmp)
+        os.symlink(slot, tmp)
         os.replace(tmp, self.current)
-        fsync_dir(self.root)
+        fsync_dir(self.current.parent)

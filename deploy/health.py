@@ -6,6 +6,7 @@ object and exits 0 when healthy, 1 otherwise.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -38,6 +39,23 @@ def load_canary(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return frames, expected
 
 
+def _check_files(slot_dir: Path, manifest: Manifest) -> str | None:
+    """The service config loads with the service's own validator; an opened sensor key is the right one."""
+    from deploy.payload import CONFIG, SENSOR_KEY
+    if CONFIG in manifest.files:
+        from edge.config import load_config
+        try:
+            load_config(slot_dir / CONFIG)
+        except KeycamError as exc:
+            return f"device config does not load: {exc}"
+    want = manifest.keys.get("sensor_fingerprint")
+    if SENSOR_KEY in manifest.files and want:
+        have = hashlib.sha256((slot_dir / SENSOR_KEY).read_bytes()).hexdigest()
+        if have != want:
+            return f"sensor key fingerprint {have[:16]} != manifest {want[:16]}"
+    return None
+
+
 def check_slot(slot_dir: Path) -> dict:
     """Run the slot's keyed model on its canary frames; return a JSON-able verdict."""
     from edge.runtime import TFLiteModel
@@ -47,6 +65,9 @@ def check_slot(slot_dir: Path) -> dict:
     canary_file = manifest.health.get("canary")
     if not model_file or not canary_file:
         return {"ok": False, "reason": "bundle declares no model or no canary frames"}
+    problem = _check_files(slot_dir, manifest)
+    if problem:
+        return {"ok": False, "reason": problem}
     model = TFLiteModel(slot_dir / model_file)
     want_fp = manifest.keys.get("key_fingerprint")
     have_fp = model.metadata.get("key_fingerprint")

@@ -1,19 +1,62 @@
-"""Names of the files a device gets (in bundles and exports) and the device config written with them."""
+"""Names of the files a device gets (in bundles and exports) and its service config (device.yaml).
+
+device.yaml is a full `keycam run` config (edge/config.py schema) made from a template: the
+operator's choices (camera, sinks, faceplate port and id, pipeline) come from the template; the
+device id, the model path and, without a faceplate, the simulated key stage with the sensor key
+come from the vault. Paths are relative to the slot, so the service runs
+`keycam run --config ROOT/slots/current/device.yaml`.
+"""
 from __future__ import annotations
 
+import copy
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from edge.errors import ConfigError
+
 MODEL, CANARY, CONFIG, SENSOR_KEY = "model.tflite", "canary.npz", "device.yaml", "sensor.key"
+DEFAULT_TEMPLATE = {"camera": {"type": "picamera2", "size": [28, 28], "index": 0}, "sinks": [{"type": "stdout"}]}
 
 
-def device_config(device: dict, gen: dict) -> dict:
-    """The device's config as shipped in bundles and exports (paths relative to the slot).
+def load_template(path: str | Path) -> dict:
+    """Read a device config template (a `keycam run` YAML; device_id and model.path get replaced)."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config template {path}: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ConfigError(f"config template {path} must be a mapping (a keycam run config)")
+    return doc
 
-    `device` and `gen` are a vault device record and one of its key-set generations.
-    """
-    sensor = {"mode": "faceplate" if device["faceplate"] else "preadc",
-              "fingerprint": gen["sensor_fingerprint"]}
-    if not device["faceplate"]:
-        sensor["key_file"] = SENSOR_KEY
-    return {"device_id": device["device_id"], "hardware": device["hardware"],
-            "model": {"path": MODEL, "model_id": gen["model_id"], "key_fingerprint": gen["key_fingerprint"],
-                      "profile": gen["profile"], "output_encrypted": gen["output_encryption"]},
-            "sensor": sensor}
+
+def device_config(device: dict, template: dict | None = None) -> dict:
+    """The device's `keycam run` config: `template` (else the vault's, else a default) plus the vault's facts."""
+    cfg = copy.deepcopy(template if template is not None else device.get("config") or DEFAULT_TEMPLATE)
+    cfg["device_id"] = device["device_id"]
+    cfg["model"] = {**(cfg.get("model") or {}), "path": MODEL}
+    stage = dict(cfg.get("key_stage") or {})
+    if device["faceplate"]:
+        if stage.get("type") != "faceplate":
+            raise ConfigError(f"{device['device_id']} has a faceplate: its config template needs "
+                              "key_stage {type: faceplate, port, expected_id} (pass --config FILE)")
+    else:
+        keep = {k: v for k, v in stage.items() if stage.get("type") == "simulated" and k != "sensor_key"}
+        stage = {**keep, "type": "simulated", "sensor_key": SENSOR_KEY}
+    cfg["key_stage"] = stage
+    return cfg
+
+
+def render_config(device: dict, files: dict[str, bytes], template: dict | None = None) -> bytes:
+    """device.yaml bytes, validated with the service's own loader against the files it names."""
+    from edge.config import parse_config
+    cfg = device_config(device, template)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in files.items():
+            (Path(tmp) / name).write_bytes(data)
+        try:
+            parse_config(cfg, Path(tmp), CONFIG)
+        except ConfigError as exc:
+            raise ConfigError(f"device config for {device['device_id']} is invalid: {exc}") from exc
+    return yaml.safe_dump(cfg, sort_keys=False).encode()

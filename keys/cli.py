@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import click
-import yaml
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from deploy.manifest import BundleError, check_device_id
@@ -148,12 +147,17 @@ def init(**params) -> None:
               help="the device keys optically; without a faceplate its bundle carries the sensor key")
 @click.option("--hardware", default="rpi4", show_default=True, callback=lambda c, p, v: _device_arg(v),
               help="hardware name bundles target")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="device config template (a `keycam run` YAML: camera, sinks, faceplate port/id)")
 @click.option("--device-pubkey", help="the device's X25519 public key (base64, or @FILE); "
               "default: generate a pair whose private half leaves the vault with the first `keys export`")
 @vault_options
-def provision(device, model, profile, output_encryption, faceplate, hardware, device_pubkey, **params) -> None:
+def provision(device, model, profile, output_encryption, faceplate, hardware, config_path, device_pubkey,
+              **params) -> None:
     """Create DEVICE's key set, key and quantize MODEL for it, record it all in the vault."""
+    from deploy.payload import load_template
     public, private = _device_public(device_pubkey)
+    template = load_template(config_path) if config_path else None
     with edit_vault(params) as vault:
         if device in vault.devices:
             raise VaultError(f"device {device!r} is already provisioned; use `keycam keys rotate {device}`")
@@ -163,6 +167,8 @@ def provision(device, model, profile, output_encryption, faceplate, hardware, de
                   "generations": [gen]}
         if private:
             record["device_private"] = private
+        if template is not None:
+            record["config"] = template
         vault.devices[device] = record
         audit.record(vault, "provision", device, key_fingerprint=gen["key_fingerprint"], profile=profile,
                      model_id=gen["model_id"], faceplate=faceplate)
@@ -347,19 +353,20 @@ def decode(records, device, top_k, **params) -> None:
 def export(device, out, keyset, **params) -> None:
     """Write what DEVICE needs: keyed model, config, sensor key (no faceplate only), device identity."""
     from deploy.device import DeviceRoot, atomic_write
-    from deploy.payload import CONFIG, MODEL, SENSOR_KEY, device_config
+    from deploy.payload import CONFIG, MODEL, SENSOR_KEY, render_config
     with edit_vault(params) as vault:
         dev = vault.require_usable(device)
         gen = vault.select(device, keyset)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / MODEL, b64d(gen["model_int8"], "model"))
-        atomic_write(out / CONFIG, yaml.safe_dump(device_config(dev, gen), sort_keys=False).encode())
-        written = [MODEL, CONFIG]
+        files = {MODEL: b64d(gen["model_int8"], "model")}
         if not dev["faceplate"]:
             from keys.keyset import KeySet
-            sensor = KeySet.from_bytes(b64d(gen["keyset"], "keyset")).sensor
-            atomic_write(out / SENSOR_KEY, sensor.to_bytes(), 0o600)
-            written.append(SENSOR_KEY)
+            files[SENSOR_KEY] = KeySet.from_bytes(b64d(gen["keyset"], "keyset")).sensor.to_bytes()
+        config = render_config(dev, files)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            atomic_write(out / name, data, 0o600 if name == SENSOR_KEY else 0o644)
+        atomic_write(out / CONFIG, config)
+        written = [*files, CONFIG]
         # the device's X25519 private key leaves the vault with the first export: from then on it
         # lives only on the device; exporting to a root without it makes the device a new key pair
         private = b64d(dev.pop("device_private"), "device_private") if "device_private" in dev else None

@@ -6,14 +6,14 @@ cd "$KEYCAM_ROOT" || exit 2
 case "$1" in
 restart)
     if [ -f service.pid ]; then kill "$(cat service.pid)" 2>/dev/null; rm -f service.pid; fi
-    readlink current > service.slot 2>/dev/null || rm -f service.slot
+    readlink slots/current > service.slot 2>/dev/null || rm -f service.slot
     [ -f fail_start ] && exit 0
     nohup sleep 300 >/dev/null 2>&1 &
     echo $! > service.pid
     ;;
 status)
     [ -f service.pid ] && kill -0 "$(cat service.pid)" 2>/dev/null \
-        && [ "$(cat service.slot)" = "$(readlink current)" ]
+        && [ "$(cat service.slot)" = "$(readlink slots/current)" ]
     ;;
 stop)
     if [ -f service.pid ]; then kill "$(cat service.pid)" 2>/dev/null; rm -f service.pid; fi

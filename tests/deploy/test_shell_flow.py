@@ -11,7 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
 from deploy_testkit import base_model
+
+from edge.config import load_config
 
 KEYCAM = str(Path(sys.executable).with_name("keycam"))
 
@@ -28,9 +31,14 @@ def test_provision_build_push_rotate_from_a_shell(tmp_path):
         assert proc.returncode == 0, f"keycam {' '.join(args)}: {proc.stderr}"
         return proc.stdout
 
+    template = tmp_path / "cam-07.yaml"
+    template.write_text(yaml.safe_dump({
+        "camera": {"type": "picamera2", "size": [28, 28]},
+        "key_stage": {"type": "faceplate", "port": "/dev/ttyAMA0", "expected_id": "FP-0007"},
+        "sinks": [{"type": "mqtt", "topic": "keycam/cam-07"}]}))
     keycam("keys", "init")
     assert (os.stat(tmp_path / "v.kcv").st_mode & 0o777) == 0o600
-    keycam("keys", "provision", "cam-07", "--model", str(model), "--profile", "stem")
+    keycam("keys", "provision", "cam-07", "--model", str(model), "--profile", "stem", "--config", str(template))
     shown = keycam("keys", "show", "cam-07", "--json")
     assert "secret" not in shown and "model_int8" not in shown
     first_fp = json.loads(shown)["generations"][0]["key_fingerprint"]
@@ -42,6 +50,9 @@ def test_provision_build_push_rotate_from_a_shell(tmp_path):
     keycam("deploy", "push", "--target", f"dir:{root}", "--bundle", str(bundle), "--no-service")
     status = json.loads(keycam("deploy", "status", "--target", f"dir:{root}", "--json"))[0]
     assert (status["device_id"], status["version"], status["committed"]) == ("cam-07", "1.0.0", "a")
+    config = load_config(root / "slots" / "current" / "device.yaml")     # what `keycam run` will load
+    assert (config.device_id, config.key_stage.expected_id) == ("cam-07", "FP-0007")
+    assert config.model.path == str(root / "slots" / "a" / "model.tflite")
 
     keycam("keys", "rotate", "cam-07")
     listed = json.loads(keycam("keys", "list", "--json"))[0]

@@ -126,3 +126,13 @@ def test_policy_rejects_caps_beyond_the_hard_limits():
 def test_guarded_records_cannot_be_forged():
     with pytest.raises(EgressRefused):
         GuardedRecord(object(), "prediction", 1, b"{}")
+
+
+def test_scores_of_a_quantised_softmax_output_are_renormalised_not_softmaxed_again():
+    probs = np.array([0, 0, 0.02, 0, 0.168, 0, 0.816, 0, 0, 0], dtype=np.float32)   # sums to 1.004
+    for known in (True, None):
+        record = prediction_record(policy(outputs_are_probabilities=known), 1, time.time(), probs)
+        assert [e["label"] for e in record["top_k"]] == ["class6", "class4", "class2"]
+        assert record["top_k"][0]["score"] == pytest.approx(0.816 / 1.004, abs=1e-4)
+    logits = prediction_record(policy(outputs_are_probabilities=False), 1, time.time(), probs)
+    assert logits["top_k"][0]["score"] < 0.3          # treated as logits: softmax flattens them

@@ -154,3 +154,16 @@ def test_rotate_confirm_and_revoke(vault_path):
     assert listed[0]["state"] == "revoked" and listed[0]["active"] is None
     actions = [e["action"] for e in json.loads(run(vault_path, "audit", "--json").output)["entries"]]
     assert actions[-3:] == ["rotate", "confirm", "revoke"]
+
+
+def test_faceplate_device_needs_a_config_template(vault_path, tmp_path):
+    import copy
+    with Vault.edit(vault_path, PASS) as vault:       # a faceplate twin of cam-enc (no re-keying needed)
+        twin = copy.deepcopy(vault.device("cam-enc"))
+        twin.update(device_id="cam-fp", faceplate=True, state="active")
+        for gen in twin["generations"]:
+            gen["state"] = "active" if gen is twin["generations"][-1] else "retired"
+        vault.devices["cam-fp"] = twin
+    res = run(vault_path, "export", "cam-fp", "--out", str(tmp_path / "sd"))
+    assert res.exit_code != 0 and "needs key_stage {type: faceplate" in res.output
+    assert not (tmp_path / "sd").exists(), "nothing is written when the config cannot be made"
