@@ -308,7 +308,9 @@ def _generation_by_fingerprint(vault: Vault) -> dict[str, tuple[str, dict]]:
 @click.option("--top-k", default=3, show_default=True, type=click.IntRange(1, 10))
 @vault_options
 def decode(records, device, top_k, **params) -> None:
-    """Turn output-encrypted prediction records (JSON lines) back into labels, one JSON line each."""
+    """Turn output-encrypted prediction records (JSON lines) back into labels, one JSON line each.
+
+    Records without encrypted_logits (alarms, stats) pass through unchanged."""
     from edge.egress import decode_encrypted_logits
     from keys.keyset import KeySet
     vault = open_vault(params)
@@ -318,9 +320,12 @@ def decode(records, device, top_k, **params) -> None:
             continue
         try:
             rec = json.loads(line)
-            enc = rec["encrypted_logits"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"line {n}: not an output-encrypted prediction record ({exc})") from exc
+        except ValueError as exc:
+            raise ConfigError(f"line {n}: not a JSON record ({exc})") from exc
+        if not isinstance(rec, dict) or "encrypted_logits" not in rec:   # alarms, stats, plain predictions
+            click.echo(json.dumps(rec, sort_keys=True))
+            continue
+        enc = rec["encrypted_logits"]
         fp = rec.get("key_fingerprint")
         if fp:
             if fp not in by_fp:

@@ -112,7 +112,7 @@ class Vault:
             raise VaultError(f"a vault already exists at {path}; refusing to overwrite it")
         if len(passphrase) < MIN_PASSPHRASE:
             raise VaultError(f"the vault passphrase must have at least {MIN_PASSPHRASE} characters")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         kdf = {"name": "scrypt", "salt": b64e(os.urandom(16)), "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P}
         signing = Ed25519PrivateKey.generate()
         data = {"created": now_iso(), "devices": {},

@@ -85,10 +85,12 @@ def test_decode_encrypted_predictions(vault_path, tmp_path):
                 "key_fingerprint": gen["key_fingerprint"], "encrypted_logits": [float(v) for v in out]}
                for i, out in enumerate(outputs)]
     src = tmp_path / "records.jsonl"
-    src.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    alarm = {"type": "alarm", "seq": 99, "reason": "camera_error"}
+    src.write_text("\n".join(json.dumps(r) for r in records + [alarm]) + "\n")
     res = run(vault_path, "decode", str(src))
     assert res.exit_code == 0, res.output
     decoded = [json.loads(line) for line in res.output.splitlines()]
+    assert decoded.pop() == alarm, "records without encrypted logits pass through"
     names = gen["labels"] or [str(i) for i in range(10)]
     got = [names.index(d["top_k"][0]["label"]) for d in decoded]
     assert got == list(np.argmax(ks.output.apply_inverse(outputs), axis=1))
