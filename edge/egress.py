@@ -65,6 +65,7 @@ class OutputPolicy:
     output_encrypted: bool
     top_k: int = 3
     max_record_bytes: int = 2048
+    outputs_are_probabilities: bool | None = None   # None: unknown, decided per output vector
 
     def __post_init__(self):
         if not _ID_RE.fullmatch(self.model_id):
@@ -221,16 +222,21 @@ def prediction_record(policy: OutputPolicy, seq: int, timestamp: float, outputs:
             "model_id": policy.model_id, "key_fingerprint": policy.key_fingerprint}
     if policy.output_encrypted:
         return {**base, "encrypted_logits": [float(v) for v in values]}
-    scores = _as_probabilities(values)
+    scores = _as_probabilities(values, policy.outputs_are_probabilities)
     order = np.argsort(-scores, kind="stable")[:policy.top_k]
     return {**base, "top_k": [{"label": policy.labels[i], "score": round(float(scores[i]), 6)}
                               for i in order]}
 
 
-def _as_probabilities(values: np.ndarray) -> np.ndarray:
-    """Softmax of logits; a vector that already is a distribution is returned unchanged."""
-    if values.min() >= 0.0 and abs(values.sum() - 1.0) < 1e-3:
-        return values
+def _as_probabilities(values: np.ndarray, probabilities: bool | None = None) -> np.ndarray:
+    """Scores in [0, 1] summing to 1: softmax of logits, or the model's own (quantised) softmax output
+    renormalised. `probabilities=None` guesses from the vector (non-negative, sum within 2% of 1)."""
+    if probabilities is None:
+        probabilities = bool(values.min() >= 0.0 and abs(values.sum() - 1.0) < 0.02)
+    if probabilities:
+        clipped = np.clip(values, 0.0, None)
+        total = clipped.sum()
+        return clipped / total if total > 0 else np.full_like(values, 1.0 / values.size)
     e = np.exp(values - values.max())
     return e / e.sum()
 

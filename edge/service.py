@@ -57,7 +57,16 @@ def output_policy(model: TFLiteModel, path: Path, top_k: int, max_record_bytes: 
     return OutputPolicy(model_id=str(meta["model_id"]), key_fingerprint=str(meta["key_fingerprint"]),
                         sensor_fingerprint=str(meta["sensor_fingerprint"]), labels=labels,
                         n_outputs=n_outputs, output_encrypted=bool(meta.get("output_encrypted")),
-                        top_k=min(top_k, max(len(labels), 1)), max_record_bytes=max_record_bytes)
+                        top_k=min(top_k, max(len(labels), 1)), max_record_bytes=max_record_bytes,
+                        outputs_are_probabilities=_ends_in_softmax(meta))
+
+
+def _ends_in_softmax(meta: dict) -> bool | None:
+    """Whether the model's last op is SOFTMAX, from the op list provisioning embeds (None: unknown)."""
+    ops = meta.get("ops")
+    if not isinstance(ops, list) or not ops or not isinstance(ops[-1], dict):
+        return None
+    return str(ops[-1].get("op", "")).upper().startswith("SOFTMAX")
 
 
 @dataclass
