@@ -98,6 +98,14 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(images.transpose(0, 2, 3, 1) * 255.0), 0, 255).astype(np.uint8)
 
 
+def downsample(images: np.ndarray, factor: int) -> np.ndarray:
+    """Area-average float images (N,C,H,W) by an integer factor (H, W must be multiples of it)."""
+    n, c, h, w = images.shape
+    if h % factor or w % factor:
+        raise FaceDataError(f"image size {h}x{w} is not a multiple of {factor}")
+    return images.reshape(n, c, h // factor, factor, w // factor, factor).mean(axis=(3, 5))
+
+
 def prototypes(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Average faces float32 (3,C,H,W): [label 0, label 1, neutral]; the neutral one weighs both labels equally.
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from tools.san.data import to_float, to_uint8
 from tools.san.errors import SanModelError
@@ -26,22 +27,36 @@ class SanEnsemble:
     meta: dict = field(default_factory=dict)
 
     @property
-    def size(self) -> int:
-        """Image side the SAN was trained on."""
+    def work_size(self) -> int:
+        """Image side the SAN works at (it was trained at this resolution)."""
         return int(self.prototypes.shape[-1])
 
     def perturb(self, images: np.ndarray, gender: np.ndarray, member: int) -> tuple[np.ndarray, np.ndarray]:
-        """(X_SM, X_OP) uint8 (N,H,W,3) from uint8 RGB images of the training size by member `member`.
+        """(X_SM, X_OP) uint8 (N,H,W,3) for face crops uint8 (N,H,W,3) of any size >= the working size.
 
+        The crops are area-downsampled to the working size, perturbed by member `member`, and the SAN's
+        change (output - input, at the working size) is upsampled bilinearly and added to the full-size
+        crop, so detail above the SAN's resolution passes through unchanged.
         gender: 1 male, 0 female, -1 unknown (the neutral prototype is used for both outputs).
         """
-        if images.ndim != 4 or images.shape[1:3] != (self.size, self.size) or images.dtype != np.uint8:
-            raise SanModelError(f"SAN input must be uint8 (N,{self.size},{self.size},3), got {images.dtype} "
-                                f"{images.shape}")
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise SanModelError(f"SAN input must be uint8 RGB (N,H,W,3), got {images.dtype} {images.shape}")
+        if min(images.shape[1:3]) < self.work_size:
+            raise SanModelError(f"SAN input {images.shape[1]}x{images.shape[2]} is smaller than its working size "
+                                f"{self.work_size}")
+        if len(gender) != len(images):
+            raise SanModelError(f"{len(images)} images but {len(gender)} gender labels")
         if not 0 <= member < len(self.members):
             raise SanModelError(f"member {member} does not exist; the ensemble has {len(self.members)}")
-        sm, op = perturb(self.members[member], self.prototypes, to_float(images), gender)
-        return to_uint8(sm), to_uint8(op)
+        full = torch.from_numpy(to_float(images))
+        small = F.interpolate(full, size=(self.work_size, self.work_size), mode="area")
+        outputs = perturb(self.members[member], self.prototypes, small.numpy(), gender)
+        results = []
+        for out in outputs:
+            change = F.interpolate(torch.from_numpy(out) - small, size=full.shape[2:], mode="bilinear",
+                                   align_corners=False)
+            results.append(to_uint8((full + change).clamp(0, 1).numpy()))
+        return results[0], results[1]
 
 
 def save_ensemble(ensemble: SanEnsemble, path: Path) -> None:

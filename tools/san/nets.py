@@ -75,7 +75,7 @@ class FaceEmbedder(nn.Module):
 
     def __init__(self, in_channels: int = 3, dim: int = 128):
         super().__init__()
-        self.net = ConvNet(in_channels, dim, widths=(32, 64, 96, 128), dropout=0.1)
+        self.net = ConvNet(in_channels, dim, widths=(16, 32, 64, 128), dropout=0.1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.net(x), dim=1)

@@ -87,7 +87,8 @@ class SemiAdversarialTrainer:
         confound = F.cross_entropy(self.confound(x_sm), y) + F.cross_entropy(self.confound(x_op), 1 - y)
         pixel = pixel_loss(x_sm, x)
         pixel_op = pixel_loss(x_op, x)
-        target = self.keep(x)
+        with torch.no_grad():
+            target = self.keep(x)
         keep = 0.5 * ((self.keep(x_sm) - target).pow(2).sum(1) + (self.keep(x_op) - target).pow(2).sum(1)).mean()
         total = cfg.w_confound * confound + cfg.w_pixel * pixel + cfg.w_pixel_op * pixel_op + cfg.w_keep * keep
         return {"total": total, "confound": confound, "pixel": pixel, "pixel_op": pixel_op, "keep": keep}

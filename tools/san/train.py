@@ -11,7 +11,7 @@ import torch
 from edge.errors import ConfigError
 from tools.san.augment import check_names
 from tools.san.aux_models import predict, train_binary_classifier, train_face_embedder
-from tools.san.data import load_faces64, prototypes, to_float
+from tools.san.data import downsample, load_faces64, prototypes, to_float
 from tools.san.model_io import SanEnsemble
 from tools.san.nets import ConvNet, PrototypeAutoencoder
 from tools.san.semi_adversarial import SemiAdversarialConfig, SemiAdversarialTrainer, perturb
@@ -32,19 +32,20 @@ class TrainConfig:
 
     members: int = 3
     seed: int = 0
-    matcher_epochs: int = 12
-    gender_epochs: int = 6
+    matcher_epochs: int = 10
+    gender_epochs: int = 5
     pretrain_epochs: int = 2
-    epochs: int = 6
+    epochs: int = 5
     batch_size: int = 32
-    lr: float = 2e-3
-    w_confound: float = 2.0
+    lr: float = 3e-3
+    w_confound: float = 3.0
     w_pixel: float = 1.0
-    w_pixel_op: float = 0.2
-    w_keep: float = 4.0
-    dec: tuple[int, int] = (64, 32)
+    w_pixel_op: float = 0.1
+    w_keep: float = 2.0
+    dec: tuple[int, int] = (48, 24)
+    work_factor: int = 2
     limit: int | None = None
-    max_steps_per_epoch: int | None = None
+    max_steps_per_epoch: int | None = 80
     augmentations: list[tuple[str, ...]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -83,8 +84,10 @@ def train_ensemble(config: TrainConfig, faces_dir: Path | None = None, log=print
     torch.manual_seed(config.seed)
     start = time.time()
     train, test = load_faces64("train", faces_dir, config.limit), load_faces64("test", faces_dir, config.limit)
-    x, y = to_float(train.images), train.gender
-    x_test, known = to_float(test.images), test.gender >= 0
+    # The SAN and its auxiliary networks work at 1/work_factor resolution (32x32 from the 64x64 crops);
+    # at use time the SAN's change is upsampled onto the full-resolution image (SanEnsemble.perturb).
+    x, y = downsample(to_float(train.images), config.work_factor), train.gender
+    x_test, known = downsample(to_float(test.images), config.work_factor), test.gender >= 0
     protos = prototypes(x, y)
     log(f"train split: {len(x)} images ({int((y == 1).sum())} male / {int((y == 0).sum())} female); "
         f"test split: {len(x_test)} images")
@@ -123,5 +126,5 @@ def train_ensemble(config: TrainConfig, faces_dir: Path | None = None, log=print
     cfg_dict = asdict(config)
     cfg_dict["augmentations"] = [list(a) for a in config.augmentations]
     meta = {"train_config": cfg_dict, "seen": seen, "members": member_meta, "train_seconds": time.time() - start,
-            "prototypes": ["female", "male", "neutral"], "colour": "RGB in, RGB out", "size": int(x.shape[-1])}
+            "prototypes": ["female", "male", "neutral"], "colour": "RGB in, RGB out", "work_size": int(x.shape[-1])}
     return SanEnsemble(members, protos, meta)

@@ -1,0 +1,72 @@
+"""Evaluation metrics: (balanced) accuracy, verification accuracy, TMR at fixed FMR, SSIM and PSNR."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def gender_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Accuracy, balanced accuracy and per-group recall over images with a known label (0 female, 1 male)."""
+    known = truth >= 0
+    pred, truth = pred[known], truth[known]
+    if len(truth) == 0:
+        return {"acc": float("nan"), "bacc": float("nan"), "acc_female": float("nan"), "acc_male": float("nan")}
+    recall = {g: float((pred[truth == g] == g).mean()) if (truth == g).any() else float("nan") for g in (0, 1)}
+    return {"acc": float((pred == truth).mean()), "bacc": float(np.nanmean([recall[0], recall[1]])),
+            "acc_female": recall[0], "acc_male": recall[1]}
+
+
+def pair_distances(emb: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Euclidean distances between the embeddings of each (i, j) pair."""
+    return np.linalg.norm(emb[pairs[:, 0]] - emb[pairs[:, 1]], axis=1)
+
+
+def verification_accuracy(dist: np.ndarray, same: np.ndarray, threshold: float) -> float:
+    """Fraction of pairs decided right by 'same person iff distance < threshold'."""
+    return float(((dist < threshold) == same).mean()) if len(dist) else float("nan")
+
+
+def all_pairs(identity: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every unordered pair (i<j) among images selected by `mask`, and whether it is genuine (same identity)."""
+    idx = np.flatnonzero(np.ones(len(identity), bool) if mask is None else mask)
+    i, j = np.triu_indices(len(idx), k=1)
+    pairs = np.stack([idx[i], idx[j]], 1)
+    return pairs, identity[pairs[:, 0]] == identity[pairs[:, 1]]
+
+
+def tmr_at_fmr(dist: np.ndarray, genuine: np.ndarray, fmr: float = 1e-2) -> float:
+    """True-match rate at the distance threshold where the false-match rate of impostor pairs is `fmr`."""
+    impostor = np.sort(dist[~genuine])
+    if len(impostor) == 0 or not genuine.any():
+        return float("nan")
+    k = int(np.floor(fmr * len(impostor)))
+    threshold = impostor[k] if k < len(impostor) else np.inf
+    return float((dist[genuine] < threshold).mean())
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
+    g = np.exp(-((np.arange(size) - size // 2) ** 2) / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def _filter(img: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """Separable 'valid' filtering over the last two axes of (N,H,W)."""
+    out = np.apply_along_axis(lambda r: np.convolve(r, window, mode="valid"), 2, img)
+    return np.apply_along_axis(lambda c: np.convolve(c, window, mode="valid"), 1, out)
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-image SSIM (Wang et al. 2004; 11x11 Gaussian, sigma 1.5) of uint8 RGB (N,H,W,3) on luma."""
+    luma = np.array([0.299, 0.587, 0.114])
+    x, y = a.astype(np.float64) @ luma, b.astype(np.float64) @ luma
+    w = _gaussian_window()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mx, my = _filter(x, w), _filter(y, w)
+    vx, vy, cxy = _filter(x * x, w) - mx ** 2, _filter(y * y, w) - my ** 2, _filter(x * y, w) - mx * my
+    smap = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    return smap.mean(axis=(1, 2))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-image PSNR in dB of uint8 images (N,...)."""
+    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).reshape(len(a), -1).mean(1)
+    return 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))
