@@ -1,0 +1,1 @@
+"""Attacks on keyed models and keyed frames: structure, plaintext, learned inversion, model reuse."""

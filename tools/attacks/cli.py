@@ -1,0 +1,74 @@
+"""`keycam attack`: structure, plaintext, inversion, reuse, all."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from tools.bench.common import write_json
+from tools.bench.keyed import SHIPPED_MODELS
+from tools.keying.profiles import PROFILES
+
+_dataset = click.option("--dataset", type=click.Choice(sorted(SHIPPED_MODELS)), default="mnist", show_default=True)
+_limit = click.option("--limit", type=click.IntRange(10), default=500, show_default=True,
+                      help="Test frames to attack and score.")
+_json = click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results as JSON.")
+_profile = click.option("--profile", default="full", show_default=True, help="Key profile to attack.")
+
+
+@click.group()
+def attack() -> None:
+    """Attacks on keyed models and frames (privacy evaluation)."""
+
+
+def _single(name: str, dataset: str, profile: str, limit: int, json_path: str | None) -> None:
+    from tools.attacks.target import build_target
+    from tools.keying.profiles import get_profile
+    get_profile(profile)
+    target = build_target(dataset, profile, limit=limit)
+    if name == "structure":
+        from tools.attacks.structure import run_structure as fn
+    elif name == "plaintext":
+        from tools.attacks.plaintext import run_plaintext as fn
+    elif name == "inversion":
+        from tools.attacks.inversion import run_inversion as fn
+    else:
+        from tools.attacks.reuse import run_reuse as fn
+    result, _ = fn(target)
+    click.echo(json.dumps({"dataset": dataset, "profile": profile, name: result}, indent=2))
+    write_json(json_path, {"dataset": dataset, "profile": profile, name: result})
+
+
+def _command(name: str, doc: str):
+    @attack.command(name=name, help=doc)
+    @_dataset
+    @_profile
+    @_limit
+    @_json
+    def cmd(dataset: str, profile: str, limit: int, json_path: str | None) -> None:
+        _single(name, dataset, profile, limit, json_path)
+    return cmd
+
+
+_command("structure", "Recover the pixel arrangement from the keyed .tflite's sparsity pattern.")
+_command("plaintext", "Estimate the sensor key from known pairs and chosen probe frames.")
+_command("inversion", "Train a decoder from keyed to plain frames (another key's pairs, and the same key's).")
+_command("reuse", "The keyed model on plain / other-key frames, and fine-tuned on K labelled plain frames.")
+
+
+@attack.command(name="all")
+@_dataset
+@_limit
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), required=True, help="Write the report as JSON.")
+@click.option("--profiles", default=None, help="Comma-separated profiles (default: every profile).")
+@click.option("--png-dir", type=click.Path(file_okay=False), default=None,
+              help="Where the montages go (default: next to the JSON file).")
+@click.option("--fast", is_flag=True, help="Tiny budgets (smoke test; numbers are not meaningful).")
+def all_(dataset: str, limit: int, json_path: str, profiles: str | None, png_dir: str | None, fast: bool) -> None:
+    """Every attack against every key profile: the profile x attack table."""
+    from tools.attacks.suite import print_report, run_all
+    names = [p.strip() for p in profiles.split(",") if p.strip()] if profiles else list(PROFILES)
+    report = run_all(dataset, names, limit, Path(png_dir) if png_dir else Path(json_path).resolve().parent, fast)
+    print_report(report)
+    write_json(json_path, report)

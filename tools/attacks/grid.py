@@ -1,0 +1,85 @@
+"""Lay out a king's graph (8-neighbour grid adjacency) on an H x W grid, and the grid's symmetries."""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+
+class LayoutFailed(Exception):
+    """The adjacency is not that of an H x W king's graph (the structure is hidden)."""
+
+
+def king_neighbours(h: int, w: int) -> list[set[int]]:
+    """The 8-neighbour adjacency of an h x w grid, positions indexed y * w + x."""
+    out = []
+    for y in range(h):
+        for x in range(w):
+            out.append({(y + dy) * w + x + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                        if (dy or dx) and 0 <= y + dy < h and 0 <= x + dx < w})
+    return out
+
+
+def _bfs(start: int, adj: list[set[int]], allowed: set[int]) -> tuple[dict[int, int], dict[int, int]]:
+    dist, parent, queue = {start: 0}, {start: -1}, deque([start])
+    while queue:
+        v = queue.popleft()
+        for u in adj[v]:
+            if u in allowed and u not in dist:
+                dist[u], parent[u] = dist[v] + 1, v
+                queue.append(u)
+    return dist, parent
+
+
+def _path(parent: dict[int, int], end: int) -> list[int]:
+    out = [end]
+    while parent[out[-1]] != -1:
+        out.append(parent[out[-1]])
+    return out[::-1]
+
+
+def layout(adj: list[set[int]], h: int, w: int) -> np.ndarray:
+    """Position (y * w + x) of every node of a king's graph, up to the grid's symmetries.
+
+    Corners have 3 neighbours and edge nodes 5; the top row and left column are shortest paths between
+    corners along the border; every further node is the one free neighbour of the node above it that
+    touches its left neighbour. The result is verified against the exact king's graph.
+    """
+    n = len(adj)
+    if n != h * w or h < 3 or w < 3:
+        raise LayoutFailed(f"{n} nodes do not form a {h} x {w} grid of at least 3 x 3")
+    deg = np.array([len(a) for a in adj])
+    corners = [int(v) for v in np.flatnonzero(deg == 3)]
+    border = set(int(v) for v in np.flatnonzero((deg == 3) | (deg == 5)))
+    if len(corners) != 4 or len(border) != 2 * (h + w) - 4:
+        raise LayoutFailed("degree pattern is not a grid's")
+    dist, parent = _bfs(corners[0], adj, border)
+    along_w = [c for c in corners[1:] if dist.get(c) == w - 1]
+    along_h = [c for c in corners[1:] if dist.get(c) == h - 1 and (not along_w or c != along_w[0])]
+    if not along_w or not along_h:
+        raise LayoutFailed("border paths between corners have the wrong lengths")
+    grid = np.full((h, w), -1, dtype=np.int64)
+    grid[0, :], grid[:, 0] = _path(parent, along_w[0]), _path(parent, along_h[0])
+    placed = set(grid[0].tolist()) | set(grid[:, 0].tolist())
+    for r in range(h - 1):
+        for x in range(1, w):
+            cands = [v for v in adj[grid[r, x]] if v not in placed and grid[r + 1, x - 1] in adj[v]]
+            if len(cands) != 1:
+                raise LayoutFailed(f"ambiguous or missing node at ({r + 1}, {x})")
+            grid[r + 1, x] = cands[0]
+            placed.add(cands[0])
+    pos = np.empty(n, dtype=np.int64)
+    pos[grid.reshape(-1)] = np.arange(n)
+    want = king_neighbours(h, w)
+    if any({int(pos[u]) for u in adj[v]} != want[int(pos[v])] for v in range(n)):
+        raise LayoutFailed("laid-out grid does not reproduce the adjacency")
+    return pos
+
+
+def symmetries(h: int, w: int) -> list[np.ndarray]:
+    """Index maps of the grid's symmetries (8 dihedral ones for a square grid, 4 otherwise)."""
+    idx = np.arange(h * w).reshape(h, w)
+    maps = [idx, idx[::-1], idx[:, ::-1], idx[::-1, ::-1]]
+    if h == w:
+        maps += [idx.T, idx.T[::-1], idx.T[:, ::-1], idx.T[::-1, ::-1]]
+    return [m.reshape(-1) for m in maps]

@@ -1,0 +1,111 @@
+"""Run every attack against every key profile: one table profile x attack, JSON, PNG montages."""
+from __future__ import annotations
+
+import inspect
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from edge.runtime import TFLiteModel
+from tools.attacks.metrics import similarity
+from tools.attacks.plaintext import run_plaintext
+from tools.attacks.structure import run_structure
+from tools.attacks.target import build_target
+from tools.bench.common import latency_ms
+from tools.keying.profiles import PROFILES, get_profile
+from tools.keying.provision import build_keyed_model
+from tools.montage import save_montage
+
+MONTAGE_FRAMES = 8
+
+
+def default_profile() -> str:
+    """The profile provisioning uses when none is named."""
+    return inspect.signature(build_keyed_model).parameters["profile"].default
+
+
+def _u8(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    return np.round(np.clip(np.asarray(x, dtype=np.float64).reshape((-1,) + shape), 0, 1) * 255).astype(np.uint8)
+
+
+def attack_profile(dataset: str, profile: str, limit: int | None, fast: bool, progress) -> tuple[dict, dict]:
+    """Every attack on one profile, plus the model's size, latency and accuracy."""
+    from tools.attacks.inversion import run_inversion
+    from tools.attacks.reuse import run_reuse
+    target = build_target(dataset, profile, limit=limit, train_limit=300 if fast else 3000)
+    out, figs = {}, {}
+    steps = [("structure", lambda: run_structure(target)),
+             ("plaintext", lambda: run_plaintext(target, pairs=(10, 100) if fast else (10, 100, 1000, 3000))),
+             ("inversion", lambda: run_inversion(target, pairs=300 if fast else 3000, steps=30 if fast else 400)),
+             ("reuse", lambda: run_reuse(target, ks=(10,) if fast else (10, 100, 1000), steps=5 if fast else 60))]
+    for name, fn in steps:
+        t0 = time.perf_counter()
+        progress(f"  {profile}: {name} attack ...")
+        out[name], figs[name] = fn()
+        out[name]["seconds"] = round(time.perf_counter() - t0, 2)
+    keyed = target.keyed(target.plain)
+    out["size_bytes"] = len(target.tflite_int8)
+    out["latency_ms"] = latency_ms({"keyed_int8": TFLiteModel(target.tflite_int8)}, {"keyed_int8": keyed},
+                                   rounds=3, per_round=min(100, len(keyed)))["keyed_int8"]
+    out["acc_keyed_int8"] = out["reuse"]["acc_keyed_int8"]
+    out["ciphertext_ssim"] = similarity(keyed / 255.0, target.plain, target.shape)["ssim"]
+    out["description"] = get_profile(profile).description
+    return out, figs
+
+
+def run_all(dataset: str, profiles: list[str], limit: int | None, png_dir: Path | None, fast: bool = False) -> dict:
+    """The full report: {dataset, default_profile, profiles: {name: {...}}}."""
+    progress = lambda msg: click.echo(msg, err=True)  # noqa: E731
+    report = {"dataset": dataset, "default_profile": default_profile(), "limit": limit, "profiles": {}}
+    for profile in profiles:
+        get_profile(profile)
+        res, figs = attack_profile(dataset, profile, limit, fast, progress)
+        if png_dir is not None:
+            png_dir.mkdir(parents=True, exist_ok=True)
+            res["figure"] = str(save_figure(figs, png_dir / f"attacks-{dataset}-{profile}.png"))
+        report["profiles"][profile] = res
+    return report
+
+
+def save_figure(figs: dict[str, dict], path: Path) -> Path:
+    """Rows: plain frames, keyed frames, then the structure, plaintext and inversion reconstructions."""
+    first = figs["structure"]
+    shape = first["shape"]
+    n = MONTAGE_FRAMES
+    rows = [_u8(first["plain"][:n], shape), np.asarray(first["keyed"][:n]).reshape((-1,) + shape)]
+    rows += [_u8(figs[k]["recon"][:n], shape) for k in ("structure", "plaintext", "inversion") if "recon" in figs[k]]
+    return save_montage(rows, path)
+
+
+def table_rows(report: dict) -> list[tuple[str, ...]]:
+    """One row per profile: attacker success next to cost and utility."""
+    rows = [("profile", "pixels rec.", "struct SSIM", "probes", "known-M SSIM", "inv SSIM other/same",
+             "acc plain/other", "fine-tune/scratch", "size KB", "lat ms", "acc int8")]
+    for name, r in report["profiles"].items():
+        known = r["plaintext"]["known"]
+        ft = r["reuse"]["fine_tune"]
+        kmax = max(ft, key=int) if ft else None
+        rows.append((
+            name + (" *" if name == report["default_profile"] else ""),
+            f"{r['structure']['pixels_recovered']:.3f}", f"{r['structure']['ssim']:.3f}",
+            str(r["plaintext"]["frames_to_recover"]),
+            f"{known[max(known, key=int)]['ssim']:.3f}@{max(known, key=int)}",
+            f"{r['inversion']['other_key']['ssim']:.2f}/{r['inversion']['same_key']['ssim']:.2f}",
+            f"{r['reuse']['acc_plain_frames']:.2f}/{r['reuse']['acc_other_key']:.2f}",
+            f"{ft[kmax]['fine_tuned']:.2f}/{ft[kmax]['scratch']:.2f}@{kmax}" if kmax else "-",
+            f"{r['size_bytes'] / 1024:.0f}", f"{r['latency_ms']:.3f}", f"{r['acc_keyed_int8']:.4f}"))
+    return rows
+
+
+def print_report(report: dict) -> None:
+    rows = table_rows(report)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    click.echo(f"keycam attack all: {report['dataset']} (* = default profile)")
+    for i, row in enumerate(rows):
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+        if i == 0:
+            click.echo("  ".join("-" * w for w in widths))
+    first = next(iter(report["profiles"].values()))
+    click.echo(f"reference: the mean training frame alone scores SSIM {first['inversion']['prior_only']['ssim']:.3f}")

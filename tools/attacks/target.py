@@ -1,0 +1,76 @@
+"""The victim of an attack: a device's keyed model and keyed frames, built from a shipped base model."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.datasets import load_dataset
+from edge.errors import KeycamError
+from keys.keyset import KeySet
+from tools.bench.keyed import SHIPPED_MODELS, shipped_model
+from tools.ir import Network
+from tools.keying.keyed import derive_keyset, key_network
+from tools.keying.provision import adc8, build_keyed_model
+from tools.onnx_import import load_onnx
+
+CALIBRATION_FRAMES = 200
+
+
+class AttackError(KeycamError):
+    """An attack cannot run on this input (unsupported model structure, too few frames, ...)."""
+
+
+@dataclass
+class Target:
+    """Everything an attack may be given; each attack documents which parts it uses."""
+    dataset: str
+    profile: str
+    net: Network               # the plain float network (ground truth, and the fine-tuning attack's architecture)
+    keyset: KeySet             # the victim's keys (ground truth for scoring only)
+    keyed_net: Network         # the keyed float network (what an attacker extracts from the .tflite)
+    tflite_int8: bytes         # the deployed keyed model
+    plain: np.ndarray          # (N, H*W) plain test frames in [0, 1]
+    labels: np.ndarray
+    train_plain: np.ndarray    # (M, H*W) plain frames the attacker may own (training split)
+    train_labels: np.ndarray
+    other: KeySet              # another device's key set (same model, same profile)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        c, h, w = self.net.input_shape
+        if c != 1:
+            raise AttackError("the attacks handle single-channel frames only")
+        return int(h), int(w)
+
+    def keyed(self, frames: np.ndarray, keyset: KeySet | None = None, noise: float = 0.0,
+              seed: int = 0) -> np.ndarray:
+        """Keyed uint8 frames as the sensor delivers them (optionally with Gaussian read noise before the ADC)."""
+        key = (keyset or self.keyset).sensor
+        x = key.apply(np.asarray(frames, dtype=np.float64))
+        if noise > 0:
+            x = x + np.random.default_rng(seed).normal(0.0, noise, x.shape)
+        return adc8(x)
+
+
+def _secret(label: str) -> bytes:
+    return hashlib.sha256(f"keycam-attack/{label}".encode()).digest()
+
+
+def build_target(dataset: str, profile: str, limit: int | None = 500, train_limit: int = 3000,
+                 model_path: str | None = None, seed: str = "victim") -> Target:
+    """Provision a keyed model for `profile` on the shipped `dataset` model and load test/train frames."""
+    if dataset not in SHIPPED_MODELS:
+        raise AttackError(f"unknown dataset {dataset!r}; choose one of: {', '.join(sorted(SHIPPED_MODELS))}")
+    path = model_path or shipped_model(dataset)
+    images, labels = load_dataset(dataset, "test", limit=limit)
+    train, train_labels = load_dataset(dataset, "train", limit=train_limit)
+    plain = images.reshape(len(images), -1) / 255.0
+    train_plain = train.reshape(len(train), -1) / 255.0
+    prov = build_keyed_model(path, _secret(seed), f"{seed}-device", profile,
+                             calib_frames=train_plain[:CALIBRATION_FRAMES], float_model=False)
+    net = load_onnx(path)
+    other = derive_keyset(_secret(seed + "/other"), f"{seed}-other-device", prov.keyset.model_id, net, profile)
+    return Target(dataset, profile, net, prov.keyset, key_network(net, prov.keyset), prov.tflite_int8,
+                  plain, labels, train_plain, train_labels, other)
