@@ -8,8 +8,9 @@ Every command prints one JSON object on stdout (`"ok": true|false`) and exits 0 
     python -m deploy.agent --root ROOT status | rollback [--no-service] | recover
 Crash safety: state.json records an install in flight ("trying") before `current` is switched; every
 command first runs recovery, which points `current` back at the committed slot and restarts the
-service. Run `recover` at boot (before the service starts) as well. For fault tests the environment
-variable KEYCAM_AGENT_CRASH_AT=<step> kills the agent with SIGKILL at that step (see STEPS).
+service. Run `recover --no-service` at boot too, e.g. as the service's ExecStartPre.
+For fault tests the environment variable KEYCAM_AGENT_CRASH_AT=<step> kills the agent with SIGKILL
+at that step (see STEPS).
 """
 from __future__ import annotations
 
@@ -144,10 +145,12 @@ class Agent:
         self.dev.save_state(state)
         return event
 
-    def recover(self) -> dict:
+    def recover(self, use_service: bool = True) -> dict:
+        """Point `current` back at the committed slot after an interrupted install (and restart the
+        service, unless use_service is False: at boot, from the service's own ExecStartPre)."""
         with self._locked():
             state = self.dev.load_state()
-            event = self._recover(state, self.dev.service_config())
+            event = self._recover(state, self.dev.service_config() if use_service else ServiceConfig())
         return {"ok": True, "recovered": event is not None, "event": event, "committed": state["committed"]}
 
     # ---- activation (shared by install and rollback) --------------------------------------------
@@ -334,7 +337,8 @@ def _parser() -> argparse.ArgumentParser:
     rb = sub.add_parser("rollback", help="switch back to the previous slot")
     rb.add_argument("--no-service", action="store_true")
     sub.add_parser("status", help="identity, slots, versions, service")
-    sub.add_parser("recover", help="finish an interrupted install (run at boot)")
+    rc = sub.add_parser("recover", help="undo an interrupted install (run at boot)")
+    rc.add_argument("--no-service", action="store_true", help="do not restart the service (ExecStartPre)")
     return p
 
 
@@ -354,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "rollback":
             result = agent.rollback(use_service=not args.no_service)
         elif args.cmd == "recover":
-            result = agent.recover()
+            result = agent.recover(use_service=not args.no_service)
         else:
             result = agent.status()
     except (KeycamError, OSError) as exc:

@@ -141,19 +141,19 @@ def push(inventory, limit, target, python, as_json, bundle, bundles, canary, dry
     entries = _entries(inventory, limit, target, device, python)
     if bundle is not None:
         entries = [Entry(e.device_id, e.target, bundle, e.options) for e in entries]
-    confirm = None
-    if pubkey is None and not dry_run:
-        def confirm(device_id: str, fingerprint: str) -> None:
-            with edit_vault(params) as vault:
-                if fingerprint and vault.confirm(device_id, fingerprint):
-                    audit.record(vault, "confirm", device_id, key_fingerprint=fingerprint, by="deploy push")
+
+    def confirm_in_vault(device_id: str, fingerprint: str) -> None:
+        """A healthy install of a pending key set makes it the device's active one."""
+        with edit_vault(params) as vault:
+            if fingerprint and vault.confirm(device_id, fingerprint):
+                audit.record(vault, "confirm", device_id, key_fingerprint=fingerprint, by="deploy push")
 
     def progress(result: dict) -> None:
         if not as_json:
             _print_results([result], False)
 
     results = fleet.push(entries, lambda e: fleet.find_bundle(e, bundles, trusted), trusted, canary,
-                         dry_run, not no_service, confirm, progress)
+                         dry_run, not no_service, None if pubkey or dry_run else confirm_in_vault, progress)
     if as_json:
         _print_results(results, True)
     failed = [r["device"] for r in results if not r["ok"]]

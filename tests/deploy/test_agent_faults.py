@@ -135,8 +135,9 @@ def test_agent_killed_at_each_step(device_root, bundles, step):
         crashing.agent("install", up["path"])
     state = json.loads((device_root / "state.json").read_text())
     assert state["committed"] == "a"
-    recovered = t.agent("recover")   # what the boot hook runs
+    recovered = t.agent("recover", "--no-service")   # what the boot hook runs before the service starts
     assert recovered["ok"]
+    assert service(device_root, "restart") == 0      # then the service (re)starts
     assert recovered["recovered"] == (step in ("marked", "switched", "restarted", "checked"))
     assert_still_running(device_root, snap)
     assert deploy(t, bundles["2.0.0"])["ok"], "the interrupted update can be retried"
