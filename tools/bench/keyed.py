@@ -7,13 +7,16 @@ import click
 import numpy as np
 
 from edge.datasets import load_dataset
+from edge.errors import ConfigError
 from edge.runtime import TFLiteModel
 from tools.bench.common import latency_ms, predict_labels, print_table, write_json
 from tools.ir import forward
+from tools.models_zoo import ZOO
 from tools.keying.provision import adc8, build_keyed_model, default_calibration_frames, model_metadata
 from tools.onnx_import import load_onnx
 from tools.tflite.writer import write_tflite
 
+ZOO_PROFILES = {"allconv32": "stem", "face112": "stem-patch"}
 SHIPPED_MODELS = {"mnist": "lenet_mnist.onnx", "fashion": "lenet_fashion.onnx"}
 
 
@@ -87,13 +90,20 @@ def check_targets(r: dict) -> list[str]:
 
 @click.command()
 @click.option("--dataset", type=click.Choice(sorted(SHIPPED_MODELS)), default="mnist", show_default=True)
-@click.option("--profile", default="full", show_default=True, help="Key profile (full, stem, ...).")
+@click.option("--profile", default=None, help="Key profile (full, stem, stem-patch, ...); default full, "
+              "stem for allconv32, stem-patch for face112.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use the first N test frames (default all).")
-@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="ONNX base model (default: the shipped one for the dataset).")
+@click.option("--model", "model_path", default=None,
+              help="ONNX base model (default: the shipped one for the dataset), or a zoo model: allconv32, face112.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results as JSON.")
-def keyed(dataset: str, profile: str, limit: int | None, model_path: str | None, json_path: str | None) -> None:
+def keyed(dataset: str, profile: str | None, limit: int | None, model_path: str | None, json_path: str | None) -> None:
     """Keyed vs unkeyed: accuracy, wrong-key/raw-frame accuracy, size, latency, keying time."""
+    if model_path in ZOO:
+        _zoo(model_path, profile or ZOO_PROFILES[model_path], limit, json_path)
+        return
+    if model_path is not None and not os.path.isfile(model_path):
+        raise ConfigError(f"--model {model_path!r} is neither an ONNX file nor a zoo model ({', '.join(ZOO)})")
+    profile = profile or "full"
     r, details = run_keyed_bench(dataset, profile, limit, model_path)
     lat, size = r["latency_ms"], r["size_bytes"]
     print_table([
@@ -116,5 +126,14 @@ def keyed(dataset: str, profile: str, limit: int | None, model_path: str | None,
                                                  f"(max rel. error in float64 {details['float_max_rel_error']:.1e})"),
     ], f"keycam bench keyed: {dataset}, profile {profile}")
     misses = check_targets(r)
+    click.echo("targets: all met" if not misses else "targets missed: " + "; ".join(misses))
+    write_json(json_path, r)
+
+
+def _zoo(name: str, profile: str, limit: int | None, json_path: str | None) -> None:
+    from tools.bench.zoo import check_zoo_targets, run_zoo_bench, zoo_table
+    r, details = run_zoo_bench(name, profile, limit)
+    print_table(zoo_table(r, details), f"keycam bench keyed: {name}, profile {r['profile']}")
+    misses = check_zoo_targets(r)
     click.echo("targets: all met" if not misses else "targets missed: " + "; ".join(misses))
     write_json(json_path, r)

@@ -39,16 +39,17 @@ def projected_cost(net: Network, profile: str) -> dict:
     """Non-zeros of every layer that keying turns into a sparse matrix, and the float CSR bytes."""
     prof = resolve_profile(profile)
     shapes = [tuple(net.input_shape)] + net.shapes()
-    sparse_layers, first = [], True
+    linear = [i for i, layer in enumerate(net.layers) if isinstance(layer, (Conv, AvgPool, Dense))]
+    sparse_layers = []
     for i, layer in enumerate(net.layers):
         if not isinstance(layer, (Conv, AvgPool)):
-            first = first and not isinstance(layer, Dense)
             continue
-        if first or prof.spatial_layers:
+        # spatially keyed: the stem, every layer under a spatial profile, and the last layer (its output
+        # key is the output key or none, not a per-channel key a convolution could absorb)
+        if i in (linear[0], linear[-1]) or prof.spatial_layers:
             nnz = toeplitz_nnz(layer, shapes[i])
             index_bytes = 2 if int(np.prod(shapes[i])) < 1 << 16 else 4
             sparse_layers.append({"layer": i, "nnz": nnz, "csr_float_bytes": nnz * (4 + index_bytes)})
-        first = False
     total = sum(s["csr_float_bytes"] for s in sparse_layers)
     return {"profile": prof.name, "sparse_layers": sparse_layers, "nnz": sum(s["nnz"] for s in sparse_layers),
             "csr_float_bytes": total, "fits_one_tflite": total < FLATBUFFER_LIMIT,
