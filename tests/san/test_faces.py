@@ -122,3 +122,26 @@ def test_cli_errors(tmp_path):
     assert result.exit_code != 0 and "keycam san train" in result.output
     result = CliRunner().invoke(cli, ["san", "train", "--members", "9", "--out", str(tmp_path / "m.pt")])
     assert result.exit_code != 0 and "members must be" in result.output
+
+
+def test_onnx_stage_matches_perturb(tiny_ensemble, tmp_path):
+    import torch
+
+    from tools.san.data import load_faces64
+    from tools.san.errors import SanModelError
+    from tools.san.export import export_onnx
+
+    _, ensemble = tiny_ensemble
+    faces = load_faces64("test", limit=12)
+    male = faces.gender == 1
+    stage = export_onnx(ensemble, 1, "male", 64, tmp_path / "stage.onnx")
+    x = torch.from_numpy(faces.images[male].transpose(0, 3, 1, 2).astype(np.float32) / 255)
+    with torch.no_grad():
+        staged = np.rint(stage(x).numpy().transpose(0, 2, 3, 1) * 255)
+    want = ensemble.perturb(faces.images[male], faces.gender[male], 1)[1]
+    assert np.abs(staged - want).max() <= 1
+    ort = pytest.importorskip("onnxruntime")
+    got = ort.InferenceSession(str(tmp_path / "stage.onnx")).run(None, {"face": x[:1].numpy()})[0]
+    np.testing.assert_allclose(got, stage(x[:1]).detach().numpy(), atol=1e-4)
+    with pytest.raises(SanModelError, match="multiple"):
+        export_onnx(ensemble, 0, "female", 112, tmp_path / "bad.onnx")

@@ -100,3 +100,47 @@ def eval_(model: Path, json_path: Path, out_dir: Path | None, faces_dir: Path | 
     click.echo("headline: " + ", ".join(f"{k} {report[k]:.3f}" for k in keys))
     click.echo(f"targets: {report['targets']}; wrote {json_path}, {out_dir}/san_montage.png, "
                f"{out_dir}/san_privacy_utility.png, {out_dir}/san_table.md")
+
+
+@san.command()
+@click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_MODEL, show_default=True)
+@click.option("--member", type=int, default=None, help="ensemble member (default: the one `eval` selected, "
+              "read from --report, else 0)")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="an eval JSON whose selected_member to export")
+@click.option("--gender", type=click.Choice(["female", "male"]), required=True,
+              help="source gender the stage is built for (selects the same / opposite prototypes)")
+@click.option("--size", type=int, default=64, show_default=True, help="face crop side (multiple of 32)")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="output .onnx")
+def export(model: Path, member: int | None, report: Path | None, gender: str, size: int, out: Path) -> None:
+    """Export one SAN member as an ONNX stage (face crop in, X_OP out), checked with onnxruntime if present."""
+    _threads()
+    import numpy as np
+    import torch
+
+    from tools.san.errors import SanModelError
+    from tools.san.export import export_onnx
+    from tools.san.model_io import load_ensemble
+
+    if member is None:
+        member = 0
+        if report is not None:
+            try:
+                member = int(json.loads(report.read_text())["selected_member"])
+            except (OSError, ValueError, KeyError) as exc:
+                raise SanModelError(f"cannot read selected_member from {report}: {exc}") from exc
+    stage = export_onnx(load_ensemble(model), member, gender, size, out)
+    click.echo(f"wrote {out} (member {member}, {gender} faces, {size}x{size})")
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        click.echo("onnxruntime not installed: exported graph not cross-checked")
+        return
+    x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"face": x})[0]
+    with torch.no_grad():
+        want = stage(torch.from_numpy(x)).numpy()
+    err = float(np.abs(got - want).max())
+    if err > 1e-4:
+        raise SanModelError(f"exported ONNX differs from the torch stage by {err:.2e}")
+    click.echo(f"onnxruntime matches torch (max abs diff {err:.1e})")
