@@ -1,7 +1,6 @@
 """Attack 2 (known/chosen plaintext) and attack 4 (model reuse) on small slices."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from tools.attacks.plaintext import (affine_truth, binary_probes, fit_affine, from_binary, from_impulses,

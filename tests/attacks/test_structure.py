@@ -4,13 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from keys.generate import KeyConfig
 from tools.attacks.grid import LayoutFailed, king_neighbours, layout, symmetries
 from tools.attacks.metrics import psnr, ssim
+from tools.attacks.reuse import deployed_accuracies
 from tools.attacks.structure import run_structure
 from tools.attacks.target import AttackError, build_target
 from tools.attacks.tflite_read import first_sparse_layer
-from tools.keying.profiles import PROFILES, Profile
 from tools.tflite.writer import write_tflite
 
 
@@ -60,10 +59,8 @@ def test_permutation_keys_give_away_every_pixel(request, name):
     assert figs["recon"].shape == target.plain.shape
 
 
-def test_tile_mixing_hides_pixels_inside_tiles(monkeypatch):
-    monkeypatch.setitem(PROFILES, "t-tile4", Profile("t-tile4", True, sensor=KeyConfig(tile=4, mix_weight=0.55,
-                                                                                      mix_terms=4)))
-    result, _ = run_structure(build_target("mnist", "t-tile4", limit=60, train_limit=300))
+def test_tile_mixing_hides_pixels_inside_tiles():
+    result, _ = run_structure(build_target("mnist", "tiled", limit=60, train_limit=300))
     assert result["layout"] == "tiles of 4x4"          # the tile arrangement still leaks
     assert result["group_size"] == 16
     assert result["pixels_recovered"] < 0.2            # but not the pixels inside a tile
@@ -73,3 +70,11 @@ def test_structure_attack_needs_a_sparse_layer(full_target):
     dense = write_tflite(full_target.net)[0]
     with pytest.raises(AttackError, match="no sparse"):
         first_sparse_layer(dense)
+
+
+def test_scattered_prototype_keeps_accuracy_and_defeats_the_layouts():
+    target = build_target("mnist", "scatter4", limit=60, train_limit=300)
+    assert deployed_accuracies(target)["acc_keyed_int8"] > 0.9
+    result, _ = run_structure(target)
+    assert result["layout"].startswith("failed")
+    assert result["pixels_recovered"] < 0.05

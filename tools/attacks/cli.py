@@ -8,7 +8,6 @@ import click
 
 from tools.bench.common import write_json
 from tools.bench.keyed import SHIPPED_MODELS
-from tools.keying.profiles import PROFILES
 
 _dataset = click.option("--dataset", type=click.Choice(sorted(SHIPPED_MODELS)), default="mnist", show_default=True)
 _limit = click.option("--limit", type=click.IntRange(10), default=500, show_default=True,
@@ -23,9 +22,9 @@ def attack() -> None:
 
 
 def _single(name: str, dataset: str, profile: str, limit: int, json_path: str | None) -> None:
+    from tools.attacks.suite import describe
     from tools.attacks.target import build_target
-    from tools.keying.profiles import get_profile
-    get_profile(profile)
+    describe(profile)
     target = build_target(dataset, profile, limit=limit)
     if name == "structure":
         from tools.attacks.structure import run_structure as fn
@@ -61,14 +60,14 @@ _command("reuse", "The keyed model on plain / other-key frames, and fine-tuned o
 @_dataset
 @_limit
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), required=True, help="Write the report as JSON.")
-@click.option("--profiles", default=None, help="Comma-separated profiles (default: every profile).")
+@click.option("--profiles", default=None, help="Comma-separated profiles (default: every profile and prototype).")
 @click.option("--png-dir", type=click.Path(file_okay=False), default=None,
               help="Where the montages go (default: next to the JSON file).")
 @click.option("--fast", is_flag=True, help="Tiny budgets (smoke test; numbers are not meaningful).")
 def all_(dataset: str, limit: int, json_path: str, profiles: str | None, png_dir: str | None, fast: bool) -> None:
     """Every attack against every key profile: the profile x attack table."""
-    from tools.attacks.suite import print_report, run_all
-    names = [p.strip() for p in profiles.split(",") if p.strip()] if profiles else list(PROFILES)
+    from tools.attacks.suite import all_profiles, print_report, run_all
+    names = [p.strip() for p in profiles.split(",") if p.strip()] if profiles else all_profiles()
     report = run_all(dataset, names, limit, Path(png_dir) if png_dir else Path(json_path).resolve().parent, fast)
     print_report(report)
     write_json(json_path, report)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from tools.attacks.grid import LayoutFailed, king_neighbours, layout, symmetries
+from tools.attacks.grid import LayoutFailed, layout, symmetries
 from tools.attacks.metrics import similarity
 from tools.attacks.target import AttackError, Target
 from tools.attacks.tflite_read import first_sparse_layer
@@ -77,8 +77,7 @@ def recover_arrangement(w: sp.csr_matrix, h: int, wd: int) -> tuple[np.ndarray, 
     """Estimated plain position of every keyed pixel (up to grid symmetry), how it was found, and the
     groups of pixels the attack cannot tell apart.
 
-    Pixel level when every column has its own support. Otherwise the attack hypothesises square t x t
-    tiles (smallest t dividing the frame that holds the largest group), merges groups into tiles and lays
+    Pixel level when every column has its own support. Otherwise the attack hypothesises square t x t tiles (smallest t dividing the frame that holds the largest group), merges groups into tiles and lays
     the tiles out; positions inside a tile are a guess (row-major order of the columns).
     """
     n = h * wd

@@ -8,11 +8,13 @@ from pathlib import Path
 import click
 import numpy as np
 
+from edge.errors import ConfigError
 from edge.runtime import TFLiteModel
 from tools.attacks.metrics import similarity
 from tools.attacks.plaintext import run_plaintext
 from tools.attacks.structure import run_structure
 from tools.attacks.target import build_target
+from tools.attacks.prototypes import PROTOTYPES
 from tools.bench.common import latency_ms
 from tools.keying.profiles import PROFILES, get_profile
 from tools.keying.provision import build_keyed_model
@@ -38,8 +40,8 @@ def attack_profile(dataset: str, profile: str, limit: int | None, fast: bool, pr
     out, figs = {}, {}
     steps = [("structure", lambda: run_structure(target)),
              ("plaintext", lambda: run_plaintext(target, pairs=(10, 100) if fast else (10, 100, 1000, 3000))),
-             ("inversion", lambda: run_inversion(target, pairs=300 if fast else 3000, steps=30 if fast else 400)),
-             ("reuse", lambda: run_reuse(target, ks=(10,) if fast else (10, 100, 1000), steps=5 if fast else 60))]
+             ("inversion", lambda: run_inversion(target, pairs=300 if fast else 3000, steps=30 if fast else 300)),
+             ("reuse", lambda: run_reuse(target, ks=(10,) if fast else (10, 100, 1000), steps=5 if fast else 40))]
     for name, fn in steps:
         t0 = time.perf_counter()
         progress(f"  {profile}: {name} attack ...")
@@ -51,16 +53,31 @@ def attack_profile(dataset: str, profile: str, limit: int | None, fast: bool, pr
                                    rounds=3, per_round=min(100, len(keyed)))["keyed_int8"]
     out["acc_keyed_int8"] = out["reuse"]["acc_keyed_int8"]
     out["ciphertext_ssim"] = similarity(keyed / 255.0, target.plain, target.shape)["ssim"]
-    out["description"] = get_profile(profile).description
+    out["description"] = describe(profile)
     return out, figs
+
+
+def all_profiles() -> list[str]:
+    """Every shipped profile, then the prototypes."""
+    return list(PROFILES) + list(PROTOTYPES)
+
+
+def describe(profile: str) -> str:
+    """A profile's description; unknown names raise ConfigError listing the choices."""
+    if profile in PROTOTYPES:
+        return PROTOTYPES[profile].description
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown key profile {profile!r}; choose one of: {', '.join(all_profiles())}")
+    return get_profile(profile).description
 
 
 def run_all(dataset: str, profiles: list[str], limit: int | None, png_dir: Path | None, fast: bool = False) -> dict:
     """The full report: {dataset, default_profile, profiles: {name: {...}}}."""
     progress = lambda msg: click.echo(msg, err=True)  # noqa: E731
-    report = {"dataset": dataset, "default_profile": default_profile(), "limit": limit, "profiles": {}}
+    report = {"dataset": dataset, "default_profile": default_profile(), "limit": limit,
+              "prototypes": [p for p in profiles if p in PROTOTYPES], "profiles": {}}
     for profile in profiles:
-        get_profile(profile)
+        describe(profile)
         res, figs = attack_profile(dataset, profile, limit, fast, progress)
         if png_dir is not None:
             png_dir.mkdir(parents=True, exist_ok=True)
@@ -88,7 +105,7 @@ def table_rows(report: dict) -> list[tuple[str, ...]]:
         ft = r["reuse"]["fine_tune"]
         kmax = max(ft, key=int) if ft else None
         rows.append((
-            name + (" *" if name == report["default_profile"] else ""),
+            name + (" *" if name == report["default_profile"] else "") + (" (proto)" if name in PROTOTYPES else ""),
             f"{r['structure']['pixels_recovered']:.3f}", f"{r['structure']['ssim']:.3f}",
             str(r["plaintext"]["frames_to_recover"]),
             f"{known[max(known, key=int)]['ssim']:.3f}@{max(known, key=int)}",

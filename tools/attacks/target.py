@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -11,7 +12,8 @@ from edge.errors import KeycamError
 from keys.keyset import KeySet
 from tools.bench.keyed import SHIPPED_MODELS, shipped_model
 from tools.ir import Network
-from tools.keying.keyed import derive_keyset, key_network
+from tools.attacks.prototypes import PROTOTYPES, prototype_keyset, provision_prototype
+from tools.keying.keyed import derive_keyset, key_network, model_id_of
 from tools.keying.provision import adc8, build_keyed_model
 from tools.onnx_import import load_onnx
 
@@ -60,7 +62,7 @@ def _secret(label: str) -> bytes:
 
 def build_target(dataset: str, profile: str, limit: int | None = 500, train_limit: int = 3000,
                  model_path: str | None = None, seed: str = "victim") -> Target:
-    """Provision a keyed model for `profile` on the shipped `dataset` model and load test/train frames."""
+    """Provision a keyed model for `profile` (a shipped profile or a prototype) and load test/train frames."""
     if dataset not in SHIPPED_MODELS:
         raise AttackError(f"unknown dataset {dataset!r}; choose one of: {', '.join(sorted(SHIPPED_MODELS))}")
     path = model_path or shipped_model(dataset)
@@ -68,9 +70,15 @@ def build_target(dataset: str, profile: str, limit: int | None = 500, train_limi
     train, train_labels = load_dataset(dataset, "train", limit=train_limit)
     plain = images.reshape(len(images), -1) / 255.0
     train_plain = train.reshape(len(train), -1) / 255.0
-    prov = build_keyed_model(path, _secret(seed), f"{seed}-device", profile,
-                             calib_frames=train_plain[:CALIBRATION_FRAMES], float_model=False)
     net = load_onnx(path)
-    other = derive_keyset(_secret(seed + "/other"), f"{seed}-other-device", prov.keyset.model_id, net, profile)
-    return Target(dataset, profile, net, prov.keyset, key_network(net, prov.keyset), prov.tflite_int8,
-                  plain, labels, train_plain, train_labels, other)
+    calib = train_plain[:CALIBRATION_FRAMES]
+    if profile in PROTOTYPES:
+        model_id = model_id_of(Path(path).read_bytes())
+        keyset, blob = provision_prototype(profile, net, _secret(seed), f"{seed}-device", model_id, calib)
+        other = prototype_keyset(profile, _secret(seed + "/other"), f"{seed}-other-device", model_id, net)
+    else:
+        prov = build_keyed_model(path, _secret(seed), f"{seed}-device", profile, calib_frames=calib, float_model=False)
+        keyset, blob = prov.keyset, prov.tflite_int8
+        other = derive_keyset(_secret(seed + "/other"), f"{seed}-other-device", keyset.model_id, net, profile)
+    return Target(dataset, profile, net, keyset, key_network(net, keyset), blob, plain, labels, train_plain,
+                  train_labels, other)

@@ -23,6 +23,12 @@ PROFILES: dict[str, Profile] = {
     "stem": Profile("stem", False, description="only the input stem spatially keyed; hidden convs keep "
                     "per-channel keys and stay dense CONV_2D (fast, small; activations after the stem "
                     "are in plain spatial order)"),
+    "tiled": Profile("tiled", True, sensor=KeyConfig(tile=4, mix_weight=0.55, mix_terms=4),
+                     description="full + sensor mixing inside 4x4 tiles before the permutation: the "
+                     "structure attack finds the tile arrangement but not the pixels inside a tile (~1.5x full)"),
+    "tiled7": Profile("tiled7", True, sensor=KeyConfig(tile=7, mix_weight=0.55, mix_terms=4),
+                      description="full + sensor mixing inside 7x7 tiles: a coarser leak, ~2.3x the full "
+                      "profile's size"),
 }
 
 
