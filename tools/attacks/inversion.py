@@ -60,7 +60,8 @@ def run_inversion(target: Target, pairs: int = DEFAULT_PAIRS, steps: int = DEFAU
     for name, keyset in (("other_key", target.other), ("same_key", target.keyset)):
         model = fit_decoder(target.keyed(plain, keyset), plain, steps)
         recon[name] = apply_decoder(model, victim)
-        result[name] = similarity(recon[name], test, (h, w))
-    result["prior_only"] = similarity(np.repeat(plain.mean(axis=0, keepdims=True), len(test), 0), test, (h, w))
+        result[name] = {**similarity(recon[name], test, (h, w)), "recognised": target.recognised(recon[name])}
+    prior = np.repeat(plain.mean(axis=0, keepdims=True), len(test), 0)
+    result["prior_only"] = {**similarity(prior, test, (h, w)), "blank_ssim": similarity(0 * test, test, (h, w))["ssim"]}
     result["ssim"] = result["other_key"]["ssim"]
     return result, {"plain": test, "keyed": victim, "recon": recon["other_key"], "recon_same": recon["same_key"]}

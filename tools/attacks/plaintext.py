@@ -93,8 +93,9 @@ def run_plaintext(target: Target, pairs: tuple[int, ...] = DEFAULT_PAIRS, noise:
             raise AttackError(f"{m} known pairs asked, only {len(target.train_plain)} training frames loaded")
         x = target.train_plain[:m]
         theta = fit_affine(x, target.keyed(x))
+        recon = decode(theta, test_keyed)
         known[str(m)] = {"rel_error": relative_error(theta, truth), "never_lit": int(np.sum(x.max(axis=0) == 0)),
-                         **similarity(decode(theta, test_keyed), test, (h, w))}
+                         **similarity(recon, test, (h, w)), "recognised": target.recognised(recon)}
     chosen = {}
     for name, probes, solve in (("impulses", impulse_probes(n), from_impulses),
                                 ("binary", binary_probes(n), from_binary)):

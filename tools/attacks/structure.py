@@ -153,5 +153,5 @@ def run_structure(target: Target, frames: int | None = None) -> tuple[dict, dict
         filled_scores = similarity(filled, plain, (h, wd))
         if filled_scores["ssim"] > scores["ssim"]:
             scores, recon = filled_scores, filled
-    result = {"pixels_recovered": float(np.mean(est == truth)), **scores, **info}
+    result = {"pixels_recovered": float(np.mean(est == truth)), **scores, "recognised": target.recognised(recon), **info}
     return result, {"plain": plain, "keyed": target.keyed(plain), "recon": recon, "shape": (h, wd)}

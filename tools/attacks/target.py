@@ -11,7 +11,7 @@ from edge.datasets import load_dataset
 from edge.errors import KeycamError
 from keys.keyset import KeySet
 from tools.bench.keyed import SHIPPED_MODELS, shipped_model
-from tools.ir import Network
+from tools.ir import Network, forward
 from tools.attacks.prototypes import PROTOTYPES, prototype_keyset, provision_prototype
 from tools.keying.keyed import derive_keyset, key_network, model_id_of
 from tools.keying.provision import adc8, build_keyed_model
@@ -45,6 +45,11 @@ class Target:
         if c != 1:
             raise AttackError("the attacks handle single-channel frames only")
         return int(h), int(w)
+
+    def recognised(self, recon: np.ndarray) -> float:
+        """Fraction of reconstructed frames the plain model still classifies correctly (chance = 1/classes)."""
+        recon = np.clip(np.asarray(recon, dtype=np.float64), 0.0, 1.0)
+        return float(np.mean(forward(self.net, recon).argmax(1) == self.labels[:len(recon)]))
 
     def keyed(self, frames: np.ndarray, keyset: KeySet | None = None, noise: float = 0.0,
               seed: int = 0) -> np.ndarray:
