@@ -19,7 +19,7 @@ from edge.datasets import load_dataset
 from tools.bench.common import print_table, write_json
 from tools.bench.keyed import SHIPPED_MODELS
 
-DEFAULT_WEIGHTS = (0.0, 1.0, 3.0, 10.0)
+DEFAULT_WEIGHTS = (0.0, 1.0, 4.0)
 
 
 def _torch():
@@ -56,8 +56,7 @@ def _nets():
 
 def _decoder():
     from torch import nn
-    return nn.Sequential(nn.Conv2d(1, 16, 5, padding=2), nn.ReLU(), nn.Conv2d(16, 16, 5, padding=2), nn.ReLU(),
-                         nn.Conv2d(16, 1, 5, padding=2), nn.Sigmoid())
+    return nn.Sequential(nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.Conv2d(32, 1, 5, padding=2), nn.Sigmoid())
 
 
 def _batches(n: int, batch: int, steps: int, seed: int):
@@ -176,8 +175,8 @@ def plot(results: list[dict], path: str | Path) -> Path:
               help="Dataset(s) (repeatable; default both).")
 @click.option("--weights", default=",".join(map(str, DEFAULT_WEIGHTS)), show_default=True,
               help="Comma-separated SSIM penalty weights.")
-@click.option("--steps", type=click.IntRange(10), default=300, show_default=True, help="Training steps per weight.")
-@click.option("--train-limit", type=click.IntRange(100), default=4000, show_default=True)
+@click.option("--steps", type=click.IntRange(10), default=200, show_default=True, help="Training steps per weight.")
+@click.option("--train-limit", type=click.IntRange(100), default=3000, show_default=True)
 @click.option("--limit", type=click.IntRange(10), default=1000, show_default=True, help="Test frames.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results as JSON.")
 @click.option("--png", "png_path", type=click.Path(dir_okay=False), default=None, help="Write the plot as PNG.")
