@@ -8,11 +8,9 @@ worth stealing only if fine-tuning beats that.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from edge.runtime import TFLiteModel
 from tools.attacks.target import AttackError, Target
-from tools.attacks.torchnet import TorchNet, accuracy, train
 from tools.bench.common import predict_labels
 
 DEFAULT_K = (10, 100, 1000)
@@ -30,6 +28,7 @@ def deployed_accuracies(target: Target) -> dict[str, float]:
 
 def fine_tune_curve(target: Target, ks: tuple[int, ...] = DEFAULT_K, steps: int = FINE_TUNE_STEPS) -> dict:
     """Accuracy on plain test frames after fine-tuning the keyed model (and training from scratch) on K frames."""
+    from tools.attacks.torchnet import TorchNet, accuracy, train
     if max(ks) > len(target.train_plain):
         raise AttackError(f"K={max(ks)} labelled frames asked, only {len(target.train_plain)} loaded")
     out = {}
@@ -44,7 +43,9 @@ def fine_tune_curve(target: Target, ks: tuple[int, ...] = DEFAULT_K, steps: int 
 
 def run_reuse(target: Target, ks: tuple[int, ...] = DEFAULT_K, steps: int = FINE_TUNE_STEPS) -> tuple[dict, dict]:
     """All reuse measurements; `ks` empty skips the (PyTorch) fine-tuning part."""
-    torch.set_num_threads(1)
+    if ks:
+        import torch
+        torch.set_num_threads(1)
     result = deployed_accuracies(target)
     result["fine_tune_steps"] = steps
     result["fine_tune"] = fine_tune_curve(target, ks, steps) if ks else {}
