@@ -79,3 +79,11 @@ def test_tiny_face_training_exports_a_keyable_embedder(lfw_available, tmp_path):
     ks = derive_keyset(bytes(32), "d", "m", net, "stem-patch", output_encryption=True)
     x = np.random.default_rng(0).uniform(size=(3, 3 * 32 * 32))
     assert verify_keyed(net, key_network(net, ks), ks, x) < 1e-9
+
+
+def test_balanced_subset_keeps_both_kinds_of_pair_in_every_fold():
+    pairs = face_data.Pairs(np.zeros((4, 2, 2, 3), np.uint8), np.zeros((12, 2), np.int64),
+                            np.array([1, 1, 1, 0, 0, 0] * 2, bool), np.repeat([1, 2], 6))
+    sub = face_data.balanced_subset(pairs, 8)
+    assert len(sub.same) == 8 and sub.same.sum() == 4
+    assert all(set(sub.same[sub.fold == f]) == {True, False} for f in (1, 2))

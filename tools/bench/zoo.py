@@ -132,9 +132,9 @@ def run_face_bench(profile: str, limit: int | None, progress: bool = True, with_
     onnx_path, _ = zoo_model_path("face112", Path("."))
     net = load_onnx(onnx_path)
     pairs = face_data.view2_pairs()
+    all_used = np.unique(pairs.pairs)          # the dlib cache is keyed on every image of the folds
     if limit is not None:
-        keep = np.concatenate([np.nonzero(pairs.fold == f)[0][:limit // 2] for f in (1, 2)])
-        pairs = face_data.Pairs(pairs.images, pairs.pairs[keep], pairs.same[keep], pairs.fold[keep])
+        pairs = face_data.balanced_subset(pairs, limit)
     used = np.unique(pairs.pairs)
     remap = np.zeros(len(pairs.images), dtype=np.int64)
     remap[used] = np.arange(len(used))
@@ -161,9 +161,11 @@ def run_face_bench(profile: str, limit: int | None, progress: bool = True, with_
     ver = {name: verification_metrics(cosine_scores(e, index), pairs.same, pairs.fold) for name, e in emb.items()}
     if with_dlib and dlib_available():
         _echo(progress, "dlib reference matcher ...")
-        demb, found = cached_dlib_embeddings(images, MODELS_DIR.parent / "cache", lambda m: _echo(progress, m))
-        ver["dlib_reference"] = {**verification_metrics(dlib_scores(demb, index), pairs.same, pairs.fold),
-                                 "faces_detected": found, "images": int(len(images))}
+        demb, found = cached_dlib_embeddings(pairs.images[all_used], MODELS_DIR.parent / "cache",
+                                             lambda m: _echo(progress, m))
+        ver["dlib_reference"] = {**verification_metrics(dlib_scores(demb[np.searchsorted(all_used, used)], index),
+                                                        pairs.same, pairs.fold),
+                                 "faces_detected": found, "images": int(len(all_used))}
     float_dec = decisions(cosine_scores(emb["float"], index), pairs.fold, ver["float"]["thresholds"])
     keyed_dec = decisions(cosine_scores(emb["keyed_float"], index), pairs.fold, ver["float"]["thresholds"])
     lat = latency_ms({k: models[k] for k in ("int8_unkeyed", "keyed_int8", "keyed_float")}, inputs,

@@ -55,6 +55,17 @@ def view2_pairs(root=None, folds: tuple[int, ...] = (1, 2)) -> Pairs:
     return Pairs(d["images"], d["pair_idx"][keep], d["pair_same"][keep].astype(bool), d["pair_fold"][keep])
 
 
+def balanced_subset(pairs: Pairs, limit: int) -> Pairs:
+    """About `limit` pairs: the first limit/4 same and limit/4 different pairs of every fold.
+
+    (pairs.txt lists each fold's same pairs first, so a plain prefix would hold no different pair.)
+    """
+    per = max(1, limit // (2 * len(np.unique(pairs.fold))))
+    keep = np.concatenate([np.nonzero((pairs.fold == f) & (pairs.same == s))[0][:per]
+                           for f in np.unique(pairs.fold) for s in (True, False)])
+    return Pairs(pairs.images, pairs.pairs[keep], pairs.same[keep], pairs.fold[keep])
+
+
 def to_chw_float(images: np.ndarray) -> np.ndarray:
     """uint8 (N, H, W, 3) -> float (N, 3*H*W) in [0, 1], CHW order (the keycam frame layout)."""
     return images.transpose(0, 3, 1, 2).reshape(len(images), -1).astype(np.float64) / 255.0
