@@ -57,7 +57,18 @@ def projected_cost(net: Network, profile: str) -> dict:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size in MB (Linux reports KiB)."""
+    """This process's peak resident set size in MB.
+
+    Linux: VmHWM of /proc/self/status (getrusage's ru_maxrss survives exec, so a child started by
+    a large parent would report the parent's peak); elsewhere ru_maxrss.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
