@@ -35,7 +35,7 @@ def face112(embedding: int = FACE_EMBEDDING, stem: int = 12, width: int = 32, si
     """Compact face embedder: 4x4/4 patchify stem, three 3x3 stages (28, 14, 7 px), flatten + linear.
 
     The flatten + linear head keeps the spatial layout of the aligned face (as ArcFace's output
-    layer does). 1.9M parameters at the defaults, ~36M multiply-adds per 112x112 frame.
+    layer does). 1.9M parameters at the defaults, ~33M multiply-adds per 112x112 frame.
     """
     import torch.nn as nn
     if size % 16:
