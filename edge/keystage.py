@@ -34,8 +34,8 @@ HEALTHY = Health(True)
 
 
 def _as_model_input(codes: np.ndarray, bits: int) -> np.ndarray:
-    """8-bit codes go to the model as they are; deeper ADCs are rescaled to float [0, 1]."""
-    return codes if codes.dtype == np.uint8 else dequantize(codes, bits)
+    """Full-range 8-bit codes go to the model as they are; any other depth is rescaled to float [0, 1]."""
+    return codes if bits == 8 else dequantize(codes, bits)
 
 
 class KeyStage(ABC):

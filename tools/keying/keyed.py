@@ -16,7 +16,7 @@ from keys.generate import channel_layer_key, output_key, sensor_key, spatial_lay
 from keys.keyset import KeySet
 from tools.ir import (LINEAR, AvgPool, Conv, Dense, Flatten, Network, Softmax, Unflatten,
                       conv_matrix, forward, pool_matrix)
-from tools.keying.patchkey import PATCH_PROFILES, patch_sensor_key, patch_size
+from tools.keying.patchkey import patch_sensor_key, patch_size
 from tools.keying.profiles import Profile, get_profile
 
 FLOAT_TOLERANCE = 1e-4
@@ -36,21 +36,14 @@ def _linear_indices(net: Network) -> list[int]:
     return [i for i, layer in enumerate(net.layers) if isinstance(layer, LINEAR)]
 
 
-def resolve_profile(profile: str | Profile) -> Profile:
-    """A Profile by name (the registry, then the patch-aligned profiles) or as given."""
-    if isinstance(profile, Profile):
-        return profile
-    return PATCH_PROFILES[profile] if profile in PATCH_PROFILES else get_profile(profile)
-
-
 def derive_keyset(secret: bytes, device_id: str, model_id: str, net: Network, profile: str | Profile,
                   output_encryption: bool = False) -> KeySet:
     """All keys for one device and one model, derived deterministically from a 256-bit secret."""
-    prof = resolve_profile(profile)
+    prof = get_profile(profile)
     root = Drbg(secret, f"keyset/{device_id}/{model_id}/{prof.name}")
     shapes = net.shapes()
     in_shape = tuple(net.input_shape) if len(net.input_shape) == 3 else (1, 1, int(net.input_shape[0]))
-    if prof.name in PATCH_PROFILES:
+    if prof.sensor_layout == "patch":
         try:
             k = patch_size(net)
         except ValueError as exc:

@@ -17,12 +17,7 @@ from keys.drbg import Drbg
 from keys.factors import Bias, Gain, Key, Permutation
 from keys.generate import KeyConfig, gains
 from tools.ir import Conv, Network
-from tools.keying.profiles import Profile
 
-STEM_PATCH = Profile("stem-patch", False, sensor=KeyConfig(permutation="none"),
-                     description="stem profile with a patch-aligned sensor permutation for patchify stems: "
-                     "the keyed stem is 1x16-block sparse and stays int8 (keyed frames keep whole patches)")
-PATCH_PROFILES = {STEM_PATCH.name: STEM_PATCH}
 
 
 def patch_size(net: Network) -> int:

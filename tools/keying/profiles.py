@@ -15,6 +15,7 @@ class Profile:
     sensor: KeyConfig = field(default_factory=KeyConfig)
     layers: KeyConfig = field(default_factory=KeyConfig)
     description: str = ""
+    sensor_layout: str = "global"        # global: pixel-level key; patch: patch-aligned (tools.keying.patchkey)
 
 
 PROFILES: dict[str, Profile] = {
@@ -29,11 +30,16 @@ PROFILES: dict[str, Profile] = {
     "tiled7": Profile("tiled7", True, sensor=KeyConfig(tile=7, mix_weight=0.55, mix_terms=4),
                       description="full + sensor mixing inside 7x7 tiles: a coarser leak, ~2.3x the full "
                       "profile's size"),
+    "stem-patch": Profile("stem-patch", False, sensor=KeyConfig(permutation="none"), sensor_layout="patch",
+                          description="stem profile with a patch-aligned sensor permutation for patchify stems: "
+                          "the keyed stem is 1x16-block sparse and stays int8 (keyed frames keep whole patches)"),
 }
 
 
-def get_profile(name: str) -> Profile:
-    """Look up a profile by name with a clear error."""
+def get_profile(name: "str | Profile") -> Profile:
+    """Look up a profile by name with a clear error (a Profile passes through)."""
+    if isinstance(name, Profile):
+        return name
     if name not in PROFILES:
         raise ConfigError(f"unknown key profile {name!r}; choose one of: {', '.join(sorted(PROFILES))}")
     return PROFILES[name]
