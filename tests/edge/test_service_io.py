@@ -62,7 +62,8 @@ def test_faceplate_device_predicts_while_engaged_and_fails_closed_when_the_actua
     names = labels_for("fashion")
     assert np.mean([r["top_k"][0]["label"] == names[labels[r["seq"] % len(labels)]] for r in preds]) > 0.75
     alarms = collect.of("alarm")
-    assert {a["reason"] for a in alarms} == {"faceplate_unreachable"}
+    reasons = {a["reason"] for a in alarms}    # a frame already in the key stage may fail there first
+    assert "faceplate_unreachable" in reasons and reasons <= {"faceplate_unreachable", "key_stage_error"}
     assert [a["retry_in_s"] for a in alarms[:3]] == [0.1, 0.2, 0.4]
     first_alarm = collect.records.index(alarms[0])
     assert sum(r["type"] == "prediction" for r in collect.records[first_alarm:]) <= 1   # one may be in egress
