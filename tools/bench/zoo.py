@@ -33,6 +33,7 @@ from tools.tflite.writer import write_tflite
 from tools.zoo_train import fashion32
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "out" / "models"
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "models"
 FACE_CALIBRATION = 256
 
 
@@ -42,10 +43,12 @@ def _echo(progress: bool, msg: str) -> None:
 
 
 def zoo_model_path(name: str, workdir: Path) -> tuple[Path, bool]:
-    """(ONNX path, trained?) of a zoo model: out/models/NAME.onnx, else a random-init export (allconv32)."""
+    """(ONNX path, trained?) of a zoo model: a freshly trained out/models/NAME.onnx, else the shipped
+    tools/models/NAME.onnx, else a random-init export (allconv32 only)."""
     trained = MODELS_DIR / f"{name}.onnx"
-    if trained.is_file():
-        return trained, True
+    for path in (trained, SHIPPED_DIR / f"{name}.onnx"):
+        if path.is_file():
+            return path, True
     if name == "face112":
         raise ConfigError(f"no trained face model at {trained}: run `python -m tools.face.train --out {trained}`")
     return export_random(name, workdir / f"{name}.onnx", meta={"dataset": "fashion"}), False
