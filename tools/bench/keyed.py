@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import click
 import numpy as np
@@ -12,7 +13,9 @@ from edge.runtime import TFLiteModel
 from tools.bench.common import latency_ms, predict_labels, print_table, write_json
 from tools.ir import forward
 from tools.models_zoo import ZOO
-from tools.keying.provision import adc8, build_keyed_model, default_calibration_frames, model_metadata
+from keys.keyset import KeySet
+from tools.keying.provision import (Provisioned, adc8, build_keyed_model, default_calibration_frames,
+                                    model_metadata)
 from tools.onnx_import import load_onnx
 from tools.tflite.writer import write_tflite
 
@@ -25,6 +28,42 @@ def shipped_model(dataset: str) -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", SHIPPED_MODELS[dataset])
 
 
+@dataclass
+class BenchModels:
+    """The four models a keyed bench compares side by side, the key sets, and each model's frames."""
+    prov: Provisioned
+    wrong: KeySet                       # another device's key set (same model, same profile)
+    unkeyed_float: bytes
+    unkeyed_int8: bytes
+    models: dict[str, TFLiteModel]
+    inputs: dict[str, np.ndarray]       # float/int8: plain frames; keyed float: keyed light; keyed int8: ADC frames
+
+    @property
+    def keyed_frames(self) -> np.ndarray:
+        return self.inputs["keyed_int8"]
+
+
+def prepare_bench(net, model_path, profile: str, calib: np.ndarray, images: np.ndarray, plain: np.ndarray,
+                  encrypt: bool = False) -> BenchModels:
+    """Provision the bench device and another one, write the unkeyed baselines, load all four models.
+
+    Keyed float runs on the keyed light before the ADC, isolating the keying (W' = A W A^-1) from the
+    ADC; keyed int8 runs the deployed path on 8-bit ADC frames.
+    """
+    prov = build_keyed_model(model_path, os.urandom(32), "bench-device", profile, output_encryption=encrypt,
+                             calib_frames=calib)
+    wrong = build_keyed_model(model_path, os.urandom(32), "other-device", profile, output_encryption=encrypt,
+                              calib_frames=calib[:50], float_model=False).keyset
+    meta = model_metadata(net, None, "unkeyed")
+    unkeyed_float = write_tflite(net, metadata=meta)[0]
+    unkeyed_int8 = write_tflite(net, int8=True, calib=calib, metadata=meta)[0]
+    models = {"float": TFLiteModel(unkeyed_float), "int8_unkeyed": TFLiteModel(unkeyed_int8),
+              "keyed_float": TFLiteModel(prov.tflite_float), "keyed_int8": TFLiteModel(prov.tflite_int8)}
+    analog = prov.keyset.sensor.apply(plain).astype(np.float32)
+    inputs = {"float": images, "int8_unkeyed": images, "keyed_float": analog, "keyed_int8": adc8(analog)}
+    return BenchModels(prov, wrong, unkeyed_float, unkeyed_int8, models, inputs)
+
+
 def run_keyed_bench(dataset: str, profile: str, limit: int | None, model_path: str | None = None,
                     progress: bool = True) -> tuple[dict, dict]:
     """Measure everything `keycam bench keyed` reports; returns (JSON fields, extra details)."""
@@ -32,20 +71,9 @@ def run_keyed_bench(dataset: str, profile: str, limit: int | None, model_path: s
     images, labels = load_dataset(dataset, "test", limit=limit)
     plain = images.reshape(len(images), -1).astype(np.float64) / 255.0
     net = load_onnx(model_path)
-    calib = default_calibration_frames(net)
-    prov = build_keyed_model(model_path, os.urandom(32), "bench-device", profile, calib_frames=calib)
-    wrong = build_keyed_model(model_path, os.urandom(32), "other-device", profile, calib_frames=calib[:50],
-                              float_model=False).keyset
-    meta = model_metadata(net, None, "unkeyed")
-    unkeyed_float = write_tflite(net, metadata=meta)[0]
-    unkeyed_int8 = write_tflite(net, int8=True, calib=calib, metadata=meta)[0]
-    models = {"float": TFLiteModel(unkeyed_float), "int8_unkeyed": TFLiteModel(unkeyed_int8),
-              "keyed_float": TFLiteModel(prov.tflite_float), "keyed_int8": TFLiteModel(prov.tflite_int8)}
-    analog = prov.keyset.sensor.apply(plain).astype(np.float32)     # keyed light before the ADC
-    keyed_frames = adc8(analog)                                       # what the 8-bit ADC delivers
-    wrong_frames = adc8(wrong.sensor.apply(plain))
-    # keyed float isolates the keying (W' = A W A^-1) from the ADC; keyed int8 runs the deployed path
-    inputs = {"float": images, "int8_unkeyed": images, "keyed_float": analog, "keyed_int8": keyed_frames}
+    b = prepare_bench(net, model_path, profile, default_calibration_frames(net), images, plain)
+    prov, models, inputs, keyed_frames = b.prov, b.models, b.inputs, b.keyed_frames
+    wrong_frames = adc8(b.wrong.sensor.apply(plain))
     pred = {name: predict_labels(m, inputs[name], name, progress) for name, m in models.items()}
     keyed_float_adc = predict_labels(models["keyed_float"], keyed_frames, "keyed float, ADC frames", progress)
     acc = {name: float(np.mean(p == labels)) for name, p in pred.items()}
@@ -58,7 +86,7 @@ def run_keyed_bench(dataset: str, profile: str, limit: int | None, model_path: s
         "acc_float": acc["float"], "acc_int8_unkeyed": acc["int8_unkeyed"], "acc_keyed_float": acc["keyed_float"],
         "agree_keyed_float": float(np.mean(pred["keyed_float"] == pred["float"])),
         "acc_keyed_int8": acc["keyed_int8"], "acc_wrong_key": acc_wrong, "acc_raw_on_keyed": acc_raw,
-        "size_bytes": {"float": len(unkeyed_float), "int8_unkeyed": len(unkeyed_int8),
+        "size_bytes": {"float": len(b.unkeyed_float), "int8_unkeyed": len(b.unkeyed_int8),
                        "keyed_int8": len(prov.tflite_int8)},
         "latency_ms": lat, "keying_s": prov.report["total_s"],
     }, {"agree_numpy_float": float(np.mean(pred["keyed_float"] == ref)),

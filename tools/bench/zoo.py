@@ -10,7 +10,6 @@ accuracies for face112) plus `model`, `keying_cost` and, for face112, `verificat
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -22,14 +21,14 @@ import numpy as np
 from edge.errors import ConfigError
 from edge.runtime import TFLiteModel
 from tools.bench.common import latency_ms, predict_labels
+from tools.bench.keyed import prepare_bench
 from tools.face import data as face_data
 from tools.face.dlib_ref import cached_dlib_embeddings, dlib_available, dlib_scores
 from tools.face.verify import cosine_scores, decisions, verification_metrics
 from tools.keying.cost import projected_cost
-from tools.keying.provision import adc8, build_keyed_model, model_metadata
+from tools.keying.provision import adc8
 from tools.models_zoo import ZOO, export_random
 from tools.onnx_import import load_onnx
-from tools.tflite.writer import write_tflite
 from tools.zoo_train import fashion32
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "out" / "models"
@@ -68,19 +67,6 @@ def measure_keying_cost(onnx_path: Path, profile: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _build(onnx_path: Path, profile: str, calib: np.ndarray, encrypt: bool):
-    prov = build_keyed_model(onnx_path, os.urandom(32), "bench-device", profile, output_encryption=encrypt,
-                             calib_frames=calib)
-    wrong = build_keyed_model(onnx_path, os.urandom(32), "other-device", profile, output_encryption=encrypt,
-                              calib_frames=calib[:50], float_model=False).keyset
-    return prov, wrong
-
-
-def _unkeyed(net, calib_plain: np.ndarray) -> tuple[bytes, bytes]:
-    meta = model_metadata(net, None, "unkeyed")
-    return write_tflite(net, metadata=meta)[0], write_tflite(net, int8=True, calib=calib_plain, metadata=meta)[0]
-
-
 def run_allconv_bench(profile: str, limit: int | None, progress: bool = True) -> tuple[dict, dict]:
     """The core bench's fields for allconv32 on padded Fashion-MNIST."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,12 +78,8 @@ def run_allconv_bench(profile: str, limit: int | None, progress: bool = True) ->
         _echo(progress, "measuring keying cost in a fresh process ...")
         cost = measure_keying_cost(onnx_path, profile)
         _echo(progress, f"keying cost: {cost['total_s']:.2f} s, peak RSS {cost['peak_rss_mb']:.0f} MB; provisioning ...")
-        prov, wrong = _build(onnx_path, profile, calib, encrypt=False)
-        unkeyed_float, unkeyed_int8 = _unkeyed(net, calib)
-        models = {"float": TFLiteModel(unkeyed_float), "int8_unkeyed": TFLiteModel(unkeyed_int8),
-                  "keyed_float": TFLiteModel(prov.tflite_float), "keyed_int8": TFLiteModel(prov.tflite_int8)}
-        keyed_frames = adc8(prov.keyset.sensor.apply(plain))
-        inputs = {"float": images, "int8_unkeyed": images, "keyed_float": keyed_frames, "keyed_int8": keyed_frames}
+        b = prepare_bench(net, onnx_path, profile, calib, images, plain)
+        prov, wrong, models, inputs = b.prov, b.wrong, b.models, b.inputs
         pred = {name: predict_labels(m, inputs[name], name, progress) for name, m in models.items()}
         acc = {name: float(np.mean(p == labels)) for name, p in pred.items()}
         acc_wrong = float(np.mean(predict_labels(models["keyed_int8"], adc8(wrong.sensor.apply(plain)),
@@ -112,7 +94,8 @@ def run_allconv_bench(profile: str, limit: int | None, progress: bool = True) ->
         "acc_float": acc["float"], "acc_int8_unkeyed": acc["int8_unkeyed"], "acc_keyed_float": acc["keyed_float"],
         "agree_keyed_float": float(np.mean(pred["keyed_float"] == pred["float"])),
         "acc_keyed_int8": acc["keyed_int8"], "acc_wrong_key": acc_wrong, "acc_raw_on_keyed": acc_raw,
-        "size_bytes": {"float": len(unkeyed_float), "int8_unkeyed": len(unkeyed_int8), "keyed_int8": len(prov.tflite_int8)},
+        "size_bytes": {"float": len(b.unkeyed_float), "int8_unkeyed": len(b.unkeyed_int8),
+                       "keyed_int8": len(prov.tflite_int8)},
         "latency_ms": lat, "keying_s": cost["total_s"],
         "keying_cost": {"measured": cost, "projected_full": {k: full[k] for k in ("nnz", "csr_float_bytes",
                                                                                    "fits_one_tflite", "dense_params")}},
@@ -123,7 +106,7 @@ def run_allconv_bench(profile: str, limit: int | None, progress: bool = True) ->
 
 def _embed(model: TFLiteModel, frames: np.ndarray, decode=None, desc: str = "", progress: bool = True) -> np.ndarray:
     out = np.empty((len(frames), model.interpreter.get_output_details()[0]["shape"][-1]))
-    with click.progressbar(range(len(frames)), label=desc, file=click.get_text_stream("stderr"),
+    with click.progressbar(range(len(frames)), label=desc, file=sys.stderr,
                            hidden=not progress) as bar:
         for i in bar:
             out[i] = model.invoke(frames[i])
@@ -149,12 +132,8 @@ def run_face_bench(profile: str, limit: int | None, progress: bool = True, with_
     plain = hwc_to_plain(images)
     _echo(progress, "measuring keying cost in a fresh process ...")
     cost = measure_keying_cost(onnx_path, profile)
-    prov, wrong = _build(onnx_path, profile, calib, encrypt=True)
-    unkeyed_float, unkeyed_int8 = _unkeyed(net, calib)
-    models = {"float": TFLiteModel(unkeyed_float), "int8_unkeyed": TFLiteModel(unkeyed_int8),
-              "keyed_float": TFLiteModel(prov.tflite_float), "keyed_int8": TFLiteModel(prov.tflite_int8)}
-    keyed_frames = adc8(prov.keyset.sensor.apply(plain))
-    inputs = {"float": images, "int8_unkeyed": images, "keyed_float": keyed_frames, "keyed_int8": keyed_frames}
+    b = prepare_bench(net, onnx_path, profile, calib, images, plain, encrypt=True)
+    prov, wrong, models, inputs, keyed_frames = b.prov, b.wrong, b.models, b.inputs, b.keyed_frames
     decode = prov.keyset.output.apply_inverse           # at the key holder
     emb = {name: _embed(m, inputs[name], decode if name.startswith("keyed") else None, name, progress)
            for name, m in models.items()}
@@ -179,7 +158,8 @@ def run_face_bench(profile: str, limit: int | None, progress: bool = True, with_
         "acc_keyed_float": ver["keyed_float"]["accuracy"], "agree_keyed_float": float(np.mean(float_dec == keyed_dec)),
         "acc_keyed_int8": ver["keyed_int8"]["accuracy"], "acc_wrong_key": ver["wrong_key"]["accuracy"],
         "acc_raw_on_keyed": ver["raw_on_keyed"]["accuracy"],
-        "size_bytes": {"float": len(unkeyed_float), "int8_unkeyed": len(unkeyed_int8), "keyed_int8": len(prov.tflite_int8)},
+        "size_bytes": {"float": len(b.unkeyed_float), "int8_unkeyed": len(b.unkeyed_int8),
+                       "keyed_int8": len(prov.tflite_int8)},
         "latency_ms": lat, "keying_s": cost["total_s"], "keying_cost": {"measured": cost},
         "verification": ver,
     }, {"float_max_rel_error": prov.report["float_max_rel_error"], "size_keyed_float": len(prov.tflite_float),
