@@ -17,8 +17,8 @@ import numpy as np
 
 from edge.datasets import load_samples
 from edge.runtime import TFLiteModel
-from tools.bench.keyed import shipped_model
 from hardware.preadc import PreADCStage, SensorModel
+from tools.bench.keyed import shipped_model
 from tools.keying.provision import build_keyed_model
 from tools.montage import save_montage
 

@@ -10,10 +10,10 @@ import numpy as np
 from edge.datasets import load_dataset
 from edge.errors import ConfigError
 from edge.runtime import TFLiteModel
+from keys.keyset import KeySet
 from tools.bench.common import latency_ms, predict_labels, print_table, write_json
 from tools.ir import forward
 from tools.models_zoo import ZOO
-from keys.keyset import KeySet
 from tools.keying.provision import (Provisioned, adc8, build_keyed_model, default_calibration_frames,
                                     model_metadata)
 from tools.onnx_import import load_onnx
