@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from tools.attacks.metrics import similarity
 from tools.attacks.target import AttackError, Target
+from tools.attacks.torchnet import train
 
 DEFAULT_PAIRS = 2000
 DEFAULT_STEPS = 400
@@ -28,17 +29,9 @@ def decoder(n: int) -> nn.Module:
 def fit_decoder(keyed: np.ndarray, plain: np.ndarray, steps: int, batch: int = 64, seed: int = 0) -> nn.Module:
     """Train a decoder on (keyed uint8, plain float) pairs with MSE (Adam, fixed number of steps)."""
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.tensor(keyed / 255.0, dtype=torch.float32)
-    y = torch.tensor(plain, dtype=torch.float32)
-    model = decoder(x.shape[1])
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(steps):
-        idx = torch.randint(len(x), (min(batch, len(x)),), generator=gen)
-        opt.zero_grad()
-        F.mse_loss(model(x[idx]), y[idx]).backward()
-        opt.step()
-    return model
+    model = decoder(keyed.shape[1])
+    return train(model, keyed / 255.0, plain, steps, batch, lr=1e-3, seed=seed, loss=F.mse_loss,
+                 target_dtype=torch.float32)
 
 
 @torch.no_grad()

@@ -106,16 +106,17 @@ class TorchNet(nn.Module):
 
 
 def train(model: nn.Module, x: np.ndarray, y: np.ndarray, steps: int, batch: int = 32, lr: float = 1e-3,
-          seed: int = 0) -> nn.Module:
-    """Adam on cross-entropy for a fixed number of steps over (x, y), minibatches drawn with replacement."""
+          seed: int = 0, loss=F.cross_entropy, target_dtype: torch.dtype = torch.long) -> nn.Module:
+    """Adam on `loss` (cross-entropy by default) for a fixed number of steps over (x, y), minibatches
+    drawn with replacement."""
     gen = torch.Generator().manual_seed(seed)
-    xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.long)
+    xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=target_dtype)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for _ in range(steps):
         idx = torch.randint(len(xt), (min(batch, len(xt)),), generator=gen)
         opt.zero_grad()
-        F.cross_entropy(model(xt[idx]), yt[idx]).backward()
+        loss(model(xt[idx]), yt[idx]).backward()
         opt.step()
     return model
 
