@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from deploy.bundle import CHUNK, extract, verify_bundle
-from deploy.device import SLOTS, DeviceRoot, ServiceConfig, fsync_dir, tree_digest
+from deploy.device import SLOTS, DeviceRoot, ServiceConfig, tree_digest
+from edge.atomic import fsync_dir
 from deploy.manifest import MANIFEST, BundleError, Manifest, parse_version
 from deploy.signing import unseal
 from edge.errors import KeycamError

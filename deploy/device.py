@@ -23,30 +23,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from deploy.manifest import DEVICE_ID, BundleError, check_device_id
 from deploy.signing import decode_public, encode_public, raw_private, raw_public
+from edge.atomic import atomic_write, fsync_dir
 from edge.errors import ConfigError
 
 SLOTS = ("a", "b")
 _TIMEOUT_MAX = 3600
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Temp file + fsync + rename + directory fsync: readers see the old or the new file, never a mix."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def tree_digest(path: Path) -> str | None:
@@ -142,8 +123,8 @@ class DeviceRoot:
         elif not key_path.exists():
             atomic_write(key_path, raw_private(X25519PrivateKey.generate()), 0o600)
         atomic_write(self.identity_dir / "device.json",
-                     json.dumps({"device_id": device_id, "hardware": hardware}).encode())
-        atomic_write(self.identity_dir / "signing.pub", signing_pub.strip().encode() + b"\n")
+                     json.dumps({"device_id": device_id, "hardware": hardware}).encode(), 0o644)
+        atomic_write(self.identity_dir / "signing.pub", signing_pub.strip().encode() + b"\n", 0o644)
         return encode_public(raw_public(self.device_key()))
 
     def identity(self) -> dict:
@@ -188,7 +169,7 @@ class DeviceRoot:
 
     def save_state(self, state: dict) -> None:
         state["history"] = state["history"][-50:]
-        atomic_write(self.state_path, json.dumps(state, indent=1, sort_keys=True).encode())
+        atomic_write(self.state_path, json.dumps(state, indent=1, sort_keys=True).encode(), 0o644)
 
     def current_slot(self) -> str | None:
         """The slot `current` points at (None when there is no link yet)."""

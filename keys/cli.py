@@ -357,7 +357,8 @@ def decode(records, device, top_k, **params) -> None:
 @vault_options
 def export(device, out, keyset, **params) -> None:
     """Write what DEVICE needs: keyed model, config, sensor key (no faceplate only), device identity."""
-    from deploy.device import DeviceRoot, atomic_write
+    from deploy.device import DeviceRoot
+    from edge.atomic import atomic_write
     from deploy.payload import CONFIG, MODEL, SENSOR_KEY, render_config
     with edit_vault(params) as vault:
         dev = vault.require_usable(device)
@@ -370,7 +371,7 @@ def export(device, out, keyset, **params) -> None:
         out.mkdir(parents=True, exist_ok=True)
         for name, data in files.items():
             atomic_write(out / name, data, 0o600 if name == SENSOR_KEY else 0o644)
-        atomic_write(out / CONFIG, config)
+        atomic_write(out / CONFIG, config, 0o644)
         written = [*files, CONFIG]
         # the device's X25519 private key leaves the vault with the first export: from then on it
         # lives only on the device; exporting to a root without it makes the device a new key pair

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.atomic import atomic_write
 from keys.container import KeyFileError, fingerprint, pack, unpack
 from keys.factors import Key
 
@@ -54,15 +55,8 @@ class KeySet:
             raise KeyFileError(f"{what} lacks entry {exc}") from exc
 
     def save(self, path: str | Path) -> None:
-        """Write the key set with mode 0600 (atomically: temp file, fsync, rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(self.to_bytes())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        """Write the key set with mode 0600, atomically."""
+        atomic_write(path, self.to_bytes(), 0o600)
 
     @classmethod
     def load(cls, path: str | Path) -> "KeySet":

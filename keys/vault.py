@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from deploy.signing import public_key_id, raw_private, raw_public
+from edge.atomic import atomic_write
 from edge.errors import KeycamError
 
 FORMAT = "keycam-vault"
@@ -70,29 +71,6 @@ def _derive(passphrase: str, kdf: dict) -> bytes:
 def _header_aad(doc: dict) -> bytes:
     head = {k: doc[k] for k in ("format", "version", "kdf", "cipher")}
     return json.dumps(head, sort_keys=True, separators=(",", ":")).encode()
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write `data` to `path` so that a crash leaves either the old or the new content, never a mix."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @dataclass
