@@ -21,10 +21,10 @@ from deploy.signing import SignatureError, decode_public, encode_public, raw_pri
 from edge.errors import ConfigError, KeycamError
 from keys import audit
 from keys.vault import Vault, VaultError, b64d, b64e, now_iso
+from tools.keying.profiles import DEFAULT_PROFILE, PROFILES
 
 DEFAULT_VAULT = Path("~/.keycam/vault.kcv")
 PASSPHRASE_ENV = "KEYCAM_VAULT_PASSPHRASE"
-PROFILES = ("full", "stem")
 
 
 # ---- shared options ---------------------------------------------------------------------------------
@@ -141,7 +141,7 @@ def init(**params) -> None:
 @click.argument("device", callback=lambda c, p, v: _device_arg(v))
 @click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="trained base model (.onnx)")
-@click.option("--profile", type=click.Choice(PROFILES), default="full", show_default=True)
+@click.option("--profile", type=click.Choice(sorted(PROFILES)), default=DEFAULT_PROFILE, show_default=True)
 @click.option("--output-encryption", is_flag=True, help="also key the logits (decode with `keys decode`)")
 @click.option("--faceplate/--no-faceplate", default=True, show_default=True,
               help="the device keys optically; without a faceplate its bundle carries the sensor key")
@@ -358,8 +358,8 @@ def decode(records, device, top_k, **params) -> None:
 def export(device, out, keyset, **params) -> None:
     """Write what DEVICE needs: keyed model, config, sensor key (no faceplate only), device identity."""
     from deploy.device import DeviceRoot
-    from edge.atomic import atomic_write
     from deploy.payload import CONFIG, MODEL, SENSOR_KEY, render_config
+    from edge.atomic import atomic_write
     with edit_vault(params) as vault:
         dev = vault.require_usable(device)
         gen = vault.select(device, keyset)

@@ -1,6 +1,6 @@
 """Generators for generalized stochastic keys (Key-Nets, BMVC 2020), all driven by a `Drbg`.
 
-Sensor key A0 = normalise(bias + gain * permute(tile_mix(x))): linear, invertible, non-negative,
+Sensor key A0 = normalise(bias + gain * permute(mix(x))): linear, invertible, non-negative,
 mapping intensities in [0, 1] into [0, 1] so the ADC never clips. Layer keys are positive generalized
 permutations (they commute with ReLU / LeakyReLU); the optional output key is a dense mixing.
 """
@@ -21,9 +21,10 @@ class KeyConfig:
     bias_max: float = 0.1            # sensor key only, as a fraction of full scale
     permutation: str = "global"      # global | hierarchical | none
     block: int = 4                   # block size of the hierarchical permutation
-    tile: int = 0                    # sensor tile-mixing tile size (0 = no mixing)
-    mix_weight: float = 0.7          # weight of the dominant permutation in each tile (> 0.5: invertible)
-    mix_terms: int = 2               # number of extra permutations mixed into each tile
+    tile: int = 0                    # sensor mixing inside tile x tile tiles (0 = no tile mixing)
+    scatter: int = 0                 # sensor mixing inside random groups of this many scattered pixels (0 = none)
+    mix_weight: float = 0.7          # weight of the dominant permutation in each group (> 0.5: invertible)
+    mix_terms: int = 2               # number of extra permutations mixed into each group
 
     def __post_init__(self):
         lo, hi = self.gain_range
@@ -33,8 +34,10 @@ class KeyConfig:
             raise ValueError(f"permutation must be global, hierarchical or none, got {self.permutation!r}")
         if not 0.5 < self.mix_weight <= 1.0:
             raise ValueError("mix_weight must be in (0.5, 1] so every tile stays invertible")
-        if self.bias_max < 0 or self.tile < 0 or self.block < 1 or self.mix_terms < 1:
-            raise ValueError("bias_max and tile must be >= 0, block and mix_terms >= 1")
+        if self.bias_max < 0 or self.tile < 0 or self.scatter < 0 or self.block < 1 or self.mix_terms < 1:
+            raise ValueError("bias_max, tile and scatter must be >= 0, block and mix_terms >= 1")
+        if self.tile > 1 and self.scatter > 1:
+            raise ValueError("choose tile mixing or scattered mixing, not both")
 
 
 def gains(rng: Drbg, n: int, gain_range: tuple[float, float]) -> np.ndarray:
@@ -78,19 +81,36 @@ def tile_groups(shape: tuple[int, int, int], tile: int) -> np.ndarray:
     return np.array(groups, dtype=np.int64)
 
 
-def tile_mixing(rng: Drbg, shape: tuple[int, int, int], config: KeyConfig) -> TileMix:
-    """Doubly-stochastic mixing inside each tile: w0 * Q0 + (1 - w0) * mean(Q1..Qk), Q random permutations."""
-    groups = tile_groups(shape, config.tile)
-    t = groups.shape[1]
+def mixing_matrices(rng: Drbg, count: int, t: int, config: KeyConfig) -> np.ndarray:
+    """`count` doubly-stochastic t x t matrices w0 * Q0 + (1 - w0) * mean(Q1..Qk), Q random permutations."""
     eye = np.eye(t)
-    mats = np.empty((len(groups), t, t))
+    mats = np.empty((count, t, t))
     rest = (1.0 - config.mix_weight) / config.mix_terms
-    for k in range(len(groups)):
+    for k in range(count):
         m = config.mix_weight * eye[rng.permutation(t)]
         for _ in range(config.mix_terms):
             m += rest * eye[rng.permutation(t)]
         mats[k] = m
-    return TileMix(groups, mats)
+    return mats
+
+
+def tile_mixing(rng: Drbg, shape: tuple[int, int, int], config: KeyConfig) -> TileMix:
+    """Doubly-stochastic mixing inside each tile x tile tile of each channel."""
+    groups = tile_groups(shape, config.tile)
+    return TileMix(groups, mixing_matrices(rng, len(groups), groups.shape[1], config))
+
+
+def scattered_mixing(rng: Drbg, n: int, config: KeyConfig) -> TileMix:
+    """Doubly-stochastic mixing inside random groups of `config.scatter` pixels spread over the frame.
+
+    Unlike tiles, the groups form no grid: the keyed first layer's support pattern then shows which
+    keyed pixels share a group, but not where a group's pixels lie relative to each other. The last
+    n mod scatter pixels (in the random order) stay unmixed.
+    """
+    s = config.scatter
+    order = rng.child("groups").permutation(n)
+    groups = order[:n - n % s].reshape(-1, s)
+    return TileMix(groups, mixing_matrices(rng.child("mix"), len(groups), s, config))
 
 
 def sensor_key(rng: Drbg, shape: tuple[int, int, int], config: KeyConfig) -> Key:
@@ -99,6 +119,8 @@ def sensor_key(rng: Drbg, shape: tuple[int, int, int], config: KeyConfig) -> Key
     factors: list = []
     if config.tile > 1:
         factors.append(tile_mixing(rng.child("tilemix"), shape, config))
+    elif config.scatter > 1:
+        factors.append(scattered_mixing(rng.child("scatter"), n, config))
     if config.permutation == "global":
         factors.append(Permutation(rng.child("perm").permutation(n)))
     elif config.permutation == "hierarchical":

@@ -19,12 +19,13 @@ from edge.datasets import load_samples
 from edge.runtime import TFLiteModel
 from hardware.preadc import PreADCStage, SensorModel
 from tools.bench.keyed import shipped_model
+from tools.keying.profiles import DEFAULT_PROFILE
 from tools.keying.provision import build_keyed_model
 from tools.montage import save_montage
 
 
 @click.command()
-@click.option("--profile", default="full", show_default=True, help="Key profile (full, stem, ...).")
+@click.option("--profile", default=DEFAULT_PROFILE, show_default=True, help="Key profile (full, stem, scatter4, ...).")
 @click.option("--frames", "n_frames", type=click.IntRange(1), default=None, help="Frames to classify (default: all shipped).")
 @click.option("--show", type=click.IntRange(0), default=20, show_default=True, help="Prediction records to print.")
 @click.option("--out", "out_png", type=click.Path(dir_okay=False), default="keycam-demo.png", show_default=True,

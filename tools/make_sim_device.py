@@ -14,6 +14,8 @@ from pathlib import Path
 
 import click
 
+from tools.keying.profiles import DEFAULT_PROFILE, PROFILES
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_SECRET = hashlib.sha256(b"keycam public demo secret - NOT A REAL KEY").digest()
 DEMO_DEVICE_ID = "sim-0001"
@@ -29,7 +31,7 @@ def default_onnx() -> Path:
               default=str(default_onnx()), show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=str(ROOT / "examples" / "sim-device"),
               show_default=True)
-@click.option("--profile", type=click.Choice(["full", "stem"]), default="full", show_default=True)
+@click.option("--profile", type=click.Choice(sorted(PROFILES)), default=DEFAULT_PROFILE, show_default=True)
 @click.option("--output-encryption/--no-output-encryption", default=False, show_default=True)
 def main(onnx_path: str, out_dir: str, profile: str, output_encryption: bool) -> None:
     """Key the demo model for the simulated device and write model.tflite + sensor.key."""

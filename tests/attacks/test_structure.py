@@ -72,9 +72,12 @@ def test_structure_attack_needs_a_sparse_layer(full_target):
         first_sparse_layer(dense)
 
 
-def test_scattered_prototype_keeps_accuracy_and_defeats_the_layouts():
+def test_scattered_mixing_keeps_accuracy_and_defeats_the_layouts_but_not_unmixing():
     target = build_target("mnist", "scatter4", limit=60, train_limit=300)
     assert deployed_accuracies(target)["acc_keyed_int8"] > 0.9
     result, _ = run_structure(target)
     assert result["layout"].startswith("failed")
-    assert result["pixels_recovered"] < 0.05
+    assert result["pixels_recovered"] < 0.05 and result["ssim"] < 0.1
+    adaptive = result["adaptive"]                    # handed the groups' true positions, the attacker unmixes
+    assert adaptive["method"] == "unmixed"
+    assert adaptive["pixels_recovered"] > 0.3 and adaptive["ssim"] > result["ssim"] + 0.15

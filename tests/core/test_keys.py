@@ -13,7 +13,7 @@ from keys.keyset import KeySet
 
 SECRET = bytes(range(32))
 CONFIGS = [KeyConfig(), KeyConfig(tile=2), KeyConfig(tile=4, permutation="hierarchical", block=4),
-           KeyConfig(permutation="none", gain_range=(0.25, 4.0), bias_max=0.0)]
+           KeyConfig(permutation="none", gain_range=(0.25, 4.0), bias_max=0.0), KeyConfig(scatter=5, mix_weight=0.55)]
 
 
 def all_keys():
@@ -48,7 +48,7 @@ def test_sensor_key_keeps_intensities_in_adc_range_and_scrambles(config):
 
 
 def test_layer_keys_commute_with_relu():
-    for key in all_keys()[4:6]:
+    for key in all_keys()[len(CONFIGS):len(CONFIGS) + 2]:
         assert key.is_positive_generalized_permutation
         x = np.random.default_rng(2).normal(size=(5, key.size))
         assert np.allclose(key.apply(np.maximum(x, 0)), np.maximum(key.apply(x), 0))
@@ -77,6 +77,17 @@ def test_derivation_is_deterministic_and_secret_dependent():
         Drbg(b"short", "x")
 
 
+def test_scattered_mixing_groups_are_spread_over_the_frame():
+    shape = (1, 16, 12)
+    mix = sensor_key(Drbg(SECRET, "sc"), shape, KeyConfig(scatter=5)).factors[0]
+    assert mix.kind == "tilemix" and mix.groups.shape == (192 // 5, 5)     # 2 leftover pixels stay unmixed
+    ys, xs = np.divmod(mix.groups, 12)
+    spread = np.maximum(ys.max(1) - ys.min(1), xs.max(1) - xs.min(1))
+    assert np.median(spread) > 5                  # not tiles: a group spans most of the frame
+    with pytest.raises(ValueError, match="not both"):
+        KeyConfig(tile=4, scatter=4)
+
+
 def test_gain_range_is_configurable_and_validated():
     key = sensor_key(Drbg(SECRET, "g"), (1, 8, 8), KeyConfig(gain_range=(1.0, 3.0), bias_max=0.0))
     g = key.factors[-1].g
@@ -89,7 +100,8 @@ def test_gain_range_is_configurable_and_validated():
 
 def make_keyset():
     keys = all_keys()
-    return KeySet("dev-1", "model-1", "full", keys[1], keys[4:6], keys[6], {"note": "test"})
+    n = len(CONFIGS)
+    return KeySet("dev-1", "model-1", "full", keys[1], keys[n:n + 2], keys[n + 2], {"note": "test"})
 
 
 def test_keyset_round_trip_and_fingerprint(tmp_path):

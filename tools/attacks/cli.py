@@ -8,12 +8,13 @@ import click
 
 from tools.bench.common import write_json
 from tools.bench.keyed import SHIPPED_MODELS
+from tools.keying.profiles import DEFAULT_PROFILE
 
 _dataset = click.option("--dataset", type=click.Choice(sorted(SHIPPED_MODELS)), default="mnist", show_default=True)
 _limit = click.option("--limit", type=click.IntRange(10), default=500, show_default=True,
                       help="Test frames to attack and score.")
 _json = click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results as JSON.")
-_profile = click.option("--profile", default="full", show_default=True, help="Key profile to attack.")
+_profile = click.option("--profile", default=DEFAULT_PROFILE, show_default=True, help="Key profile to attack.")
 
 
 @click.group()
@@ -60,7 +61,7 @@ _command("reuse", "The keyed model on plain / other-key frames, and fine-tuned o
 @_dataset
 @_limit
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), required=True, help="Write the report as JSON.")
-@click.option("--profiles", default=None, help="Comma-separated profiles (default: every profile and prototype).")
+@click.option("--profiles", default=None, help="Comma-separated profiles (default: every profile with a pixel-level sensor key).")
 @click.option("--png-dir", type=click.Path(file_okay=False), default=None,
               help="Where the montages go (default: next to the JSON file).")
 @click.option("--fast", is_flag=True, help="Tiny budgets (smoke test; numbers are not meaningful).")

@@ -1,31 +1,22 @@
 """Run every attack against every key profile: one table profile x attack, JSON, PNG montages."""
 from __future__ import annotations
 
-import inspect
 import time
 from pathlib import Path
 
 import click
 import numpy as np
 
-from edge.errors import ConfigError
 from edge.runtime import TFLiteModel
 from tools.attacks.metrics import similarity
 from tools.attacks.plaintext import run_plaintext
 from tools.attacks.structure import run_structure
 from tools.attacks.target import build_target
-from tools.attacks.prototypes import PROTOTYPES
 from tools.bench.common import latency_ms
-from tools.keying.profiles import PROFILES, get_profile
-from tools.keying.provision import build_keyed_model
+from tools.keying.profiles import DEFAULT_PROFILE, PROFILES, get_profile
 from tools.montage import save_montage
 
 MONTAGE_FRAMES = 8
-
-
-def default_profile() -> str:
-    """The profile provisioning uses when none is named."""
-    return inspect.signature(build_keyed_model).parameters["profile"].default
 
 
 def _u8(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -58,24 +49,19 @@ def attack_profile(dataset: str, profile: str, limit: int | None, fast: bool, pr
 
 
 def all_profiles() -> list[str]:
-    """Every shipped profile, then the prototypes."""
-    return list(PROFILES) + list(PROTOTYPES)
+    """Every profile with a pixel-level sensor key (patch-aligned ones need a patchify stem)."""
+    return [name for name, p in PROFILES.items() if p.sensor_layout == "global"]
 
 
 def describe(profile: str) -> str:
     """A profile's description; unknown names raise ConfigError listing the choices."""
-    if profile in PROTOTYPES:
-        return PROTOTYPES[profile].description
-    if profile not in PROFILES:
-        raise ConfigError(f"unknown key profile {profile!r}; choose one of: {', '.join(all_profiles())}")
     return get_profile(profile).description
 
 
 def run_all(dataset: str, profiles: list[str], limit: int | None, png_dir: Path | None, fast: bool = False) -> dict:
     """The full report: {dataset, default_profile, profiles: {name: {...}}}."""
     progress = lambda msg: click.echo(msg, err=True)  # noqa: E731
-    report = {"dataset": dataset, "default_profile": default_profile(), "limit": limit,
-              "prototypes": [p for p in profiles if p in PROTOTYPES], "profiles": {}}
+    report = {"dataset": dataset, "default_profile": DEFAULT_PROFILE, "limit": limit, "profiles": {}}
     for profile in profiles:
         describe(profile)
         res, figs = attack_profile(dataset, profile, limit, fast, progress)
@@ -105,7 +91,7 @@ def table_rows(report: dict) -> list[tuple[str, ...]]:
         ft = r["reuse"]["fine_tune"]
         kmax = max(ft, key=int) if ft else None
         rows.append((
-            name + (" *" if name == report["default_profile"] else "") + (" (proto)" if name in PROTOTYPES else ""),
+            name + (" *" if name == report["default_profile"] else ""),
             f"{r['structure']['pixels_recovered']:.3f}",
             f"{r['structure']['ssim']:.3f}/{r['structure']['recognised']:.2f}",
             str(r["plaintext"]["frames_to_recover"]),

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -12,8 +11,7 @@ from edge.errors import KeycamError
 from keys.keyset import KeySet
 from tools.bench.keyed import SHIPPED_MODELS, shipped_model
 from tools.ir import Network, forward
-from tools.attacks.prototypes import PROTOTYPES, prototype_keyset, provision_prototype
-from tools.keying.keyed import derive_keyset, key_network, model_id_of
+from tools.keying.keyed import derive_keyset, key_network
 from tools.keying.provision import adc8, build_keyed_model
 from tools.onnx_import import load_onnx
 
@@ -67,7 +65,7 @@ def _secret(label: str) -> bytes:
 
 def build_target(dataset: str, profile: str, limit: int | None = 500, train_limit: int = 3000,
                  model_path: str | None = None, seed: str = "victim") -> Target:
-    """Provision a keyed model for `profile` (a shipped profile or a prototype) and load test/train frames."""
+    """Provision a keyed model for `profile` and load test/train frames."""
     if dataset not in SHIPPED_MODELS:
         raise AttackError(f"unknown dataset {dataset!r}; choose one of: {', '.join(sorted(SHIPPED_MODELS))}")
     path = model_path or shipped_model(dataset)
@@ -77,13 +75,8 @@ def build_target(dataset: str, profile: str, limit: int | None = 500, train_limi
     train_plain = train.reshape(len(train), -1) / 255.0
     net = load_onnx(path)
     calib = train_plain[:CALIBRATION_FRAMES]
-    if profile in PROTOTYPES:
-        model_id = model_id_of(Path(path).read_bytes())
-        keyset, blob = provision_prototype(profile, net, _secret(seed), f"{seed}-device", model_id, calib)
-        other = prototype_keyset(profile, _secret(seed + "/other"), f"{seed}-other-device", model_id, net)
-    else:
-        prov = build_keyed_model(path, _secret(seed), f"{seed}-device", profile, calib_frames=calib, float_model=False)
-        keyset, blob = prov.keyset, prov.tflite_int8
-        other = derive_keyset(_secret(seed + "/other"), f"{seed}-other-device", keyset.model_id, net, profile)
+    prov = build_keyed_model(path, _secret(seed), f"{seed}-device", profile, calib_frames=calib, float_model=False)
+    keyset, blob = prov.keyset, prov.tflite_int8
+    other = derive_keyset(_secret(seed + "/other"), f"{seed}-other-device", keyset.model_id, net, profile)
     return Target(dataset, profile, net, keyset, key_network(net, keyset), blob, plain, labels, train_plain,
                   train_labels, other)

@@ -14,6 +14,7 @@ from keys.keyset import KeySet
 from tools.bench.common import latency_ms, predict_labels, print_table, write_json
 from tools.ir import forward
 from tools.models_zoo import ZOO
+from tools.keying.profiles import DEFAULT_PROFILE
 from tools.keying.provision import (Provisioned, adc8, build_keyed_model, default_calibration_frames,
                                     model_metadata)
 from tools.onnx_import import load_onnx
@@ -118,7 +119,7 @@ def check_targets(r: dict) -> list[str]:
 
 @click.command()
 @click.option("--dataset", type=click.Choice(sorted(SHIPPED_MODELS)), default="mnist", show_default=True)
-@click.option("--profile", default=None, help="Key profile (full, stem, stem-patch, ...); default full, "
+@click.option("--profile", default=None, help=f"Key profile (full, stem, stem-patch, ...); default {DEFAULT_PROFILE}, "
               "stem for allconv32, stem-patch for face112.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use the first N test frames (default all).")
 @click.option("--model", "model_path", default=None,
@@ -131,7 +132,7 @@ def keyed(dataset: str, profile: str | None, limit: int | None, model_path: str 
         return
     if model_path is not None and not os.path.isfile(model_path):
         raise ConfigError(f"--model {model_path!r} is neither an ONNX file nor a zoo model ({', '.join(ZOO)})")
-    profile = profile or "full"
+    profile = profile or DEFAULT_PROFILE
     r, details = run_keyed_bench(dataset, profile, limit, model_path)
     lat, size = r["latency_ms"], r["size_bytes"]
     print_table([

@@ -23,6 +23,7 @@ from hardware.preadc import FiberOptics, PreADCStage, SensorModel, dequantize
 from keys.factors import Key
 from tools.bench.common import write_json
 from tools.bench.keyed import SHIPPED_MODELS, shipped_model
+from tools.keying.profiles import DEFAULT_PROFILE
 from tools.keying.provision import build_keyed_model, default_calibration_frames, model_metadata
 from tools.onnx_import import load_onnx
 from tools.tflite.writer import write_tflite
@@ -51,7 +52,7 @@ def _accuracy(model: TFLiteModel, stage: PreADCStage, images: np.ndarray, labels
 
 
 def run_sensor_bench(dataset: str, read_noise: list[float], bits: list[int], limit: int | None = 1000,
-                     model_path: str | None = None, profile: str = "full", shot_noise: bool = False,
+                     model_path: str | None = None, profile: str = DEFAULT_PROFILE, shot_noise: bool = False,
                      full_well: float = 10000.0, optics: bool = False, seed: int = 0,
                      progress: bool = True) -> dict:
     """Accuracy of the keyed int8/float and unkeyed float models on every (read noise, bits) cell."""
@@ -133,7 +134,7 @@ def write_plot(result: dict, path: str | Path) -> None:
 @click.option("--dataset", type=click.Choice(sorted(SHIPPED_MODELS)), default="mnist", show_default=True)
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
               help="ONNX base model (default: the shipped one for the dataset).")
-@click.option("--profile", default="full", show_default=True, help="Key profile.")
+@click.option("--profile", default=DEFAULT_PROFILE, show_default=True, help="Key profile.")
 @click.option("--limit", type=click.IntRange(1), default=1000, show_default=True, help="Test frames used.")
 @click.option("--read-noise", default="0,0.02,0.05,0.1,0.2,0.3", show_default=True,
               help="Read-noise RMS values, fractions of ADC full scale.")

@@ -30,10 +30,20 @@ PROFILES: dict[str, Profile] = {
     "tiled7": Profile("tiled7", True, sensor=KeyConfig(tile=7, mix_weight=0.55, mix_terms=4),
                       description="full + sensor mixing inside 7x7 tiles: a coarser leak, ~2.3x the full "
                       "profile's size"),
+    "scatter2": Profile("scatter2", True, sensor=KeyConfig(scatter=2, mix_weight=0.55, mix_terms=4),
+                        description="full + sensor mixing of random pairs of scattered pixels before the "
+                        "permutation (~1.2x full)"),
+    "scatter4": Profile("scatter4", True, sensor=KeyConfig(scatter=4, mix_weight=0.55, mix_terms=4),
+                        description="full + sensor mixing inside random groups of 4 scattered pixels before the "
+                        "permutation: the structure attack sees which keyed pixels share a group but no grid "
+                        "(~1.5x full)"),
     "stem-patch": Profile("stem-patch", False, sensor=KeyConfig(permutation="none"), sensor_layout="patch",
                           description="stem profile with a patch-aligned sensor permutation for patchify stems: "
                           "the keyed stem is 1x16-block sparse and stays int8 (keyed frames keep whole patches)"),
 }
+
+
+DEFAULT_PROFILE = "scatter4"          # the cheapest profile the structure attack cannot lay out (see README)
 
 
 def get_profile(name: "str | Profile") -> Profile:

@@ -17,6 +17,7 @@ from hardware.preadc import adc
 from keys.keyset import KeySet
 from tools.ir import Network
 from tools.keying.keyed import derive_keyset, key_network, model_id_of, verify_keyed
+from tools.keying.profiles import DEFAULT_PROFILE
 from tools.onnx_import import load_onnx
 from tools.tflite.writer import write_tflite
 
@@ -56,7 +57,7 @@ def model_metadata(net: Network, keyset: KeySet | None, kind: str) -> dict:
     return meta
 
 
-def build_keyed_model(onnx_path: str | Path, secret: bytes, device_id: str, profile: str = "full",
+def build_keyed_model(onnx_path: str | Path, secret: bytes, device_id: str, profile: str = DEFAULT_PROFILE,
                       output_encryption: bool = False, calib_frames: np.ndarray | None = None,
                       float_model: bool = True) -> Provisioned:
     """Derive the device's key set, key the model, check it in float and write int8 (+ float) .tflite."""
