@@ -17,8 +17,8 @@ import scipy.sparse as sp
 from tools.attacks.grid import LayoutFailed, layout, symmetries
 from tools.attacks.metrics import similarity
 from tools.attacks.target import AttackError, Target
-from tools.attacks.unmix import ITERATIONS, unmix
 from tools.attacks.tflite_read import first_sparse_layer
+from tools.attacks.unmix import ITERATIONS, unmix
 
 KERNEL_WINDOW = 9          # 3x3 conv: the largest row support at pixel level
 MIN_SHARED_WINDOWS = 4     # 3x3 'same' conv: Chebyshev-1 pixel pairs share >= 4 windows, farther pairs <= 3
