@@ -103,6 +103,37 @@ def eval_(model: Path, json_path: Path, out_dir: Path | None, faces_dir: Path | 
 
 
 @san.command()
+@click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_MODEL, show_default=True,
+              help="SAN ensemble weights (rewritten with the chosen strength when --write)")
+@click.option("--faces-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=FACES_HELP)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path.home() / ".cache" / "keycam" / "san", show_default=True,
+              help="memo of unseen-model outputs, keyed by image content")
+@click.option("--write", is_flag=True, help="store the chosen operating point in the model file")
+def strength(model: Path, faces_dir: Path | None, cache_dir: Path, write: bool) -> None:
+    """Sweep the perturbation strength on the 64x64 test split and choose the operating point (unseen models)."""
+    _threads()
+    from tools.san.evaluate import calibrate_strength
+    from tools.san.model_io import load_ensemble, save_ensemble
+
+    ensemble = load_ensemble(model)
+    record = calibrate_strength(ensemble, faces_dir, cache_dir, log=click.echo)
+    click.echo("Pareto front on lfw64_test (alpha_female, alpha_male: gender bacc, verif acc, drop, SSIM):")
+    for p in record["pareto"]:
+        click.echo(f"  {p['female']:.2f}, {p['male']:.2f}: {p['gender_bacc']:.3f}, {p['verif_acc']:.3f}, "
+                   f"{p['verif_drop']:+.3f}, {p['ssim']:.3f}{'  meets targets' if p['meets_targets'] else ''}")
+    c = record["choice"]
+    click.echo(f"operating point: female {c['female']}, male {c['male']} (gender bacc {c['gender_bacc']:.3f}, "
+               f"verif drop {c['verif_drop']:.3f}; {'meets' if c['meets_targets'] else 'does NOT meet'} both targets "
+               "on lfw64_test)")
+    if write:
+        ensemble.meta["strength"] = {"female": c["female"], "male": c["male"]}
+        ensemble.meta["strength_selection"] = {k: v for k, v in record.items() if k != "pareto"}
+        save_ensemble(ensemble, model)
+        click.echo(f"stored in {model}")
+
+
+@san.command()
 @click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_MODEL, show_default=True)
 @click.option("--member", type=int, default=None, help="ensemble member (default: the one `eval` selected, "
               "read from --report, else 0)")

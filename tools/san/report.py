@@ -39,29 +39,58 @@ def montage(faces: FaceSet, outputs: list[tuple[np.ndarray, np.ndarray]], select
     plt.close(fig)
 
 
+def _strength_panel(ax, report: dict) -> None:
+    """The strength sweep on lfw64_test: every (alpha_female, alpha_male) point, the equal-strength curve,
+    the Pareto front and the stored operating point."""
+    st = report["strength"]
+    grid = st["grid"]
+    ax.scatter([p["gender_bacc"] for p in grid], [p["verif_acc"] for p in grid], s=8, color="0.7",
+               label="(alpha_f, alpha_m) grid")
+    same = sorted((p for p in grid if p["female"] == p["male"]), key=lambda p: p["female"])
+    ax.plot([p["gender_bacc"] for p in same], [p["verif_acc"] for p in same], "o-", ms=3, label="alpha_f = alpha_m")
+    for p in same:
+        ax.annotate(f"{p['female']:.2g}", (p["gender_bacc"], p["verif_acc"]), fontsize=6)
+    front = st["pareto"]
+    ax.plot([p["gender_bacc"] for p in front], [p["verif_acc"] for p in front], "--", color="tab:red", lw=1,
+            label="Pareto front")
+    chosen = next(p for p in grid if p["female"] == st["stored"]["female"] and p["male"] == st["stored"]["male"])
+    ax.scatter(chosen["gender_bacc"], chosen["verif_acc"], marker="*", s=160, color="tab:green", zorder=3,
+               label=f"stored point f={chosen['female']:.2g} m={chosen['male']:.2g}")
+    orig = next(p for p in grid if p["female"] == 0 and p["male"] == 0)["verif_acc"]
+    ax.axhline(orig - VERIF_DROP_TARGET, color="tab:green", ls="--", lw=1)
+    ax.axvline(GENDER_TARGET, color="tab:green", ls=":", lw=1)
+    ax.set_xlabel("unseen gender balanced acc (LFW 64 test)")
+    ax.set_ylabel("unseen verification acc (LFW 64 test pairs)")
+    ax.set_title("strength sweep (selection split)", fontsize=9)
+    ax.legend(fontsize=6)
+
+
 def privacy_utility_plot(report: dict, path: Path) -> None:
     """Left: unseen gender balanced accuracy vs unseen verification accuracy (target box shaded);
-    right: gender balanced accuracy vs SSIM for every member's X_SM / X_OP."""
+    middle: the strength sweep on the selection split; right: gender balanced accuracy vs SSIM for every
+    member's X_SM / X_OP."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     g64, v112 = report["datasets"]["lfw64_test"]["variants"], report["datasets"]["lfw112_pairs"]["variants"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.4))
     orig_verif = v112["orig"]["verif_acc"]
     left.axvspan(0.4, GENDER_TARGET, ymin=0, ymax=1, color="tab:green", alpha=0.08)
     left.axhline(orig_verif - VERIF_DROP_TARGET, color="tab:green", ls="--", lw=1, label="target: verif drop <= 3 pts")
     left.axvline(GENDER_TARGET, color="tab:green", ls=":", lw=1, label="target: gender bacc <= 0.60")
-    for name, marker in (("orig", "o"), ("ensemble_btas_op", "*"), ("ensemble_random_op", "s")):
+    for name, marker in (("orig", "o"), ("ensemble_btas_op", "*"), ("ensemble_random_op", "s"),
+                         ("operating_point_op", "P")):
         left.scatter(g64[name]["gender_bacc"], v112[name]["verif_acc"], marker=marker, s=90, label=name)
     for name in v112:
         if name.startswith("member") and "verif_acc" in v112[name] and name != f"member{report['selected_member']}_op":
             left.scatter(g64[name]["gender_bacc"], v112[name]["verif_acc"], marker="x", label=name)
-    left.set_xlabel("unseen gender classifier balanced acc (LFW 64 test)  [privacy: lower is better]")
+    left.set_xlabel("unseen gender balanced acc (LFW 64 test)  [lower: more private]")
     left.set_ylabel("unseen matcher verification acc (LFW View-2 folds 1-2)")
     left.set_xlim(0.4, 1.0)
     left.legend(fontsize=7)
+    _strength_panel(middle, report)
     for name, v in g64.items():
         if "ssim" in v and not name.startswith("ensemble"):
             right.scatter(v["gender_bacc"], v["ssim"], marker="^" if name.endswith("_sm") else "v")
@@ -87,4 +116,14 @@ def markdown_table(report: dict) -> str:
         for variant, values in data["variants"].items():
             cells = [f"{values[c]:.3f}" if c in values else "-" for c in cols]
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    st = report.get("strength")
+    if st:
+        lines.append(f"\nstrength sweep of member {report['selected_member']} on lfw64_test (Pareto front; stored "
+                     f"operating point female {st['stored']['female']:g}, male {st['stored']['male']:g})\n")
+        keys = ["female", "male", "gender_bacc", "gender_acc_female", "gender_acc_male", "verif_acc", "verif_drop",
+                "ssim", "meets_targets"]
+        lines.append("| " + " | ".join(keys) + " |")
+        lines.append("|---" * len(keys) + "|")
+        for p in st["pareto"]:
+            lines.append("| " + " | ".join(f"{p[k]:.3f}" if isinstance(p[k], float) else str(p[k]) for k in keys) + " |")
     return "\n".join(lines)

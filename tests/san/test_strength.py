@@ -1,0 +1,87 @@
+"""Perturbation strength on a slice of the real LFW data: per-gender strengths in perturb, the sweep/grid
+recombination and the operating-point rule (stand-in evaluators: the unseen models are not in CI)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.torch
+
+
+class _Gender:
+    """Stand-in classifier: 'male' iff the red channel is darker than the image's mean (deterministic)."""
+
+    def predict(self, images):
+        return (images[..., 0].mean((1, 2)) < images.mean((1, 2, 3))).astype(np.int64)
+
+
+class _Evaluator:
+    gender = _Gender()
+
+    def embed(self, fs, images):
+        small = images.reshape(len(images), 8, 8, 8, 8, 3).mean((2, 4)).reshape(len(images), -1)
+        return (small / np.linalg.norm(small, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def ensemble():
+    import torch
+
+    from tools.san.data import downsample, load_faces64, prototypes, to_float
+    from tools.san.model_io import SanEnsemble
+    from tools.san.nets import PrototypeAutoencoder
+
+    torch.manual_seed(0)
+    faces = load_faces64("train", limit=80)
+    x = downsample(to_float(faces.images), 2)
+    return SanEnsemble([PrototypeAutoencoder(3, dec=(8, 8)).eval()], prototypes(x, faces.gender), {})
+
+
+def test_strength_scales_the_change(ensemble):
+    from tools.san.data import load_faces64
+    from tools.san.errors import SanModelError
+
+    faces = load_faces64("test", limit=40)
+    _, full = ensemble.perturb(faces.images, faces.gender, 0, strength=1.0)
+    _, none = ensemble.perturb(faces.images, faces.gender, 0, strength=0.0)
+    _, half = ensemble.perturb(faces.images, faces.gender, 0, strength=0.5)
+    np.testing.assert_array_equal(none, faces.images)
+    d_full = np.abs(full.astype(int) - faces.images).mean()
+    assert 0 < np.abs(half.astype(int) - faces.images).mean() < d_full
+    female = faces.gender == 0
+    assert female.any() and (~female).any()
+    _, mixed = ensemble.perturb(faces.images, faces.gender, 0, strength={"female": 1.0, "male": 0.0})
+    np.testing.assert_array_equal(mixed[female], full[female])
+    np.testing.assert_array_equal(mixed[~female], faces.images[~female])
+    assert ensemble.strength == {"female": 1.0, "male": 1.0, "unknown": 1.0}
+    with pytest.raises(SanModelError, match="in \\[0, 1\\]"):
+        ensemble.perturb(faces.images, faces.gender, 0, strength={"female": 2.0, "male": 0.0})
+    with pytest.raises(SanModelError, match="must map female and male"):
+        ensemble.perturb(faces.images, faces.gender, 0, strength={"woman": 1.0})
+
+
+def test_sweep_grid_and_rule(ensemble):
+    from tools.san.data import load_faces64
+    from tools.san.strength import choose_operating_point, pareto_front, strength_grid, sweep
+
+    faces = load_faces64("test", limit=120)
+    out = sweep(ensemble, 0, faces, _Evaluator(), alphas=(0.0, 0.5, 1.0), log=lambda _: None)
+    assert out.gender_pred.shape == (3, len(faces)) and out.emb.shape[:2] == (3, len(faces))
+    np.testing.assert_allclose(out.ssim[0], 1.0)
+    points = strength_grid(out, faces)
+    assert len(points) == 9
+    zero = next(p for p in points if p["female"] == 0 and p["male"] == 0)
+    assert zero["verif_drop"] == 0 and zero["ssim"] == pytest.approx(1.0)
+    # a recombined point equals running the mixed strength directly
+    mixed = next(p for p in points if p["female"] == 1.0 and p["male"] == 0.0)
+    _, x = ensemble.perturb(faces.images, faces.gender, 0, strength={"female": 1.0, "male": 0.0})
+    from tools.san.metrics import gender_scores
+    assert mixed["gender_bacc"] == pytest.approx(gender_scores(_Gender().predict(x), faces.gender)["bacc"])
+    chosen = choose_operating_point(points)
+    pool = [p for p in points if p["meets_targets"]] or [p for p in points if p["verif_drop"] <= 0.03]
+    assert chosen["gender_bacc"] == min(p["gender_bacc"] for p in pool)
+    front = pareto_front(points)
+    assert front and all(not (q["gender_bacc"] < p["gender_bacc"] and q["verif_acc"] > p["verif_acc"])
+                         for p in front for q in points)
+    with pytest.raises(ValueError, match="alpha 0"):
+        sweep(ensemble, 0, faces, _Evaluator(), alphas=(0.5, 1.0))
