@@ -142,17 +142,34 @@ def strength(model: Path, faces_dir: Path | None, cache_dir: Path, write: bool) 
 @click.option("--gender", type=click.Choice(["female", "male"]), required=True,
               help="source gender the stage is built for (selects the same / opposite prototypes)")
 @click.option("--size", type=int, default=64, show_default=True, help="face crop side (multiple of 32)")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="output .onnx")
-def export(model: Path, member: int | None, report: Path | None, gender: str, size: int, out: Path) -> None:
-    """Export one SAN member as an ONNX stage (face crop in, X_OP out), checked with onnxruntime if present."""
+@click.option("--strength", type=click.FloatRange(0.0, 1.0), default=None,
+              help="perturbation strength (default: the model's stored operating point for --gender)")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="output .onnx")
+@click.option("--tflite", "tflite_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="output .tflite (int8 unless --float)")
+@click.option("--float", "as_float", is_flag=True, help="write the .tflite in float32")
+@click.option("--in-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="key of the frames the stage receives (pixel permutation; a key or key-set file)")
+@click.option("--out-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="key the downstream face model expects (pixel permutation; a key or key-set file)")
+@click.option("--faces-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=FACES_HELP)
+@click.option("--calib", type=click.IntRange(1, 4000), default=256, show_default=True,
+              help="train-split faces of --gender for int8 calibration")
+@click.option("--check", type=click.IntRange(1, 1000), default=64, show_default=True,
+              help="test-split faces of --gender the .tflite is checked on against torch")
+def export(model: Path, member: int | None, report: Path | None, gender: str, size: int, strength: float | None,
+           out: Path | None, tflite_path: Path | None, as_float: bool, in_key: Path | None, out_key: Path | None,
+           faces_dir: Path | None, calib: int, check: int) -> None:
+    """Export one SAN member as a stage (face crop in, X_OP out): ONNX (--out) and/or TFLite (--tflite)."""
     _threads()
-    import numpy as np
-    import torch
-
     from tools.san.errors import SanModelError
-    from tools.san.export import export_onnx
+    from tools.san.export import make_stage
     from tools.san.model_io import load_ensemble
 
+    if out is None and tflite_path is None:
+        raise SanModelError("nothing to write: give --out FILE.onnx and/or --tflite FILE.tflite")
+    if (in_key is None) != (out_key is None) or (in_key is not None and tflite_path is None):
+        raise SanModelError("a keyed stage needs both --in-key and --out-key, and --tflite")
     if member is None:
         member = 0
         if report is not None:
@@ -160,8 +177,24 @@ def export(model: Path, member: int | None, report: Path | None, gender: str, si
                 member = int(json.loads(report.read_text())["selected_member"])
             except (OSError, ValueError, KeyError) as exc:
                 raise SanModelError(f"cannot read selected_member from {report}: {exc}") from exc
-    stage = export_onnx(load_ensemble(model), member, gender, size, out)
-    click.echo(f"wrote {out} (member {member}, {gender} faces, {size}x{size})")
+    ensemble = load_ensemble(model)
+    stage = make_stage(ensemble, member, gender, size, strength)
+    what = f"member {member}, {gender} faces, {size}x{size}, strength {stage.strength:g}"
+    if out is not None:
+        _export_onnx(ensemble, member, gender, size, stage.strength, out, what)
+    if tflite_path is not None:
+        _export_tflite(stage, gender, member, not as_float, in_key, out_key, faces_dir, calib, check, tflite_path, what)
+
+
+def _export_onnx(ensemble, member: int, gender: str, size: int, strength: float, out: Path, what: str) -> None:
+    import numpy as np
+    import torch
+
+    from tools.san.errors import SanModelError
+    from tools.san.export import export_onnx
+
+    stage = export_onnx(ensemble, member, gender, size, out, strength)
+    click.echo(f"wrote {out} ({what})")
     try:
         import onnxruntime as ort
     except ImportError:
@@ -175,3 +208,47 @@ def export(model: Path, member: int | None, report: Path | None, gender: str, si
     if err > 1e-4:
         raise SanModelError(f"exported ONNX differs from the torch stage by {err:.2e}")
     click.echo(f"onnxruntime matches torch (max abs diff {err:.1e})")
+
+
+def _faces_of(split: str, gender: str, size: int, limit: int, faces_dir: Path | None):
+    """Up to `limit` LFW faces of one gender from a split, resized (area / bilinear) to size x size."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from tools.san.data import load_faces64, to_float, to_uint8
+    from tools.san.export import GENDERS
+
+    faces = load_faces64(split, faces_dir)
+    images = faces.images[faces.gender == GENDERS[gender]][:limit]
+    if size != images.shape[1]:
+        x = F.interpolate(torch.from_numpy(to_float(images)), size=(size, size), mode="bilinear", align_corners=False)
+        images = to_uint8(x.clamp(0, 1).numpy())
+    return np.ascontiguousarray(images)
+
+
+def _export_tflite(stage, gender: str, member: int, int8: bool, in_key: Path | None, out_key: Path | None,
+                   faces_dir: Path | None, calib: int, check: int, path: Path, what: str) -> None:
+    from edge.keystage import load_sensor_key
+    from tools.san.errors import SanModelError
+    from tools.san.tflite_check import compare_keyed, compare_with_torch
+    from tools.san.tflite_export import write_san_tflite
+
+    keys = (load_sensor_key(in_key), load_sensor_key(out_key)) if in_key is not None else (None, None)
+    calib_faces = _faces_of("train", gender, stage.size, calib, faces_dir) if int8 else None
+    meta = {"gender": gender, "member": member}
+    blob = write_san_tflite(stage, int8, calib_faces, *keys, metadata=meta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(blob)
+    kind = "int8" if int8 else "float32"
+    click.echo(f"wrote {path} ({len(blob) // 1024} KiB, {kind}, {'keyed' if keys[0] else 'unkeyed'}; {what})")
+    test_faces = _faces_of("test", gender, stage.size, check, faces_dir)
+    err = compare_with_torch(stage, blob, test_faces, *keys)
+    click.echo(f"TFLite vs torch on {err['n_faces']} held-out {gender} faces: max abs {err['max_abs']:.4f}, "
+               f"mean abs {err['mean_abs']:.5f}, SSIM {err['ssim']:.4f}, PSNR {err['psnr']:.1f} dB")
+    if keys[0] is not None:
+        plain = write_san_tflite(stage, int8, calib_faces, metadata=meta)
+        diff = compare_keyed(plain, blob, keys[0], keys[1], test_faces)
+        if diff > 0:
+            raise SanModelError(f"the keyed stage differs from the unkeyed one up to the keys by {diff:.2e}")
+        click.echo("keyed stage == output key applied to the unkeyed stage on every checked face (exact)")

@@ -16,9 +16,10 @@ writer's `weight_quant` / `act_quant`), input and output int8 with scale 1/255 a
 uint8 frames map exactly and the output dequantises to k/255; the clamp to [0, 1] is the final ADD's
 saturation onto that output scale. float32: the clamp is MAXIMUM/MINIMUM.
 
-Keyed variant (`in_key`, `out_key`: keys.factors.Key pixel permutations on the CHW-flattened frame, the
-project's key convention): the input is the keyed frame (1, 3*S*S); a GATHER undoes the input key and a
-GATHER applies the output key to the result. Both index vectors are constants of the model.
+Keyed variant (`in_key`, `out_key`: keys.factors.Key pixel permutations of the CHW-flattened frame, the
+project's key convention): input and output are keyed frames laid out as the key stage delivers them (the
+keyed CHW vector reshaped to C, H, W and transposed to H, W, C, see hardware.preadc); RESHAPE + GATHER
+undo the input key, RESHAPE + GATHER apply the output key. Both index vectors are constants of the model.
 """
 from __future__ import annotations
 
@@ -215,11 +216,11 @@ class _Lowering:
         s, n_flat = st.size, 3 * st.size * st.size
         io_quant = INPUT_QUANT if self.int8 else None
         order = hwc_to_chw_order((3, s, s))                  # order[j] = CHW index of HWC element j
-        if in_perm is None:
-            first = x = self._tensor("input", [1, s, s, 3], io_quant)
-        else:                                                # keyed[i] = plain_chw[in_perm[i]]
-            first = self._tensor("input_keyed", [1, n_flat], io_quant)
-            x = self.reshape(self.gather(first, np.argsort(in_perm)[order], "unkey"), [1, s, s, 3], "input_plain")
+        first = x = self._tensor("input", [1, s, s, 3], io_quant)
+        back = np.argsort(order)                             # CHW index -> HWC index
+        if in_perm is not None:                              # keyed frame: keyed CHW vector laid out H, W, C
+            flat = self.reshape(first, [1, n_flat], "input_flat")
+            x = self.reshape(self.gather(flat, back[np.argsort(in_perm)[order]], "unkey"), [1, s, s, 3], "input_plain")
         small = self.avg_pool(x, st.factor, "small") if st.factor > 1 else x
         const1, consth = (np.ascontiguousarray(c.transpose(0, 2, 3, 1)) for c in _constants(st))
         h = self.conv(small, "e1_conv", m.enc1.weight[:, :3], None)
@@ -251,9 +252,9 @@ class _Lowering:
             one = _T(self.g.tensor("one", [1], np.float32, np.ones(1, np.float32)), None)
             out = self.binary(fb.BuiltinOperator.MAXIMUM, "MAXIMUM", out, zero, "clamp_lo")
             out = self.binary(fb.BuiltinOperator.MINIMUM, "MINIMUM", out, one, "out")
-        if out_perm is not None:                             # keyed_out[i] = plain_chw[out_perm[i]]
+        if out_perm is not None:                             # keyed_out[i] = plain_chw[out_perm[i]], laid out H, W, C
             flat = self.reshape(out, [1, n_flat], "out_flat")
-            out = self.gather(flat, np.argsort(order)[out_perm], "out_keyed")
+            out = self.reshape(self.gather(flat, back[out_perm[order]], "key"), [1, s, s, 3], "out_keyed")
         return first.index, out.index
 
 
@@ -290,8 +291,5 @@ def write_san_tflite(stage: SanStage, int8: bool = True, calib: np.ndarray | Non
     meta = {"kind": "san-stage", "input_shape": [stage.size, stage.size, 3], "strength": stage.strength,
             "dtype": "int8" if int8 else "float32", "keyed": in_key is not None, "ops": low.ops, **(metadata or {})}
     if in_key is not None:
-        meta.update({"input_key_fingerprint": in_key.fingerprint, "output_key_fingerprint": out_key.fingerprint,
-                     "frame_layout": "CHW-flattened keyed vector"})
-    else:
-        meta["frame_layout"] = "HWC"
+        meta.update({"input_key_fingerprint": in_key.fingerprint, "output_key_fingerprint": out_key.fingerprint})
     return low.g.finish([first], [last], meta, description="keycam SAN stage")

@@ -1,0 +1,61 @@
+"""Checks of an exported SAN .tflite: against the torch stage on real faces, and keyed against plain."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from edge.runtime import TFLiteModel
+from keys.factors import Key
+from tools.san.export import SanStage
+from tools.san.metrics import psnr, ssim
+
+
+def apply_key(key: Key, frame: np.ndarray) -> np.ndarray:
+    """A frame (H,W,3) keyed as the pre-ADC stage lays it out: key on the CHW vector, back to H, W, C."""
+    h, w, c = frame.shape
+    return key.apply(frame.transpose(2, 0, 1).reshape(-1).astype(np.float64)).reshape(c, h, w).transpose(1, 2, 0)
+
+
+def key_frame(key: Key, frame: np.ndarray) -> np.ndarray:
+    """`apply_key` on a uint8 frame, as uint8 (exact for permutation keys)."""
+    return np.clip(np.rint(apply_key(key, frame)), 0, 255).astype(np.uint8)
+
+
+def unkey_frame(key: Key, frame: np.ndarray) -> np.ndarray:
+    """Inverse of `key_frame` for float frames (H,W,3)."""
+    h, w, c = frame.shape
+    return key.apply_inverse(frame.transpose(2, 0, 1).reshape(-1)).reshape(c, h, w).transpose(1, 2, 0)
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def compare_with_torch(stage: SanStage, model_bytes: bytes, faces: np.ndarray, in_key: Key | None = None,
+                       out_key: Key | None = None) -> dict[str, float]:
+    """Max / mean abs error (in [0,1] units), SSIM and PSNR of the .tflite output against the torch stage on
+    uint8 faces (N,S,S,3); a keyed model gets keyed faces and its output is unkeyed before comparing."""
+    model = TFLiteModel(model_bytes)
+    got = []
+    for face in faces:
+        out = model.invoke(face if in_key is None else key_frame(in_key, face)).reshape(face.shape)
+        got.append(out if out_key is None else unkey_frame(out_key, out))
+    got = np.stack(got)
+    with torch.no_grad():
+        want = stage(torch.from_numpy(faces.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)).numpy()
+    want = want.transpose(0, 2, 3, 1)
+    err = np.abs(got - want)
+    return {"max_abs": float(err.max()), "mean_abs": float(err.mean()),
+            "ssim": float(ssim(_to_uint8(want), _to_uint8(got)).mean()),
+            "psnr": float(psnr(_to_uint8(want), _to_uint8(got)).mean()), "n_faces": int(len(faces))}
+
+
+def compare_keyed(plain_bytes: bytes, keyed_bytes: bytes, in_key: Key, out_key: Key, faces: np.ndarray) -> float:
+    """Max abs difference between keyed(key_in(x)) and key_out(plain(x)) over uint8 faces (0 when exact)."""
+    plain, keyed = TFLiteModel(plain_bytes), TFLiteModel(keyed_bytes)
+    worst = 0.0
+    for face in faces:
+        want = plain.invoke(face).reshape(face.shape)
+        got = keyed.invoke(key_frame(in_key, face)).reshape(face.shape)
+        worst = max(worst, float(np.abs(got - apply_key(out_key, want)).max()))
+    return worst
