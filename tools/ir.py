@@ -60,11 +60,18 @@ class Activation:
 
 
 @dataclass
+class Gather:
+    """Rearrange the flattened input: out (logical C, H, W order) = x_flat[index], reshaped to `shape`."""
+    index: np.ndarray
+    shape: tuple[int, ...]
+
+
+@dataclass
 class Softmax:
     """Softmax over the output vector (only as the last layer)."""
 
 
-Layer = Conv | AvgPool | Dense | Flatten | Unflatten | Activation | Softmax
+Layer = Conv | AvgPool | Dense | Flatten | Unflatten | Gather | Activation | Softmax
 LINEAR = (Conv, AvgPool, Dense)
 
 
@@ -122,6 +129,11 @@ def output_shape(layer, shape: tuple[int, ...]) -> tuple[int, ...]:
         if int(np.prod(shape)) != int(np.prod(layer.shape)):
             raise ValueError(f"cannot unflatten {shape} to {layer.shape}")
         return tuple(layer.shape)
+    if isinstance(layer, Gather):
+        if len(layer.index) != int(np.prod(layer.shape)) or layer.index.min() < 0 \
+                or layer.index.max() >= int(np.prod(shape)):
+            raise ValueError(f"gather of {len(layer.index)} elements into {layer.shape} does not fit input {shape}")
+        return tuple(layer.shape)
     return shape
 
 
@@ -178,6 +190,8 @@ def forward(net: Network, x: np.ndarray, collect: bool = False):
             x = x.reshape(len(x), -1)
         elif isinstance(layer, Unflatten):
             x = x.reshape((len(x),) + tuple(layer.shape))
+        elif isinstance(layer, Gather):
+            x = x.reshape(len(x), -1)[:, layer.index].reshape((len(x),) + tuple(layer.shape))
         elif isinstance(layer, Activation):
             x = activate(x, layer.act, layer.alpha)
         elif isinstance(layer, Softmax):

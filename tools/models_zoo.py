@@ -4,7 +4,7 @@
   paper's CIFAR-10 net): 9 convolutions, global average pooling and softmax, 32x32x3 input.
 - face112: a compact face-embedding CNN for 112x112x3 crops. Its stem is a 4x4/stride-4 "patchify"
   convolution: receptive fields tile the frame, so under a patch-aligned sensor key (profile
-  stem-patch) the keyed stem is exactly 1x16-block sparse and stays int8 in TFLite.
+  stem-patch) the keyed stem is a GATHER plus a 1x1 convolution, both int8 in TFLite.
 """
 from __future__ import annotations
 

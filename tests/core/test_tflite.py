@@ -131,3 +131,17 @@ def test_bad_inputs_to_the_writer_and_runtime(small_cnn, tmp_path):
     model = TFLiteModel(write_tflite(net)[0])
     with pytest.raises(Exception, match="expects 144"):
         model.invoke(np.zeros(10, np.uint8))
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_gather_lowers_to_nhwc_and_to_vectors(rng, int8):
+    from tools.ir import Flatten, Gather, Network
+    perm = rng.permutation(2 * 6 * 6)
+    w = rng.normal(size=(3, 2, 3, 3)) * 0.3
+    net = Network((72,), [Gather(perm, (2, 6, 6)), Conv(w, np.zeros(3), (1, 1), (1, 1, 1, 1), "relu"), Flatten(),
+                          Gather(rng.permutation(108)[:10], (10,))])
+    x = rng.uniform(size=(16, 72))
+    blob, ops = write_tflite(net, int8=int8, calib=x if int8 else None)
+    assert [o["op"].split()[0] for o in ops if o["layer"] in (0, 3)] == ["GATHER", "GATHER"]
+    got, want = run_tflite(blob, x), forward(net, x)
+    assert np.max(np.abs(got - want)) < (0.05 if int8 else 1e-5) * max(1.0, np.abs(want).max())

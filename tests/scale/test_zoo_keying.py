@@ -7,13 +7,14 @@ import scipy.sparse as sp
 
 from edge.runtime import TFLiteModel
 from tests.scale.conftest import SECRET
-from tools.ir import Dense
+from tools.ir import Conv, Dense, Gather
 from tools.keying.cost import measure, projected_cost
 from tools.keying.keyed import KeyingError, derive_keyset, key_network, logits_of, verify_keyed
-from tools.keying.patchkey import patch_groups, patch_permutation
+from tools.keying.patchkey import patch_groups, patch_permutation, patch_sensor_key, within_patch_index
 from tools.keying.provision import adc8
 from tools.tflite.writer import block16_layout, write_tflite
 from keys.drbg import Drbg
+from keys.generate import KeyConfig
 
 
 def _frames(net, n=24, seed=0):
@@ -40,7 +41,7 @@ def test_tiny_zoo_models_key_exactly_and_run_in_int8(tiny_nets, name, profile):
         assert np.max(np.abs(got - _softmax_ref(net, x[:6]))) < 0.1
     stem_ops = [o for o in ops if o["layer"] == 0]
     if profile == "stem-patch":
-        assert "1x16 blocks" in stem_ops[0]["op"] and stem_ops[0]["dtype"] == "int8"
+        assert [o["op"].split()[0] for o in stem_ops] == ["GATHER"] and stem_ops[0]["dtype"] == "int8"
     elif profile == "stem":
         assert "sparse CSR" in stem_ops[0]["op"] and stem_ops[0]["dtype"] == "float32"
 
@@ -60,17 +61,36 @@ def test_patch_key_is_a_permutation_aligned_to_patches():
     assert not np.array_equal(slots, patch_groups(shape, k))         # ... moved and shuffled
 
 
-def test_stem_patch_makes_the_stem_block_sparse_and_smaller(tiny_nets):
+def test_stem_patch_keys_the_stem_as_gather_plus_conv_and_stays_small(tiny_nets):
     net = tiny_nets["face112"]
+    x = _frames(net)
+    plain = len(write_tflite(net, int8=True, calib=adc8(x) / 255)[0])
     sizes = {}
     for profile in ("stem", "stem-patch"):
         ks = derive_keyset(SECRET, "d", "m", net, profile)
-        stem = key_network(net, ks).layers[0]
-        assert isinstance(stem, Dense) and stem.sparse
-        layout = block16_layout(stem.weight)
-        assert (layout is None) == (profile == "stem")
-        sizes[profile] = len(write_tflite(key_network(net, ks), int8=True, calib=adc8(ks.sensor.apply(_frames(net))) / 255)[0])
-    assert sizes["stem-patch"] < 0.5 * sizes["stem"]
+        keyed = key_network(net, ks)
+        if profile == "stem-patch":
+            gather, conv = keyed.layers[:2]
+            assert isinstance(gather, Gather) and isinstance(conv, Conv) and conv.weight.shape[2:] == (1, 1)
+            perm = ks.sensor.factors[0].perm
+            assert not np.array_equal(np.sort(gather.index), gather.index)       # patches come back in order ...
+            assert not np.array_equal(gather.index, np.argsort(perm))             # ... but not the key in clear
+        else:
+            assert isinstance(keyed.layers[0], Dense) and keyed.layers[0].sparse
+        sizes[profile] = len(write_tflite(keyed, int8=True, calib=adc8(ks.sensor.apply(x)) / 255)[0])
+    n = int(np.prod(net.input_shape))
+    assert sizes["stem-patch"] < sizes["stem"]
+    assert sizes["stem-patch"] - plain < 4 * n + 4096             # the int32 gather indices, little else
+
+
+def test_stem_patch_gains_are_shared_by_every_patch():
+    shape, k = (3, 8, 12), 4
+    key = patch_sensor_key(Drbg(SECRET, "g"), shape, k, KeyConfig())
+    perm, gain = key.factors[0].perm, key.factors[1].g
+    place = within_patch_index(shape, k)[perm]
+    for j in range(3 * k * k):
+        assert np.ptp(gain[place == j]) < 1e-12                 # one gain per place inside the patch
+    assert np.ptp(gain) > 0.1
 
 
 def test_stem_patch_refuses_a_stem_that_is_not_a_patchify_conv(tiny_nets):

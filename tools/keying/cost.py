@@ -45,9 +45,11 @@ def projected_cost(net: Network, profile: str) -> dict:
     for i, layer in enumerate(net.layers):
         if not isinstance(layer, (Conv, AvgPool)):
             continue
-        # spatially keyed: the stem, every layer under a spatial profile, and the last layer (its output
-        # key is the output key or none, not a per-channel key a convolution could absorb)
-        if i in (linear[0], linear[-1]) or prof.spatial_layers:
+        # spatially keyed: the stem (unless a patch-aligned key makes it a gather + conv), every layer
+        # under a spatial profile, and the last layer (its output key is the output key or none, not a
+        # per-channel key a convolution could absorb)
+        stem = i == linear[0] and prof.sensor_layout != "patch"
+        if stem or i == linear[-1] or prof.spatial_layers:
             nnz = toeplitz_nnz(layer, shapes[i])
             index_bytes = 2 if int(np.prod(shapes[i])) < 1 << 16 else 4
             sparse_layers.append({"layer": i, "nnz": nnz, "csr_float_bytes": nnz * (4 + index_bytes)})

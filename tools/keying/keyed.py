@@ -16,7 +16,7 @@ from keys.generate import channel_layer_key, output_key, sensor_key, spatial_lay
 from keys.keyset import KeySet
 from tools.ir import (LINEAR, AvgPool, Conv, Dense, Flatten, Network, Softmax, Unflatten,
                       conv_matrix, forward, pool_matrix)
-from tools.keying.patchkey import patch_sensor_key, patch_size
+from tools.keying.patchkey import gather_stem, patch_sensor_key, patch_size
 from tools.keying.profiles import Profile, get_profile
 
 FLOAT_TOLERANCE = 1e-4
@@ -204,6 +204,17 @@ def _key_conv_channels(layer: Conv, k_in: ChannelGenPerm, k_out: ChannelGenPerm)
     return Conv(w, k_out.gain * layer.bias[k_out.perm], layer.stride, layer.pads, layer.act, layer.alpha)
 
 
+def _patch_stem(layer, sensor: Key, in_shape) -> tuple | None:
+    """GATHER + 1x1 conv for a patchify stem under a patch-aligned sensor key, else None."""
+    if not isinstance(layer, Conv) or len(in_shape) != 3:
+        return None
+    kh, kw = layer.weight.shape[2:]
+    if kh != kw or layer.stride != (kh, kw) or any(layer.pads) or in_shape[1] % kh or in_shape[2] % kw:
+        return None
+    g = genperm_form(sensor)
+    return None if g is None else gather_stem(layer, in_shape, g.index, g.scale, g.offset)
+
+
 def iter_keyed_layers(net: Network, keyset: KeySet, progress: Callable[[str], None] | None = None) -> Iterator:
     """Yield the keyed network's layers one at a time (callers may stream them and drop each one).
 
@@ -227,6 +238,12 @@ def iter_keyed_layers(net: Network, keyset: KeySet, progress: Callable[[str], No
             elif isinstance(layer, Conv) and isinstance(cin, ChannelGenPerm) and isinstance(cout, ChannelGenPerm) \
                     and not vector:
                 keyed, what = _key_conv_channels(layer, cin, cout), "conv (channel keys)"
+            elif i == 0 and isinstance(cout, ChannelGenPerm) and (stem := _patch_stem(layer, k_in, in_shape)):
+                gather, conv = stem
+                yield gather
+                plain_in = ChannelGenPerm(np.arange(conv.weight.shape[1]), np.ones(conv.weight.shape[1]), 1)
+                keyed, what = _key_conv_channels(conv, plain_in, cout), "patch stem as gather + 1x1 conv"
+                vector = False
             else:
                 if not vector:
                     yield Flatten()

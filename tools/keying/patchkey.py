@@ -1,13 +1,19 @@
 """Patch-aligned sensor keys (profile `stem-patch`) for models whose first layer is a patchify conv.
 
 The sensor permutation moves every k x k patch of the frame (all channels) to a random slot of
-C*k*k consecutive positions of the keyed vector and shuffles the patch's values inside the slot
-(a different shuffle per slot), followed by per-pixel positive gains and bias like the stem key.
-The keyed stem W1 A0^-1 then reads each output position from one slot: with C*k*k a multiple of
-16 it is exactly 1x16-block sparse, which TFLite runs in int8 (a global permutation scatters the
-same weights over single columns and leaves the stem as a float CSR layer, ~6x larger).
-Trade-off: patches stay whole inside a slot, so the keyed frame is a jigsaw of scrambled patches
-rather than a global scramble; see the attacks for what that costs.
+t = C*k*k consecutive positions of the keyed vector and shuffles the patch's values inside the slot
+(a different shuffle per slot), followed by positive gains and a bias that depend only on a pixel's
+place inside its patch (t secret gains and offsets shared by all patches).
+
+The keyed stem is then a GATHER plus a 1x1 convolution, both int8 and as cheap as the plain stem:
+the GATHER brings every patch back to its grid position in one secret within-patch order tau (the
+order of patch 0's slot), and the convolution's weights W[:, tau] / gain absorb tau, the gains and
+the offsets. What the .tflite reveals: the patch arrangement and each slot's shuffle relative to
+tau, in clear. The sparsity pattern of the keyed stem as one matrix W1 A0^-1 reveals the same
+(its rows are the patches, and matching weight columns across slots gives the relative shuffles),
+so the GATHER form gives nothing away that the matrix form kept; the secret left is tau, the t
+gains and offsets. Trade-off: patches stay whole, so the keyed frame is a jigsaw of scrambled
+patches rather than a global scramble; see the attacks for what that costs.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import numpy as np
 from keys.drbg import Drbg
 from keys.factors import Bias, Gain, Key, Permutation
 from keys.generate import KeyConfig, gains
-from tools.ir import Conv, Network
+from tools.ir import Conv, Gather, Network
 
 
 
@@ -49,13 +55,53 @@ def patch_permutation(rng: Drbg, shape: tuple[int, int, int], k: int) -> np.ndar
     return np.take_along_axis(groups[order], inner, axis=1).reshape(-1)
 
 
+def within_patch_index(shape: tuple[int, int, int], k: int) -> np.ndarray:
+    """For every CHW pixel, its place (c, dy, dx) inside its patch, as c * k * k + dy * k + dx."""
+    groups = patch_groups(shape, k)
+    out = np.empty(groups.size, dtype=np.int64)
+    out[groups] = np.arange(groups.shape[1])[None, :]
+    return out
+
+
 def patch_sensor_key(rng: Drbg, shape: tuple[int, int, int], k: int, config: KeyConfig) -> Key:
-    """Sensor key: patch-aligned permutation, per-pixel gains and bias, mapping [0, 1] into [0, 1]."""
-    n = int(np.prod(shape))
-    g = gains(rng.child("gain"), n, config.gain_range)
-    b = rng.child("bias").uniform(n, 0.0, config.bias_max)
+    """Sensor key: patch-aligned permutation, then gains and bias shared by all patches per within-patch
+    place (so the keyed stem stays a convolution), mapping [0, 1] into [0, 1]."""
+    t = shape[0] * k * k
+    g = gains(rng.child("gain"), t, config.gain_range)
+    b = rng.child("bias").uniform(t, 0.0, config.bias_max)
     scale = 1.0 / np.max(g + b)
-    factors: list = [Permutation(patch_permutation(rng.child("patchperm"), shape, k)), Gain(g * scale)]
+    perm = patch_permutation(rng.child("patchperm"), shape, k)
+    place = within_patch_index(shape, k)[perm]              # keyed position -> within-patch place it holds
+    factors: list = [Permutation(perm), Gain(g[place] * scale)]
     if config.bias_max > 0:
-        factors.append(Bias(b * scale))
-    return Key(n, factors, "sensor")
+        factors.append(Bias(b[place] * scale))
+    return Key(int(np.prod(shape)), factors, "sensor")
+
+
+def gather_stem(layer: Conv, in_shape: tuple[int, int, int], index: np.ndarray, scale: np.ndarray,
+                offset: np.ndarray) -> tuple[Gather, Conv] | None:
+    """The keyed patchify stem as GATHER + 1x1 conv, for a sensor key y = scale * x[index] + offset.
+
+    Returns None when the key is not patch-aligned with shared per-place gains and offsets (the
+    caller then keys the stem as one sparse matrix).
+    """
+    k = int(layer.weight.shape[2])
+    t = in_shape[0] * k * k
+    groups = patch_groups(in_shape, k)                          # (patches, t) plain pixels
+    place = within_patch_index(in_shape, k)
+    inv = np.empty_like(index)
+    inv[index] = np.arange(len(index))
+    slot0 = inv[groups[0, 0]] // t
+    if not np.array_equal(np.sort(index[slot0 * t:(slot0 + 1) * t]), np.sort(groups[0])):
+        return None                                              # slots do not hold whole patches
+    tau = place[index[slot0 * t:(slot0 + 1) * t]]               # the secret order of patch 0's slot
+    src = inv[groups[:, tau]]                                   # (patches, t): keyed position of place tau[j]
+    s, c = scale[src], offset[src]
+    if not (np.allclose(s, s[:1]) and np.allclose(c, c[:1])):
+        return None
+    s, c = s[0], c[0]
+    w = layer.weight.reshape(len(layer.weight), -1)[:, tau] / s[None, :]
+    bias = layer.bias - w @ c
+    ho, wo = in_shape[1] // k, in_shape[2] // k
+    return (Gather(src.T.reshape(-1), (t, ho, wo)),
+            Conv(w.reshape(w.shape + (1, 1)), bias, (1, 1), (0, 0, 0, 0), layer.act, layer.alpha))

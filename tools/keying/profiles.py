@@ -39,7 +39,8 @@ PROFILES: dict[str, Profile] = {
                         "(~1.5x full)"),
     "stem-patch": Profile("stem-patch", False, sensor=KeyConfig(permutation="none"), sensor_layout="patch",
                           description="stem profile with a patch-aligned sensor permutation for patchify stems: "
-                          "the keyed stem is 1x16-block sparse and stays int8 (keyed frames keep whole patches)"),
+                          "the keyed stem is an int8 GATHER + 1x1 conv (keyed frames keep whole patches; the .tflite shows "
+                          "the patch arrangement)"),
 }
 
 

@@ -17,7 +17,7 @@ import scipy.sparse as sp
 from ai_edge_litert import schema_py_generated as fb
 
 from edge.errors import ModelError
-from tools.ir import (Activation, AvgPool, Conv, Dense, Flatten, Network, Softmax, Unflatten, forward)
+from tools.ir import (Activation, AvgPool, Conv, Dense, Flatten, Gather, Network, Softmax, Unflatten, forward)
 from tools.tflite.builder import GraphBuilder, quant_params
 
 INPUT_QUANT = (1.0 / 255.0, -128)     # uint8 ADC counts c map exactly to int8 c - 128
@@ -124,6 +124,8 @@ class _Lowering:
                     raise ModelError(f"layer {i}: unflatten must follow a dense layer")
                 c, h, w = layer.shape
                 cur = self._reshape(cur, [1, h, w, c], tuple(layer.shape), None, name)
+            elif isinstance(layer, Gather):
+                cur = self._gather(cur, layer, i, name)
             elif isinstance(layer, Activation):
                 cur = self._activation(cur, layer, i, name, lo, hi)
             elif isinstance(layer, Softmax):
@@ -169,6 +171,26 @@ class _Lowering:
         out.lo, out.hi = (lo, hi) if fused != "none" else (plo, phi)
         if layer.act == "leaky_relu":
             out = self._activation(out, Activation("leaky_relu", layer.alpha), i, f"{name}/act", lo, hi)
+        return out
+
+    def _gather(self, cur: _Act, layer: Gather, i, name) -> _Act:
+        """GATHER on the stored vector; a (C, H, W) result is gathered straight into NHWC order."""
+        if len(cur.shape) != 1:
+            raise ModelError(f"layer {i}: gather needs a vector input, got {cur.shape}")
+        stored = np.arange(cur.shape[0]) if cur.order is None else np.argsort(cur.order)
+        src = stored[np.asarray(layer.index, dtype=np.int64)]         # stored position of each logical source
+        if len(layer.shape) == 3:
+            c, h, w = layer.shape
+            idx, tshape, order = src[hwc_to_chw_order(layer.shape)].reshape(h, w, c), [1, h, w, c], None
+        else:
+            idx, tshape, order = src, [1, len(src)], None
+        out = self._new(name, tshape, cur.quant, cur.lo, cur.hi, tuple(layer.shape), order)
+        it = self.g.tensor(f"{name}/indices", idx.shape, np.int32, idx.astype(np.int32))
+        opts = fb.GatherOptionsT()
+        opts.axis = 1
+        self.g.op(fb.BuiltinOperator.GATHER, [cur.index, it], [out.index], fb.BuiltinOptions.GatherOptions, opts,
+                  version=2 if cur.quant else 1)
+        self._note(i, f"GATHER ({len(src):,} indices)", "int8" if cur.quant else "float32")
         return out
 
     def _pad(self, cur: _Act, pads: tuple[int, int, int, int], name: str) -> _Act:
