@@ -47,6 +47,12 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class PreprocessConfig:
+    path: FilePath                           # keyed stage .tflite run on each keyed frame before the model (SAN)
+    num_threads: int = 1
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     queue_size: int = 4                      # bound of each queue between stages
     drop_when_full: bool = True              # capture drops (and counts) frames when the queue is full
@@ -109,6 +115,7 @@ class DeviceConfig:
     sinks: list
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    preprocess: PreprocessConfig | None = None   # optional; off by default
     source: Path = Path(".")                 # the YAML file this came from (not a YAML key)
 
 
@@ -124,6 +131,7 @@ _CHECKS: dict[tuple[type, str], tuple] = {
     (ModelConfig, "top_k"): (lambda v: 1 <= v <= 10, "must be 1..10"),
     (ModelConfig, "num_threads"): (lambda v: 1 <= v <= 64, "must be 1..64"),
     (ModelConfig, "watch_interval_s"): _NON_NEGATIVE,
+    (PreprocessConfig, "num_threads"): (lambda v: 1 <= v <= 64, "must be 1..64"),
     (PipelineConfig, "queue_size"): (lambda v: 1 <= v <= 1024, "must be 1..1024"),
     (PipelineConfig, "stats_interval_s"): _NON_NEGATIVE,
     (PipelineConfig, "max_record_bytes"): (lambda v: 64 <= v <= 8192, "must be 64..8192"),

@@ -1,5 +1,7 @@
 """The frame pipeline: capture -> key/ADC -> inference -> egress, one thread per stage.
 
+Inference optionally runs a keyed preprocessing model (e.g. the SAN stage) on each keyed frame first.
+
 Stages are joined by bounded queues. When inference is slower than the camera, capture drops the new
 frame and counts it (`capture_queue_full`); frames the sensor skipped are counted too (`sensor`).
 Every keyed frame carries the `ModelContext` (model + key stage + egress guard) that keyed it, so a
@@ -10,21 +12,57 @@ stage, and each stage finishes what it holds first.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from edge.egress import EgressGuard, EgressRefused, OutputPolicy, prediction_record
 from edge.keystage import KeyStage
 from edge.metrics import Metrics
 from edge.runtime import TFLiteModel
+from edge.errors import ModelError
 from edge.sinks.base import Sink, SinkError
 
 log = logging.getLogger("keycam.pipeline")
 _END = object()   # sentinel that drains the stages in order
 _POLL_S = 0.1     # how often blocked stages look at the stop flag
+
+
+class PreprocessStage:
+    """An optional keyed TFLite model run on every keyed frame before the model, e.g. the SAN stage of
+    `keycam san export --tflite --in-key K --out-key K`: it takes frames keyed by the device's sensor key
+    and emits frames (uint8 codes) keyed for the model; its metadata names both keys' fingerprints."""
+
+    def __init__(self, model: TFLiteModel, path: str):
+        meta, self.model, self.path = model.metadata, model, path
+        missing = [k for k in ("input_key_fingerprint", "output_key_fingerprint") if not meta.get(k)]
+        if missing:
+            raise ModelError(f"preprocess model {path} lacks metadata {missing}: it must be a keyed stage "
+                             "(keycam san export --tflite ... --in-key K --out-key K); an unkeyed one would "
+                             "run on keyed frames")
+        self.input_fingerprint = str(meta["input_key_fingerprint"])
+        self.output_fingerprint = str(meta["output_key_fingerprint"])
+        self.id = hashlib.sha256(model.model_bytes).hexdigest()[:16]
+
+    def check_feeds(self, model: TFLiteModel, sensor_fingerprint: str) -> None:
+        """Refuse a stage whose output size or output key does not match the model it feeds."""
+        size = int(np.prod(self.model.interpreter.get_output_details()[0]["shape"]))
+        if size != model.input_size:
+            raise ModelError(f"preprocess model {self.path} emits {size} values; the model expects {model.input_size}")
+        if self.output_fingerprint != sensor_fingerprint:
+            raise ModelError(f"preprocess model {self.path} emits frames keyed {self.output_fingerprint[:12]}, the "
+                             f"model expects frames keyed {sensor_fingerprint[:12]}: export the stage with the "
+                             "model's sensor key as --out-key")
+
+    def __call__(self, keyed: np.ndarray) -> np.ndarray:
+        """One keyed frame in; the stage's output as uint8 codes (its outputs are in [0, 1])."""
+        out = self.model.invoke(keyed)
+        return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
 
 
 @dataclass
@@ -36,6 +74,11 @@ class ModelContext:
     key_stage: KeyStage
     guard: EgressGuard
     files: tuple = field(default=())      # signature of the files it was loaded from (hot-swap watch)
+    preprocess: PreprocessStage | None = None     # optional stage run on each keyed frame before the model
+
+    @property
+    def preprocess_id(self) -> str:
+        return self.preprocess.id if self.preprocess is not None else ""
 
     @property
     def policy(self) -> OutputPolicy:
@@ -200,7 +243,7 @@ class Pipeline:
                 seq, keyed, ctx = item
                 t0 = time.perf_counter()
                 try:
-                    outputs = ctx.model.invoke(keyed)
+                    outputs = ctx.model.invoke(keyed if ctx.preprocess is None else ctx.preprocess(keyed))
                 except Exception as exc:  # noqa: BLE001 - a bad frame must not kill the service
                     m.drop("inference_error")
                     log.error("inference failed on frame %d: %s", seq, exc)

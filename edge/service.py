@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from edge.config import DeviceConfig
@@ -20,7 +20,7 @@ from edge.egress import STAGES, EgressGuard, OutputPolicy
 from edge.errors import ConfigError, KeycamError, ModelError
 from edge.keystage import FaceplateKeyStage, Health, KeyStage, SimulatedKeyStage
 from edge.metrics import Metrics, MetricsServer
-from edge.pipeline import ModelContext, Pipeline
+from edge.pipeline import ModelContext, Pipeline, PreprocessStage
 from edge.runtime import TFLiteModel
 from edge.sinks import Sink, make_sink
 
@@ -116,8 +116,9 @@ class Service:
 
     # -- building -----------------------------------------------------------------------------------
     def _watched_files(self) -> list[Path]:
-        ks = self.cfg.key_stage
-        return [Path(self.cfg.model.path)] + ([Path(ks.sensor_key)] if ks.type == "simulated" else [])
+        ks, pre = self.cfg.key_stage, self.cfg.preprocess
+        return ([Path(self.cfg.model.path)] + ([Path(ks.sensor_key)] if ks.type == "simulated" else [])
+                + ([Path(pre.path)] if pre is not None else []))
 
     def _key_stage(self, policy: OutputPolicy) -> KeyStage:
         ks = self.cfg.key_stage
@@ -136,8 +137,14 @@ class Service:
             policy = output_policy(model, Path(mc.path), mc.top_k, self.cfg.pipeline.max_record_bytes)
         except KeycamError as exc:
             raise ModelError(f"model {mc.path}: {exc}") from exc
+        pre = None
+        if self.cfg.preprocess is not None:      # the key stage then keys frames for the preprocess stage
+            pc = self.cfg.preprocess
+            pre = PreprocessStage(TFLiteModel(pc.path, num_threads=pc.num_threads), pc.path)
+            pre.check_feeds(model, policy.sensor_fingerprint)
+            policy = replace(policy, sensor_fingerprint=pre.input_fingerprint)
         self._generation += 1
-        return ModelContext(self._generation, model, self._key_stage(policy), EgressGuard(policy), files)
+        return ModelContext(self._generation, model, self._key_stage(policy), EgressGuard(policy), files, pre)
 
     def _make_camera(self):
         from hardware.camera import make_camera
@@ -228,7 +235,8 @@ class Service:
         except KeycamError as exc:
             health = Health(False, "model_swap_rejected", str(exc))
         else:
-            if new.policy == current.policy:   # same pair rewritten (e.g. a key file restored)
+            if new.policy == current.policy and new.preprocess_id == current.preprocess_id:
+                # same pair rewritten (e.g. a key file restored)
                 current.files = sig
                 return
         if not health.ok:
