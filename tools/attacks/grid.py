@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections import deque
 
 import numpy as np
+import scipy.sparse as sp
 
 
 class LayoutFailed(Exception):
@@ -36,6 +37,13 @@ def _path(parent: dict[int, int], end: int) -> list[int]:
     while parent[out[-1]] != -1:
         out.append(parent[out[-1]])
     return out[::-1]
+
+
+def adjacency(co: sp.csr_matrix, threshold: int) -> list[set[int]]:
+    """Neighbour sets from a co-occurrence matrix: i and j are neighbours when co[i, j] >= threshold."""
+    co = co.tocsr()
+    return [{int(j) for j, c in zip(co.indices[co.indptr[i]:co.indptr[i + 1]], co.data[co.indptr[i]:co.indptr[i + 1]])
+             if j != i and c >= threshold} for i in range(co.shape[0])]
 
 
 def layout(adj: list[set[int]], h: int, w: int) -> np.ndarray:

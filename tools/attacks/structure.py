@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from tools.attacks.grid import LayoutFailed, layout, symmetries
+from tools.attacks.grid import LayoutFailed, adjacency, layout, symmetries
 from tools.attacks.metrics import similarity
 from tools.attacks.target import AttackError, Target
 from tools.attacks.tflite_read import first_sparse_layer
@@ -41,12 +41,6 @@ def _unique_rows(m: sp.csr_matrix) -> sp.csr_matrix:
     return m[sorted(seen.values())]
 
 
-def _adjacency(co: sp.csr_matrix, threshold: int) -> list[set[int]]:
-    co = co.tocsr()
-    return [{int(j) for j, c in zip(co.indices[co.indptr[i]:co.indptr[i + 1]], co.data[co.indptr[i]:co.indptr[i + 1]])
-             if j != i and c >= threshold} for i in range(co.shape[0])]
-
-
 def merge_into_tiles(w: sp.csr_matrix, groups: list[np.ndarray], tiles: int) -> list[np.ndarray] | None:
     """Merge column groups into `tiles` tiles: the largest groups anchor tiles, every smaller group joins
     the anchor whose row support overlaps its own most. None when the tiles come out unequal."""
@@ -68,7 +62,7 @@ def _layout_tiles(w: sp.csr_matrix, tiles: list[np.ndarray], h: int, wd: int, t:
     member = sp.csr_matrix((np.ones(n), (np.concatenate(tiles), np.repeat(np.arange(len(tiles)), t * t))),
                            shape=(n, len(tiles)))
     touched = _unique_rows(w @ member)
-    tpos = layout(_adjacency(touched.T @ touched, 1), h // t, wd // t)
+    tpos = layout(adjacency(touched.T @ touched, 1), h // t, wd // t)
     est = np.empty(n, dtype=np.int64)
     inner = np.arange(t * t)
     for g, p in zip(tiles, tpos):
@@ -95,7 +89,7 @@ def recover_arrangement(w: sp.csr_matrix, h: int, wd: int) -> tuple[np.ndarray, 
             if windows.getnnz(axis=1).max() != KERNEL_WINDOW:
                 raise LayoutFailed("first layer is not a 3x3 convolution")
             est = np.empty(n, dtype=np.int64)
-            est[np.concatenate(groups)] = layout(_adjacency(windows.T @ windows, MIN_SHARED_WINDOWS), h, wd)
+            est[np.concatenate(groups)] = layout(adjacency(windows.T @ windows, MIN_SHARED_WINDOWS), h, wd)
             return est, {**info, "layout": "pixels"}, groups
         except LayoutFailed as exc:
             reason = str(exc)
