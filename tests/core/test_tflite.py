@@ -145,3 +145,14 @@ def test_gather_lowers_to_nhwc_and_to_vectors(rng, int8):
     assert [o["op"].split()[0] for o in ops if o["layer"] in (0, 3)] == ["GATHER", "GATHER"]
     got, want = run_tflite(blob, x), forward(net, x)
     assert np.max(np.abs(got - want)) < (0.05 if int8 else 1e-5) * max(1.0, np.abs(want).max())
+
+
+def test_gather_moves_aligned_runs_as_rows(rng):
+    from tools.ir import Gather, Network
+    pixels = rng.permutation(24)                            # 24 pixels of 3 values each, moved whole
+    index = (pixels[:, None] * 3 + np.arange(3)).reshape(-1)
+    net = Network((72,), [Gather(index, (72,))])
+    x = rng.uniform(size=(4, 72))
+    blob, ops = write_tflite(net)
+    assert ops[0]["op"] == "GATHER (24 rows of 3)"
+    assert np.allclose(run_tflite(blob, x), x[:, index], atol=1e-6)

@@ -1,12 +1,13 @@
 """Patch-aligned sensor keys (profile `stem-patch`) for models whose first layer is a patchify conv.
 
 The sensor permutation moves every k x k patch of the frame (all channels) to a random slot of
-t = C*k*k consecutive positions of the keyed vector and shuffles the patch's values inside the slot
-(a different shuffle per slot), followed by positive gains and a bias that depend only on a pixel's
-place inside its patch (t secret gains and offsets shared by all patches).
+t = C*k*k consecutive positions of the keyed vector and shuffles the patch's pixels inside the slot
+(a different shuffle per slot; a pixel's C values stay side by side), followed by positive gains
+and a bias that depend only on a value's place inside its patch (t secret gains and offsets shared
+by all patches).
 
-The keyed stem is then a GATHER plus a 1x1 convolution, both int8 and as cheap as the plain stem:
-the GATHER brings every patch back to its grid position in one secret within-patch order tau (the
+The keyed stem is then a GATHER plus a 1x1 convolution, both int8 and nearly as cheap as the plain
+stem (the GATHER moves whole pixels, C bytes at a time): the GATHER brings every patch back to its grid position in one secret within-patch order tau (the
 order of patch 0's slot), and the convolution's weights W[:, tau] / gain absorb tau, the gains and
 the offsets. What the .tflite reveals: the patch arrangement and each slot's shuffle relative to
 tau, in clear. The sparsity pattern of the keyed stem as one matrix W1 A0^-1 reveals the same
@@ -47,12 +48,15 @@ def patch_groups(shape: tuple[int, int, int], k: int) -> np.ndarray:
 
 
 def patch_permutation(rng: Drbg, shape: tuple[int, int, int], k: int) -> np.ndarray:
-    """perm with keyed[slot * t + j] = x[perm[slot * t + j]]: patches to random slots, shuffled inside."""
-    groups = patch_groups(shape, k)
-    slots, t = groups.shape
+    """perm with keyed[slot * t + j] = x[perm[slot * t + j]]: patches to random slots, their k*k pixels
+    shuffled inside the slot (a different shuffle per slot), each pixel's C values kept side by side."""
+    c = shape[0]
+    groups = patch_groups(shape, k).reshape(-1, c, k * k)           # (patches, channel, pixel)
+    slots = len(groups)
     order = rng.child("slots").permutation(slots)
-    inner = np.argsort(rng.child("inner").uniform(slots * t).reshape(slots, t), axis=1, kind="stable")
-    return np.take_along_axis(groups[order], inner, axis=1).reshape(-1)
+    pixels = np.argsort(rng.child("inner").uniform(slots * k * k).reshape(slots, k * k), axis=1, kind="stable")
+    moved = np.take_along_axis(groups[order], pixels[:, None, :], axis=2)
+    return moved.transpose(0, 2, 1).reshape(-1)                      # slot-major, pixel, then channel
 
 
 def within_patch_index(shape: tuple[int, int, int], k: int) -> np.ndarray:

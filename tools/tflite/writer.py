@@ -174,24 +174,26 @@ class _Lowering:
         return out
 
     def _gather(self, cur: _Act, layer: Gather, i, name) -> _Act:
-        """GATHER on the stored vector; a (C, H, W) result is gathered straight into NHWC order."""
+        """GATHER on the stored vector, moving runs of contiguous elements as rows; a (C, H, W) result
+        is gathered straight into NHWC order."""
         if len(cur.shape) != 1:
             raise ModelError(f"layer {i}: gather needs a vector input, got {cur.shape}")
         stored = np.arange(cur.shape[0]) if cur.order is None else np.argsort(cur.order)
         src = stored[np.asarray(layer.index, dtype=np.int64)]         # stored position of each logical source
         if len(layer.shape) == 3:
-            c, h, w = layer.shape
-            idx, tshape, order = src[hwc_to_chw_order(layer.shape)].reshape(h, w, c), [1, h, w, c], None
+            src, tshape = src[hwc_to_chw_order(layer.shape)], [1, layer.shape[1], layer.shape[2], layer.shape[0]]
         else:
-            idx, tshape, order = src, [1, len(src)], None
-        out = self._new(name, tshape, cur.quant, cur.lo, cur.hi, tuple(layer.shape), order)
-        it = self.g.tensor(f"{name}/indices", idx.shape, np.int32, idx.astype(np.int32))
+            tshape = [1, len(src)]
+        run = _run_length(src, cur.shape[0])
+        rows = self._reshape(cur, [1, cur.shape[0] // run, run], cur.shape, cur.order, f"{name}/rows")
+        gathered = self._new(f"{name}/gathered", [1, len(src) // run, run], cur.quant, cur.lo, cur.hi, cur.shape)
+        it = self.g.tensor(f"{name}/indices", [len(src) // run], np.int32, (src[::run] // run).astype(np.int32))
         opts = fb.GatherOptionsT()
         opts.axis = 1
-        self.g.op(fb.BuiltinOperator.GATHER, [cur.index, it], [out.index], fb.BuiltinOptions.GatherOptions, opts,
-                  version=2 if cur.quant else 1)
-        self._note(i, f"GATHER ({len(src):,} indices)", "int8" if cur.quant else "float32")
-        return out
+        self.g.op(fb.BuiltinOperator.GATHER, [rows.index, it], [gathered.index], fb.BuiltinOptions.GatherOptions,
+                  opts, version=2 if cur.quant else 1)
+        self._note(i, f"GATHER ({len(src) // run:,} rows of {run})", "int8" if cur.quant else "float32")
+        return self._reshape(gathered, tshape, tuple(layer.shape), None, name)
 
     def _pad(self, cur: _Act, pads: tuple[int, int, int, int], name: str) -> _Act:
         """Zero padding (top, left, bottom, right) of an NHWC tensor (int8 pads with the zero point)."""
@@ -352,6 +354,17 @@ def block16_layout(w: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray
     indptr = np.zeros(rows + 1, dtype=np.int64)
     np.cumsum(np.bincount(blocks // (cols // BLOCK), minlength=rows), out=indptr[1:])
     return values, indptr, blocks % (cols // BLOCK)
+
+
+def _run_length(src: np.ndarray, size: int) -> int:
+    """The longest r (dividing len(src) and size) such that src is made of aligned runs r*k, r*k+1, ..."""
+    for r in range(min(len(src), size), 0, -1):
+        if len(src) % r or size % r:
+            continue
+        starts = src[::r]
+        if np.all(starts % r == 0) and np.array_equal(src, (starts[:, None] + np.arange(r)).reshape(-1)):
+            return r
+    return 1
 
 
 def _index_vector(values: np.ndarray):
