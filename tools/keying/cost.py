@@ -1,8 +1,9 @@
 """Keying cost of a network and profile: projected size, and measured time and peak memory.
 
-`python -m tools.keying.cost MODEL.onnx --profile stem [--write] [--calib N]` runs key generation,
-keying and (with --write) the int8 .tflite writer in this fresh process and prints one JSON line
-with wall times and the process's peak RSS, so memory is measured without the caller's baggage.
+`python -m tools.keying.cost MODEL.onnx --profile stem [--write] [--calib N] [--invoke N]` runs key
+generation, keying and (with --write) the int8 .tflite writer in this fresh process (with --invoke,
+also N timed inferences of the written model) and prints one JSON line with wall times and the
+process's peak RSS, so memory is measured without the caller's baggage.
 Layers are keyed one at a time and dropped when not written, so a profile too large to hold
 (e.g. the all-conv net under `full`) can still be timed.
 """
@@ -75,8 +76,8 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def measure(onnx_path: str, profile: str, write: bool, calib: int, progress=None) -> dict:
-    """Time key generation, keying and (optionally) int8 writing of one model in this process."""
+def measure(onnx_path: str, profile: str, write: bool, calib: int, progress=None, invoke: int = 0) -> dict:
+    """Time key generation, keying and (optionally) int8 writing and `invoke` inferences of one model."""
     from tools.keying.provision import adc8
     from tools.onnx_import import load_onnx
     from tools.tflite.writer import write_tflite
@@ -91,8 +92,11 @@ def measure(onnx_path: str, profile: str, write: bool, calib: int, progress=None
         t2 = time.perf_counter()
         frames = np.random.default_rng(0).uniform(size=(calib, int(np.prod(net.input_shape))))
         blob, _ = write_tflite(keyed, int8=True, calib=adc8(keyset.sensor.apply(frames)) / 255.0)
+        del keyed
         t3 = time.perf_counter()
         result.update(keying_s=t2 - t1, write_int8_s=t3 - t2, size_int8=len(blob))
+        if invoke:
+            result["latency_ms"] = invoke_latency_ms(blob, adc8(keyset.sensor.apply(frames)), invoke)
     else:
         nnz = 0
         for layer in iter_keyed_layers(net, keyset, progress):
@@ -105,14 +109,29 @@ def measure(onnx_path: str, profile: str, write: bool, calib: int, progress=None
     return result
 
 
+def invoke_latency_ms(blob: bytes, frames: np.ndarray, count: int) -> float:
+    """Median latency of `count` single-frame inferences (1 thread) after one warm-up."""
+    from edge.runtime import TFLiteModel
+    model = TFLiteModel(blob)
+    model.invoke(frames[0])
+    times = []
+    for i in range(count):
+        t0 = time.perf_counter()
+        model.invoke(frames[i % len(frames)])
+        times.append(time.perf_counter() - t0)
+    return 1000.0 * float(np.median(times))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Measure keying cost in a fresh process (prints JSON).")
     ap.add_argument("onnx")
     ap.add_argument("--profile", default="stem")
     ap.add_argument("--write", action="store_true", help="also write the int8 .tflite")
     ap.add_argument("--calib", type=int, default=32, help="calibration frames for --write")
+    ap.add_argument("--invoke", type=int, default=0, help="with --write: time this many inferences")
     a = ap.parse_args(argv)
-    res = measure(a.onnx, a.profile, a.write, a.calib, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    res = measure(a.onnx, a.profile, a.write, a.calib, progress=lambda m: print(m, file=sys.stderr, flush=True),
+                  invoke=a.invoke)
     print(json.dumps(res))
     return 0
 
