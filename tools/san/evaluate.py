@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tools.san.data import FaceSet, load_faces64, load_pairs112
-from tools.san.metrics import (all_pairs, gender_scores, pair_distances, psnr, ssim, tmr_at_fmr,
+from tools.san.metrics import (all_pairs, gender_scores, pair_distances, pooled_psnr, ssim, tmr_at_fmr,
                                verification_accuracy)
 from tools.san.model_io import SanEnsemble
 from tools.san.strength import (GENDER_TARGET, VERIF_DROP_TARGET, choose_operating_point, pareto_front,
@@ -45,10 +45,13 @@ class Variant:
 
 
 def _fidelity(orig: np.ndarray, images: np.ndarray, gender: np.ndarray) -> dict[str, float]:
-    s, p = ssim(orig, images), psnr(orig, images)
-    out = {"ssim": float(s.mean()), "psnr": float(p.mean())}
+    """Mean SSIM and PSNR of the set's mean squared error (an unchanged image has infinite PSNR), per group too."""
+    s = ssim(orig, images)
+    out = {"ssim": float(s.mean()), "psnr": pooled_psnr(orig, images)}
     for group, value in GROUPS.items():
-        out[f"ssim_{group}"] = float(s[gender == value].mean()) if (gender == value).any() else float("nan")
+        sel = gender == value
+        out[f"ssim_{group}"] = float(s[sel].mean()) if sel.any() else float("nan")
+        out[f"psnr_{group}"] = pooled_psnr(orig[sel], images[sel]) if sel.any() else float("nan")
     return out
 
 
@@ -100,7 +103,7 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
     evaluator = Evaluator(cache_dir, log)
     datasets = {"lfw64_test": load_faces64("test", faces_dir, limit), "lfw112_pairs": load_pairs112(faces_dir, limit)}
     n_members = len(ensemble.members)
-    outputs = {name: [ensemble.perturb(fs.images, fs.gender, m) for m in range(n_members)]
+    outputs = {name: [ensemble.perturb(fs.images, fs.gender, m, strength=1.0) for m in range(n_members)]
                for name, fs in datasets.items()}
     report: dict = {"datasets": {}, "members": [
         {"index": m, "augmentations": ensemble.meta.get("members", [{}] * n_members)[m].get("augmentations")}

@@ -66,6 +66,12 @@ def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return smap.mean(axis=(1, 2))
 
 
+def pooled_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of the mean squared error over a whole set (finite when some images are left unchanged)."""
+    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
+    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-image PSNR in dB of uint8 images (N,...)."""
     mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).reshape(len(a), -1).mean(1)

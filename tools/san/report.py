@@ -107,7 +107,8 @@ def privacy_utility_plot(report: dict, path: Path) -> None:
 def markdown_table(report: dict) -> str:
     """The closing-note table: per dataset and variant, unseen gender / matcher numbers and fidelity."""
     cols = ["gender_acc", "gender_bacc", "gender_acc_female", "gender_acc_male", "verif_acc", "verif_acc_female",
-            "verif_acc_male", "tmr_fmr1e-2", "ssim", "psnr"]
+            "verif_acc_male", "tmr_fmr1e-2", "tmr_fmr1e-2_female", "tmr_fmr1e-2_male", "ssim", "ssim_female",
+            "ssim_male", "psnr"]
     lines = []
     for name, data in report["datasets"].items():
         lines.append(f"\n{name} ({data['n_images']} images, {data['n_pairs']} official pairs)\n")
