@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.egress import EgressGuard, EgressRefused, OutputPolicy, prediction_record
+from edge.errors import ModelError
 from edge.keystage import KeyStage
 from edge.metrics import Metrics
 from edge.runtime import TFLiteModel
-from edge.errors import ModelError
 from edge.sinks.base import Sink, SinkError
 
 log = logging.getLogger("keycam.pipeline")

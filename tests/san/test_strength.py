@@ -62,7 +62,12 @@ def test_strength_scales_the_change(ensemble):
 
 def test_sweep_grid_and_rule(ensemble):
     from tools.san.data import load_faces64
-    from tools.san.strength import choose_operating_point, pareto_front, strength_grid, sweep
+    from tools.san.strength import (
+        choose_operating_point,
+        pareto_front,
+        strength_grid,
+        sweep,
+    )
 
     faces = load_faces64("test", limit=120)
     out = sweep(ensemble, 0, faces, _Evaluator(), alphas=(0.0, 0.5, 1.0), log=lambda _: None)

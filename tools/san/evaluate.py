@@ -24,11 +24,24 @@ from pathlib import Path
 import numpy as np
 
 from tools.san.data import FaceSet, load_faces64, load_pairs112
-from tools.san.metrics import (all_pairs, gender_scores, pair_distances, pooled_psnr, ssim, tmr_at_fmr,
-                               verification_accuracy)
+from tools.san.metrics import (
+    all_pairs,
+    gender_scores,
+    pair_distances,
+    pooled_psnr,
+    ssim,
+    tmr_at_fmr,
+    verification_accuracy,
+)
 from tools.san.model_io import SanEnsemble
-from tools.san.strength import (GENDER_TARGET, VERIF_DROP_TARGET, choose_operating_point, pareto_front,
-                                strength_grid, sweep)
+from tools.san.strength import (
+    GENDER_TARGET,
+    VERIF_DROP_TARGET,
+    choose_operating_point,
+    pareto_front,
+    strength_grid,
+    sweep,
+)
 from tools.san.unseen import MATCH_THRESHOLD, UnseenGender, UnseenMatcher
 
 __all__ = ["GENDER_TARGET", "VERIF_DROP_TARGET", "evaluate"]
@@ -57,7 +70,7 @@ def _fidelity(orig: np.ndarray, images: np.ndarray, gender: np.ndarray) -> dict[
 
 def _matching(fs: FaceSet, emb: np.ndarray) -> dict[str, float]:
     dist = pair_distances(emb, fs.pair_idx)
-    out = {"verif_acc": verification_accuracy(dist, fs.pair_same, MATCH_THRESHOLD), "n_pairs": int(len(dist))}
+    out = {"verif_acc": verification_accuracy(dist, fs.pair_same, MATCH_THRESHOLD), "n_pairs": len(dist)}
     in_pairs = np.zeros(len(fs), bool)
     in_pairs[np.unique(fs.pair_idx)] = True
     pairs, genuine = all_pairs(fs.identity, in_pairs)
@@ -127,7 +140,7 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
         random_op = np.stack([outputs[name][m][1][i] for i, m in enumerate(pick)]) if len(fs) else fs.images
         results["ensemble_btas_op"] = results[f"member{best}_op"]
         results["ensemble_random_op"] = evaluator.variant(fs, Variant("ensemble_random_op", random_op, True))
-        report["datasets"][name] = {"n_images": len(fs), "n_pairs": int(len(fs.pair_idx)), "variants": results}
+        report["datasets"][name] = {"n_images": len(fs), "n_pairs": len(fs.pair_idx), "variants": results}
 
     log(f"strength sweep of member {best} on lfw64_test")
     points = strength_grid(sweep(ensemble, best, datasets["lfw64_test"], evaluator, log=log), datasets["lfw64_test"])

@@ -47,7 +47,7 @@ def compare_with_torch(stage: SanStage, model_bytes: bytes, faces: np.ndarray, i
     err = np.abs(got - want)
     return {"max_abs": float(err.max()), "mean_abs": float(err.mean()),
             "ssim": float(ssim(_to_uint8(want), _to_uint8(got)).mean()),
-            "psnr": float(psnr(_to_uint8(want), _to_uint8(got)).mean()), "n_faces": int(len(faces))}
+            "psnr": float(psnr(_to_uint8(want), _to_uint8(got)).mean()), "n_faces": len(faces)}
 
 
 def compare_keyed(plain_bytes: bytes, keyed_bytes: bytes, in_key: Key, out_key: Key, faces: np.ndarray) -> float:

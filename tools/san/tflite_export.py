@@ -238,13 +238,12 @@ class _Lowering:
         if st.factor > 1:
             change = self.resize(change, st.factor, True, "change_up")
         if st.strength != 1.0:
-            alpha = (np.full((1,), st.strength, np.float32))
             if self.int8:
                 aq = (max(st.strength, 1e-3) / 127.0, 0)
                 at = _T(self.g.tensor("strength", [1], np.int8, np.array([round(st.strength / aq[0])], np.int8),
                                       quant_params(*aq)), aq)
             else:
-                at = _T(self.g.tensor("strength", [1], np.float32, alpha), None)
+                at = _T(self.g.tensor("strength", [1], np.float32, np.full(1, st.strength, np.float32)), None)
             change = self.binary(fb.BuiltinOperator.MUL, "MUL", change, at, "scaled")
         out = self.binary(fb.BuiltinOperator.ADD, "ADD", x, change, "sum", OUTPUT_QUANT if self.int8 else None)
         if not self.int8:
