@@ -20,9 +20,13 @@ Keyed variant (`in_key`, `out_key`: keys.factors.Key pixel permutations of the C
 project's key convention): input and output are keyed frames laid out as the key stage delivers them (the
 keyed CHW vector reshaped to C, H, W and transposed to H, W, C, see hardware.preadc); RESHAPE + GATHER
 undo the input key, RESHAPE + GATHER apply the output key. Both index vectors are constants of the model.
+The hidden activations additionally carry per-channel keys folded into the weights (tools.san.channel_keys),
+drawn from `secret` (random when None; they never leave the model, so nothing has to store them).
 """
 from __future__ import annotations
 
+import copy
+import secrets
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +35,7 @@ import torch.nn.functional as F
 from ai_edge_litert import schema_py_generated as fb
 
 from keys.factors import Key
+from tools.san.channel_keys import derive_channel_keys, key_member
 from tools.san.errors import SanModelError
 from tools.san.export import SanStage
 from tools.san.nets import LEAK
@@ -274,10 +279,19 @@ def calibration_ranges(stage: SanStage, faces: np.ndarray, batch: int = 64) -> d
     return ranges
 
 
+def channel_keyed(stage: SanStage, secret: bytes | None = None) -> SanStage:
+    """A copy of `stage` whose hidden activations carry per-channel keys from `secret` (random when None)."""
+    keyed = copy.deepcopy(stage)
+    keyed.member = key_member(stage.member, derive_channel_keys(secret or secrets.token_bytes(32), "stage",
+                                                               stage.member))
+    return keyed
+
+
 def write_san_tflite(stage: SanStage, int8: bool = True, calib: np.ndarray | None = None,
                      in_key: Key | None = None, out_key: Key | None = None,
-                     metadata: dict | None = None) -> bytes:
-    """The stage as .tflite bytes; int8 needs calibration faces; keys must both be given or both omitted."""
+                     metadata: dict | None = None, secret: bytes | None = None) -> bytes:
+    """The stage as .tflite bytes; int8 needs calibration faces; keys must both be given or both omitted.
+    A keyed stage also gets per-channel keys on its hidden activations, drawn from `secret`."""
     if (in_key is None) != (out_key is None):
         raise SanModelError("a keyed SAN stage needs both the input key and the output key")
     if int8 and (calib is None or len(calib) == 0):
@@ -285,10 +299,13 @@ def write_san_tflite(stage: SanStage, int8: bool = True, calib: np.ndarray | Non
     n_flat = 3 * stage.size * stage.size
     in_perm = permutation_of(in_key, n_flat, "input") if in_key is not None else None
     out_perm = permutation_of(out_key, n_flat, "output") if out_key is not None else None
+    if in_key is not None:
+        stage = channel_keyed(stage, secret)
     low = _Lowering(stage, int8, calibration_ranges(stage, calib) if int8 else {})
     first, last = low.run(in_perm, out_perm)
     meta = {"kind": "san-stage", "input_shape": [stage.size, stage.size, 3], "strength": stage.strength,
             "dtype": "int8" if int8 else "float32", "keyed": in_key is not None, "ops": low.ops, **(metadata or {})}
     if in_key is not None:
-        meta.update({"input_key_fingerprint": in_key.fingerprint, "output_key_fingerprint": out_key.fingerprint})
+        meta.update({"input_key_fingerprint": in_key.fingerprint, "output_key_fingerprint": out_key.fingerprint,
+                     "hidden_keys": "per-channel positive generalized permutations (enc1..dec2), in the weights"})
     return low.g.finish([first], [last], meta, description="keycam SAN stage")
