@@ -145,3 +145,19 @@ def test_onnx_stage_matches_perturb(tiny_ensemble, tmp_path):
     np.testing.assert_allclose(got, stage(x[:1]).detach().numpy(), atol=1e-4)
     with pytest.raises(SanModelError, match="multiple"):
         export_onnx(ensemble, 0, "female", 112, tmp_path / "bad.onnx")
+
+
+def test_mean_adversary_option():
+    from edge.errors import ConfigError
+    from tools.san.train import MeanLogits, TrainConfig, train_ensemble
+
+    with pytest.raises(ConfigError, match="adversary must be one of"):
+        TrainConfig(adversary="max")
+    config = TrainConfig(members=2, matcher_epochs=1, gender_epochs=1, pretrain_epochs=0, epochs=1,
+                         max_steps_per_epoch=1, limit=120, adversary="mean")
+    ensemble = train_ensemble(config, log=lambda _: None)
+    assert len(ensemble.members) == 2 and ensemble.meta["train_config"]["adversary"] == "mean"
+    import torch
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(MeanLogits([a, b])(x), (a(x) + b(x)) / 2)

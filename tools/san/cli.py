@@ -43,15 +43,19 @@ def san() -> None:
 @click.option("--steps-per-epoch", type=int, default=80, show_default=True, help="batches per epoch")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--limit", type=int, default=None, help="use only the first N images of each split (quick runs)")
+@click.option("--adversary", type=click.Choice(["member", "mean"]), default="member", show_default=True,
+              help="each SAN confounds its own member's gender classifier, or the mean of all members' ones")
+@click.option("--w-keep", type=click.FloatRange(min=0.0), default=2.0, show_default=True,
+              help="weight of the identity (matcher feature) term")
 def train(out: Path, faces_dir: Path | None, members: int, epochs: int, pretrain_epochs: int,
-          steps_per_epoch: int, seed: int, limit: int | None) -> None:
+          steps_per_epoch: int, seed: int, limit: int | None, adversary: str, w_keep: float) -> None:
     """Train auxiliary models and the SAN ensemble on the LFW train split, then save it."""
     _threads()
     from tools.san.model_io import save_ensemble
     from tools.san.train import TrainConfig, train_ensemble
 
     config = TrainConfig(members=members, epochs=epochs, pretrain_epochs=pretrain_epochs, seed=seed, limit=limit,
-                         max_steps_per_epoch=steps_per_epoch)
+                         max_steps_per_epoch=steps_per_epoch, adversary=adversary, w_keep=w_keep)
     ensemble = train_ensemble(config, faces_dir, log=click.echo)
     save_ensemble(ensemble, out)
     click.echo(f"wrote {out} ({out.stat().st_size // 1024} KiB, {len(ensemble.members)} members, "

@@ -26,6 +26,20 @@ MEMBER_AUGMENTATIONS: tuple[tuple[str, ...], ...] = (
 )
 
 
+ADVERSARIES = ("member", "mean")
+
+
+class MeanLogits(torch.nn.Module):
+    """The mean logits of several frozen classifiers: one adversary made of all members' classifiers."""
+
+    def __init__(self, models: list[torch.nn.Module]):
+        super().__init__()
+        self.models = torch.nn.ModuleList(models)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.models]).mean(0)
+
+
 @dataclass
 class TrainConfig:
     """Everything `keycam san train` needs; defaults are the committed model's settings."""
@@ -42,6 +56,7 @@ class TrainConfig:
     w_pixel: float = 1.0
     w_pixel_op: float = 0.1
     w_keep: float = 2.0
+    adversary: str = "member"      # member: each SAN confounds its own classifier; mean: the mean of all members'
     dec: tuple[int, int] = (48, 24)
     work_factor: int = 2
     limit: int | None = None
@@ -53,6 +68,8 @@ class TrainConfig:
             raise ConfigError(f"members must be 1..{len(MEMBER_AUGMENTATIONS)}, got {self.members}")
         if min(self.matcher_epochs, self.gender_epochs) < 1:
             raise ConfigError("matcher_epochs and gender_epochs must be >= 1")
+        if self.adversary not in ADVERSARIES:
+            raise ConfigError(f"adversary must be one of {', '.join(ADVERSARIES)}, got {self.adversary!r}")
         self.augmentations = [check_names(a) for a in MEMBER_AUGMENTATIONS[:self.members]]
 
     def member_config(self, index: int) -> SemiAdversarialConfig:
@@ -101,13 +118,20 @@ def train_ensemble(config: TrainConfig, faces_dir: Path | None = None, log=print
             "matcher_pair_acc_orig": _pair_accuracy(matcher, x_test, test.pair_idx, test.pair_same, threshold)}
     log(f"aux matcher: test pair acc {seen['matcher_pair_acc_orig']:.3f} (cosine > {threshold:.3f})")
 
+    def gender_classifier(i: int) -> torch.nn.Module:
+        cfg = config.member_config(i)
+        return train_binary_classifier(ConvNet(3, 2), x, y, epochs=config.gender_epochs, seed=cfg.seed,
+                                       augmentations=cfg.augmentations, desc=f"aux gender #{i}")
+
+    # "mean": every classifier first, each SAN confounds their mean (transfers better to unseen classifiers)
+    genders = [gender_classifier(i) for i in range(config.members)] if config.adversary == "mean" else []
     members, member_meta = [], []
     for i in range(config.members):
         cfg = config.member_config(i)
-        gender = train_binary_classifier(ConvNet(3, 2), x, y, epochs=config.gender_epochs, seed=cfg.seed,
-                                         augmentations=cfg.augmentations, desc=f"aux gender #{i}")
+        gender = genders[i] if genders else gender_classifier(i)
+        adversary = MeanLogits(genders).eval() if genders else gender
         san = PrototypeAutoencoder(3, dec=config.dec)
-        history = SemiAdversarialTrainer(san, protos, matcher, gender, cfg).fit(x, y)
+        history = SemiAdversarialTrainer(san, protos, matcher, adversary, cfg).fit(x, y)
         x_sm, x_op = perturb(san, protos, x_test, test.gender)
         stats = {
             "augmentations": list(cfg.augmentations), "seed": cfg.seed,
