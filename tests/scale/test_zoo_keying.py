@@ -121,8 +121,13 @@ def test_projected_cost_matches_the_keyed_network_and_measure_runs(tiny_nets, ti
         keyed = key_network(net, derive_keyset(SECRET, "d", "m", net, profile))
         actual = sum(l.weight.nnz for l in keyed.layers if isinstance(l, Dense) and l.sparse)
         assert projected_cost(net, profile)["nnz"] == actual
-    res = measure(str(tiny_onnx["allconv32"]), "stem", write=True, calib=4)
+    face = tiny_nets["face112"]
+    keyed = key_network(face, derive_keyset(SECRET, "d", "m", face, "stem-patch"))
+    assert projected_cost(face, "stem-patch")["nnz"] == sum(
+        l.weight.nnz for l in keyed.layers if isinstance(l, Dense) and l.sparse) == 0     # gather + conv stem
+    res = measure(str(tiny_onnx["allconv32"]), "stem", write=True, calib=4, invoke=3)
     assert res["size_int8"] > 0 and res["peak_rss_mb"] > 0 and res["total_s"] >= res["keying_s"]
+    assert res["latency_ms"] > 0
     streamed = measure(str(tiny_onnx["allconv32"]), "full", write=False, calib=4)
     assert streamed["keyed_nnz"] == projected_cost(net, "full")["nnz"]
 
