@@ -150,19 +150,18 @@ def strength(model: Path, faces_dir: Path | None, cache_dir: Path, write: bool) 
               help="perturbation strength (default: the model's stored operating point for --gender)")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="output .onnx")
 @click.option("--tflite", "tflite_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="output .tflite (int8 unless --float)")
-@click.option("--float", "as_float", is_flag=True, help="write the .tflite in float32")
-@click.option("--in-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="key of the frames the stage receives (pixel permutation; a key or key-set file)")
-@click.option("--out-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="key the downstream face model expects (pixel permutation; a key or key-set file)")
+              help="output .tflite (int8 unless --float or --key)")
+@click.option("--float", "as_float", is_flag=True, help="write the unkeyed .tflite in float32")
+@click.option("--key", "key_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="the face model's sensor key (a key or key-set file; must be a pixel permutation): write the "
+                   "keyed stage (float32 sparse layers), whose input and output frames both carry it")
 @click.option("--faces-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=FACES_HELP)
 @click.option("--calib", type=click.IntRange(1, 4000), default=256, show_default=True,
-              help="train-split faces of --gender for int8 calibration")
+              help="train-split faces of --gender for int8 calibration (unkeyed int8 stage)")
 @click.option("--check", type=click.IntRange(1, 1000), default=64, show_default=True,
               help="test-split faces of --gender the .tflite is checked on against torch")
 def export(model: Path, member: int | None, report: Path | None, gender: str, size: int, strength: float | None,
-           out: Path | None, tflite_path: Path | None, as_float: bool, in_key: Path | None, out_key: Path | None,
+           out: Path | None, tflite_path: Path | None, as_float: bool, key_path: Path | None,
            faces_dir: Path | None, calib: int, check: int) -> None:
     """Export one SAN member as a stage (face crop in, X_OP out): ONNX (--out) and/or TFLite (--tflite)."""
     _threads()
@@ -172,8 +171,10 @@ def export(model: Path, member: int | None, report: Path | None, gender: str, si
 
     if out is None and tflite_path is None:
         raise SanModelError("nothing to write: give --out FILE.onnx and/or --tflite FILE.tflite")
-    if (in_key is None) != (out_key is None) or (in_key is not None and tflite_path is None):
-        raise SanModelError("a keyed stage needs both --in-key and --out-key, and --tflite")
+    if key_path is not None and tflite_path is None:
+        raise SanModelError("--key keys the TFLite stage: give --tflite FILE.tflite too")
+    if key_path is not None and as_float:
+        raise SanModelError("--float applies to the unkeyed stage; the keyed stage is always float32")
     if member is None:
         member = 0
         if report is not None:
@@ -187,7 +188,10 @@ def export(model: Path, member: int | None, report: Path | None, gender: str, si
     if out is not None:
         _export_onnx(ensemble, member, gender, size, stage.strength, out, what)
     if tflite_path is not None:
-        _export_tflite(stage, gender, member, not as_float, in_key, out_key, faces_dir, calib, check, tflite_path, what)
+        if key_path is None:
+            _export_tflite(stage, gender, member, not as_float, faces_dir, calib, check, tflite_path, what)
+        else:
+            _export_keyed_tflite(stage, gender, member, key_path, faces_dir, check, tflite_path, what)
 
 
 def _export_onnx(ensemble, member: int, gender: str, size: int, strength: float, out: Path, what: str) -> None:
@@ -231,33 +235,47 @@ def _faces_of(split: str, gender: str, size: int, limit: int, faces_dir: Path | 
     return np.ascontiguousarray(images)
 
 
-def _export_tflite(stage, gender: str, member: int, int8: bool, in_key: Path | None, out_key: Path | None,
-                   faces_dir: Path | None, calib: int, check: int, path: Path, what: str) -> None:
-    import secrets
+def _report_vs_torch(stage, blob: bytes, faces, gender: str, key=None) -> None:
+    from tools.san.tflite_check import compare_with_torch
 
-    from edge.keystage import load_sensor_key
-    from tools.san.errors import SanModelError
-    from tools.san.tflite_check import compare_keyed, compare_with_torch
-    from tools.san.tflite_export import write_san_tflite
-
-    keys = (load_sensor_key(in_key), load_sensor_key(out_key)) if in_key is not None else (None, None)
-    calib_faces = _faces_of("train", gender, stage.size, calib, faces_dir) if int8 else None
-    meta = {"gender": gender, "member": member}
-    secret = secrets.token_bytes(32)         # hidden channel keys: folded into the weights, never stored
-    blob = write_san_tflite(stage, int8, calib_faces, *keys, metadata=meta, secret=secret)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(blob)
-    kind = "int8" if int8 else "float32"
-    click.echo(f"wrote {path} ({len(blob) // 1024} KiB, {kind}, {'keyed' if keys[0] else 'unkeyed'}; {what})")
-    test_faces = _faces_of("test", gender, stage.size, check, faces_dir)
-    err = compare_with_torch(stage, blob, test_faces, *keys)
+    err = compare_with_torch(stage, blob, faces, key, key)
     click.echo(f"TFLite vs torch on {err['n_faces']} held-out {gender} faces: max abs {err['max_abs']:.4f}, "
                f"mean abs {err['mean_abs']:.5f}, SSIM {err['ssim']:.4f}, PSNR {err['psnr']:.1f} dB")
-    if keys[0] is not None:
-        plain = write_san_tflite(stage, False, metadata=meta)            # float: the keying itself is exact
-        keyed = write_san_tflite(stage, False, None, *keys, metadata=meta, secret=secret)
-        diff = compare_keyed(plain, keyed, keys[0], keys[1], test_faces)
-        if diff > 1e-5:
-            raise SanModelError(f"the keyed stage differs from the unkeyed one up to the keys by {diff:.2e}")
-        click.echo(f"keyed stage (float) == output key applied to the unkeyed stage on every checked face "
-                   f"(max abs diff {diff:.1e}); hidden layers carry per-channel keys")
+
+
+def _export_tflite(stage, gender: str, member: int, int8: bool, faces_dir: Path | None, calib: int, check: int,
+                   path: Path, what: str) -> None:
+    from tools.san.tflite_export import write_san_tflite
+
+    calib_faces = _faces_of("train", gender, stage.size, calib, faces_dir) if int8 else None
+    blob = write_san_tflite(stage, int8, calib_faces, metadata={"gender": gender, "member": member})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(blob)
+    click.echo(f"wrote {path} ({len(blob) // 1024} KiB, {'int8' if int8 else 'float32'}, unkeyed; {what})")
+    _report_vs_torch(stage, blob, _faces_of("test", gender, stage.size, check, faces_dir), gender)
+
+
+def _export_keyed_tflite(stage, gender: str, member: int, key_path: Path, faces_dir: Path | None, check: int,
+                         path: Path, what: str) -> None:
+    from edge.keystage import load_sensor_key
+    from tools.san.errors import SanModelError
+    from tools.san.tflite_check import compare_keyed
+    from tools.san.tflite_export import write_san_tflite
+    from tools.san.tflite_keyed import clear_key_findings, write_keyed_san_tflite
+
+    key = load_sensor_key(key_path)
+    meta = {"gender": gender, "member": member}
+    blob = write_keyed_san_tflite(stage, key, meta)      # hidden keys: a fresh secret, never stored
+    findings = clear_key_findings(blob, key, stage.size)
+    if findings:
+        raise SanModelError(f"the keyed stage stores the key in clear ({', '.join(findings)}); not written")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(blob)
+    click.echo(f"wrote {path} ({len(blob) // 1024} KiB, float32 sparse, keyed with {key.fingerprint[:12]} on input "
+               f"and output; {what}); no GATHER, no key permutation in its bytes")
+    faces = _faces_of("test", gender, stage.size, check, faces_dir)
+    _report_vs_torch(stage, blob, faces, gender, key)
+    diff = compare_keyed(write_san_tflite(stage, False, metadata=meta), blob, key, key, faces)
+    if diff > 1e-5:
+        raise SanModelError(f"the keyed stage differs from the unkeyed one up to the key by {diff:.2e}")
+    click.echo(f"keyed stage == key applied to the unkeyed float stage on every checked face (max abs diff {diff:.1e})")

@@ -16,17 +16,10 @@ writer's `weight_quant` / `act_quant`), input and output int8 with scale 1/255 a
 uint8 frames map exactly and the output dequantises to k/255; the clamp to [0, 1] is the final ADD's
 saturation onto that output scale. float32: the clamp is MAXIMUM/MINIMUM.
 
-Keyed variant (`in_key`, `out_key`: keys.factors.Key pixel permutations of the CHW-flattened frame, the
-project's key convention): input and output are keyed frames laid out as the key stage delivers them (the
-keyed CHW vector reshaped to C, H, W and transposed to H, W, C, see hardware.preadc); RESHAPE + GATHER
-undo the input key, RESHAPE + GATHER apply the output key. Both index vectors are constants of the model.
-The hidden activations additionally carry per-channel keys folded into the weights (tools.san.channel_keys),
-drawn from `secret` (random when None; they never leave the model, so nothing has to store them).
+The keyed stage (sparse keyed layers, no key in clear) is lowered by tools.san.tflite_keyed.
 """
 from __future__ import annotations
 
-import copy
-import secrets
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,13 +27,11 @@ import torch
 import torch.nn.functional as F
 from ai_edge_litert import schema_py_generated as fb
 
-from keys.factors import Key
-from tools.san.channel_keys import derive_channel_keys, key_member
 from tools.san.errors import SanModelError
 from tools.san.export import SanStage
 from tools.san.nets import LEAK
 from tools.tflite.builder import GraphBuilder, quant_params
-from tools.tflite.writer import INPUT_QUANT, act_quant, hwc_to_chw_order, weight_quant
+from tools.tflite.writer import INPUT_QUANT, act_quant, weight_quant
 
 LOGISTIC_QUANT = (1.0 / 256.0, -128)      # TFLite's fixed int8 LOGISTIC output parameters
 OUTPUT_QUANT = INPUT_QUANT                # k/255: [0, 1] exactly, saturation = clamp
@@ -53,7 +44,7 @@ def trace(stage: SanStage, x: torch.Tensor) -> dict[str, torch.Tensor]:
     m, t = stage.member, {}
     n = x.shape[0]
     t["small"] = F.avg_pool2d(x, stage.factor) if stage.factor > 1 else x
-    const1, consth = _constants(stage)
+    const1, consth = prototype_constants(stage)
     t["e1_conv"] = F.conv2d(t["small"], m.enc1.weight[:, :3], padding=1)
     t["e1_add"] = t["e1_conv"] + torch.from_numpy(const1).expand(n, -1, -1, -1)
     t["e1_act"] = F.leaky_relu(t["e1_add"], LEAK)
@@ -80,27 +71,13 @@ def trace(stage: SanStage, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def _constants(stage: SanStage) -> tuple[np.ndarray, np.ndarray]:
+def prototype_constants(stage: SanStage) -> tuple[np.ndarray, np.ndarray]:
     """Per-position constants (1,C,H,W): enc1's prototype half + bias, the head's opposite-prototype half + bias."""
     m = stage.member
     const1 = F.conv2d(stage.same, m.enc1.weight[:, 3:], m.enc1.bias, padding=1)
     channels = m.head.weight.shape[1] - 3
     consth = F.conv2d(stage.opposite, m.head.weight[:, channels:], m.head.bias)
     return const1.numpy().astype(np.float32), consth.numpy().astype(np.float32)
-
-
-def permutation_of(key: Key, size: int, what: str) -> np.ndarray:
-    """perm with key.apply(x) == x[perm], or a SanModelError when the key is not a pure pixel permutation."""
-    if key.size != size:
-        raise SanModelError(f"{what} key acts on {key.size} values; the stage's frames have {size}")
-    lin = key.linear_csr().tocsr()
-    lin.sum_duplicates()
-    counts = np.diff(lin.indptr)
-    if (np.any(counts != 1) or not np.allclose(lin.data, 1.0, atol=1e-12) or np.any(key.offset() != 0)
-            or len(np.unique(lin.indices)) != size):
-        raise SanModelError(f"{what} key is not a pixel permutation (gains, offsets or mixing): the SAN stage's "
-                            "sigmoid and clamp commute only with permutations, so its keys must be permutations")
-    return lin.indices.astype(np.int64)
 
 
 @dataclass
@@ -201,33 +178,13 @@ class _Lowering:
         return self._op(fb.BuiltinOperator.RESIZE_NEAREST_NEIGHBOR, "RESIZE_NEAREST_NEIGHBOR", [x.index, size], out,
                         fb.BuiltinOptions.ResizeNearestNeighborOptions, opts)
 
-    def reshape(self, x: _T, shape: list[int], name: str) -> _T:
-        shape_t = self.g.tensor(f"{name}/shape", [len(shape)], np.int32, np.array(shape, np.int32))
-        opts = fb.ReshapeOptionsT()
-        opts.newShape = shape
-        return self._op(fb.BuiltinOperator.RESHAPE, "RESHAPE", [x.index, shape_t], self._tensor(name, shape, x.quant),
-                        fb.BuiltinOptions.ReshapeOptions, opts, 1)
-
-    def gather(self, x: _T, index: np.ndarray, name: str) -> _T:
-        idx = self.g.tensor(f"{name}/index", [len(index)], np.int32, index.astype(np.int32))
-        opts = fb.GatherOptionsT()
-        opts.axis, opts.batchDims = 1, 0
-        return self._op(fb.BuiltinOperator.GATHER, "GATHER", [x.index, idx], self._tensor(name, self._shape(x), x.quant),
-                        fb.BuiltinOptions.GatherOptions, opts)
-
     # -- the stage ----------------------------------------------------------------------------------
-    def run(self, in_perm: np.ndarray | None, out_perm: np.ndarray | None) -> tuple[int, int]:
+    def run(self) -> tuple[int, int]:
         st, m = self.stage, self.stage.member
-        s, n_flat = st.size, 3 * st.size * st.size
-        io_quant = INPUT_QUANT if self.int8 else None
-        order = hwc_to_chw_order((3, s, s))                  # order[j] = CHW index of HWC element j
-        first = x = self._tensor("input", [1, s, s, 3], io_quant)
-        back = np.argsort(order)                             # CHW index -> HWC index
-        if in_perm is not None:                              # keyed frame: keyed CHW vector laid out H, W, C
-            flat = self.reshape(first, [1, n_flat], "input_flat")
-            x = self.reshape(self.gather(flat, back[np.argsort(in_perm)[order]], "unkey"), [1, s, s, 3], "input_plain")
+        s = st.size
+        x = self._tensor("input", [1, s, s, 3], INPUT_QUANT if self.int8 else None)
         small = self.avg_pool(x, st.factor, "small") if st.factor > 1 else x
-        const1, consth = (np.ascontiguousarray(c.transpose(0, 2, 3, 1)) for c in _constants(st))
+        const1, consth = (np.ascontiguousarray(c.transpose(0, 2, 3, 1)) for c in prototype_constants(st))
         h = self.conv(small, "e1_conv", m.enc1.weight[:, :3], None)
         h = self.binary(fb.BuiltinOperator.ADD, "ADD", h, self._const("e1_const", const1), "e1_add")
         h = self.avg_pool(self.leaky_relu(h, "e1_act"), 2, "e1_pool")
@@ -256,10 +213,7 @@ class _Lowering:
             one = _T(self.g.tensor("one", [1], np.float32, np.ones(1, np.float32)), None)
             out = self.binary(fb.BuiltinOperator.MAXIMUM, "MAXIMUM", out, zero, "clamp_lo")
             out = self.binary(fb.BuiltinOperator.MINIMUM, "MINIMUM", out, one, "out")
-        if out_perm is not None:                             # keyed_out[i] = plain_chw[out_perm[i]], laid out H, W, C
-            flat = self.reshape(out, [1, n_flat], "out_flat")
-            out = self.reshape(self.gather(flat, back[out_perm[order]], "key"), [1, s, s, 3], "out_keyed")
-        return first.index, out.index
+        return x.index, out.index
 
 
 def calibration_ranges(stage: SanStage, faces: np.ndarray, batch: int = 64) -> dict[str, tuple[float, float]]:
@@ -279,33 +233,13 @@ def calibration_ranges(stage: SanStage, faces: np.ndarray, batch: int = 64) -> d
     return ranges
 
 
-def channel_keyed(stage: SanStage, secret: bytes | None = None) -> SanStage:
-    """A copy of `stage` whose hidden activations carry per-channel keys from `secret` (random when None)."""
-    keyed = copy.deepcopy(stage)
-    keyed.member = key_member(stage.member, derive_channel_keys(secret or secrets.token_bytes(32), "stage",
-                                                               stage.member))
-    return keyed
-
-
 def write_san_tflite(stage: SanStage, int8: bool = True, calib: np.ndarray | None = None,
-                     in_key: Key | None = None, out_key: Key | None = None,
-                     metadata: dict | None = None, secret: bytes | None = None) -> bytes:
-    """The stage as .tflite bytes; int8 needs calibration faces; keys must both be given or both omitted.
-    A keyed stage also gets per-channel keys on its hidden activations, drawn from `secret`."""
-    if (in_key is None) != (out_key is None):
-        raise SanModelError("a keyed SAN stage needs both the input key and the output key")
+                     metadata: dict | None = None) -> bytes:
+    """The (unkeyed) stage as .tflite bytes; int8 needs calibration faces."""
     if int8 and (calib is None or len(calib) == 0):
         raise SanModelError("int8 quantisation needs calibration faces")
-    n_flat = 3 * stage.size * stage.size
-    in_perm = permutation_of(in_key, n_flat, "input") if in_key is not None else None
-    out_perm = permutation_of(out_key, n_flat, "output") if out_key is not None else None
-    if in_key is not None:
-        stage = channel_keyed(stage, secret)
     low = _Lowering(stage, int8, calibration_ranges(stage, calib) if int8 else {})
-    first, last = low.run(in_perm, out_perm)
+    first, last = low.run()
     meta = {"kind": "san-stage", "input_shape": [stage.size, stage.size, 3], "strength": stage.strength,
-            "dtype": "int8" if int8 else "float32", "keyed": in_key is not None, "ops": low.ops, **(metadata or {})}
-    if in_key is not None:
-        meta.update({"input_key_fingerprint": in_key.fingerprint, "output_key_fingerprint": out_key.fingerprint,
-                     "hidden_keys": "per-channel positive generalized permutations (enc1..dec2), in the weights"})
+            "dtype": "int8" if int8 else "float32", "keyed": False, "ops": low.ops, **(metadata or {})}
     return low.g.finish([first], [last], meta, description="keycam SAN stage")

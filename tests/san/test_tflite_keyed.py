@@ -1,0 +1,161 @@
+"""The keyed SAN stage (sparse keyed layers, committed weights, real LFW faces): keyed == key(plain) in float,
+no key / GATHER / original weight in clear, refusal of non-permutation keys, the edge preprocess stage and the CLI."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.torch
+S = 64
+N = 3 * S * S
+
+
+def _perm_key(seed: int, n: int = N):
+    from keys.factors import Key, Permutation
+
+    return Key(n, [Permutation(np.random.default_rng(seed).permutation(n))], "sensor")
+
+
+def _float_values(blob: bytes) -> np.ndarray:
+    """Every 4-byte-aligned float32 value of every buffer of a .tflite."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    model = fb.ModelT.InitFromObj(fb.Model.GetRootAs(blob, 0))
+    parts = [np.asarray(b.data, np.uint8) for b in model.buffers if b.data is not None]
+    return np.concatenate([p[:len(p) // 4 * 4].view(np.float32) for p in parts])
+
+
+def _gather_blob() -> bytes:
+    from ai_edge_litert import schema_py_generated as fb
+
+    from tools.tflite.builder import GraphBuilder
+
+    g = GraphBuilder()
+    x, out = g.tensor("x", [1, 4], np.float32), g.tensor("y", [1, 4], np.float32)
+    idx = g.tensor("i", [4], np.int32, np.array([1, 0, 3, 2], np.int32))
+    opts = fb.GatherOptionsT()
+    opts.axis = 1
+    g.op(fb.BuiltinOperator.GATHER, [x, idx], [out], fb.BuiltinOptions.GatherOptions, opts)
+    return g.finish([x], [out], {})
+
+
+@pytest.fixture(scope="module")
+def setup():
+    from tools.san.data import load_faces64
+    from tools.san.export import make_stage
+    from tools.san.model_io import load_ensemble
+    from tools.san.tflite_export import write_san_tflite
+    from tools.san.tflite_keyed import write_keyed_san_tflite
+
+    ensemble = load_ensemble()
+    test = load_faces64("test", limit=60)
+    stage = make_stage(ensemble, 0, "female", S, strength=0.7)
+    key = _perm_key(1)
+    return (ensemble, stage, test.images[test.gender == 0][:6], key, write_san_tflite(stage, False),
+            write_keyed_san_tflite(stage, key, {"gender": "female"}, secret=bytes(32)))
+
+
+def test_keyed_stage_equals_the_key_of_the_plain_stage(setup):
+    from edge.pipeline import PreprocessStage
+    from edge.runtime import TFLiteModel
+    from tools.san.tflite_check import compare_keyed, compare_with_torch, key_frame
+    from tools.san.tflite_keyed import write_keyed_san_tflite
+
+    _, stage, faces, key, plain, keyed = setup
+    assert compare_keyed(plain, keyed, key, key, faces) < 1e-5
+    assert compare_with_torch(stage, keyed, faces, key, key)["max_abs"] < 1e-5
+    again = write_keyed_san_tflite(stage, key, {"gender": "female"}, secret=bytes(32))
+    assert again == keyed                                                   # deterministic for a given secret
+    other = write_keyed_san_tflite(stage, key, {"gender": "female"}, secret=bytes(range(32)))
+    assert other != keyed and compare_keyed(plain, other, key, key, faces[:2]) < 1e-5
+    model = TFLiteModel(keyed)
+    assert model.metadata["input_key_fingerprint"] == model.metadata["output_key_fingerprint"] == key.fingerprint
+    assert {"FULLY_CONNECTED(sparse", "LOGISTIC", "LEAKY_RELU"} <= {op.split(" ")[0] for op in model.metadata["ops"]}
+    # the edge preprocess stage runs it: keyed face in, the face's X_OP keyed with the same key out (uint8)
+    got = PreprocessStage(model, "san.tflite")(key_frame(key, faces[0])).reshape(S, S, 3).astype(int)
+    want = key_frame(key, np.clip(np.rint(TFLiteModel(plain).invoke(faces[0]) * 255), 0, 255)
+                     .astype(np.uint8).reshape(S, S, 3)).astype(int)
+    assert np.abs(got - want).max() <= 1
+    # the plain stage on a keyed frame is not the keyed stage: the key matters
+    assert np.abs(TFLiteModel(plain).invoke(key_frame(key, faces[0])) - model.invoke(key_frame(key, faces[0]))).mean() > 0.01
+
+
+def test_no_key_no_gather_and_no_original_weight_in_clear(setup):
+    from tools.san.tflite_keyed import clear_key_findings, frame_index
+
+    ensemble, _, _, key, plain, keyed = setup
+    assert clear_key_findings(keyed, key, S) == []
+    # the check can fail: stored index vectors (whole or a run of 16) and a GATHER op all trip it
+    perm = key.factors[0].perm
+    assert clear_key_findings(keyed + frame_index(perm, S).astype(np.int32).tobytes(), key, S)
+    assert clear_key_findings(keyed + np.argsort(perm)[100:116].astype(np.uint16).tobytes(), key, S)
+    assert clear_key_findings(_gather_blob(), key, S) == ["GATHER op"]
+    # no conv weight of the autoencoder is stored as such (each keyed entry carries gains); the plain stage has them
+    member = ensemble.members[0]
+    stored = [member.enc1.weight[:, :3], member.enc2.weight, member.dec1.weight, member.dec2.weight,
+              member.head.weight[:, :-3]]                    # the prototype halves live in per-position constants
+    weights = np.concatenate([w.detach().numpy().reshape(-1) for w in stored]).astype(np.float32)
+    weights = weights[np.abs(weights) > 1e-3]
+    assert np.isin(weights, _float_values(plain)).mean() > 0.99
+    values = _float_values(keyed)          # ~2M stored floats: some weights coincide by chance, as their neighbours do
+    chance = np.mean([np.isin(np.nextafter(np.nextafter(weights, d), d), values).mean() for d in np.float32([-1, 1]) * np.inf])
+    assert np.isin(weights, values).mean() < min(0.05, 2 * chance + 0.005)
+
+
+def test_refuses_keys_that_are_not_pixel_permutations(setup):
+    from keys.factors import Bias, Gain, Key, Permutation
+    from tools.san.errors import SanModelError
+    from tools.san.tflite_keyed import write_keyed_san_tflite
+
+    _, stage, _, _, _, _ = setup
+    for factors in ([Permutation(np.arange(N)), Gain(np.full(N, 0.5))], [Permutation(np.arange(N)), Bias(np.full(N, 0.1))]):
+        with pytest.raises(SanModelError, match="not a pixel permutation"):
+            write_keyed_san_tflite(stage, Key(N, factors))
+    with pytest.raises(SanModelError, match="acts on 12 values"):
+        write_keyed_san_tflite(stage, _perm_key(0, 12))
+
+
+def test_working_size_stage_has_no_pool_or_upsample_layer(setup):
+    from edge.runtime import TFLiteModel
+    from tools.san.export import make_stage
+    from tools.san.tflite_check import compare_keyed
+    from tools.san.tflite_export import write_san_tflite
+    from tools.san.tflite_keyed import clear_key_findings, write_keyed_san_tflite
+
+    ensemble, _, faces, _, _, full = setup
+    stage = make_stage(ensemble, 1, "male", 32, strength=1.0)
+    key = _perm_key(5, 3 * 32 * 32)
+    small = np.ascontiguousarray(faces[:3, ::2, ::2])
+    keyed = write_keyed_san_tflite(stage, key, secret=bytes(32))
+    assert compare_keyed(write_san_tflite(stage, False), keyed, key, key, small) < 1e-5
+    assert clear_key_findings(keyed, key, 32) == []
+    def sparse_layers(blob: bytes) -> int:
+        return sum(op.startswith("FULLY_CONNECTED") for op in TFLiteModel(blob).metadata["ops"])
+
+    assert sparse_layers(keyed) == 7 and sparse_layers(full) == 9       # the 64x64 stage adds down and up
+
+
+def test_cli_export_keyed(tmp_path):
+    from click.testing import CliRunner
+
+    from edge.cli import cli
+    from edge.runtime import TFLiteModel
+    from keys.factors import Gain, Key, Permutation
+
+    (tmp_path / "k.key").write_bytes(_perm_key(3).to_bytes())
+    (tmp_path / "gain.key").write_bytes(Key(N, [Permutation(np.arange(N)), Gain(np.full(N, 0.5))]).to_bytes())
+    args = ["san", "export", "--gender", "female", "--tflite", str(tmp_path / "san.tflite"), "--check", "3"]
+    result = CliRunner().invoke(cli, args + ["--key", str(tmp_path / "k.key")])
+    assert result.exit_code == 0, result.output
+    assert "no GATHER, no key permutation" in result.output and "keyed stage == key applied" in result.output
+    meta = TFLiteModel(tmp_path / "san.tflite").metadata
+    assert meta["gender"] == "female" and meta["output_key_fingerprint"] == _perm_key(3).fingerprint
+    for extra, message in ((["--key", str(tmp_path / "gain.key")], "not a pixel permutation"),
+                           (["--key", str(tmp_path / "k.key"), "--float"], "always float32")):
+        result = CliRunner().invoke(cli, args + extra)
+        assert result.exit_code != 0 and message in result.output, result.output
+    result = CliRunner().invoke(cli, ["san", "export", "--gender", "male", "--out", str(tmp_path / "s.onnx"),
+                                      "--key", str(tmp_path / "k.key")])
+    assert result.exit_code != 0 and "give --tflite" in result.output
+    result = CliRunner().invoke(cli, ["san", "export", "--gender", "male"])
+    assert result.exit_code != 0 and "nothing to write" in result.output

@@ -1,0 +1,346 @@
+"""A spatially keyed SAN stage (Key-Nets, the `full` profile's treatment): no key and no weight in clear.
+
+The stage's input and output carry the same key K, the downstream face model's sensor key, which must be
+a pixel permutation (the sigmoid and the final clamp commute only with permutations). Every linear map
+of the stage's DAG becomes a sparse matrix in keyed coordinates, A_out W A_in^-1, written as a float32
+CSR FULLY_CONNECTED (op version 8; there is no int8 CSR kernel), on flattened vectors:
+
+    t (keyed frame, HWC layout of the keyed CHW vector, as the pre-ADC stage delivers it; = T x, T = K's
+       permutation composed with the public HWC layout)
+    small_k = P_s D T^-1 t                       avg-pool to the 32x32 working size (absent when factor 1:
+                                                 then P_s = T and small_k = t)
+    h1 = LeakyReLU(A1 W1 P_s^-1 small_k + A1 c1) image half of enc1; c1 = its prototype half + bias
+    p1 = B1 Pool A1^-1 h1                        (each pool its own sparse layer: 4 non-zeros per row)
+    h2 = LeakyReLU(A2 W2 B1^-1 p1 + A2 b2),  p2 = B2 Pool A2^-1 h2
+    h3 = LeakyReLU(A3 W3 B2^-1 p2 + A3 b3)
+    h4 = LeakyReLU(A4 W4 N A3^-1 h3 + A4 b4)     nearest x2 upsample N composed into the conv (fewer
+                                                 non-zeros than either alone)
+    x_op_k = LOGISTIC(P_s Wh N A4^-1 h4 + P_s ch) head: feature half; ch = opposite prototype half + bias
+    out = clamp(t + strength * T U P_s^-1 (x_op_k - small_k), 0, 1)    U = the bilinear upsample
+
+A1..A4, B1, B2 are positive generalized permutations over all units (a global shuffle of positions and
+channels, log-uniform gains in KeyConfig's range; they commute with LeakyReLU); P_s is a permutation
+(the sigmoid admits no gain). All come from a fresh 256-bit secret per export, never stored. Since the
+input and output keys are equal, the residual `t + change` is a plain ADD of the input: nothing keyed
+there. What stays visible: the sparsity pattern of every layer (the grid's adjacency, which the structure
+attack of tools/attacks/structure.py turns back into the pixel arrangement, as for the `full` profile),
+the public pool/upsample coefficients, and the head's per-position constant P_s ch (values, shuffled).
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from ai_edge_litert import schema_py_generated as fb
+
+from keys.drbg import Drbg
+from keys.factors import Key
+from keys.generate import KeyConfig, gains
+from tools.ir import AvgPool, Conv, conv_matrix, pool_matrix
+from tools.san.errors import SanModelError
+from tools.san.export import SanStage
+from tools.san.nets import LEAK
+from tools.san.tflite_export import prototype_constants
+from tools.tflite.builder import GraphBuilder
+from tools.tflite.writer import SPARSE_FC_VERSION, _index_vector, hwc_to_chw_order
+
+
+
+@dataclass(frozen=True)
+class UnitKey:
+    """A generalized permutation on a vector: keyed[i] = gain[i] * plain[index[i]] (gains > 0)."""
+
+    index: np.ndarray
+    gain: np.ndarray
+
+    def matrix(self) -> sp.csr_matrix:
+        n = len(self.index)
+        return sp.csr_matrix((self.gain, self.index, np.arange(n + 1)), shape=(n, n))
+
+    def inverse_matrix(self) -> sp.csr_matrix:
+        n = len(self.index)
+        return sp.csr_matrix((1.0 / self.gain, (self.index, np.arange(n))), shape=(n, n))
+
+
+def permutation_of(key: Key, size: int) -> np.ndarray:
+    """perm with key.apply(x) == x[perm], or a SanModelError when the key is not a pure pixel permutation."""
+    if key.size != size:
+        raise SanModelError(f"the key acts on {key.size} values; the stage's frames have {size}")
+    lin = key.linear_csr().tocsr()
+    lin.sum_duplicates()
+    if (np.any(np.diff(lin.indptr) != 1) or not np.allclose(lin.data, 1.0, atol=1e-12) or np.any(key.offset() != 0)
+            or len(np.unique(lin.indices)) != size):
+        raise SanModelError("the key is not a pixel permutation (gains, offsets or mixing): the SAN stage's sigmoid "
+                            "and clamp commute only with permutations, so the face model it feeds must be "
+                            "provisioned with a permutation-only sensor key")
+    return lin.indices.astype(np.int64)
+
+
+def frame_index(perm: np.ndarray, size: int) -> np.ndarray:
+    """G with t = x_chw[G]: the keyed frame's stored (HWC) element j holds plain CHW value G[j]."""
+    return perm[hwc_to_chw_order((3, size, size))]
+
+
+# -- the plain stage as sparse matrices (CHW order) ---------------------------------------------------
+def nearest_matrix(shape: tuple[int, int, int], k: int) -> sp.csr_matrix:
+    """Nearest-neighbour upsampling x k of a (C,H,W) vector."""
+    c, h, w = shape
+    src = np.arange(c * h * w).reshape(c, h, w).repeat(k, axis=1).repeat(k, axis=2).reshape(-1)
+    return sp.csr_matrix((np.ones(len(src)), src, np.arange(len(src) + 1)), shape=(len(src), c * h * w))
+
+
+def _bilinear_1d(n: int, k: int) -> sp.csr_matrix:
+    """torch's bilinear x k along one axis with align_corners=False (half-pixel; sources clamped at 0)."""
+    src = np.maximum((np.arange(n * k) + 0.5) / k - 0.5, 0.0)
+    lo = np.floor(src).astype(np.int64)
+    hi = np.minimum(lo + 1, n - 1)
+    frac = src - lo
+    rows = np.arange(n * k)
+    m = sp.coo_matrix((np.concatenate([1 - frac, frac]), (np.concatenate([rows, rows]), np.concatenate([lo, hi]))),
+                      shape=(n * k, n))
+    return m.tocsr()
+
+
+def bilinear_matrix(shape: tuple[int, int, int], k: int) -> sp.csr_matrix:
+    """Bilinear upsampling x k of a (C,H,W) vector (= F.interpolate(mode='bilinear', align_corners=False))."""
+    c, h, w = shape
+    per_channel = sp.kron(_bilinear_1d(h, k), _bilinear_1d(w, k))
+    m = sp.kron(sp.identity(c), per_channel, format="csr")
+    m.eliminate_zeros()
+    return m
+
+
+def _conv(weight, shape: tuple[int, int, int]) -> sp.csr_matrix:
+    w = weight.detach().numpy().astype(np.float64)
+    pad = w.shape[-1] // 2
+    return conv_matrix(Conv(w, np.zeros(len(w)), (1, 1), (pad,) * 4), shape)
+
+
+def _bias(bias, spatial: int) -> np.ndarray:
+    return np.repeat(bias.detach().numpy().astype(np.float64), spatial)
+
+
+def _pool(shape: tuple[int, int, int], k: int) -> sp.csr_matrix:
+    return pool_matrix(AvgPool((k, k), (k, k)), shape)
+
+
+@dataclass
+class Layer:
+    """One linear map of the DAG: y = weight @ x + bias (plain or keyed coordinates), then `act`."""
+
+    name: str
+    weight: sp.csr_matrix
+    bias: np.ndarray
+    act: str            # "leaky_relu" | "logistic" | "none"
+
+
+def plain_layers(stage: SanStage) -> tuple[list[Layer], sp.csr_matrix | None, sp.csr_matrix | None]:
+    """(the autoencoder chain from the working-size face to the head's pre-sigmoid, D, U) in CHW order;
+    D (avg-pool to the working size) and U (bilinear back) are None when the stage works at full size."""
+    m, f = stage.member, stage.factor
+    s = stage.size // f
+    e1, e2 = m.enc1.out_channels, m.enc2.out_channels
+    d1, d2 = m.dec1.out_channels, m.dec2.out_channels
+    const1, consth = (c.reshape(-1).astype(np.float64) for c in prototype_constants(stage))
+    q, e = s // 2, s // 4
+    features = m.head.weight.shape[1] - 3
+    chain = [
+        Layer("enc1", _conv(m.enc1.weight[:, :3], (3, s, s)), const1, "leaky_relu"),
+        Layer("pool1", _pool((e1, s, s), 2), np.zeros(e1 * q * q), "none"),
+        Layer("enc2", _conv(m.enc2.weight, (e1, q, q)), _bias(m.enc2.bias, q * q), "leaky_relu"),
+        Layer("pool2", _pool((e2, q, q), 2), np.zeros(e2 * e * e), "none"),
+        Layer("dec1", _conv(m.dec1.weight, (e2, e, e)), _bias(m.dec1.bias, e * e), "leaky_relu"),
+        Layer("dec2", (_conv(m.dec2.weight, (d1, q, q)) @ nearest_matrix((d1, e, e), 2)).tocsr(),
+              _bias(m.dec2.bias, q * q), "leaky_relu"),
+        Layer("head", (_conv(m.head.weight[:, :features], (d2, s, s)) @ nearest_matrix((d2, q, q), 2)).tocsr(),
+              consth, "logistic"),
+    ]
+    if f == 1:
+        return chain, None, None
+    return chain, _pool((3, stage.size, stage.size), f), bilinear_matrix((3, s, s), f)
+
+
+# -- keying -------------------------------------------------------------------------------------------
+def derive_unit_keys(secret: bytes, chain: list[Layer], config: KeyConfig = KeyConfig()) -> dict[str, UnitKey]:
+    """Output keys of every hidden layer (positive generalized permutations over all units) and the
+    head's permutation P_s ('head'), from a 256-bit secret."""
+    root = Drbg(secret, "san-stage/unit-keys")
+    keys = {}
+    for layer in chain:
+        n = layer.weight.shape[0]
+        perm = root.child(f"{layer.name}/perm").permutation(n)
+        gain = np.ones(n) if layer.act == "logistic" else gains(root.child(f"{layer.name}/gain"), n, config.gain_range)
+        keys[layer.name] = UnitKey(perm, gain)
+    return keys
+
+
+def _keyed(layer: Layer, out: UnitKey, inp: UnitKey) -> Layer:
+    w = (out.matrix() @ layer.weight @ inp.inverse_matrix()).tocsr()
+    w.sort_indices()
+    return Layer(layer.name, w, out.matrix() @ layer.bias, layer.act)
+
+
+@dataclass
+class KeyedMaps:
+    """The keyed stage's sparse maps: `down` (t -> small_k, None at factor 1), the chain (small_k -> head
+    pre-activation, P_s coordinates) and `up` (P_s coordinates -> t, None at factor 1)."""
+
+    down: Layer | None
+    chain: list[Layer]
+    up: Layer | None
+
+
+def keyed_maps(stage: SanStage, perm: np.ndarray, secret: bytes) -> KeyedMaps:
+    """Every linear map of `stage` in keyed coordinates, for the frame permutation `perm` (key.apply(x) = x[perm])."""
+    chain, down, up = plain_layers(stage)
+    n = 3 * stage.size * stage.size
+    frame = UnitKey(frame_index(perm, stage.size), np.ones(n))
+    keys = derive_unit_keys(secret, chain)
+    small = keys["head"] if down is not None else frame      # the working-size face and X_OP share P_s
+    keyed, previous = [], small
+    for layer in chain:
+        key = small if layer.act == "logistic" else keys[layer.name]
+        keyed.append(_keyed(layer, key, previous))
+        previous = key
+    if down is None:
+        return KeyedMaps(None, keyed, None)
+    return KeyedMaps(_keyed(Layer("down", down, np.zeros(down.shape[0]), "none"), small, frame), keyed,
+                     _keyed(Layer("up", up, np.zeros(up.shape[0]), "none"), frame, small))
+
+
+# -- lowering -----------------------------------------------------------------------------------------
+class _Graph:
+    """float32 GraphBuilder wrapper for the keyed stage's ops (vectors of shape [1, n])."""
+
+    def __init__(self):
+        self.g = GraphBuilder()
+        self.ops: list[str] = []
+
+    def _out(self, name: str, shape: list[int]) -> int:
+        return self.g.tensor(name, shape, np.float32)
+
+    def _op(self, code: int, label: str, inputs: list[int], out: int, options_type: int = 0, options=None,
+            version: int = 1) -> int:
+        self.g.op(code, inputs, [out], options_type, options, version)
+        self.ops.append(label)
+        return out
+
+    def const(self, name: str, value: float) -> int:
+        return self.g.tensor(name, [1], np.float32, np.full(1, value, np.float32))
+
+    def sparse_fc(self, x: int, layer: Layer) -> int:
+        """CSR float32 FULLY_CONNECTED (version 8: XNNPACK would claim version 1 and compute garbage)."""
+        w = layer.weight
+        rows, cols = w.shape
+        seg = fb.DimensionMetadataT()
+        seg.format, seg.denseSize = fb.DimensionType.DENSE, rows
+        csr = fb.DimensionMetadataT()
+        csr.format = fb.DimensionType.SPARSE_CSR
+        csr.arraySegmentsType, csr.arraySegments = _index_vector(w.indptr)
+        csr.arrayIndicesType, csr.arrayIndices = _index_vector(w.indices)
+        sparsity = fb.SparsityParametersT()
+        sparsity.traversalOrder, sparsity.blockMap, sparsity.dimMetadata = [0, 1], [], [seg, csr]
+        wt = self.g.tensor(f"{layer.name}/w_csr", [rows, cols], np.float32, w.data.astype(np.float32),
+                           sparsity=sparsity)
+        bt = self.g.tensor(f"{layer.name}/b", [rows], np.float32, layer.bias.astype(np.float32))
+        opts = fb.FullyConnectedOptionsT()
+        opts.fusedActivationFunction = fb.ActivationFunctionType.NONE
+        out = self._op(fb.BuiltinOperator.FULLY_CONNECTED, f"FULLY_CONNECTED(sparse CSR, nnz={w.nnz})",
+                       [x, wt, bt], self._out(layer.name, [1, rows]), fb.BuiltinOptions.FullyConnectedOptions,
+                       opts, SPARSE_FC_VERSION)
+        if layer.act == "leaky_relu":
+            opts = fb.LeakyReluOptionsT()
+            opts.alpha = LEAK
+            return self._op(fb.BuiltinOperator.LEAKY_RELU, "LEAKY_RELU", [out], self._out(f"{layer.name}/act", [1, rows]),
+                            fb.BuiltinOptions.LeakyReluOptions, opts)
+        if layer.act == "logistic":
+            return self._op(fb.BuiltinOperator.LOGISTIC, "LOGISTIC", [out], self._out(f"{layer.name}/act", [1, rows]))
+        return out
+
+    def binary(self, code: int, label: str, a: int, b: int, name: str) -> int:
+        shape = list(self.g.tensors[a].shape)
+        opts_type, opts = {fb.BuiltinOperator.ADD: (fb.BuiltinOptions.AddOptions, fb.AddOptionsT()),
+                           fb.BuiltinOperator.SUB: (fb.BuiltinOptions.SubOptions, fb.SubOptionsT()),
+                           fb.BuiltinOperator.MUL: (fb.BuiltinOptions.MulOptions, fb.MulOptionsT())}.get(code, (0, None))
+        if opts is not None:
+            opts.fusedActivationFunction = fb.ActivationFunctionType.NONE
+        return self._op(code, label, [a, b], self._out(name, shape), opts_type, opts)
+
+    def reshape(self, x: int, shape: list[int], name: str) -> int:
+        shape_t = self.g.tensor(f"{name}/shape", [len(shape)], np.int32, np.array(shape, np.int32))
+        opts = fb.ReshapeOptionsT()
+        opts.newShape = shape
+        return self._op(fb.BuiltinOperator.RESHAPE, "RESHAPE", [x, shape_t], self._out(name, shape),
+                        fb.BuiltinOptions.ReshapeOptions, opts)
+
+
+def write_keyed_san_tflite(stage: SanStage, key: Key, metadata: dict | None = None,
+                           secret: bytes | None = None) -> bytes:
+    """The stage keyed with the face model's sensor key `key` (a pixel permutation) on input and output, as
+    float32 .tflite bytes; hidden keys from `secret` (a fresh random one when None; never stored)."""
+    s, n = stage.size, 3 * stage.size * stage.size
+    maps = keyed_maps(stage, permutation_of(key, n), secret or secrets.token_bytes(32))
+    g = _Graph()
+    first = g._out("input", [1, s, s, 3])
+    t = g.reshape(first, [1, n], "input_flat")
+    small = g.sparse_fc(t, maps.down) if maps.down is not None else t
+    h = small
+    for layer in maps.chain:
+        h = g.sparse_fc(h, layer)
+    change = g.binary(fb.BuiltinOperator.SUB, "SUB", h, small, "change")
+    if maps.up is not None:
+        change = g.sparse_fc(change, maps.up)
+    if stage.strength != 1.0:
+        change = g.binary(fb.BuiltinOperator.MUL, "MUL", change, g.const("strength", stage.strength), "scaled")
+    out = g.binary(fb.BuiltinOperator.ADD, "ADD", t, change, "sum")
+    out = g.binary(fb.BuiltinOperator.MAXIMUM, "MAXIMUM", out, g.const("zero", 0.0), "clamp_lo")
+    out = g.binary(fb.BuiltinOperator.MINIMUM, "MINIMUM", out, g.const("one", 1.0), "clamp")
+    out = g.reshape(out, [1, s, s, 3], "output")
+    layers = ([maps.down] if maps.down else []) + maps.chain + ([maps.up] if maps.up else [])
+    meta = {"kind": "san-stage", "input_shape": [s, s, 3], "strength": stage.strength, "dtype": "float32",
+            "keyed": True, "ops": g.ops, "nnz": int(sum(layer.weight.nnz for layer in layers)),
+            "input_key_fingerprint": key.fingerprint, "output_key_fingerprint": key.fingerprint,
+            "hidden_keys": "positive generalized permutations over all units of every layer, in the weights",
+            **(metadata or {})}
+    return g.g.finish([first], [out], meta, description="keycam SAN stage (keyed)")
+
+
+# -- checks ---------------------------------------------------------------------------------------------
+def operators_of(blob: bytes) -> list[int]:
+    """Builtin operator codes used by a .tflite model."""
+    model = fb.ModelT.InitFromObj(fb.Model.GetRootAs(blob, 0))
+    return [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+
+
+def longest_run(blob: bytes, p: np.ndarray, dtype) -> int:
+    """The longest run of consecutive entries of p (p[a], p[a+1], ...) stored anywhere in `blob` as `dtype`."""
+    n, size = len(p), np.dtype(dtype).itemsize
+    following = np.full(n, -1, np.int64)
+    following[p[:-1]] = p[1:]
+    best = 0
+    for start in range(size):                     # every byte alignment
+        values = np.frombuffer(blob, dtype, (len(blob) - start) // size, start).astype(np.int64)
+        inside = (values[:-1] >= 0) & (values[:-1] < n)
+        hit = inside & (values[1:] == following[np.where(inside, values[:-1], 0)])
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], hit.astype(np.int8), [0]])))
+        if len(edges):
+            best = max(best, int((edges[1::2] - edges[::2]).max()) + 1)
+    return best
+
+
+def clear_key_findings(blob: bytes, key: Key, size: int, run: int = 16) -> list[str]:
+    """What of the key a .tflite stores in clear: a GATHER op, or `run` consecutive entries of the key's
+    permutation or its inverse (on CHW vectors, from the HWC frame to CHW, or within HWC) as int32, int64
+    or uint16 values at any byte offset (the whole index vector included)."""
+    found = ["GATHER op"] if fb.BuiltinOperator.GATHER in operators_of(blob) else []
+    perm = permutation_of(key, 3 * size * size)
+    order = hwc_to_chw_order((3, size, size))
+    variants = (("permutation", perm), ("frame index", perm[order]), ("HWC permutation", np.argsort(order)[perm[order]]))
+    for name, p in variants:
+        for what, q in ((name, p), (f"inverse {name}", np.argsort(p))):
+            for dtype in (np.int32, np.int64, np.uint16):
+                if q.max() < np.iinfo(dtype).max and longest_run(blob, q, dtype) >= run:
+                    found.append(f"{what} as {np.dtype(dtype).name}")
+    return found
