@@ -35,15 +35,15 @@ _POLL_S = 0.1     # how often blocked stages look at the stop flag
 
 class PreprocessStage:
     """An optional keyed TFLite model run on every keyed frame before the model, e.g. the SAN stage of
-    `keycam san export --tflite --in-key K --out-key K`: it takes frames keyed by the device's sensor key
-    and emits frames (uint8 codes) keyed for the model; its metadata names both keys' fingerprints."""
+    `keycam san export --tflite F --key K`: it takes frames keyed by the device's sensor key and emits frames
+    (uint8 codes) keyed for the model; its metadata names both keys' fingerprints (equal for the SAN stage)."""
 
     def __init__(self, model: TFLiteModel, path: str):
         meta, self.model, self.path = model.metadata, model, path
         missing = [k for k in ("input_key_fingerprint", "output_key_fingerprint") if not meta.get(k)]
         if missing:
             raise ModelError(f"preprocess model {path} lacks metadata {missing}: it must be a keyed stage "
-                             "(keycam san export --tflite ... --in-key K --out-key K); an unkeyed one would "
+                             "(keycam san export --tflite ... --key K); an unkeyed one would "
                              "run on keyed frames")
         self.input_fingerprint = str(meta["input_key_fingerprint"])
         self.output_fingerprint = str(meta["output_key_fingerprint"])
@@ -57,7 +57,7 @@ class PreprocessStage:
         if self.output_fingerprint != sensor_fingerprint:
             raise ModelError(f"preprocess model {self.path} emits frames keyed {self.output_fingerprint[:12]}, the "
                              f"model expects frames keyed {sensor_fingerprint[:12]}: export the stage with the "
-                             "model's sensor key as --out-key")
+                             "model's sensor key (keycam san export --key)")
 
     def __call__(self, keyed: np.ndarray) -> np.ndarray:
         """One keyed frame in; the stage's output as uint8 codes (its outputs are in [0, 1])."""

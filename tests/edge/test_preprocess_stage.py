@@ -114,7 +114,7 @@ def test_config_validation(tmp_path, device_dir, staged):
 def test_mismatched_or_unkeyed_stages_are_refused(tmp_path, staged):
     device, a_path, _, a, s = staged
     cases = {"wrong_out.tflite": (_stage_bytes(a, s, {"input_key_fingerprint": a.fingerprint,
-                                                      "output_key_fingerprint": a.fingerprint}), "--out-key"),
+                                                      "output_key_fingerprint": a.fingerprint}), "--key"),
              "unkeyed.tflite": (_stage_bytes(a, s, {}), "must be a keyed stage"),
              "short.tflite": (_stage_bytes(a, s, size=N - 4), "emits 780 values")}
     for name, (blob, message) in cases.items():

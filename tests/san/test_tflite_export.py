@@ -2,7 +2,6 @@
 strength 0 and 0.5 (the keyed stage: test_tflite_keyed.py)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 pytestmark = pytest.mark.torch

@@ -159,3 +159,40 @@ def test_cli_export_keyed(tmp_path):
     assert result.exit_code != 0 and "give --tflite" in result.output
     result = CliRunner().invoke(cli, ["san", "export", "--gender", "male"])
     assert result.exit_code != 0 and "nothing to write" in result.output
+
+
+def test_structure_attack_still_recovers_the_key_up_to_symmetry(setup):
+    """What the sparsity pattern leaks (README): enc1's column supports lay out the 32x32 grid (its 3 colour
+    columns per position share a support), the bilinear up layer's coefficients place every keyed pixel inside
+    its 2x2 block and link pixels of one channel: the key comes back up to the 8 grid symmetries and the
+    channel labels, as for any keyed conv on a permutation-keyed frame."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+
+    from tools.attacks.grid import adjacency, layout, symmetries
+    from tools.attacks.structure import column_groups
+    from tools.san.tflite_keyed import frame_index, keyed_maps
+
+    _, stage, _, key, _, _ = setup
+    perm, w = key.factors[0].perm, S // 2
+    maps = keyed_maps(stage, perm, bytes(32))                 # the matrices the .tflite stores
+    enc1, up = maps.chain[0].weight, maps.up.weight
+    groups = column_groups(enc1)
+    assert sorted({len(g) for g in groups}) == [3] and len(groups) == w * w
+    member = sp.csr_matrix((np.ones(3 * w * w), (np.concatenate(groups), np.repeat(np.arange(w * w), 3))))
+    windows = sp.csr_matrix(np.unique(((enc1 != 0).astype(np.int32) @ member).toarray() > 0, axis=0).astype(np.int32))
+    small = np.empty(3 * w * w, np.int64)
+    for g, p in zip(groups, layout(adjacency(windows.T @ windows, 4), w, w)):
+        small[g] = p
+    est = np.empty(N, np.int64)
+    for t in range(N):
+        cols, vals = up.indices[up.indptr[t]:up.indptr[t + 1]], up.data[up.indptr[t]:up.indptr[t + 1]]
+        y, x = divmod(int(small[cols[np.argmax(vals)]]), w)           # the 9/16 tap: the pixel's own block
+        ys = {divmod(int(small[c]), w)[0] for c in cols} - {y}        # the 3/16 taps: which half of the block
+        xs = {divmod(int(small[c]), w)[1] for c in cols} - {x}        # (none at the border: the outer half)
+        dy, dx = (min(ys) > y if ys else y == w - 1), (min(xs) > x if xs else x == w - 1)
+        est[t] = (2 * y + dy) * S + 2 * x + dx
+    truth = frame_index(perm, S)
+    assert max(np.mean(sym[truth % (S * S)] == est) for sym in symmetries(S, S)) == 1.0
+    parts, label = connected_components(sp.bmat([[None, up], [up.T, None]]), directed=False)
+    assert parts == 3 and len(set(zip(label[:N].tolist(), (truth // (S * S)).tolist()))) == 3   # colour channels
