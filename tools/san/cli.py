@@ -239,8 +239,8 @@ def _report_vs_torch(stage, blob: bytes, faces, gender: str, key=None) -> None:
     from tools.san.tflite_check import compare_with_torch
 
     err = compare_with_torch(stage, blob, faces, key, key)
-    click.echo(f"TFLite vs torch on {err['n_faces']} held-out {gender} faces: max abs {err['max_abs']:.4f}, "
-               f"mean abs {err['mean_abs']:.5f}, SSIM {err['ssim']:.4f}, PSNR {err['psnr']:.1f} dB")
+    click.echo(f"TFLite vs torch on {err['n_faces']} held-out {gender} faces: max abs {err['max_abs']:.2e}, "
+               f"mean abs {err['mean_abs']:.1e}, SSIM {err['ssim']:.4f}, PSNR {err['psnr']:.1f} dB")
 
 
 def _export_tflite(stage, gender: str, member: int, int8: bool, faces_dir: Path | None, calib: int, check: int,

@@ -218,7 +218,7 @@ class _Graph:
         self.g = GraphBuilder()
         self.ops: list[str] = []
 
-    def _out(self, name: str, shape: list[int]) -> int:
+    def tensor(self, name: str, shape: list[int]) -> int:
         return self.g.tensor(name, shape, np.float32)
 
     def _op(self, code: int, label: str, inputs: list[int], out: int, options_type: int = 0, options=None,
@@ -248,15 +248,15 @@ class _Graph:
         opts = fb.FullyConnectedOptionsT()
         opts.fusedActivationFunction = fb.ActivationFunctionType.NONE
         out = self._op(fb.BuiltinOperator.FULLY_CONNECTED, f"FULLY_CONNECTED(sparse CSR, nnz={w.nnz})",
-                       [x, wt, bt], self._out(layer.name, [1, rows]), fb.BuiltinOptions.FullyConnectedOptions,
+                       [x, wt, bt], self.tensor(layer.name, [1, rows]), fb.BuiltinOptions.FullyConnectedOptions,
                        opts, SPARSE_FC_VERSION)
         if layer.act == "leaky_relu":
             opts = fb.LeakyReluOptionsT()
             opts.alpha = LEAK
-            return self._op(fb.BuiltinOperator.LEAKY_RELU, "LEAKY_RELU", [out], self._out(f"{layer.name}/act", [1, rows]),
+            return self._op(fb.BuiltinOperator.LEAKY_RELU, "LEAKY_RELU", [out], self.tensor(f"{layer.name}/act", [1, rows]),
                             fb.BuiltinOptions.LeakyReluOptions, opts)
         if layer.act == "logistic":
-            return self._op(fb.BuiltinOperator.LOGISTIC, "LOGISTIC", [out], self._out(f"{layer.name}/act", [1, rows]))
+            return self._op(fb.BuiltinOperator.LOGISTIC, "LOGISTIC", [out], self.tensor(f"{layer.name}/act", [1, rows]))
         return out
 
     def binary(self, code: int, label: str, a: int, b: int, name: str) -> int:
@@ -266,13 +266,13 @@ class _Graph:
                            fb.BuiltinOperator.MUL: (fb.BuiltinOptions.MulOptions, fb.MulOptionsT())}.get(code, (0, None))
         if opts is not None:
             opts.fusedActivationFunction = fb.ActivationFunctionType.NONE
-        return self._op(code, label, [a, b], self._out(name, shape), opts_type, opts)
+        return self._op(code, label, [a, b], self.tensor(name, shape), opts_type, opts)
 
     def reshape(self, x: int, shape: list[int], name: str) -> int:
         shape_t = self.g.tensor(f"{name}/shape", [len(shape)], np.int32, np.array(shape, np.int32))
         opts = fb.ReshapeOptionsT()
         opts.newShape = shape
-        return self._op(fb.BuiltinOperator.RESHAPE, "RESHAPE", [x, shape_t], self._out(name, shape),
+        return self._op(fb.BuiltinOperator.RESHAPE, "RESHAPE", [x, shape_t], self.tensor(name, shape),
                         fb.BuiltinOptions.ReshapeOptions, opts)
 
 
@@ -283,7 +283,7 @@ def write_keyed_san_tflite(stage: SanStage, key: Key, metadata: dict | None = No
     s, n = stage.size, 3 * stage.size * stage.size
     maps = keyed_maps(stage, permutation_of(key, n), secret or secrets.token_bytes(32))
     g = _Graph()
-    first = g._out("input", [1, s, s, 3])
+    first = g.tensor("input", [1, s, s, 3])
     t = g.reshape(first, [1, n], "input_flat")
     small = g.sparse_fc(t, maps.down) if maps.down is not None else t
     h = small
