@@ -56,6 +56,7 @@ def setup():
 
 
 def test_keyed_stage_equals_the_key_of_the_plain_stage(setup):
+    from edge.errors import ModelError
     from edge.pipeline import PreprocessStage
     from edge.runtime import TFLiteModel
     from tools.san.tflite_check import compare_keyed, compare_with_torch, key_frame
@@ -72,7 +73,11 @@ def test_keyed_stage_equals_the_key_of_the_plain_stage(setup):
     assert model.metadata["input_key_fingerprint"] == model.metadata["output_key_fingerprint"] == key.fingerprint
     assert {"FULLY_CONNECTED(sparse", "LOGISTIC", "LEAKY_RELU"} <= {op.split(" ")[0] for op in model.metadata["ops"]}
     # the edge preprocess stage runs it: keyed face in, the face's X_OP keyed with the same key out (uint8)
-    got = PreprocessStage(model, "san.tflite")(key_frame(key, faces[0])).reshape(S, S, 3).astype(int)
+    pre = PreprocessStage(model, "san.tflite")
+    pre.check_feeds(TFLiteModel(plain), key.fingerprint)                # feeds a 64x64x3 model keyed with K
+    with pytest.raises(ModelError, match="keycam san export --key"):
+        pre.check_feeds(TFLiteModel(plain), _perm_key(9).fingerprint)
+    got = pre(key_frame(key, faces[0])).reshape(S, S, 3).astype(int)
     want = key_frame(key, np.clip(np.rint(TFLiteModel(plain).invoke(faces[0]) * 255), 0, 255)
                      .astype(np.uint8).reshape(S, S, 3)).astype(int)
     assert np.abs(got - want).max() <= 1
