@@ -82,7 +82,8 @@ def test_keyed_stage_equals_the_key_of_the_plain_stage(setup):
                      .astype(np.uint8).reshape(S, S, 3)).astype(int)
     assert np.abs(got - want).max() <= 1
     # the plain stage on a keyed frame is not the keyed stage: the key matters
-    assert np.abs(TFLiteModel(plain).invoke(key_frame(key, faces[0])) - model.invoke(key_frame(key, faces[0]))).mean() > 0.01
+    keyed_face = key_frame(key, faces[0])
+    assert np.abs(TFLiteModel(plain).invoke(keyed_face) - model.invoke(keyed_face)).mean() > 0.01
 
 
 def test_no_key_no_gather_and_no_original_weight_in_clear(setup):
@@ -103,7 +104,8 @@ def test_no_key_no_gather_and_no_original_weight_in_clear(setup):
     weights = weights[np.abs(weights) > 1e-3]
     assert np.isin(weights, _float_values(plain)).mean() > 0.99
     values = _float_values(keyed)          # ~2M stored floats: some weights coincide by chance, as their neighbours do
-    chance = np.mean([np.isin(np.nextafter(np.nextafter(weights, d), d), values).mean() for d in np.float32([-1, 1]) * np.inf])
+    chance = np.mean([np.isin(np.nextafter(np.nextafter(weights, d), d), values).mean()
+                      for d in np.float32([-1, 1]) * np.inf])
     assert np.isin(weights, values).mean() < min(0.05, 2 * chance + 0.005)
 
 
@@ -113,9 +115,9 @@ def test_refuses_keys_that_are_not_pixel_permutations(setup):
     from tools.san.tflite_keyed import write_keyed_san_tflite
 
     _, stage, _, _, _, _ = setup
-    for factors in ([Permutation(np.arange(N)), Gain(np.full(N, 0.5))], [Permutation(np.arange(N)), Bias(np.full(N, 0.1))]):
+    for extra in (Gain(np.full(N, 0.5)), Bias(np.full(N, 0.1))):
         with pytest.raises(SanModelError, match="not a pixel permutation"):
-            write_keyed_san_tflite(stage, Key(N, factors))
+            write_keyed_san_tflite(stage, Key(N, [Permutation(np.arange(N)), extra]))
     with pytest.raises(SanModelError, match="acts on 12 values"):
         write_keyed_san_tflite(stage, _perm_key(0, 12))
 

@@ -47,7 +47,6 @@ from tools.tflite.builder import GraphBuilder
 from tools.tflite.writer import SPARSE_FC_VERSION, _index_vector, hwc_to_chw_order
 
 
-
 @dataclass(frozen=True)
 class UnitKey:
     """A generalized permutation on a vector: keyed[i] = gain[i] * plain[index[i]] (gains > 0)."""
@@ -253,17 +252,18 @@ class _Graph:
         if layer.act == "leaky_relu":
             opts = fb.LeakyReluOptionsT()
             opts.alpha = LEAK
-            return self._op(fb.BuiltinOperator.LEAKY_RELU, "LEAKY_RELU", [out], self.tensor(f"{layer.name}/act", [1, rows]),
-                            fb.BuiltinOptions.LeakyReluOptions, opts)
+            return self._op(fb.BuiltinOperator.LEAKY_RELU, "LEAKY_RELU", [out],
+                            self.tensor(f"{layer.name}/act", [1, rows]), fb.BuiltinOptions.LeakyReluOptions, opts)
         if layer.act == "logistic":
             return self._op(fb.BuiltinOperator.LOGISTIC, "LOGISTIC", [out], self.tensor(f"{layer.name}/act", [1, rows]))
         return out
 
     def binary(self, code: int, label: str, a: int, b: int, name: str) -> int:
         shape = list(self.g.tensors[a].shape)
-        opts_type, opts = {fb.BuiltinOperator.ADD: (fb.BuiltinOptions.AddOptions, fb.AddOptionsT()),
-                           fb.BuiltinOperator.SUB: (fb.BuiltinOptions.SubOptions, fb.SubOptionsT()),
-                           fb.BuiltinOperator.MUL: (fb.BuiltinOptions.MulOptions, fb.MulOptionsT())}.get(code, (0, None))
+        options = {fb.BuiltinOperator.ADD: (fb.BuiltinOptions.AddOptions, fb.AddOptionsT()),
+                   fb.BuiltinOperator.SUB: (fb.BuiltinOptions.SubOptions, fb.SubOptionsT()),
+                   fb.BuiltinOperator.MUL: (fb.BuiltinOptions.MulOptions, fb.MulOptionsT())}
+        opts_type, opts = options.get(code, (0, None))
         if opts is not None:
             opts.fusedActivationFunction = fb.ActivationFunctionType.NONE
         return self._op(code, label, [a, b], self.tensor(name, shape), opts_type, opts)
@@ -337,7 +337,8 @@ def clear_key_findings(blob: bytes, key: Key, size: int, run: int = 16) -> list[
     found = ["GATHER op"] if fb.BuiltinOperator.GATHER in operators_of(blob) else []
     perm = permutation_of(key, 3 * size * size)
     order = hwc_to_chw_order((3, size, size))
-    variants = (("permutation", perm), ("frame index", perm[order]), ("HWC permutation", np.argsort(order)[perm[order]]))
+    variants = (("permutation", perm), ("frame index", perm[order]),
+                ("HWC permutation", np.argsort(order)[perm[order]]))
     for name, p in variants:
         for what, q in ((name, p), (f"inverse {name}", np.argsort(p))):
             for dtype in (np.int32, np.int64, np.uint16):
