@@ -44,7 +44,7 @@ from tools.san.export import SanStage
 from tools.san.nets import LEAK
 from tools.san.tflite_export import prototype_constants
 from tools.tflite.builder import GraphBuilder
-from tools.tflite.writer import SPARSE_FC_VERSION, _index_vector, hwc_to_chw_order
+from tools.tflite.writer import SPARSE_FC_VERSION, hwc_to_chw_order, sparse_weight_tensor
 
 
 @dataclass(frozen=True)
@@ -232,17 +232,8 @@ class _Graph:
     def sparse_fc(self, x: int, layer: Layer) -> int:
         """CSR float32 FULLY_CONNECTED (version 8: XNNPACK would claim version 1 and compute garbage)."""
         w = layer.weight
-        rows, cols = w.shape
-        seg = fb.DimensionMetadataT()
-        seg.format, seg.denseSize = fb.DimensionType.DENSE, rows
-        csr = fb.DimensionMetadataT()
-        csr.format = fb.DimensionType.SPARSE_CSR
-        csr.arraySegmentsType, csr.arraySegments = _index_vector(w.indptr)
-        csr.arrayIndicesType, csr.arrayIndices = _index_vector(w.indices)
-        sparsity = fb.SparsityParametersT()
-        sparsity.traversalOrder, sparsity.blockMap, sparsity.dimMetadata = [0, 1], [], [seg, csr]
-        wt = self.g.tensor(f"{layer.name}/w_csr", [rows, cols], np.float32, w.data.astype(np.float32),
-                           sparsity=sparsity)
+        rows = w.shape[0]
+        wt = sparse_weight_tensor(self.g, w, layer.name)
         bt = self.g.tensor(f"{layer.name}/b", [rows], np.float32, layer.bias.astype(np.float32))
         opts = fb.FullyConnectedOptionsT()
         opts.fusedActivationFunction = fb.ActivationFunctionType.NONE

@@ -280,17 +280,7 @@ class _Lowering:
         return out
 
     def _sparse_weight(self, w: sp.csr_matrix, name: str) -> int:
-        w.sort_indices()
-        rows, cols = w.shape
-        seg = fb.DimensionMetadataT()
-        seg.format, seg.denseSize = fb.DimensionType.DENSE, rows
-        csr = fb.DimensionMetadataT()
-        csr.format = fb.DimensionType.SPARSE_CSR
-        csr.arraySegmentsType, csr.arraySegments = _index_vector(w.indptr)
-        csr.arrayIndicesType, csr.arrayIndices = _index_vector(w.indices)
-        sparsity = fb.SparsityParametersT()
-        sparsity.traversalOrder, sparsity.blockMap, sparsity.dimMetadata = [0, 1], [], [seg, csr]
-        return self.g.tensor(f"{name}/w_csr", [rows, cols], np.float32, w.data.astype(np.float32), sparsity=sparsity)
+        return sparse_weight_tensor(self.g, w, name)
 
     def _block_weight(self, values: np.ndarray, indptr: np.ndarray, block_cols: np.ndarray, shape, scale: float,
                       name: str) -> int:
@@ -365,6 +355,21 @@ def _run_length(src: np.ndarray, size: int) -> int:
         if np.all(starts % r == 0) and np.array_equal(src, (starts[:, None] + np.arange(r)).reshape(-1)):
             return r
     return 1
+
+
+def sparse_weight_tensor(g: GraphBuilder, w: sp.csr_matrix, name: str) -> int:
+    """A float32 weight tensor in TFLite's row-major CSR sparsity format (for FULLY_CONNECTED version 8)."""
+    w.sort_indices()
+    rows, cols = w.shape
+    seg = fb.DimensionMetadataT()
+    seg.format, seg.denseSize = fb.DimensionType.DENSE, rows
+    csr = fb.DimensionMetadataT()
+    csr.format = fb.DimensionType.SPARSE_CSR
+    csr.arraySegmentsType, csr.arraySegments = _index_vector(w.indptr)
+    csr.arrayIndicesType, csr.arrayIndices = _index_vector(w.indices)
+    sparsity = fb.SparsityParametersT()
+    sparsity.traversalOrder, sparsity.blockMap, sparsity.dimMetadata = [0, 1], [], [seg, csr]
+    return g.tensor(f"{name}/w_csr", [rows, cols], np.float32, w.data.astype(np.float32), sparsity=sparsity)
 
 
 def _index_vector(values: np.ndarray):
