@@ -33,6 +33,11 @@ def san() -> None:
     """Semi-adversarial networks: perturb faces so unseen gender classifiers fail but matchers still match."""
 
 
+_cache_dir = click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+                          default=Path.home() / ".cache" / "keycam" / "san", show_default=True,
+                          help="memo of unseen-model outputs, keyed by image content")
+
+
 @san.command()
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_MODEL, show_default=True,
               help="where to write the ensemble weights")
@@ -70,9 +75,7 @@ def train(out: Path, faces_dir: Path | None, members: int, epochs: int, pretrain
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="where the montage / plot / table go (default: the JSON file's folder)")
 @click.option("--faces-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=FACES_HELP)
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path.home() / ".cache" / "keycam" / "san", show_default=True,
-              help="memo of unseen-model outputs, keyed by image content")
+@_cache_dir
 @click.option("--no-cache", is_flag=True, help="recompute every unseen-model output")
 @click.option("--limit", type=int, default=None, help="only the first N images of each set (quick check)")
 @click.option("--member-matcher", is_flag=True, help="also run the (slow) unseen matcher on every member's X_OP")
@@ -110,9 +113,7 @@ def eval_(model: Path, json_path: Path, out_dir: Path | None, faces_dir: Path | 
 @click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_MODEL, show_default=True,
               help="SAN ensemble weights (rewritten with the chosen strength when --write)")
 @click.option("--faces-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=FACES_HELP)
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path.home() / ".cache" / "keycam" / "san", show_default=True,
-              help="memo of unseen-model outputs, keyed by image content")
+@_cache_dir
 @click.option("--write", is_flag=True, help="store the chosen operating point in the model file")
 def strength(model: Path, faces_dir: Path | None, cache_dir: Path, write: bool) -> None:
     """Sweep the perturbation strength on the 64x64 test split and choose the operating point (unseen models)."""
