@@ -154,12 +154,13 @@ def run_structure(target: Target, frames: int | None = None) -> tuple[dict, dict
         if filled_scores["ssim"] > scores["ssim"]:
             scores, recon = filled_scores, filled
     result = {"pixels_recovered": float(np.mean(est == truth)), **scores, "recognised": target.recognised(recon), **info}
+    figs = {"plain": plain, "keyed": target.keyed(plain), "recon": recon, "shape": (h, wd)}
     if info["group_size"] > 1:
-        result["adaptive"] = run_adaptive(target, w, plain, truth)
-    return result, {"plain": plain, "keyed": target.keyed(plain), "recon": recon, "shape": (h, wd)}
+        result["adaptive"], figs["recon_adaptive"] = run_adaptive(target, w, plain, truth)
+    return result, figs
 
 
-def run_adaptive(target: Target, w: sp.csr_matrix, plain: np.ndarray, truth: np.ndarray) -> dict:
+def run_adaptive(target: Target, w: sp.csr_matrix, plain: np.ndarray, truth: np.ndarray) -> tuple[dict, np.ndarray]:
     """The unmixing step on every group of indistinguishable keyed pixels, handed their true positions;
     fitted on the attacker's own keyed frames (the training split's frames keyed by the victim). The
     better (by SSIM) of the plain group-mean fill and the unmixed estimate is reported."""
@@ -171,8 +172,8 @@ def run_adaptive(target: Target, w: sp.csr_matrix, plain: np.ndarray, truth: np.
     tried = {}
     for method, iterations in (("group mean", 0), ("unmixed", ITERATIONS)):
         recon, assigned = unmix(fit, test, groups, positions, (h, wd), iterations)
-        tried[method] = {"method": method, "pixels_recovered": float(np.mean(assigned == truth)),
-                         **similarity(recon, plain, (h, wd)), "recognised": target.recognised(recon)}
-    best = max(tried.values(), key=lambda r: r["ssim"])
+        tried[method] = ({"method": method, "pixels_recovered": float(np.mean(assigned == truth)),
+                          **similarity(recon, plain, (h, wd)), "recognised": target.recognised(recon)}, recon)
+    best, recon = max(tried.values(), key=lambda r: r[0]["ssim"])
     return {"assumes": "true plain positions of each mixing group (upper bound)", **best,
-            "frames_captured": len(captured)}
+            "frames_captured": len(captured)}, recon

@@ -73,12 +73,16 @@ def run_all(dataset: str, profiles: list[str], limit: int | None, png_dir: Path 
 
 
 def save_figure(figs: dict[str, dict], path: Path) -> Path:
-    """Rows: plain frames, keyed frames, then the structure, plaintext and inversion reconstructions."""
+    """Rows: plain frames, keyed frames, the structure attack's reconstruction (then its unmixing bound,
+    for mixing keys), and the plaintext and inversion reconstructions."""
     first = figs["structure"]
     shape = first["shape"]
     n = MONTAGE_FRAMES
-    rows = [_u8(first["plain"][:n], shape), np.asarray(first["keyed"][:n]).reshape((-1,) + shape)]
-    rows += [_u8(figs[k]["recon"][:n], shape) for k in ("structure", "plaintext", "inversion") if "recon" in figs[k]]
+    rows = [_u8(first["plain"][:n], shape), np.asarray(first["keyed"][:n]).reshape((-1,) + shape),
+            _u8(first["recon"][:n], shape)]
+    if "recon_adaptive" in first:
+        rows.append(_u8(first["recon_adaptive"][:n], shape))
+    rows += [_u8(figs[k]["recon"][:n], shape) for k in ("plaintext", "inversion") if "recon" in figs[k]]
     return save_montage(rows, path)
 
 
