@@ -3,6 +3,8 @@ lfw_dfunneled_112_rgb_pairs.npz): prototypes, balanced sampling, a tiny two-memb
 the weights file round trip and the full-size perturbation."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -14,11 +16,11 @@ def tiny_ensemble(tmp_path_factory):
     import torch
 
     from tools.san.model_io import load_ensemble, save_ensemble
-    from tools.san.train import TrainConfig, train_ensemble
+    from tools.san.train import COMMITTED_SAN, TrainConfig, train_ensemble
 
     torch.set_num_threads(1)
-    config = TrainConfig(members=2, matcher_epochs=1, gender_epochs=1, pretrain_epochs=1, epochs=1,
-                         max_steps_per_epoch=2, limit=160)
+    config = TrainConfig(members=2, matcher_epochs=1, gender_epochs=1, limit=160,
+                         san=replace(COMMITTED_SAN, pretrain_epochs=1, epochs=1, max_steps_per_epoch=2))
     ensemble = train_ensemble(config, log=lambda _: None)
     path = tmp_path_factory.mktemp("san") / "tiny.pt"
     save_ensemble(ensemble, path)
@@ -149,12 +151,12 @@ def test_onnx_stage_matches_perturb(tiny_ensemble, tmp_path):
 
 def test_mean_adversary_option():
     from edge.errors import ConfigError
-    from tools.san.train import MeanLogits, TrainConfig, train_ensemble
+    from tools.san.train import COMMITTED_SAN, MeanLogits, TrainConfig, train_ensemble
 
     with pytest.raises(ConfigError, match="adversary must be one of"):
         TrainConfig(adversary="max")
-    config = TrainConfig(members=2, matcher_epochs=1, gender_epochs=1, pretrain_epochs=0, epochs=1,
-                         max_steps_per_epoch=1, limit=120, adversary="mean")
+    config = TrainConfig(members=2, matcher_epochs=1, gender_epochs=1, limit=120, adversary="mean",
+                         san=replace(COMMITTED_SAN, pretrain_epochs=0, epochs=1, max_steps_per_epoch=1))
     ensemble = train_ensemble(config, log=lambda _: None)
     assert len(ensemble.members) == 2 and ensemble.meta["train_config"]["adversary"] == "mean"
     import torch

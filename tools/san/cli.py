@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -57,10 +58,11 @@ def train(out: Path, faces_dir: Path | None, members: int, epochs: int, pretrain
     """Train auxiliary models and the SAN ensemble on the LFW train split, then save it."""
     _threads()
     from tools.san.model_io import save_ensemble
-    from tools.san.train import TrainConfig, train_ensemble
+    from tools.san.train import COMMITTED_SAN, TrainConfig, train_ensemble
 
-    config = TrainConfig(members=members, epochs=epochs, pretrain_epochs=pretrain_epochs, seed=seed, limit=limit,
-                         max_steps_per_epoch=steps_per_epoch, adversary=adversary, w_keep=w_keep)
+    san_config = replace(COMMITTED_SAN, epochs=epochs, pretrain_epochs=pretrain_epochs,
+                         max_steps_per_epoch=steps_per_epoch, w_keep=w_keep)
+    config = TrainConfig(members=members, seed=seed, limit=limit, adversary=adversary, san=san_config)
     ensemble = train_ensemble(config, faces_dir, log=click.echo)
     save_ensemble(ensemble, out)
     click.echo(f"wrote {out} ({out.stat().st_size // 1024} KiB, {len(ensemble.members)} members, "

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,10 @@ MEMBER_AUGMENTATIONS: tuple[tuple[str, ...], ...] = (
 
 ADVERSARIES = ("member", "mean")
 
+# The committed model's semi-adversarial settings (every member; seed and augmentations vary per member).
+COMMITTED_SAN = SemiAdversarialConfig(pretrain_epochs=2, epochs=5, batch_size=32, lr=3e-3, w_confound=3.0,
+                                      w_pixel=1.0, w_pixel_op=0.1, w_keep=2.0, max_steps_per_epoch=80)
+
 
 class MeanLogits(torch.nn.Module):
     """The mean logits of several frozen classifiers: one adversary made of all members' classifiers."""
@@ -48,19 +52,11 @@ class TrainConfig:
     seed: int = 0
     matcher_epochs: int = 10
     gender_epochs: int = 5
-    pretrain_epochs: int = 2
-    epochs: int = 5
-    batch_size: int = 32
-    lr: float = 3e-3
-    w_confound: float = 3.0
-    w_pixel: float = 1.0
-    w_pixel_op: float = 0.1
-    w_keep: float = 2.0
+    san: SemiAdversarialConfig = field(default_factory=lambda: replace(COMMITTED_SAN))
     adversary: str = "member"      # member: each SAN confounds its own classifier; mean: the mean of all members'
     dec: tuple[int, int] = (48, 24)
     work_factor: int = 2
     limit: int | None = None
-    max_steps_per_epoch: int | None = 80
     augmentations: list[tuple[str, ...]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -74,11 +70,7 @@ class TrainConfig:
 
     def member_config(self, index: int) -> SemiAdversarialConfig:
         """The semi-adversarial settings of member `index`."""
-        return SemiAdversarialConfig(
-            pretrain_epochs=self.pretrain_epochs, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-            w_confound=self.w_confound, w_pixel=self.w_pixel, w_pixel_op=self.w_pixel_op, w_keep=self.w_keep,
-            seed=self.seed + 100 * (index + 1), augmentations=self.augmentations[index],
-            max_steps_per_epoch=self.max_steps_per_epoch)
+        return replace(self.san, seed=self.seed + 100 * (index + 1), augmentations=self.augmentations[index])
 
 
 def _accuracy(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
