@@ -1,5 +1,6 @@
-"""The keyed SAN stage (sparse keyed layers, committed weights, real LFW faces): keyed == key(plain) in float,
-no key / GATHER / original weight in clear, refusal of non-permutation keys, the edge preprocess stage and the CLI."""
+"""The keyed SAN stage (sparse keyed layers, committed weights, real LFW faces): keyed == key(plain) in float, int8
+keyed ~ key(plain int8) and torch, no key / original weight in clear (an un-keying GATHER is refused), refusal of
+non-permutation keys, the edge preprocess stage (float and int8) and the CLI."""
 from __future__ import annotations
 
 import numpy as np
@@ -25,14 +26,19 @@ def _float_values(blob: bytes) -> np.ndarray:
     return np.concatenate([p[:len(p) // 4 * 4].view(np.float32) for p in parts])
 
 
-def _gather_blob() -> bytes:
+def _unkeying_gather_blob(key, dtype) -> bytes:
+    """The insecure form: a GATHER that un-keys the frame (its indices are K's frame index)."""
     from ai_edge_litert import schema_py_generated as fb
 
+    from tools.san.tflite_keyed import permutation_of
     from tools.tflite.builder import GraphBuilder
+    from tools.tflite.sparse_int8 import index_tensor
+    from tools.tflite.writer import hwc_to_chw_order
 
+    index = np.argsort(permutation_of(key, N)[hwc_to_chw_order((3, S, S))])      # keyed position of each pixel
     g = GraphBuilder()
-    x, out = g.tensor("x", [1, 4], np.float32), g.tensor("y", [1, 4], np.float32)
-    idx = g.tensor("i", [4], np.int32, np.array([1, 0, 3, 2], np.int32))
+    x, out = g.tensor("x", [1, N], np.float32), g.tensor("y", [1, N], np.float32)
+    idx = index_tensor(g, "i", [N], index, int16=dtype == np.int16)
     opts = fb.GatherOptionsT()
     opts.axis = 1
     g.op(fb.BuiltinOperator.GATHER, [x, idx], [out], fb.BuiltinOptions.GatherOptions, opts)
@@ -53,6 +59,20 @@ def setup():
     key = _perm_key(1)
     return (ensemble, stage, test.images[test.gender == 0][:6], key, write_san_tflite(stage, False),
             write_keyed_san_tflite(stage, key, {"gender": "female"}, secret=bytes(32)))
+
+
+@pytest.fixture(scope="module")
+def int8(setup):
+    """(calibration faces, the unkeyed int8 stage, the int8 keyed stage) for the setup's stage and key."""
+    from tools.san.data import load_faces64
+    from tools.san.tflite_export import write_san_tflite
+    from tools.san.tflite_keyed import write_keyed_san_tflite
+
+    _, stage, _, key, _, _ = setup
+    train = load_faces64("train", limit=200)
+    calib = train.images[train.gender == 0]
+    return (calib, write_san_tflite(stage, True, calib),
+            write_keyed_san_tflite(stage, key, {"gender": "female"}, secret=bytes(32), int8=True, calib_faces=calib))
 
 
 def test_keyed_stage_equals_the_key_of_the_plain_stage(setup):
@@ -86,16 +106,19 @@ def test_keyed_stage_equals_the_key_of_the_plain_stage(setup):
     assert np.abs(TFLiteModel(plain).invoke(keyed_face) - model.invoke(keyed_face)).mean() > 0.01
 
 
-def test_no_key_no_gather_and_no_original_weight_in_clear(setup):
+def test_no_key_and_no_original_weight_in_clear(setup, int8):
     from tools.san.tflite_keyed import clear_key_findings, frame_index
 
     ensemble, _, _, key, plain, keyed = setup
-    assert clear_key_findings(keyed, key, S) == []
-    # the check can fail: stored index vectors (whole or a run of 16) and a GATHER op all trip it
+    assert clear_key_findings(keyed, key, S) == [] and clear_key_findings(int8[2], key, S) == []
+    # the check can fail: stored index vectors (whole or a run of 16) and an un-keying GATHER trip it
     perm = key.factors[0].perm
-    assert clear_key_findings(keyed + frame_index(perm, S).astype(np.int32).tobytes(), key, S)
-    assert clear_key_findings(keyed + np.argsort(perm)[100:116].astype(np.uint16).tobytes(), key, S)
-    assert clear_key_findings(_gather_blob(), key, S) == ["GATHER op"]
+    head = keyed[:5000]                                   # model bytes, then the stored run at an odd offset
+    assert clear_key_findings(head + frame_index(perm, S).astype(np.int32).tobytes(), key, S)
+    assert clear_key_findings(head + np.argsort(perm)[100:116].astype(np.uint16).tobytes(), key, S)
+    assert clear_key_findings(head + perm[300:316].astype(np.int16).tobytes(), key, S) == ["permutation as uint16"]
+    for dtype, found in ((np.int32, "inverse frame index as int32"), (np.int16, "inverse frame index as uint16")):
+        assert found in clear_key_findings(_unkeying_gather_blob(key, dtype), key, S)
     # no conv weight of the autoencoder is stored as such (each keyed entry carries gains); the plain stage has them
     member = ensemble.members[0]
     stored = [member.enc1.weight[:, :3], member.enc2.weight, member.dec1.weight, member.dec2.weight,
@@ -122,7 +145,7 @@ def test_refuses_keys_that_are_not_pixel_permutations(setup):
         write_keyed_san_tflite(stage, _perm_key(0, 12))
 
 
-def test_working_size_stage_has_no_pool_or_upsample_layer(setup):
+def test_working_size_stage_has_no_pool_or_upsample_layer(setup, int8):
     from edge.runtime import TFLiteModel
     from tools.san.export import make_stage
     from tools.san.tflite_check import compare_keyed
@@ -136,10 +159,14 @@ def test_working_size_stage_has_no_pool_or_upsample_layer(setup):
     keyed = write_keyed_san_tflite(stage, key, secret=bytes(32))
     assert compare_keyed(write_san_tflite(stage, False), keyed, key, key, small) < 1e-5
     assert clear_key_findings(keyed, key, 32) == []
+    calib = np.ascontiguousarray(int8[0][:, ::2, ::2])                     # int8: no down layer, P_s = T
+    keyed8 = write_keyed_san_tflite(stage, key, secret=bytes(32), int8=True, calib_faces=calib)
+    assert compare_keyed(write_san_tflite(stage, True, calib), keyed8, key, key, small) < 0.08
     def sparse_layers(blob: bytes) -> int:
         return sum(op.startswith("FULLY_CONNECTED") for op in TFLiteModel(blob).metadata["ops"])
 
     assert sparse_layers(keyed) == 7 and sparse_layers(full) == 9       # the 64x64 stage adds down and up
+    assert sum(op.startswith("GATHER") for op in TFLiteModel(keyed8).metadata["ops"]) == 7
 
 
 def test_cli_export_keyed(tmp_path):
@@ -151,21 +178,56 @@ def test_cli_export_keyed(tmp_path):
 
     (tmp_path / "k.key").write_bytes(_perm_key(3).to_bytes())
     (tmp_path / "gain.key").write_bytes(Key(N, [Permutation(np.arange(N)), Gain(np.full(N, 0.5))]).to_bytes())
-    args = ["san", "export", "--gender", "female", "--tflite", str(tmp_path / "san.tflite"), "--check", "3"]
-    result = CliRunner().invoke(cli, args + ["--key", str(tmp_path / "k.key")])
-    assert result.exit_code == 0, result.output
-    assert "no GATHER, no key permutation" in result.output and "keyed stage == key applied" in result.output
-    meta = TFLiteModel(tmp_path / "san.tflite").metadata
-    assert meta["gender"] == "female" and meta["output_key_fingerprint"] == _perm_key(3).fingerprint
-    for extra, message in ((["--key", str(tmp_path / "gain.key")], "not a pixel permutation"),
-                           (["--key", str(tmp_path / "k.key"), "--float"], "always float32")):
-        result = CliRunner().invoke(cli, args + extra)
-        assert result.exit_code != 0 and message in result.output, result.output
+    args = ["san", "export", "--gender", "female", "--tflite", str(tmp_path / "san.tflite"), "--check", "3",
+            "--calib", "24"]
+    for extra, dtype, compared in (([], "int8", "unkeyed int8 stage"), (["--float"], "float32", "unkeyed float stage")):
+        result = CliRunner().invoke(cli, args + ["--key", str(tmp_path / "k.key")] + extra)
+        assert result.exit_code == 0, result.output
+        assert "no run of the key's permutation" in result.output and compared in result.output
+        model = TFLiteModel(tmp_path / "san.tflite")
+        meta = model.metadata
+        assert meta["gender"] == "female" and meta["output_key_fingerprint"] == _perm_key(3).fingerprint
+        assert meta["dtype"] == dtype and model.input_dtype == np.dtype(np.int8 if dtype == "int8" else np.float32)
+    result = CliRunner().invoke(cli, args + ["--key", str(tmp_path / "gain.key")])
+    assert result.exit_code != 0 and "not a pixel permutation" in result.output, result.output
     result = CliRunner().invoke(cli, ["san", "export", "--gender", "male", "--out", str(tmp_path / "s.onnx"),
                                       "--key", str(tmp_path / "k.key")])
     assert result.exit_code != 0 and "give --tflite" in result.output
     result = CliRunner().invoke(cli, ["san", "export", "--gender", "male"])
     assert result.exit_code != 0 and "nothing to write" in result.output
+
+
+def test_int8_keyed_stage_is_the_key_of_the_int8_stage(setup, int8):
+    """int8 keyed (GATHER + DEPTHWISE_CONV_2D sparse layers, hidden gains in [0.5, 2]) against torch and against K
+    applied to the unkeyed int8 stage; the edge preprocess stage runs it on keyed uint8 frames."""
+    from edge.pipeline import PreprocessStage
+    from edge.runtime import TFLiteModel
+    from tools.san.errors import SanModelError
+    from tools.san.metrics import ssim
+    from tools.san.tflite_check import compare_keyed, compare_with_torch, key_frame, unkey_frame
+    from tools.san.tflite_keyed import write_keyed_san_tflite
+
+    _, stage, faces, key, plain, _ = setup
+    calib, plain8, keyed8 = int8
+    q = compare_with_torch(stage, keyed8, faces, key, key)
+    assert q["max_abs"] < 0.07 and q["mean_abs"] < 0.008 and q["ssim"] > 0.99, q      # measured 0.05 / 0.006 / 0.997
+    assert compare_keyed(plain8, keyed8, key, key, faces) < 0.08                        # measured 0.055
+    model = TFLiteModel(keyed8)
+    assert model.input_dtype == np.int8 and model.metadata["dtype"] == "int8"
+    assert model.metadata["hidden_gain_range"] == [0.5, 2.0] and len(keyed8) < len(setup[5]) * 0.7
+    assert {"FULLY_CONNECTED(sparse", "LOGISTIC", "LEAKY_RELU"} & {op.split(" ")[0] for op in model.metadata["ops"]} \
+        == {"LOGISTIC", "LEAKY_RELU"} and sum(op.startswith("GATHER+DEPTHWISE") for op in model.metadata["ops"]) == 9
+    # on the device: the preprocess stage takes keyed uint8 frames and emits keyed uint8 codes of X_OP
+    pre = PreprocessStage(model, "san_int8.tflite")
+    pre.check_feeds(TFLiteModel(plain), key.fingerprint)
+    got = np.stack([unkey_frame(key, pre(key_frame(key, f)).reshape(S, S, 3).astype(np.float64)) for f in faces])
+    want = np.stack([TFLiteModel(plain).invoke(f).reshape(S, S, 3) for f in faces]) * 255.0
+    assert np.abs(got - want).max() <= 0.07 * 255 and np.abs(got - want).mean() < 2.0
+    assert ssim(np.rint(want).astype(np.uint8), got.astype(np.uint8)).mean() > 0.99
+    with pytest.raises(SanModelError, match="needs calibration faces"):
+        write_keyed_san_tflite(stage, key, int8=True)
+    with pytest.raises(SanModelError, match="must be uint8"):
+        write_keyed_san_tflite(stage, key, int8=True, calib_faces=calib[:, ::2, ::2])
 
 
 def test_structure_attack_still_recovers_the_key_up_to_symmetry(setup):

@@ -42,9 +42,12 @@ from tools.ir import AvgPool, Conv, conv_matrix, pool_matrix
 from tools.san.errors import SanModelError
 from tools.san.export import SanStage
 from tools.san.nets import LEAK
-from tools.san.tflite_export import prototype_constants
-from tools.tflite.builder import GraphBuilder
-from tools.tflite.writer import SPARSE_FC_VERSION, hwc_to_chw_order, sparse_weight_tensor
+from tools.san.tflite_export import LOGISTIC_QUANT, OUTPUT_QUANT, prototype_constants
+from tools.tflite.builder import GraphBuilder, quant_params
+from tools.tflite.sparse_int8 import sparse_int8_layer
+from tools.tflite.writer import INPUT_QUANT, SPARSE_FC_VERSION, act_quant, hwc_to_chw_order, sparse_weight_tensor
+
+INT8_GAIN_RANGE = (0.5, 2.0)          # hidden unit gains of the int8 stage (see write_keyed_san_tflite)
 
 
 @dataclass(frozen=True)
@@ -191,12 +194,14 @@ class KeyedMaps:
     up: Layer | None
 
 
-def keyed_maps(stage: SanStage, perm: np.ndarray, secret: bytes) -> KeyedMaps:
-    """Every linear map of `stage` in keyed coordinates, for the frame permutation `perm` (key.apply(x) = x[perm])."""
+def keyed_maps(stage: SanStage, perm: np.ndarray, secret: bytes,
+               gain_range: tuple[float, float] = KeyConfig.gain_range) -> KeyedMaps:
+    """Every linear map of `stage` in keyed coordinates, for the frame permutation `perm` (key.apply(x) = x[perm]);
+    hidden unit gains log-uniform in `gain_range`."""
     chain, down, up = plain_layers(stage)
     n = 3 * stage.size * stage.size
     frame = UnitKey(frame_index(perm, stage.size), np.ones(n))
-    keys = derive_unit_keys(secret, chain)
+    keys = derive_unit_keys(secret, chain, KeyConfig(gain_range=gain_range))
     small = keys["head"] if down is not None else frame      # the working-size face and X_OP share P_s
     keyed, previous = [], small
     for layer in chain:
@@ -209,47 +214,113 @@ def keyed_maps(stage: SanStage, perm: np.ndarray, secret: bytes) -> KeyedMaps:
                      _keyed(Layer("up", up, np.zeros(up.shape[0]), "none"), frame, small))
 
 
+def _activate(layer: Layer, pre: np.ndarray) -> np.ndarray:
+    if layer.act == "leaky_relu":
+        return np.where(pre >= 0, pre, LEAK * pre)
+    if layer.act == "logistic":
+        return 1.0 / (1.0 + np.exp(-pre))
+    return pre
+
+
+def keyed_forward(maps: KeyedMaps, t: np.ndarray, strength: float) -> dict[str, np.ndarray]:
+    """Every tensor of the keyed graph in float64 for keyed frames t (N, n) (the frame layout, values in [0, 1]):
+    each layer's linear output under its name and its activation under 'name/act', then 'change', 'up'
+    (factor > 1), 'scaled' and 'out' (clamped)."""
+    values = {"input": t}
+    h = small = t
+    for layer in ([maps.down] if maps.down is not None else []) + maps.chain:
+        values[layer.name] = pre = np.asarray(layer.weight @ h.T).T + layer.bias
+        values[f"{layer.name}/act"] = h = _activate(layer, pre)
+        if layer is maps.down:
+            small = h
+    change = values["change"] = h - small
+    if maps.up is not None:
+        change = values["up"] = np.asarray(maps.up.weight @ change.T).T
+    values["scaled"] = strength * change
+    values["out"] = np.clip(t + values["scaled"], 0.0, 1.0)
+    return values
+
+
+def keyed_ranges(maps: KeyedMaps, frames: np.ndarray, strength: float,
+                 batch: int = 64) -> dict[str, tuple[float, float]]:
+    """Per-tensor (min, max) of `keyed_forward` over keyed frames (N, n) in [0, 1], in bounded batches. The keyed
+    activations are permutations / positive gains of the plain ones, so no key is needed beyond the maps."""
+    ranges: dict[str, tuple[float, float]] = {}
+    for a in range(0, len(frames), batch):
+        for name, value in keyed_forward(maps, frames[a:a + batch], strength).items():
+            lo, hi = ranges.get(name, (np.inf, -np.inf))
+            ranges[name] = (min(lo, float(value.min())), max(hi, float(value.max())))
+    return ranges
+
+
+def keyed_frames(faces: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    """uint8 faces (N, S, S, 3) as keyed frame vectors t (N, 3 S S) in [0, 1] (the layout the stage consumes)."""
+    n, size = len(faces), faces.shape[1]
+    chw = faces.transpose(0, 3, 1, 2).reshape(n, -1).astype(np.float64) / 255.0
+    return chw[:, frame_index(perm, size)]
+
+
 # -- lowering -----------------------------------------------------------------------------------------
 class _Graph:
-    """float32 GraphBuilder wrapper for the keyed stage's ops (vectors of shape [1, n])."""
+    """GraphBuilder wrapper for the keyed stage's ops on vectors [1, n]: float32 (`ranges` None) or int8 with
+    per-tensor activation parameters from `ranges` (calibrated names of `keyed_forward`)."""
 
-    def __init__(self):
+    def __init__(self, ranges: dict[str, tuple[float, float]] | None = None):
         self.g = GraphBuilder()
         self.ops: list[str] = []
+        self.ranges, self.int8 = ranges, ranges is not None
+        self.quant: dict[int, tuple[float, int] | None] = {}
 
-    def tensor(self, name: str, shape: list[int]) -> int:
-        return self.g.tensor(name, shape, np.float32)
+    def tensor(self, name: str, shape: list[int], quant: tuple[float, int] | None = None) -> int:
+        """An activation tensor: int8 with `quant` (default: its calibrated range) or float32."""
+        if self.int8 and quant is None:
+            quant = act_quant(*self.ranges[name])
+        q = quant if self.int8 else None
+        index = self.g.tensor(name, shape, np.int8 if q else np.float32, quant=quant_params(*q) if q else None)
+        self.quant[index] = q
+        return index
 
     def _op(self, code: int, label: str, inputs: list[int], out: int, options_type: int = 0, options=None,
-            version: int = 1) -> int:
-        self.g.op(code, inputs, [out], options_type, options, version)
+            version: int | None = None) -> int:
+        self.g.op(code, inputs, [out], options_type, options, version or (2 if self.int8 else 1))
         self.ops.append(label)
         return out
 
     def const(self, name: str, value: float) -> int:
-        return self.g.tensor(name, [1], np.float32, np.full(1, value, np.float32))
+        if not self.int8:
+            return self.g.tensor(name, [1], np.float32, np.full(1, value, np.float32))
+        quant = (max(value, 1e-3) / 127.0, 0)
+        return self.g.tensor(name, [1], np.int8, np.array([round(value / quant[0])], np.int8), quant_params(*quant))
 
-    def sparse_fc(self, x: int, layer: Layer) -> int:
-        """CSR float32 FULLY_CONNECTED (version 8: XNNPACK would claim version 1 and compute garbage)."""
+    def sparse(self, x: int, layer: Layer) -> int:
+        """The layer's linear map, then its activation."""
         w = layer.weight
         rows = w.shape[0]
-        wt = sparse_weight_tensor(self.g, w, layer.name)
-        bt = self.g.tensor(f"{layer.name}/b", [rows], np.float32, layer.bias.astype(np.float32))
-        opts = fb.FullyConnectedOptionsT()
-        opts.fusedActivationFunction = fb.ActivationFunctionType.NONE
-        out = self._op(fb.BuiltinOperator.FULLY_CONNECTED, f"FULLY_CONNECTED(sparse CSR, nnz={w.nnz})",
-                       [x, wt, bt], self.tensor(layer.name, [1, rows]), fb.BuiltinOptions.FullyConnectedOptions,
-                       opts, SPARSE_FC_VERSION)
+        if self.int8:
+            out = sparse_int8_layer(self.g, x, self.quant[x], w, layer.bias, act_quant(*self.ranges[layer.name]),
+                                    layer.name)
+            self.quant[out] = act_quant(*self.ranges[layer.name])
+            self.ops.append(f"GATHER+DEPTHWISE_CONV_2D(ELL, {w.nnz} non-zeros)")
+        else:   # CSR float32 FULLY_CONNECTED (version 8: XNNPACK would claim version 1 and compute garbage)
+            wt = sparse_weight_tensor(self.g, w, layer.name)
+            bt = self.g.tensor(f"{layer.name}/b", [rows], np.float32, layer.bias.astype(np.float32))
+            opts = fb.FullyConnectedOptionsT()
+            opts.fusedActivationFunction = fb.ActivationFunctionType.NONE
+            out = self._op(fb.BuiltinOperator.FULLY_CONNECTED, f"FULLY_CONNECTED(sparse CSR, nnz={w.nnz})",
+                           [x, wt, bt], self.tensor(layer.name, [1, rows]), fb.BuiltinOptions.FullyConnectedOptions,
+                           opts, SPARSE_FC_VERSION)
+        name = f"{layer.name}/act"
         if layer.act == "leaky_relu":
             opts = fb.LeakyReluOptionsT()
             opts.alpha = LEAK
-            return self._op(fb.BuiltinOperator.LEAKY_RELU, "LEAKY_RELU", [out],
-                            self.tensor(f"{layer.name}/act", [1, rows]), fb.BuiltinOptions.LeakyReluOptions, opts)
+            return self._op(fb.BuiltinOperator.LEAKY_RELU, "LEAKY_RELU", [out], self.tensor(name, [1, rows]),
+                            fb.BuiltinOptions.LeakyReluOptions, opts)
         if layer.act == "logistic":
-            return self._op(fb.BuiltinOperator.LOGISTIC, "LOGISTIC", [out], self.tensor(f"{layer.name}/act", [1, rows]))
+            return self._op(fb.BuiltinOperator.LOGISTIC, "LOGISTIC", [out],
+                            self.tensor(name, [1, rows], LOGISTIC_QUANT))
         return out
 
-    def binary(self, code: int, label: str, a: int, b: int, name: str) -> int:
+    def binary(self, code: int, label: str, a: int, b: int, name: str, quant: tuple[float, int] | None = None) -> int:
         shape = list(self.g.tensors[a].shape)
         options = {fb.BuiltinOperator.ADD: (fb.BuiltinOptions.AddOptions, fb.AddOptionsT()),
                    fb.BuiltinOperator.SUB: (fb.BuiltinOptions.SubOptions, fb.SubOptionsT()),
@@ -257,54 +328,75 @@ class _Graph:
         opts_type, opts = options.get(code, (0, None))
         if opts is not None:
             opts.fusedActivationFunction = fb.ActivationFunctionType.NONE
-        return self._op(code, label, [a, b], self.tensor(name, shape), opts_type, opts)
+        return self._op(code, label, [a, b], self.tensor(name, shape, quant), opts_type, opts)
 
     def reshape(self, x: int, shape: list[int], name: str) -> int:
         shape_t = self.g.tensor(f"{name}/shape", [len(shape)], np.int32, np.array(shape, np.int32))
         opts = fb.ReshapeOptionsT()
         opts.newShape = shape
-        return self._op(fb.BuiltinOperator.RESHAPE, "RESHAPE", [x, shape_t], self.tensor(name, shape),
-                        fb.BuiltinOptions.ReshapeOptions, opts)
+        return self._op(fb.BuiltinOperator.RESHAPE, "RESHAPE", [x, shape_t], self.tensor(name, shape, self.quant[x]),
+                        fb.BuiltinOptions.ReshapeOptions, opts, 1)
 
 
-def write_keyed_san_tflite(stage: SanStage, key: Key, metadata: dict | None = None,
-                           secret: bytes | None = None) -> bytes:
-    """The stage keyed with the face model's sensor key `key` (a pixel permutation) on input and output, as
-    float32 .tflite bytes; hidden keys from `secret` (a fresh random one when None; never stored)."""
-    s, n = stage.size, 3 * stage.size * stage.size
-    maps = keyed_maps(stage, permutation_of(key, n), secret or secrets.token_bytes(32))
-    g = _Graph()
-    first = g.tensor("input", [1, s, s, 3])
+def _lower(g: _Graph, maps: KeyedMaps, size: int, strength: float) -> tuple[int, int]:
+    """The keyed stage's ops; returns (input, output) tensor indices."""
+    n = 3 * size * size
+    first = g.tensor("input", [1, size, size, 3], INPUT_QUANT)
     t = g.reshape(first, [1, n], "input_flat")
-    small = g.sparse_fc(t, maps.down) if maps.down is not None else t
+    small = g.sparse(t, maps.down) if maps.down is not None else t
     h = small
     for layer in maps.chain:
-        h = g.sparse_fc(h, layer)
+        h = g.sparse(h, layer)
     change = g.binary(fb.BuiltinOperator.SUB, "SUB", h, small, "change")
     if maps.up is not None:
-        change = g.sparse_fc(change, maps.up)
-    if stage.strength != 1.0:
-        change = g.binary(fb.BuiltinOperator.MUL, "MUL", change, g.const("strength", stage.strength), "scaled")
-    out = g.binary(fb.BuiltinOperator.ADD, "ADD", t, change, "sum")
-    out = g.binary(fb.BuiltinOperator.MAXIMUM, "MAXIMUM", out, g.const("zero", 0.0), "clamp_lo")
-    out = g.binary(fb.BuiltinOperator.MINIMUM, "MINIMUM", out, g.const("one", 1.0), "clamp")
-    out = g.reshape(out, [1, s, s, 3], "output")
+        change = g.sparse(change, maps.up)
+    if strength != 1.0:
+        change = g.binary(fb.BuiltinOperator.MUL, "MUL", change, g.const("strength", strength), "scaled")
+    if g.int8:            # the clamp to [0, 1] is the ADD's saturation onto the output scale
+        out = g.binary(fb.BuiltinOperator.ADD, "ADD", t, change, "sum", OUTPUT_QUANT)
+    else:
+        out = g.binary(fb.BuiltinOperator.ADD, "ADD", t, change, "sum")
+        out = g.binary(fb.BuiltinOperator.MAXIMUM, "MAXIMUM", out, g.const("zero", 0.0), "clamp_lo")
+        out = g.binary(fb.BuiltinOperator.MINIMUM, "MINIMUM", out, g.const("one", 1.0), "clamp")
+    return first, g.reshape(out, [1, size, size, 3], "output")
+
+
+def write_keyed_san_tflite(stage: SanStage, key: Key, metadata: dict | None = None, secret: bytes | None = None,
+                           int8: bool = False, calib_faces: np.ndarray | None = None,
+                           gain_range: tuple[float, float] | None = None) -> bytes:
+    """The stage keyed with the face model's sensor key `key` (a pixel permutation) on input and output, as
+    .tflite bytes; hidden keys from `secret` (a fresh random one when None; never stored), their gains in
+    `gain_range` (default KeyConfig's, INT8_GAIN_RANGE for int8).
+
+    float32 (`int8` False): CSR FULLY_CONNECTED layers. int8: every sparse map as GATHER + DEPTHWISE_CONV_2D
+    (tools.tflite.sparse_int8), per-tensor activation ranges calibrated on `calib_faces` (uint8 (N,S,S,3) plain
+    faces, keyed with `key` here), input and output int8 with scale 1/255, zero point -128."""
+    s, n = stage.size, 3 * stage.size * stage.size
+    if int8 and (calib_faces is None or len(calib_faces) == 0):
+        raise SanModelError("the int8 keyed stage needs calibration faces")
+    if int8 and (calib_faces.ndim != 4 or calib_faces.shape[1:] != (s, s, 3) or calib_faces.dtype != np.uint8):
+        raise SanModelError(f"calibration faces must be uint8 (N,{s},{s},3), got {calib_faces.dtype} "
+                            f"{calib_faces.shape}")
+    gain_range = gain_range or (INT8_GAIN_RANGE if int8 else KeyConfig.gain_range)
+    perm = permutation_of(key, n)
+    maps = keyed_maps(stage, perm, secret or secrets.token_bytes(32), gain_range)
+    ranges = None
+    if int8:
+        ranges = keyed_ranges(maps, keyed_frames(calib_faces, perm), stage.strength)
+        ranges["down/act"] = ranges["down"] = (0.0, 1.0)    # the working-size face: the input's exact scale
+    g = _Graph(ranges)
+    first, out = _lower(g, maps, s, stage.strength)
     layers = ([maps.down] if maps.down else []) + maps.chain + ([maps.up] if maps.up else [])
-    meta = {"kind": "san-stage", "input_shape": [s, s, 3], "strength": stage.strength, "dtype": "float32",
-            "keyed": True, "ops": g.ops, "nnz": int(sum(layer.weight.nnz for layer in layers)),
+    meta = {"kind": "san-stage", "input_shape": [s, s, 3], "strength": stage.strength,
+            "dtype": "int8" if int8 else "float32", "keyed": True, "ops": g.ops,
+            "nnz": int(sum(layer.weight.nnz for layer in layers)),
             "input_key_fingerprint": key.fingerprint, "output_key_fingerprint": key.fingerprint,
             "hidden_keys": "positive generalized permutations over all units of every layer, in the weights",
-            **(metadata or {})}
+            "hidden_gain_range": list(gain_range), **(metadata or {})}
     return g.g.finish([first], [out], meta, description="keycam SAN stage (keyed)")
 
 
 # -- checks ---------------------------------------------------------------------------------------------
-def operators_of(blob: bytes) -> list[int]:
-    """Builtin operator codes used by a .tflite model."""
-    model = fb.ModelT.InitFromObj(fb.Model.GetRootAs(blob, 0))
-    return [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
-
-
 def longest_run(blob: bytes, p: np.ndarray, dtype) -> int:
     """The longest run of consecutive entries of p (p[a], p[a+1], ...) stored anywhere in `blob` as `dtype`."""
     n, size = len(p), np.dtype(dtype).itemsize
@@ -322,17 +414,21 @@ def longest_run(blob: bytes, p: np.ndarray, dtype) -> int:
 
 
 def clear_key_findings(blob: bytes, key: Key, size: int, run: int = 16) -> list[str]:
-    """What of the key a .tflite stores in clear: a GATHER op, or `run` consecutive entries of the key's
-    permutation or its inverse (on CHW vectors, from the HWC frame to CHW, or within HWC) as int32, int64
-    or uint16 values at any byte offset (the whole index vector included)."""
-    found = ["GATHER op"] if fb.BuiltinOperator.GATHER in operators_of(blob) else []
+    """What of the key a .tflite stores in clear: `run` consecutive entries of the key's permutation or its
+    inverse (on CHW vectors, from the HWC frame to CHW, or within HWC) as uint16 (the same bytes as int16 below
+    2**15), int32 or int64 values at any byte offset (whole index vectors included), e.g. the indices of a
+    GATHER that un-keys the frame.
+
+    A GATHER op as such is no finding: the int8 stage's GATHERs take the keyed sparsity pattern (the column
+    indices the float stage's CSR weights store too), not K."""
     perm = permutation_of(key, 3 * size * size)
     order = hwc_to_chw_order((3, size, size))
     variants = (("permutation", perm), ("frame index", perm[order]),
                 ("HWC permutation", np.argsort(order)[perm[order]]))
+    found = []
     for name, p in variants:
         for what, q in ((name, p), (f"inverse {name}", np.argsort(p))):
-            for dtype in (np.int32, np.int64, np.uint16):
+            for dtype in (np.uint16, np.int32, np.int64):
                 if q.max() < np.iinfo(dtype).max and longest_run(blob, q, dtype) >= run:
                     found.append(f"{what} as {np.dtype(dtype).name}")
     return found
