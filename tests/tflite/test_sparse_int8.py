@@ -1,5 +1,6 @@
-"""The int8 sparse layer (ELL: GATHER + DEPTHWISE_CONV_2D) against numpy W x + b on the real interpreter, its
-int16 / int32 indices, bad inputs, and that the default XNNPACK delegate leaves its depthwise conv alone."""
+"""The int8 sparse layer (ELL: GATHER + DEPTHWISE_CONV_2D) against numpy W x + b on the real interpreter, row groups
+sharing a support (depth multiplier), int16 / int32 indices, bad inputs, and that the default XNNPACK delegate
+leaves its depthwise conv alone."""
 from __future__ import annotations
 
 import numpy as np
@@ -26,6 +27,15 @@ def _matrix(rows: int = ROWS, cols: int = COLS, seed: int = 0) -> tuple[sp.csr_m
     return w, rng.normal(size=rows) * 0.5
 
 
+def _grouped(groups: int = 60, m: int = 6, cols: int = COLS, seed: int = 5) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Aligned blocks of m rows sharing one column support (a conv's channels at one position), 4..20 per row."""
+    rng = np.random.default_rng(seed)
+    supports = [np.sort(rng.choice(cols, rng.integers(4, 21), replace=False)) for _ in range(groups)]
+    rows = [(g * m + r, c) for g, sup in enumerate(supports) for r in range(m) for c in sup]
+    r, c = np.array(rows).T
+    return sp.csr_matrix((rng.normal(size=len(r)), (r, c)), shape=(groups * m, cols)), rng.normal(size=groups * m)
+
+
 def _model(w, bias, out_quant, int16: bool = True) -> bytes:
     g = GraphBuilder()
     x = g.tensor("x", [1, w.shape[1]], np.int8, quant=quant_params(*INPUT_QUANT))
@@ -47,8 +57,9 @@ def test_ell_form_keeps_every_non_zero():
     assert np.all(ell.weight[:, 3] == 0) and ell_form(sp.csr_matrix((2, 5))).taps == 1
 
 
-def test_int8_layer_matches_numpy_within_the_quantisation_bound():
-    w, bias = _matrix()
+@pytest.mark.parametrize("make", [_matrix, _grouped], ids=["rows", "row-groups"])
+def test_int8_layer_matches_numpy_within_the_quantisation_bound(make):
+    w, bias = make()
     frames = _inputs(COLS)
     want = (w @ (frames.T / 255.0)).T + bias
     lo, hi = float(want.min()), float(want.max())
@@ -57,13 +68,24 @@ def test_int8_layer_matches_numpy_within_the_quantisation_bound():
     got = model.predict(frames)
     # bound per row: weight rounding (half a weight step per tap, |x| <= 1), bias rounding, output rounding
     # and the requantisation's fixed-point multiplier (one more output step)
-    _, ws = weight_quant(ell_form(w).weight.T)
+    ell = ell_form(w)
+    _, ws = weight_quant(ell.weight.T)
     taps = np.diff(w.indptr)
     bound = taps * ws / 2 + INPUT_QUANT[0] * ws / 2 + 1.5 * out_quant[0]
     err = np.abs(got - want)
     assert np.all(err <= bound + 1e-9), float((err - bound).max())
     assert err.max() / (hi - lo) < 0.02                  # measured ~0.5% of the output range
-    assert np.abs(got[:, 3] - bias[3]).max() <= out_quant[0]      # an empty row is its bias
+    if make is _matrix:
+        assert ell.multiplier == 1 and np.abs(got[:, 3] - bias[3]).max() <= out_quant[0]   # an empty row: its bias
+    else:
+        assert ell.multiplier == 6 and ell.index.shape[1] == 60     # one gathered column list per group
+
+
+def test_row_groups_must_be_aligned():
+    w, _ = _grouped(groups=4, m=3)
+    assert ell_form(w).multiplier == 3
+    shifted = sp.vstack([sp.csr_matrix(w[:1]), w]).tocsr()    # 13 rows: blocks of 3 no longer aligned
+    assert ell_form(shifted).multiplier == 1 and ell_form(w[:3]).multiplier == 3
 
 
 def test_int16_and_int32_indices_agree_and_int16_halves_them():
@@ -86,14 +108,27 @@ def test_int16_and_int32_indices_agree_and_int16_halves_them():
 
 
 def test_the_default_delegate_does_not_take_the_depthwise_conv():
-    """XNNPACK (TFLiteModel's AUTO resolver) claims int8 DEPTHWISE_CONV_2D with a constant bias and runs this
-    shape slower; the layer feeds its bias through a RESHAPE so the conv stays on the builtin kernel."""
+    """XNNPACK (TFLiteModel's AUTO resolver) claims an int8 DEPTHWISE_CONV_2D whose int32 bias has quantisation
+    parameters and runs this shape slower; the layer writes its bias without them, so the conv stays on the
+    builtin kernel (the same model with them is delegated)."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as fb
+
     w, bias = _matrix(seed=4)
-    model = TFLiteModel(_model(w, bias, act_quant(-20.0, 20.0)))
-    ops = model.interpreter._get_ops_details()
-    conv = next(op for op in ops if op["op_name"] == "DEPTHWISE_CONV_2D")
-    delegated = [set(op["inputs"]) for op in ops if op["op_name"] == "DELEGATE"]
-    assert not any(set(conv["inputs"]) & d for d in delegated)
+    blob = _model(w, bias, act_quant(-20.0, 20.0))
+
+    def delegated(blob: bytes) -> bool:
+        ops = TFLiteModel(blob).interpreter._get_ops_details()
+        conv = next(op for op in ops if op["op_name"] == "DEPTHWISE_CONV_2D")
+        return any(set(conv["inputs"]) & set(op["inputs"]) for op in ops if op["op_name"] == "DELEGATE")
+
+    assert not delegated(blob)
+    model = fb.ModelT.InitFromObj(fb.Model.GetRootAs(blob, 0))
+    bias_tensor = next(t for t in model.subgraphs[0].tensors if t.name == b"layer/b")
+    bias_tensor.quantization = quant_params(np.ones(ROWS), np.zeros(ROWS, int), 0)
+    builder = flatbuffers.Builder(1 << 20)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    assert delegated(bytes(builder.Output()))
 
 
 def test_bad_inputs():

@@ -44,7 +44,7 @@ from tools.san.export import SanStage
 from tools.san.nets import LEAK
 from tools.san.tflite_export import LOGISTIC_QUANT, OUTPUT_QUANT, prototype_constants
 from tools.tflite.builder import GraphBuilder, quant_params
-from tools.tflite.sparse_int8 import sparse_int8_layer
+from tools.tflite.sparse_int8 import sparse_int8_layer, support_ids
 from tools.tflite.writer import INPUT_QUANT, SPARSE_FC_VERSION, act_quant, hwc_to_chw_order, sparse_weight_tensor
 
 INT8_GAIN_RANGE = (0.5, 2.0)          # hidden unit gains of the int8 stage (see write_keyed_san_tflite)
@@ -165,14 +165,24 @@ def plain_layers(stage: SanStage) -> tuple[list[Layer], sp.csr_matrix | None, sp
 
 
 # -- keying -------------------------------------------------------------------------------------------
+def grouped_permutation(rng: Drbg, groups: np.ndarray) -> np.ndarray:
+    """A random permutation (keyed[i] = plain[index[i]]) keeping the units of each group contiguous: the groups in
+    a random order, the units inside each group in a random order."""
+    shuffled = rng.child("units").permutation(len(groups))
+    rank = rng.child("groups").permutation(int(groups.max(initial=-1)) + 1)
+    return shuffled[np.argsort(rank[groups[shuffled]], kind="stable")]
+
+
 def derive_unit_keys(secret: bytes, chain: list[Layer], config: KeyConfig = KeyConfig()) -> dict[str, UnitKey]:
     """Output keys of every hidden layer (positive generalized permutations over all units) and the
-    head's permutation P_s ('head'), from a 256-bit secret."""
+    head's permutation P_s ('head'), from a 256-bit secret. The permutation keeps the units that read the same
+    inputs (the channels of one position of a conv) together, in a random order: the sparsity pattern shows
+    which units those are anyway, and the int8 lowering then gathers their inputs once (sparse_int8)."""
     root = Drbg(secret, "san-stage/unit-keys")
     keys = {}
     for layer in chain:
         n = layer.weight.shape[0]
-        perm = root.child(f"{layer.name}/perm").permutation(n)
+        perm = grouped_permutation(root.child(f"{layer.name}/perm"), support_ids(layer.weight))
         gain = np.ones(n) if layer.act == "logistic" else gains(root.child(f"{layer.name}/gain"), n, config.gain_range)
         keys[layer.name] = UnitKey(perm, gain)
     return keys

@@ -1,24 +1,29 @@
 """A sparse matrix y = W x + b as int8 builtin ops (TFLite has no int8 CSR kernel): ELL form.
 
-Every row of W is padded to the largest number of non-zeros per row, k (padding taps: weight 0 on
-column 0), giving a (k, O) table of column indices and one of weights. Then, on an int8 vector x
-(tensor [1, n]):
+Rows are taken in aligned groups of M consecutive rows that read the same columns (M = 1 for a general
+matrix; the channels of one position of a conv, when its output keeps them together). Every group's
+column list is padded to the largest number of non-zeros per row, k (padding taps: weight 0 on column
+0), giving a (k, G = O / M) table of column indices and a (k, O) table of weights. Then, on an int8
+vector x (tensor [1, n]):
 
-    GATHER(x, index (k, 1, O), axis 1)          -> [1, k, 1, O]   tap j of row o at (j, 0, o)
-    DEPTHWISE_CONV_2D(filter [1, k, 1, O], VALID) -> [1, 1, 1, O]  one channel per output row, k taps,
-                                                                  per-channel int8 weights, int32 bias
-    RESHAPE                                     -> [1, O]
+    GATHER(x, index (k, 1, G), axis 1)              -> [1, k, 1, G]  tap j of group g at (j, 0, g)
+    DEPTHWISE_CONV_2D(filter [1, k, 1, O], VALID,   -> [1, 1, 1, O]  output channel g M + m = row g M + m:
+                      depth multiplier M)                             k taps, per-row int8 weights, int32 bias
+    RESHAPE                                         -> [1, O]
+
+GATHER copies element by element (runtime-facts.md), so a group gathers its inputs once for its M rows:
+for the SAN stage's conv layers that is 8-48x fewer copies than one gather per row.
 
 The index tensor is int16 when every column fits (half the bytes of int32; the builtin GATHER kernel
 takes int16 positions), else int32.
 
 XNNPACK: the default delegate of edge.runtime.TFLiteModel (OpResolverType.AUTO) claims an int8
-DEPTHWISE_CONV_2D whatever its op version and runs this shape (k x 1 taps, tens of thousands of
-channels) about 2x slower end to end than the builtin kernel (measured: 32,768 rows x 27 taps 8.4 ms
-vs 4.1 ms, 8,192 x 27 2.2 ms vs 0.95 ms, same outputs). The delegate only takes a depthwise conv whose
-filter and bias are static (constant) tensors (xnnpack_delegate.cc, VisitDepthwiseConv2DNode:
-CheckTensorStaticAllocation), so the int32 bias is fed through a RESHAPE of its constant: the same
-values, computed at run time (an O x 4-byte copy), and the conv stays on the builtin kernel.
+DEPTHWISE_CONV_2D whatever its op version and ran this shape (k x 1 taps, one row per channel) about 2x
+slower end to end than the builtin kernel (measured: 32,768 rows x 27 taps 8.4 ms vs 4.1 ms, 8,192 x 27
+2.2 ms vs 0.95 ms, same outputs). It takes an int8 conv only when the int32 bias carries affine
+quantisation parameters (xnnpack_delegate.cc, CheckTensorFloat32OrQInt32Type); the builtin int8 kernel
+never reads them (it rescales the bias by input scale x filter scale itself), so the bias is written
+without them: the conv stays on the builtin kernel and the file saves 12 bytes per row.
 """
 from __future__ import annotations
 
@@ -39,18 +44,45 @@ INT16_INDEX_LIMIT = 1 << 15
 
 @dataclass(frozen=True)
 class Ell:
-    """W in ELL form: row o is sum_j weight[j, o] * x[index[j, o]] (padding taps have weight 0)."""
+    """W in ELL form over groups of `multiplier` consecutive rows sharing one column support: row o is
+    sum_j weight[j, o] * x[index[j, o // multiplier]] (padding taps have weight 0)."""
 
-    index: np.ndarray      # (k, O) int64 column indices
+    index: np.ndarray      # (k, O / multiplier) int64 column indices, one column list per row group
     weight: np.ndarray     # (k, O) float64
 
     @property
     def taps(self) -> int:
         return self.index.shape[0]
 
+    @property
+    def multiplier(self) -> int:
+        return self.weight.shape[1] // self.index.shape[1]
+
+
+def support_ids(w: sp.csr_matrix) -> np.ndarray:
+    """One id per row: rows with the same set of column indices (structural non-zeros) share it."""
+    w = sp.csr_matrix(w, copy=True)
+    w.sort_indices()
+    counts = np.diff(w.indptr)
+    padded = np.full((w.shape[0], max(int(counts.max(initial=0)), 1)), -1, np.int64)
+    row_of = np.repeat(np.arange(w.shape[0]), counts)
+    padded[row_of, np.arange(w.nnz) - w.indptr[row_of]] = w.indices
+    return np.unique(padded, axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def shared_support_block(w: sp.csr_matrix) -> int:
+    """The largest M such that every aligned block of M consecutive rows shares one column support."""
+    ids, rows = support_ids(w), w.shape[0]
+    for m in sorted((d for d in range(1, rows + 1) if rows % d == 0), reverse=True):
+        blocks = ids.reshape(-1, m)
+        if np.all(blocks == blocks[:, :1]):
+            return m
+    return 1
+
 
 def ell_form(w: sp.spmatrix) -> Ell:
-    """The ELL tables of a sparse matrix (explicit zeros are dropped; a matrix with no non-zero gets one tap)."""
+    """The ELL tables of a sparse matrix (explicit zeros are dropped; a matrix with no non-zero gets one tap).
+    Aligned blocks of rows with one column support share their index column (`shared_support_block`)."""
     w = sp.csr_matrix(w, copy=True)
     w.eliminate_zeros()
     w.sort_indices()
@@ -61,7 +93,7 @@ def ell_form(w: sp.spmatrix) -> Ell:
     slot = np.arange(w.nnz) - w.indptr[row_of]
     index, weight = np.zeros((k, rows), np.int64), np.zeros((k, rows))
     index[slot, row_of], weight[slot, row_of] = w.indices, w.data
-    return Ell(index, weight)
+    return Ell(index[:, ::shared_support_block(w)], weight)
 
 
 def index_tensor(g: GraphBuilder, name: str, shape: list[int], values: np.ndarray, int16: bool) -> int:
@@ -85,16 +117,6 @@ def _bias_scales(ws: np.ndarray, weight: np.ndarray, in_scale: float) -> np.ndar
     representable (their int8 weights are all 0 anyway)."""
     empty = ~np.any(weight != 0, axis=0)
     return in_scale * np.where(empty, 1.0, ws)
-
-
-def _runtime_bias(g: GraphBuilder, values: np.ndarray, name: str) -> int:
-    """The int32 bias as the output of a RESHAPE of its constant: not a static tensor, so XNNPACK leaves
-    the depthwise conv to the builtin kernel (module docstring). No quantisation parameters: the int8
-    kernel scales the bias by input scale x filter scale itself (they would cost 12 bytes per row)."""
-    const = g.tensor(f"{name}/b_const", [len(values)], np.int32, values)
-    out = g.tensor(f"{name}/b", [len(values)], np.int32)
-    _reshape(g, const, out, [len(values)], f"{name}/b")
-    return out
 
 
 def _reshape(g: GraphBuilder, x: int, out: int, shape: list[int], name: str) -> None:
@@ -121,11 +143,11 @@ def sparse_int8_layer(g: GraphBuilder, x: int, in_quant: tuple[float, int], w: s
     if bias.shape != (rows,):
         raise ModelError(f"{name}: bias has {bias.size} values for {rows} rows")
     ell = ell_form(w)
-    k = ell.taps
+    k, groups = ell.index.shape
     int16 = int16_indices and cols <= INT16_INDEX_LIMIT
-    it = index_tensor(g, f"{name}/ell_index", [k, 1, rows], ell.index.reshape(k, 1, rows), int16)
+    it = index_tensor(g, f"{name}/ell_index", [k, 1, groups], ell.index.reshape(k, 1, groups), int16)
     q = quant_params(*in_quant)
-    taps = g.tensor(f"{name}/taps", [1, k, 1, rows], np.int8, quant=q)
+    taps = g.tensor(f"{name}/taps", [1, k, 1, groups], np.int8, quant=q)
     opts = fb.GatherOptionsT()
     opts.axis = 1
     g.op(fb.BuiltinOperator.GATHER, [x, it], [taps], fb.BuiltinOptions.GatherOptions, opts,
@@ -138,10 +160,10 @@ def sparse_int8_layer(g: GraphBuilder, x: int, in_quant: tuple[float, int], w: s
     zeros = np.zeros(rows, int)
     wt = g.tensor(f"{name}/ell_weight", [1, k, 1, rows], np.int8, qw.T.reshape(1, k, 1, rows),
                   quant_params(bs / in_quant[0], zeros, 3))
-    bt = _runtime_bias(g, qb.astype(np.int32), name)
+    bt = g.tensor(f"{name}/b", [rows], np.int32, qb.astype(np.int32))       # no quantisation: module docstring
     conv = g.tensor(f"{name}/dw", [1, 1, 1, rows], np.int8, quant=quant_params(*out_quant))
     dw = fb.DepthwiseConv2DOptionsT()
-    dw.padding, dw.strideH, dw.strideW, dw.depthMultiplier = fb.Padding.VALID, 1, 1, 1
+    dw.padding, dw.strideH, dw.strideW, dw.depthMultiplier = fb.Padding.VALID, 1, 1, ell.multiplier
     dw.dilationHFactor = dw.dilationWFactor = 1
     dw.fusedActivationFunction = fb.ActivationFunctionType.NONE
     g.op(fb.BuiltinOperator.DEPTHWISE_CONV_2D, [taps, wt, bt], [conv], fb.BuiltinOptions.DepthwiseConv2DOptions,
