@@ -31,16 +31,34 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
-def compare_with_torch(stage: SanStage, model_bytes: bytes, faces: np.ndarray, in_key: Key | None = None,
-                       out_key: Key | None = None) -> dict[str, float]:
-    """Max / mean abs error (in [0,1] units), SSIM and PSNR of the .tflite output against the torch stage on
-    uint8 faces (N,S,S,3); a keyed model gets keyed faces and its output is unkeyed before comparing."""
+def stage_outputs(model_bytes: bytes, faces: np.ndarray, in_key: Key | None = None,
+                  out_key: Key | None = None) -> np.ndarray:
+    """Float outputs (N,S,S,3) of a SAN .tflite on uint8 faces (N,S,S,3); a keyed model gets keyed faces and its
+    output is unkeyed."""
     model = TFLiteModel(model_bytes)
     got = []
     for face in faces:
         out = model.invoke(face if in_key is None else key_frame(in_key, face)).reshape(face.shape)
         got.append(out if out_key is None else unkey_frame(out_key, out))
-    got = np.stack(got)
+    return np.stack(got)
+
+
+def unseen_gender_scores(model_bytes: bytes, faces: np.ndarray, gender: np.ndarray, key: Key | None = None,
+                         cache_dir=None) -> dict[str, float]:
+    """The unseen gender classifier (tools.san.unseen, eval extra) on a SAN .tflite's outputs for uint8 faces with
+    labels `gender` (0 female, 1 male): accuracy, balanced accuracy, per-gender recall."""
+    from tools.san.metrics import gender_scores
+    from tools.san.unseen import UnseenGender
+
+    images = _to_uint8(stage_outputs(model_bytes, faces, key, key))
+    return gender_scores(UnseenGender(cache_dir).predict(images), np.asarray(gender))
+
+
+def compare_with_torch(stage: SanStage, model_bytes: bytes, faces: np.ndarray, in_key: Key | None = None,
+                       out_key: Key | None = None) -> dict[str, float]:
+    """Max / mean abs error (in [0,1] units), SSIM and PSNR of the .tflite output against the torch stage on
+    uint8 faces (N,S,S,3); a keyed model gets keyed faces and its output is unkeyed before comparing."""
+    got = stage_outputs(model_bytes, faces, in_key, out_key)
     with torch.no_grad():
         want = stage(torch.from_numpy(faces.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)).numpy()
     want = want.transpose(0, 2, 3, 1)

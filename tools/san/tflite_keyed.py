@@ -2,8 +2,9 @@
 
 The stage's input and output carry the same key K, the downstream face model's sensor key, which must be
 a pixel permutation (the sigmoid and the final clamp commute only with permutations). Every linear map
-of the stage's DAG becomes a sparse matrix in keyed coordinates, A_out W A_in^-1, written as a float32
-CSR FULLY_CONNECTED (op version 8; there is no int8 CSR kernel), on flattened vectors:
+of the stage's DAG becomes a sparse matrix in keyed coordinates, A_out W A_in^-1, written int8 as GATHER +
+DEPTHWISE_CONV_2D (tools.tflite.sparse_int8; there is no int8 CSR kernel) or float32 as a CSR
+FULLY_CONNECTED (op version 8), on flattened vectors:
 
     t (keyed frame, HWC layout of the keyed CHW vector, as the pre-ADC stage delivers it; = T x, T = K's
        permutation composed with the public HWC layout)
@@ -18,9 +19,11 @@ CSR FULLY_CONNECTED (op version 8; there is no int8 CSR kernel), on flattened ve
     x_op_k = LOGISTIC(P_s Wh N A4^-1 h4 + P_s ch) head: feature half; ch = opposite prototype half + bias
     out = clamp(t + strength * T U P_s^-1 (x_op_k - small_k), 0, 1)    U = the bilinear upsample
 
-A1..A4, B1, B2 are positive generalized permutations over all units (a global shuffle of positions and
-channels, log-uniform gains in KeyConfig's range; they commute with LeakyReLU); P_s is a permutation
-(the sigmoid admits no gain). All come from a fresh 256-bit secret per export, never stored. Since the
+A1..A4, B1, B2 are positive generalized permutations over all units (a shuffle of the groups of units
+that read the same inputs - a conv's channels at one position - and of the units inside each group,
+log-uniform gains in KeyConfig's range; they commute with LeakyReLU); P_s is a permutation (the sigmoid
+admits no gain). All come from a fresh 256-bit secret per export, never stored. int8 activation ranges
+are calibrated per tensor on faces keyed with K, in keyed space (`keyed_ranges`). Since the
 input and output keys are equal, the residual `t + change` is a plain ADD of the input: nothing keyed
 there. What stays visible: the sparsity pattern of every layer (the grid's adjacency, which the structure
 attack of tools/attacks/structure.py turns back into the pixel arrangement, as for the `full` profile),
@@ -47,7 +50,7 @@ from tools.tflite.builder import GraphBuilder, quant_params
 from tools.tflite.sparse_int8 import sparse_int8_layer, support_ids
 from tools.tflite.writer import INPUT_QUANT, SPARSE_FC_VERSION, act_quant, hwc_to_chw_order, sparse_weight_tensor
 
-INT8_GAIN_RANGE = (0.5, 2.0)          # hidden unit gains of the int8 stage (see write_keyed_san_tflite)
+INT8_GAIN_RANGE = (0.5, 2.0)   # hidden gains of the int8 stage: KeyConfig's; [0.25, 4] triples the int8 error (README)
 
 
 @dataclass(frozen=True)
