@@ -135,7 +135,10 @@ def test_bad_inputs():
     w, bias = _matrix()
     g = GraphBuilder()
     x = g.tensor("x", [1, COLS + 1], np.int8, quant=quant_params(*INPUT_QUANT))
-    with pytest.raises(ModelError, match=f"takes a \\[1, {COLS}\\] vector"):
+    with pytest.raises(ModelError, match=f"takes an int8 \\[1, {COLS}\\] vector"):
+        sparse_int8_layer(g, x, INPUT_QUANT, w, bias, (0.1, 0), "bad")
+    x = g.tensor("f", [1, COLS], np.float32)
+    with pytest.raises(ModelError, match="int8"):
         sparse_int8_layer(g, x, INPUT_QUANT, w, bias, (0.1, 0), "bad")
     x = g.tensor("y", [1, COLS], np.int8, quant=quant_params(*INPUT_QUANT))
     with pytest.raises(ModelError, match="bias has 3 values"):

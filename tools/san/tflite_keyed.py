@@ -302,8 +302,9 @@ class _Graph:
     def const(self, name: str, value: float) -> int:
         if not self.int8:
             return self.g.tensor(name, [1], np.float32, np.full(1, value, np.float32))
-        quant = (max(value, 1e-3) / 127.0, 0)
-        return self.g.tensor(name, [1], np.int8, np.array([round(value / quant[0])], np.int8), quant_params(*quant))
+        quant = act_quant(0.0, value)                   # a value >= 0: the top code, exactly (0: the zero point)
+        code = 127 if value > 0 else quant[1]
+        return self.g.tensor(name, [1], np.int8, np.array([code], np.int8), quant_params(*quant))
 
     def sparse(self, x: int, layer: Layer) -> int:
         """The layer's linear map, then its activation."""

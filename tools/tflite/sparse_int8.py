@@ -137,8 +137,9 @@ def sparse_int8_layer(g: GraphBuilder, x: int, in_quant: tuple[float, int], w: s
     w = sp.csr_matrix(w)
     rows, cols = w.shape
     shape_x = list(g.tensors[x].shape)
-    if shape_x != [1, cols]:
-        raise ModelError(f"{name}: the sparse layer takes a [1, {cols}] vector, got {shape_x}")
+    if shape_x != [1, cols] or g.tensors[x].type != fb.TensorType.INT8:
+        raise ModelError(f"{name}: the sparse layer takes an int8 [1, {cols}] vector, got {shape_x} of type "
+                         f"{g.tensors[x].type} (INT8 = {fb.TensorType.INT8})")
     bias = np.asarray(bias, dtype=np.float64).reshape(-1)
     if bias.shape != (rows,):
         raise ModelError(f"{name}: bias has {bias.size} values for {rows} rows")
