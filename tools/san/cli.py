@@ -116,15 +116,17 @@ def eval_(model: Path, json_path: Path, out_dir: Path | None, faces_dir: Path | 
               help="SAN ensemble weights (rewritten with the chosen strength when --write)")
 @click.option("--faces-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=FACES_HELP)
 @_cache_dir
-@click.option("--write", is_flag=True, help="store the chosen operating point in the model file")
-def strength(model: Path, faces_dir: Path | None, cache_dir: Path, write: bool) -> None:
+@click.option("--change", type=click.Choice(["differential", "residual"]), default="differential",
+              show_default=True, help="deployed change: x + alpha (X_OP - X_SM), or the papers' x + alpha (X_OP - x)")
+@click.option("--write", is_flag=True, help="store the chosen change form and operating point in the model file")
+def strength(model: Path, faces_dir: Path | None, cache_dir: Path, change: str, write: bool) -> None:
     """Sweep the perturbation strength on the 64x64 test split and choose the operating point (unseen models)."""
     _threads()
     from tools.san.evaluate import calibrate_strength
     from tools.san.model_io import load_ensemble, save_ensemble
 
     ensemble = load_ensemble(model)
-    record = calibrate_strength(ensemble, faces_dir, cache_dir, log=click.echo)
+    record = calibrate_strength(ensemble, change, faces_dir, cache_dir, log=click.echo)
     click.echo("Pareto front on lfw64_test (alpha_female, alpha_male: gender bacc, verif acc, drop, SSIM):")
     for p in record["pareto"]:
         click.echo(f"  {p['female']:.2f}, {p['male']:.2f}: {p['gender_bacc']:.3f}, {p['verif_acc']:.3f}, "
@@ -135,6 +137,7 @@ def strength(model: Path, faces_dir: Path | None, cache_dir: Path, write: bool) 
                "on lfw64_test)")
     if write:
         ensemble.meta["strength"] = {"female": c["female"], "male": c["male"]}
+        ensemble.meta["change"] = change
         ensemble.meta["strength_selection"] = {k: v for k, v in record.items() if k != "pareto"}
         save_ensemble(ensemble, model)
         click.echo(f"stored in {model}")
@@ -149,8 +152,9 @@ def strength(model: Path, faces_dir: Path | None, cache_dir: Path, write: bool) 
 @click.option("--gender", type=click.Choice(["female", "male"]), required=True,
               help="source gender the stage is built for (selects the same / opposite prototypes)")
 @click.option("--size", type=int, default=64, show_default=True, help="face crop side (multiple of 32)")
-@click.option("--strength", type=click.FloatRange(0.0, 1.0), default=None,
-              help="perturbation strength (default: the model's stored operating point for --gender)")
+@click.option("--strength", type=click.FloatRange(min=0.0), default=None,
+              help="perturbation strength (default: the model's stored operating point for --gender; the change "
+                   "form is the model's stored one)")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="output .onnx")
 @click.option("--tflite", "tflite_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="output .tflite (int8 unless --float)")
@@ -187,7 +191,7 @@ def export(model: Path, member: int | None, report: Path | None, gender: str, si
                 raise SanModelError(f"cannot read selected_member from {report}: {exc}") from exc
     ensemble = load_ensemble(model)
     stage = make_stage(ensemble, member, gender, size, strength)
-    what = f"member {member}, {gender} faces, {size}x{size}, strength {stage.strength:g}"
+    what = f"member {member}, {gender} faces, {size}x{size}, {stage.change} change, strength {stage.strength:g}"
     if out is not None:
         _export_onnx(ensemble, member, gender, size, stage.strength, out, what)
     if tflite_path is not None:

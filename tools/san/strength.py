@@ -1,14 +1,15 @@
 """Perturbation strength: the privacy-utility curve of x + alpha * (SAN change) and its operating point.
 
-The SAN's change (X_OP - x at the working size, upsampled) is added with a strength alpha in [0, 1] per
-source gender (the prototypes are already chosen by the subject's gender, as in the papers). The sweep
-runs the UNSEEN models once per alpha on every image; because the unseen models see one image at a time,
-any (alpha_female, alpha_male) pair is then a recombination of those per-image outputs.
+The SAN's change (model_io.CHANGES: X_OP - x or X_OP - X_SM at the working size, upsampled) is added with
+a strength alpha per source gender (the prototypes are already chosen by the subject's gender, as in the
+papers). The sweep runs the UNSEEN models once per alpha on every image; because the unseen models see one
+image at a time, any (alpha_female, alpha_male) pair is then a recombination of those per-image outputs.
 
 Operating-point rule (privacy is the goal, utility the constraint): among the grid points that meet both
 targets on the selection split (gender balanced accuracy <= 0.60 and verification accuracy drop <= 3
-points), take the lowest gender balanced accuracy, then the highest verification accuracy, then the
-smallest total strength. With no such point, the same order over the points meeting the utility target.
+points), take the balanced accuracy closest to chance (0.5: below it the classifier is inverted, which
+tells the gender as well as above it), then the highest verification accuracy, then the smallest total
+strength. With no such point, the same order over the points meeting the utility target.
 The selection split is the 64x64 test split (490 official pairs); the report's headline verification
 numbers come from the 112x112 View-2 folds 1-2 file (1,200 pairs) of the same people.
 """
@@ -21,11 +22,12 @@ import numpy as np
 
 from tools.san.data import FaceSet
 from tools.san.metrics import gender_scores, pair_distances, ssim, verification_accuracy
-from tools.san.model_io import SanEnsemble
+from tools.san.model_io import SanEnsemble, check_change
 from tools.san.unseen import MATCH_THRESHOLD
 
-GENDER_TARGET, VERIF_DROP_TARGET = 0.60, 0.03
-ALPHAS = (0.0, 0.25, 0.5, 0.6, 0.75, 0.9, 1.0)
+GENDER_TARGET, VERIF_DROP_TARGET, CHANCE = 0.60, 0.03, 0.5
+ALPHAS = {"residual": (0.0, 0.25, 0.5, 0.6, 0.75, 0.9, 1.0),       # alpha 1 = X_OP itself
+          "differential": (0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5)}       # the difference is small: larger strengths
 
 
 @dataclass
@@ -38,13 +40,16 @@ class StrengthOutcomes:
     ssim: np.ndarray             # (A, N) to the original
 
 
-def sweep(ensemble: SanEnsemble, member: int, fs: FaceSet, evaluator, alphas=ALPHAS, log=print) -> StrengthOutcomes:
-    """X_OP of `member` at every strength in `alphas`, through the unseen gender classifier and matcher."""
+def sweep(ensemble: SanEnsemble, member: int, fs: FaceSet, evaluator, change: str = "differential",
+          alphas=None, log=print) -> StrengthOutcomes:
+    """The deployed output (change form `change`) of `member` at every strength in `alphas` (default:
+    ALPHAS[change]), through the unseen gender classifier and matcher."""
+    alphas = ALPHAS[check_change(change)] if alphas is None else alphas
     if 0.0 not in alphas:
         raise ValueError("the sweep needs alpha 0 (the originals) as its reference")
     preds, embs, ssims = [], [], []
     for alpha in alphas:
-        _, x_op = ensemble.perturb(fs.images, fs.gender, member, strength=float(alpha))
+        x_op = ensemble.deployed(fs.images, fs.gender, member, strength=float(alpha), change=change)
         preds.append(evaluator.gender.predict(x_op))
         embs.append(evaluator.embed(fs, x_op))
         ssims.append(ssim(fs.images, x_op))
@@ -81,12 +86,14 @@ def choose_operating_point(points: list[dict]) -> dict:
     pool = feasible or [p for p in points if p["verif_drop"] <= VERIF_DROP_TARGET]
     if not pool:
         raise ValueError("no strength meets the utility target (alpha 0 always does: is the sweep empty?)")
-    return min(pool, key=lambda p: (p["gender_bacc"], -p["verif_acc"], p["female"] + p["male"]))
+    return min(pool, key=lambda p: (abs(p["gender_bacc"] - CHANCE), -p["verif_acc"], p["female"] + p["male"]))
 
 
 def pareto_front(points: list[dict]) -> list[dict]:
-    """Points no other point beats on both lower gender bacc and higher verification accuracy."""
-    front = [p for p in points if not any(q["gender_bacc"] <= p["gender_bacc"] and q["verif_acc"] >= p["verif_acc"]
-                                          and (q["gender_bacc"], q["verif_acc"]) != (p["gender_bacc"], p["verif_acc"])
-                                          for q in points)]
-    return sorted(front, key=lambda p: p["gender_bacc"])
+    """Points no other point beats on both a gender bacc closer to chance and a higher verification accuracy."""
+    def gap(p: dict) -> float:
+        return abs(p["gender_bacc"] - CHANCE)
+
+    front = [p for p in points if not any(gap(q) <= gap(p) and q["verif_acc"] >= p["verif_acc"]
+                                          and (gap(q), q["verif_acc"]) != (gap(p), p["verif_acc"]) for q in points)]
+    return sorted(front, key=gap)

@@ -9,7 +9,9 @@ so it is lowered here with the same GraphBuilder and the writer's quantisation h
     --CONV_2D--> LEAKY_RELU --> AVERAGE_POOL_2D                        contribution with the bias
     --CONV_2D--> LEAKY_RELU --> RESIZE_NEAREST_NEIGHBOR(x2)            (twice: decoder)
     --CONV_2D(feature half of the head)--> ADD(constant: opposite prototype + bias) --LOGISTIC--> x_op
-    SUB(x_op, small) --RESIZE_BILINEAR(half-pixel, = torch align_corners=False)--> MUL(strength) --ADD(x)--> clamp
+                                       \--> ADD(constant: same prototype + bias) --LOGISTIC--> x_sm (differential)
+    SUB(x_op, small | x_sm) --RESIZE_BILINEAR(half-pixel, = torch align_corners=False)--> MUL(strength) --ADD(x)
+    --> clamp
 
 int8: weights symmetric per output channel, activations asymmetric per tensor from calibration faces (the
 writer's `weight_quant` / `act_quant`), input and output int8 with scale 1/255 and zero point -128, so
@@ -44,7 +46,7 @@ def trace(stage: SanStage, x: torch.Tensor) -> dict[str, torch.Tensor]:
     m, t = stage.member, {}
     n = x.shape[0]
     t["small"] = F.avg_pool2d(x, stage.factor) if stage.factor > 1 else x
-    const1, consth = prototype_constants(stage)
+    const1, consth, consth_sm = prototype_constants(stage)
     t["e1_conv"] = F.conv2d(t["small"], m.enc1.weight[:, :3], padding=1)
     t["e1_add"] = t["e1_conv"] + torch.from_numpy(const1).expand(n, -1, -1, -1)
     t["e1_act"] = F.leaky_relu(t["e1_add"], LEAK)
@@ -62,7 +64,10 @@ def trace(stage: SanStage, x: torch.Tensor) -> dict[str, torch.Tensor]:
     t["h_conv"] = F.conv2d(t["d2_up"], m.head.weight[:, :channels])
     t["h_add"] = t["h_conv"] + torch.from_numpy(consth).expand(n, -1, -1, -1)
     t["x_op"] = torch.sigmoid(t["h_add"])
-    t["change"] = t["x_op"] - t["small"]
+    if stage.change == "differential":
+        t["h_add_sm"] = t["h_conv"] + torch.from_numpy(consth_sm).expand(n, -1, -1, -1)
+        t["x_sm"] = torch.sigmoid(t["h_add_sm"])
+    t["change"] = t["x_op"] - t.get("x_sm", t["small"])
     t["change_up"] = F.interpolate(t["change"], scale_factor=float(stage.factor), mode="bilinear",
                                    align_corners=False) if stage.factor > 1 else t["change"]
     t["scaled"] = stage.strength * t["change_up"]
@@ -71,13 +76,14 @@ def trace(stage: SanStage, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def prototype_constants(stage: SanStage) -> tuple[np.ndarray, np.ndarray]:
-    """Per-position constants (1,C,H,W): enc1's prototype half + bias, the head's opposite-prototype half + bias."""
+def prototype_constants(stage: SanStage) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-position constants (1,C,H,W): enc1's prototype half + bias, and the head's prototype half + bias
+    with the opposite and with the same prototype."""
     m = stage.member
     const1 = F.conv2d(stage.same, m.enc1.weight[:, 3:], m.enc1.bias, padding=1)
     channels = m.head.weight.shape[1] - 3
-    consth = F.conv2d(stage.opposite, m.head.weight[:, channels:], m.head.bias)
-    return const1.numpy().astype(np.float32), consth.numpy().astype(np.float32)
+    heads = (F.conv2d(p, m.head.weight[:, channels:], m.head.bias) for p in (stage.opposite, stage.same))
+    return tuple(c.numpy().astype(np.float32) for c in (const1, *heads))
 
 
 @dataclass
@@ -178,13 +184,19 @@ class _Lowering:
         return self._op(fb.BuiltinOperator.RESIZE_NEAREST_NEIGHBOR, "RESIZE_NEAREST_NEIGHBOR", [x.index, size], out,
                         fb.BuiltinOptions.ResizeNearestNeighborOptions, opts)
 
+    def head(self, h: _T, const: np.ndarray, suffix: str) -> _T:
+        """LOGISTIC(h + const): x_op (suffix '') or x_sm (suffix '_sm')."""
+        h = self.binary(fb.BuiltinOperator.ADD, "ADD", h, self._const(f"h_const{suffix}", const), f"h_add{suffix}")
+        return self._op(fb.BuiltinOperator.LOGISTIC, "LOGISTIC", [h.index],
+                        self._tensor(f"x{suffix or '_op'}", self._shape(h), LOGISTIC_QUANT if self.int8 else None))
+
     # -- the stage ----------------------------------------------------------------------------------
     def run(self) -> tuple[int, int]:
         st, m = self.stage, self.stage.member
         s = st.size
         x = self._tensor("input", [1, s, s, 3], INPUT_QUANT if self.int8 else None)
         small = self.avg_pool(x, st.factor, "small") if st.factor > 1 else x
-        const1, consth = (np.ascontiguousarray(c.transpose(0, 2, 3, 1)) for c in prototype_constants(st))
+        const1, consth, consth_sm = (np.ascontiguousarray(c.transpose(0, 2, 3, 1)) for c in prototype_constants(st))
         h = self.conv(small, "e1_conv", m.enc1.weight[:, :3], None)
         h = self.binary(fb.BuiltinOperator.ADD, "ADD", h, self._const("e1_const", const1), "e1_add")
         h = self.avg_pool(self.leaky_relu(h, "e1_act"), 2, "e1_pool")
@@ -193,10 +205,9 @@ class _Lowering:
         h = self.resize(self.leaky_relu(self.conv(h, "d2_conv", m.dec2.weight, m.dec2.bias), "d2_act"), 2, False, "d2_up")
         channels = m.head.weight.shape[1] - 3
         h = self.conv(h, "h_conv", m.head.weight[:, :channels], None)
-        h = self.binary(fb.BuiltinOperator.ADD, "ADD", h, self._const("h_const", consth), "h_add")
-        x_op = self._op(fb.BuiltinOperator.LOGISTIC, "LOGISTIC", [h.index],
-                        self._tensor("x_op", self._shape(h), LOGISTIC_QUANT if self.int8 else None))
-        change = self.binary(fb.BuiltinOperator.SUB, "SUB", x_op, small, "change")
+        x_op = self.head(h, consth, "")
+        base = self.head(h, consth_sm, "_sm") if st.change == "differential" else small
+        change = self.binary(fb.BuiltinOperator.SUB, "SUB", x_op, base, "change")
         if st.factor > 1:
             change = self.resize(change, st.factor, True, "change_up")
         if st.strength != 1.0:
@@ -241,5 +252,5 @@ def write_san_tflite(stage: SanStage, int8: bool = True, calib: np.ndarray | Non
     low = _Lowering(stage, int8, calibration_ranges(stage, calib) if int8 else {})
     first, last = low.run()
     meta = {"kind": "san-stage", "input_shape": [stage.size, stage.size, 3], "strength": stage.strength,
-            "dtype": "int8" if int8 else "float32", "keyed": False, "ops": low.ops, **(metadata or {})}
+            "change": stage.change, "dtype": "int8" if int8 else "float32", "keyed": False, "ops": low.ops, **(metadata or {})}
     return low.g.finish([first], [last], meta, description="keycam SAN stage")

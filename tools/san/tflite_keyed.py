@@ -17,7 +17,10 @@ FULLY_CONNECTED (op version 8), on flattened vectors:
     h4 = LeakyReLU(A4 W4 N A3^-1 h3 + A4 b4)     nearest x2 upsample N composed into the conv (fewer
                                                  non-zeros than either alone)
     x_op_k = LOGISTIC(P_s Wh N A4^-1 h4 + P_s ch) head: feature half; ch = opposite prototype half + bias
-    out = clamp(t + strength * T U P_s^-1 (x_op_k - small_k), 0, 1)    U = the bilinear upsample
+    x_sm_k = LOGISTIC(P_s Wh N A4^-1 h4 + P_s cs) differential change only: cs = same prototype half + bias,
+                                                 added as the constant P_s (cs - ch) to the head's linear output
+    out = clamp(t + strength * T U P_s^-1 (x_op_k - base_k), 0, 1)     U = the bilinear upsample; base_k =
+                                                 small_k (residual change) or x_sm_k (differential)
 
 A1..A4, B1, B2 are positive generalized permutations over all units (a shuffle of the groups of units
 that read the same inputs - a conv's channels at one position - and of the units inside each group,
@@ -148,7 +151,7 @@ def plain_layers(stage: SanStage) -> tuple[list[Layer], sp.csr_matrix | None, sp
     s = stage.size // f
     e1, e2 = m.enc1.out_channels, m.enc2.out_channels
     d1, d2 = m.dec1.out_channels, m.dec2.out_channels
-    const1, consth = (c.reshape(-1).astype(np.float64) for c in prototype_constants(stage))
+    const1, consth, _ = (c.reshape(-1).astype(np.float64) for c in prototype_constants(stage))
     q, e = s // 2, s // 4
     features = m.head.weight.shape[1] - 3
     chain = [
@@ -200,11 +203,13 @@ def _keyed(layer: Layer, out: UnitKey, inp: UnitKey) -> Layer:
 @dataclass
 class KeyedMaps:
     """The keyed stage's sparse maps: `down` (t -> small_k, None at factor 1), the chain (small_k -> head
-    pre-activation, P_s coordinates) and `up` (P_s coordinates -> t, None at factor 1)."""
+    pre-activation, P_s coordinates) and `up` (P_s coordinates -> t, None at factor 1); `head_shift` (differential
+    change only) = P_s (cs - ch): the head's pre-activation plus it gives X_SM's."""
 
     down: Layer | None
     chain: list[Layer]
     up: Layer | None
+    head_shift: np.ndarray | None = None
 
 
 def keyed_maps(stage: SanStage, perm: np.ndarray, secret: bytes,
@@ -213,6 +218,7 @@ def keyed_maps(stage: SanStage, perm: np.ndarray, secret: bytes,
     hidden unit gains log-uniform in `gain_range`."""
     chain, down, up = plain_layers(stage)
     n = 3 * stage.size * stage.size
+    _, consth, consth_sm = (c.reshape(-1).astype(np.float64) for c in prototype_constants(stage))
     frame = UnitKey(frame_index(perm, stage.size), np.ones(n))
     keys = derive_unit_keys(secret, chain, KeyConfig(gain_range=gain_range))
     small = keys["head"] if down is not None else frame      # the working-size face and X_OP share P_s
@@ -221,10 +227,11 @@ def keyed_maps(stage: SanStage, perm: np.ndarray, secret: bytes,
         key = small if layer.act == "logistic" else keys[layer.name]
         keyed.append(_keyed(layer, key, previous))
         previous = key
+    shift = small.matrix() @ (consth_sm - consth) if stage.change == "differential" else None
     if down is None:
-        return KeyedMaps(None, keyed, None)
+        return KeyedMaps(None, keyed, None, shift)
     return KeyedMaps(_keyed(Layer("down", down, np.zeros(down.shape[0]), "none"), small, frame), keyed,
-                     _keyed(Layer("up", up, np.zeros(up.shape[0]), "none"), frame, small))
+                     _keyed(Layer("up", up, np.zeros(up.shape[0]), "none"), frame, small), shift)
 
 
 def _activate(layer: Layer, pre: np.ndarray) -> np.ndarray:
@@ -237,8 +244,8 @@ def _activate(layer: Layer, pre: np.ndarray) -> np.ndarray:
 
 def keyed_forward(maps: KeyedMaps, t: np.ndarray, strength: float) -> dict[str, np.ndarray]:
     """Every tensor of the keyed graph in float64 for keyed frames t (N, n) (the frame layout, values in [0, 1]):
-    each layer's linear output under its name and its activation under 'name/act', then 'change', 'up'
-    (factor > 1), 'scaled' and 'out' (clamped)."""
+    each layer's linear output under its name and its activation under 'name/act', then 'head_sm' and
+    'head_sm/act' (differential change), 'change', 'up' (factor > 1), 'scaled' and 'out' (clamped)."""
     values = {"input": t}
     h = small = t
     for layer in ([maps.down] if maps.down is not None else []) + maps.chain:
@@ -246,6 +253,9 @@ def keyed_forward(maps: KeyedMaps, t: np.ndarray, strength: float) -> dict[str, 
         values[f"{layer.name}/act"] = h = _activate(layer, pre)
         if layer is maps.down:
             small = h
+    if maps.head_shift is not None:
+        values["head_sm"] = pre + maps.head_shift
+        small = values["head_sm/act"] = _activate(maps.chain[-1], values["head_sm"])
     change = values["change"] = h - small
     if maps.up is not None:
         change = values["up"] = np.asarray(maps.up.weight @ change.T).T
@@ -306,8 +316,22 @@ class _Graph:
         code = 127 if value > 0 else quant[1]
         return self.g.tensor(name, [1], np.int8, np.array([code], np.int8), quant_params(*quant))
 
+    def vector(self, name: str, values: np.ndarray) -> int:
+        """A constant [1, n] vector: float32, or int8 on its own range."""
+        if not self.int8:
+            return self.g.tensor(name, [1, len(values)], np.float32, values[None].astype(np.float32))
+        quant = act_quant(float(values.min()), float(values.max()))
+        q = np.clip(np.round(values / quant[0]) + quant[1], -128, 127).astype(np.int8)
+        index = self.g.tensor(name, [1, len(values)], np.int8, q[None], quant_params(*quant))
+        self.quant[index] = quant
+        return index
+
     def sparse(self, x: int, layer: Layer) -> int:
         """The layer's linear map, then its activation."""
+        return self.activate(self.linear(x, layer), layer, f"{layer.name}/act")
+
+    def linear(self, x: int, layer: Layer) -> int:
+        """The layer's linear map y = W x + b."""
         w = layer.weight
         rows = w.shape[0]
         if self.int8:
@@ -323,7 +347,11 @@ class _Graph:
             out = self._op(fb.BuiltinOperator.FULLY_CONNECTED, f"FULLY_CONNECTED(sparse CSR, nnz={w.nnz})",
                            [x, wt, bt], self.tensor(layer.name, [1, rows]), fb.BuiltinOptions.FullyConnectedOptions,
                            opts, SPARSE_FC_VERSION)
-        name = f"{layer.name}/act"
+        return out
+
+    def activate(self, out: int, layer: Layer, name: str) -> int:
+        """The layer's activation on `out`, as tensor `name`."""
+        rows = self.g.tensors[out].shape[1]
         if layer.act == "leaky_relu":
             opts = fb.LeakyReluOptionsT()
             opts.alpha = LEAK
@@ -359,9 +387,15 @@ def _lower(g: _Graph, maps: KeyedMaps, size: int, strength: float) -> tuple[int,
     t = g.reshape(first, [1, n], "input_flat")
     small = g.sparse(t, maps.down) if maps.down is not None else t
     h = small
-    for layer in maps.chain:
+    for layer in maps.chain[:-1]:
         h = g.sparse(h, layer)
-    change = g.binary(fb.BuiltinOperator.SUB, "SUB", h, small, "change")
+    head = maps.chain[-1]
+    pre = g.linear(h, head)
+    h, base = g.activate(pre, head, "head/act"), small
+    if maps.head_shift is not None:         # differential change: X_SM's head shares the linear map
+        shifted = g.binary(fb.BuiltinOperator.ADD, "ADD", pre, g.vector("head_shift", maps.head_shift), "head_sm")
+        base = g.activate(shifted, head, "head_sm/act")
+    change = g.binary(fb.BuiltinOperator.SUB, "SUB", h, base, "change")
     if maps.up is not None:
         change = g.sparse(change, maps.up)
     if strength != 1.0:
@@ -401,7 +435,7 @@ def write_keyed_san_tflite(stage: SanStage, key: Key, metadata: dict | None = No
     g = _Graph(ranges)
     first, out = _lower(g, maps, s, stage.strength)
     layers = ([maps.down] if maps.down else []) + maps.chain + ([maps.up] if maps.up else [])
-    meta = {"kind": "san-stage", "input_shape": [s, s, 3], "strength": stage.strength,
+    meta = {"kind": "san-stage", "input_shape": [s, s, 3], "strength": stage.strength, "change": stage.change,
             "dtype": "int8" if int8 else "float32", "keyed": True, "ops": g.ops,
             "nnz": int(sum(layer.weight.nnz for layer in layers)),
             "input_key_fingerprint": key.fingerprint, "output_key_fingerprint": key.fingerprint,
