@@ -55,7 +55,7 @@ def setup():
 
     ensemble = load_ensemble()
     test = load_faces64("test", limit=60)
-    stage = make_stage(ensemble, 0, "female", S, strength=0.7)
+    stage = make_stage(ensemble, 0, "female", S, strength=2.5, change="differential")     # the deployed form
     key = _perm_key(1)
     return (ensemble, stage, test.images[test.gender == 0][:6], key, write_san_tflite(stage, False),
             write_keyed_san_tflite(stage, key, {"gender": "female"}, secret=bytes(32)))
@@ -77,13 +77,20 @@ def int8(setup):
 
 def test_keyed_stage_equals_the_key_of_the_plain_stage(setup):
     from edge.errors import ModelError
+    from tools.san.export import make_stage
+    from tools.san.tflite_export import write_san_tflite
     from edge.pipeline import PreprocessStage
     from edge.runtime import TFLiteModel
     from tools.san.tflite_check import compare_keyed, compare_with_torch, key_frame
     from tools.san.tflite_keyed import write_keyed_san_tflite
 
-    _, stage, faces, key, plain, keyed = setup
+    ensemble, stage, faces, key, plain, keyed = setup
     assert compare_keyed(plain, keyed, key, key, faces) < 1e-5
+    meta = TFLiteModel(keyed).metadata
+    assert meta["change"] == "differential" and meta["ops"].count("LOGISTIC") == 2        # X_OP's and X_SM's heads
+    residual = make_stage(ensemble, 0, "female", S, strength=0.7, change="residual")   # the papers' form
+    assert compare_keyed(write_san_tflite(residual, False), write_keyed_san_tflite(residual, key, secret=bytes(32)),
+                         key, key, faces[:2]) < 1e-5
     assert compare_with_torch(stage, keyed, faces, key, key)["max_abs"] < 1e-5
     again = write_keyed_san_tflite(stage, key, {"gender": "female"}, secret=bytes(32))
     assert again == keyed                                                   # deterministic for a given secret

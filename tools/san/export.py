@@ -47,15 +47,17 @@ class SanStage(nn.Module):
         return (x + self.strength * change).clamp(0.0, 1.0)
 
 
-def make_stage(ensemble: SanEnsemble, member: int, gender: str, size: int, strength: float | None = None) -> SanStage:
-    """Member `member`'s stage for `gender` faces of `size` x `size`; strength None = the model's stored one."""
+def make_stage(ensemble: SanEnsemble, member: int, gender: str, size: int, strength: float | None = None,
+               change: str | None = None) -> SanStage:
+    """Member `member`'s stage for `gender` faces of `size` x `size`; strength / change None = the model's stored
+    ones."""
     if gender not in GENDERS:
         raise SanModelError(f"gender must be one of {sorted(GENDERS)}, got {gender!r}")
     if not 0 <= member < len(ensemble.members):
         raise SanModelError(f"member {member} does not exist; the ensemble has {len(ensemble.members)}")
     alpha = ensemble.strength[gender] if strength is None else strength
     return SanStage(ensemble.members[member], ensemble.prototypes, GENDERS[gender], size, alpha,
-                    ensemble.change).eval()
+                    change or ensemble.change).eval()
 
 
 def export_onnx(ensemble: SanEnsemble, member: int, gender: str, size: int, path: Path,

@@ -9,7 +9,7 @@ so it is lowered here with the same GraphBuilder and the writer's quantisation h
     --CONV_2D--> LEAKY_RELU --> AVERAGE_POOL_2D                        contribution with the bias
     --CONV_2D--> LEAKY_RELU --> RESIZE_NEAREST_NEIGHBOR(x2)            (twice: decoder)
     --CONV_2D(feature half of the head)--> ADD(constant: opposite prototype + bias) --LOGISTIC--> x_op
-                                       \--> ADD(constant: same prototype + bias) --LOGISTIC--> x_sm (differential)
+                                       +--> ADD(constant: same prototype + bias) --LOGISTIC--> x_sm (differential)
     SUB(x_op, small | x_sm) --RESIZE_BILINEAR(half-pixel, = torch align_corners=False)--> MUL(strength) --ADD(x)
     --> clamp
 
