@@ -9,7 +9,8 @@ from ai_edge_litert import schema_py_generated as fb
 
 TFLITE_FILE_ID = b"TFL3"
 DTYPES = {np.dtype(np.float32): fb.TensorType.FLOAT32, np.dtype(np.int8): fb.TensorType.INT8,
-          np.dtype(np.int32): fb.TensorType.INT32, np.dtype(np.uint8): fb.TensorType.UINT8}
+          np.dtype(np.int16): fb.TensorType.INT16, np.dtype(np.int32): fb.TensorType.INT32,
+          np.dtype(np.uint8): fb.TensorType.UINT8}
 
 
 class AlignedBufferT(fb.BufferT):

@@ -34,7 +34,7 @@ import scipy.sparse as sp
 from ai_edge_litert import schema_py_generated as fb
 
 from edge.errors import ModelError
-from tools.tflite.builder import AlignedBufferT, GraphBuilder, quant_params
+from tools.tflite.builder import GraphBuilder, quant_params
 from tools.tflite.writer import weight_quant
 
 GATHER_INT8_VERSION = 2           # int8 params
@@ -97,19 +97,9 @@ def ell_form(w: sp.spmatrix) -> Ell:
 
 
 def index_tensor(g: GraphBuilder, name: str, shape: list[int], values: np.ndarray, int16: bool) -> int:
-    """A constant GATHER index tensor, int16 or int32.
-
-    GraphBuilder's dtype table has no int16, so an int16 tensor is added as an int32 one and retyped, with
-    its own buffer (tools/tflite/builder.py would need INT16 in DTYPES to do this itself).
-    """
-    if not int16:
-        return g.tensor(name, shape, np.int32, values.astype(np.int32))
-    t = g.tensor(name, shape, np.int32)
-    buf = AlignedBufferT()
-    buf.data = np.ascontiguousarray(values, dtype=np.int16)
-    g.buffers.append(buf)
-    g.tensors[t].type, g.tensors[t].buffer = fb.TensorType.INT16, len(g.buffers) - 1
-    return t
+    """A constant GATHER index tensor, int16 or int32."""
+    dtype = np.int16 if int16 else np.int32
+    return g.tensor(name, shape, dtype, values.astype(dtype))
 
 
 def _bias_scales(ws: np.ndarray, weight: np.ndarray, in_scale: float) -> np.ndarray:
