@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # keycam bootstrap: installs what a fresh Debian / Raspberry Pi OS machine needs, then runs one task.
 #   scripts/bootstrap.sh demo   -> installs the device + host extras and runs `keycam demo`
-#   scripts/bootstrap.sh test   -> installs everything (incl. PyTorch, mosquitto, sshd, socat) and runs the tests
+#   scripts/bootstrap.sh test   -> installs everything (incl. PyTorch, the unseen SAN evaluation models, mosquitto,
+#                                  sshd, socat) and runs the tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 task="${1:-}"; shift || true
@@ -26,7 +27,7 @@ PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || { echo "== creating .venv"; "$PY" -m venv .venv; }
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 extras="device,host"
-[ "$task" = test ] && extras="device,host,train,dev"
+[ "$task" = test ] && extras="device,host,train,eval,dev"
 echo "== pip install -e .[$extras]"
 .venv/bin/python -m pip install -q -e ".[$extras]"
 

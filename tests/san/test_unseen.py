@@ -29,3 +29,36 @@ def test_unseen_gender_and_matcher_on_originals(tmp_path):
     assert verification_accuracy(dist, pairs.pair_same[chosen], MATCH_THRESHOLD) >= 0.75
     assert len(list(tmp_path.iterdir())) == 1  # memoised by content
     np.testing.assert_array_equal(matcher.embed(pairs.images[sel]), emb[sel])
+
+
+def test_deployed_stage_confounds_the_unseen_classifier_for_both_genders():
+    """The committed operating point (differential change) on held-out people: the UNSEEN classifier's recall
+    falls for women AND men (not one gender pushed onto the other), torch and the int8 keyed device stage alike."""
+    from keys.factors import Key, Permutation
+    from tools.san.data import load_faces64
+    from tools.san.export import make_stage
+    from tools.san.metrics import gender_scores, ssim
+    from tools.san.model_io import load_ensemble
+    from tools.san.tflite_check import unseen_gender_scores
+    from tools.san.tflite_keyed import write_keyed_san_tflite
+    from tools.san.unseen import UnseenGender
+
+    ensemble = load_ensemble()
+    assert ensemble.change == "differential"
+    test, train = load_faces64("test", limit=240), load_faces64("train", limit=200)
+    classifier = UnseenGender()
+    orig = gender_scores(classifier.predict(test.images), test.gender)
+    assert orig["acc_female"] > 0.85 and orig["acc_male"] > 0.85
+    out = ensemble.deployed(test.images, test.gender, 0)
+    got = gender_scores(classifier.predict(out), test.gender)
+    assert got["acc_female"] < 0.75 and got["acc_male"] < 0.75, got
+    assert abs(got["bacc"] - 0.5) < 0.15, got
+    assert ssim(test.images, out).mean() > 0.95
+    key = Key(3 * 64 * 64, [Permutation(np.random.default_rng(3).permutation(3 * 64 * 64))], "sensor")
+    recall = {}
+    for gender, label in (("female", 0), ("male", 1)):
+        stage = make_stage(ensemble, 0, gender, 64)
+        blob = write_keyed_san_tflite(stage, key, int8=True, calib_faces=train.images[train.gender == label])
+        sel = test.gender == label
+        recall[gender] = unseen_gender_scores(blob, test.images[sel], test.gender[sel], key)[f"acc_{gender}"]
+    assert recall["female"] < 0.75 and recall["male"] < 0.75, recall

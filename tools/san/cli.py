@@ -93,13 +93,13 @@ def eval_(model: Path, json_path: Path, out_dir: Path | None, faces_dir: Path | 
     ensemble = load_ensemble(model)
     report = evaluate(ensemble, faces_dir, None if no_cache else cache_dir, limit, seed, member_matcher,
                       log=click.echo)
-    faces, outputs, selected = report.pop("_montage_inputs")
+    faces, outputs, selected, deployed = report.pop("_montage_inputs")
     report["model"] = str(model)
     out_dir = out_dir or json_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(_json_safe(report), indent=2, sort_keys=True, allow_nan=False))
-    montage(faces, outputs, selected, out_dir / "san_montage.png")
+    montage(faces, outputs, selected, out_dir / "san_montage.png", deployed)
     privacy_utility_plot(report, out_dir / "san_privacy_utility.png")
     table = markdown_table(report)
     (out_dir / "san_table.md").write_text(table + "\n")

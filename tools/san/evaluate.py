@@ -149,9 +149,11 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
                            datasets["lfw64_test"])
     rule = choose_operating_point(points)
     stored = ensemble.strength
+    deployed = {}
     for name, fs in datasets.items():
-        op = ensemble.deployed(fs.images, fs.gender, best)
-        member_results[name]["operating_point_op"] = evaluator.variant(fs, Variant("operating_point_op", op, True))
+        deployed[name] = ensemble.deployed(fs.images, fs.gender, best)
+        member_results[name]["operating_point_op"] = evaluator.variant(fs, Variant("operating_point_op",
+                                                                                   deployed[name], True))
     report["strength"] = {
         "change": change, "stored": stored, "rule_choice": {k: rule[k] for k in ("female", "male")},
         "stored_is_rule_choice": stored["female"] == rule["female"] and stored["male"] == rule["male"],
@@ -188,7 +190,8 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
                                        "upsampled bilinearly onto the 64x64 / 112x112 crop",
         "limit": limit,
     }
-    report["_montage_inputs"] = (datasets["lfw64_test"], outputs["lfw64_test"], best)
+    title = f"deployed #{best} ({change}, f {stored['female']:g} / m {stored['male']:g})"
+    report["_montage_inputs"] = (datasets["lfw64_test"], outputs["lfw64_test"], best, (title, deployed["lfw64_test"]))
     return report
 
 

@@ -10,8 +10,9 @@ from tools.san.evaluate import GENDER_TARGET, VERIF_DROP_TARGET
 
 
 def montage(faces: FaceSet, outputs: list[tuple[np.ndarray, np.ndarray]], selected: int, path: Path,
-            per_group: int = 4, seed: int = 0) -> None:
-    """Rows: a few test people of each gender; columns: original, X_SM and X_OP of the selected member, X_OP of the others."""
+            deployed: tuple[str, np.ndarray] | None = None, per_group: int = 4, seed: int = 0) -> None:
+    """Rows: a few test people of each gender; columns: original, the deployed output (title, images) when given,
+    X_SM and X_OP of the selected member, X_OP of the others."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,7 +22,8 @@ def montage(faces: FaceSet, outputs: list[tuple[np.ndarray, np.ndarray]], select
     rows = np.concatenate([rng.choice(np.flatnonzero(faces.gender == g), min(per_group, int((faces.gender == g).sum())),
                                       replace=False) for g in (0, 1)])
     others = [m for m in range(len(outputs)) if m != selected]
-    columns = [("original", faces.images), (f"X_SM #{selected}", outputs[selected][0]),
+    columns = [("original", faces.images)] + ([deployed] if deployed is not None else []) + [
+               (f"X_SM #{selected}", outputs[selected][0]),
                (f"X_OP #{selected}", outputs[selected][1])] + [(f"X_OP #{m}", outputs[m][1]) for m in others]
     fig, axes = plt.subplots(len(rows), len(columns), figsize=(1.6 * len(columns), 1.6 * len(rows)), squeeze=False)
     for r, idx in enumerate(rows):
@@ -88,7 +90,7 @@ def privacy_utility_plot(report: dict, path: Path) -> None:
             left.scatter(g64[name]["gender_bacc"], v112[name]["verif_acc"], marker="x", label=name)
     left.set_xlabel("unseen gender balanced acc (LFW 64 test)  [lower: more private]")
     left.set_ylabel("unseen matcher verification acc (LFW View-2 folds 1-2)")
-    left.set_xlim(0.4, 1.0)
+    left.set_xlim(0.3, 1.0)
     left.legend(fontsize=7)
     _strength_panel(middle, report)
     for name, v in g64.items():
@@ -119,8 +121,9 @@ def markdown_table(report: dict) -> str:
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     st = report.get("strength")
     if st:
-        lines.append(f"\nstrength sweep of member {report['selected_member']} on lfw64_test (Pareto front; stored "
-                     f"operating point female {st['stored']['female']:g}, male {st['stored']['male']:g})\n")
+        lines.append(f"\nstrength sweep of member {report['selected_member']} on lfw64_test, {st['change']} change "
+                     f"(Pareto front; stored operating point female {st['stored']['female']:g}, male "
+                     f"{st['stored']['male']:g})\n")
         keys = ["female", "male", "gender_bacc", "gender_acc_female", "gender_acc_male", "verif_acc", "verif_drop",
                 "ssim", "meets_targets"]
         lines.append("| " + " | ".join(keys) + " |")
