@@ -84,9 +84,12 @@ def test_sweep_grid_and_rule(ensemble):
     _, x = ensemble.perturb(faces.images, faces.gender, 0, strength={"female": 1.0, "male": 0.0})
     from tools.san.metrics import gender_scores
     assert mixed["gender_bacc"] == pytest.approx(gender_scores(_Gender().predict(x), faces.gender)["bacc"])
-    chosen = choose_operating_point(points)
-    pool = [p for p in points if p["meets_targets"]] or [p for p in points if p["verif_drop"] <= 0.03]
-    assert abs(chosen["gender_bacc"] - 0.5) == min(abs(p["gender_bacc"] - 0.5) for p in pool)
+    for per_gender in (False, True):
+        chosen = choose_operating_point(points, per_gender)
+        candidates = [p for p in points if per_gender or p["female"] == p["male"]]
+        pool = [p for p in candidates if p["meets_targets"]] or [p for p in candidates if p["verif_drop"] <= 0.03]
+        assert abs(chosen["gender_bacc"] - 0.5) == min(abs(p["gender_bacc"] - 0.5) for p in pool)
+        assert per_gender or chosen["female"] == chosen["male"]
     front = pareto_front(points)
     assert front and all(not (abs(q["gender_bacc"] - 0.5) < abs(p["gender_bacc"] - 0.5)
                               and q["verif_acc"] > p["verif_acc"]) for p in front for q in points)
@@ -103,6 +106,9 @@ def test_rule_prefers_chance_over_an_inverted_classifier():
 
     points = [point(0.30, 0.89, 3.0), point(0.52, 0.88, 2.0), point(0.58, 0.895, 1.5), point(0.9, 0.9, 0.0)]
     assert choose_operating_point(points)["gender_bacc"] == 0.52     # 0.30 is further from chance: inverted
+    uneven = {**point(0.50, 0.89, 1.0), "male": 3.0}
+    assert choose_operating_point(points + [uneven])["gender_bacc"] == 0.52          # equal strengths only
+    assert choose_operating_point(points + [uneven], per_gender=True) is uneven
 
 
 def test_differential_change(ensemble):

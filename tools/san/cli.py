@@ -118,15 +118,18 @@ def eval_(model: Path, json_path: Path, out_dir: Path | None, faces_dir: Path | 
 @_cache_dir
 @click.option("--change", type=click.Choice(["differential", "residual"]), default="differential",
               show_default=True, help="deployed change: x + alpha (X_OP - X_SM), or the papers' x + alpha (X_OP - x)")
+@click.option("--per-gender", is_flag=True, help="allow a different strength per source gender (default: one "
+              "strength for both)")
 @click.option("--write", is_flag=True, help="store the chosen change form and operating point in the model file")
-def strength(model: Path, faces_dir: Path | None, cache_dir: Path, change: str, write: bool) -> None:
+def strength(model: Path, faces_dir: Path | None, cache_dir: Path, change: str, per_gender: bool,
+             write: bool) -> None:
     """Sweep the perturbation strength on the 64x64 test split and choose the operating point (unseen models)."""
     _threads()
     from tools.san.evaluate import calibrate_strength
     from tools.san.model_io import load_ensemble, save_ensemble
 
     ensemble = load_ensemble(model)
-    record = calibrate_strength(ensemble, change, faces_dir, cache_dir, log=click.echo)
+    record = calibrate_strength(ensemble, change, per_gender, faces_dir, cache_dir, log=click.echo)
     click.echo("Pareto front on lfw64_test (alpha_female, alpha_male: gender bacc, verif acc, drop, SSIM):")
     for p in record["pareto"]:
         click.echo(f"  {p['female']:.2f}, {p['male']:.2f}: {p['gender_bacc']:.3f}, {p['verif_acc']:.3f}, "

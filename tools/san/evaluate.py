@@ -147,7 +147,8 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
     log(f"strength sweep of member {best} ({change} change) on lfw64_test")
     points = strength_grid(sweep(ensemble, best, datasets["lfw64_test"], evaluator, change, log=log),
                            datasets["lfw64_test"])
-    rule = choose_operating_point(points)
+    per_gender = bool(ensemble.meta.get("strength_selection", {}).get("per_gender", False))
+    rule = choose_operating_point(points, per_gender)
     stored = ensemble.strength
     deployed = {}
     for name, fs in datasets.items():
@@ -183,8 +184,9 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
                     f"the ensemble rule's member {best}, {change} change at the stored strength {stored} "
                     "(*_full: the same member's X_OP, the papers' output)",
         "ensemble_rule": "BTAS 2018: member whose X_OP confounds the unseen classifier best (selected on lfw64_test)",
-        "strength_rule": "tools/san/strength.py: gender bacc closest to 0.5 among (alpha_female, alpha_male) "
-                         "meeting both targets on lfw64_test; reported on lfw112_pairs",
+        "strength_rule": "tools/san/strength.py: gender bacc closest to 0.5 among "
+                         + ("(alpha_female, alpha_male)" if per_gender else "equal strengths")
+                         + " meeting both targets on lfw64_test; reported on lfw112_pairs",
         "tmr": "all image pairs among the images of the official pairs; impostor pairs set the FMR 1e-2 threshold",
         "perturbation_at_other_sizes": f"SAN works at {ensemble.work_size}x{ensemble.work_size}; its change is "
                                        "upsampled bilinearly onto the 64x64 / 112x112 crop",
@@ -195,11 +197,11 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
     return report
 
 
-def calibrate_strength(ensemble: SanEnsemble, change: str, faces_dir: Path | None = None,
+def calibrate_strength(ensemble: SanEnsemble, change: str, per_gender: bool = False, faces_dir: Path | None = None,
                        cache_dir: Path | None = None, log=print) -> dict:
     """Choose the operating point on the 64x64 test split: the BTAS member (lowest unseen gender bacc of its
-    X_OP), its strength sweep in change form `change` and the rule's (alpha_female, alpha_male). Returns the
-    selection record."""
+    X_OP), its strength sweep in change form `change` and the rule's (alpha_female, alpha_male), equal unless
+    `per_gender`. Returns the selection record."""
     evaluator = Evaluator(cache_dir, log)
     fs = load_faces64("test", faces_dir)
     bacc = [gender_scores(evaluator.gender.predict(ensemble.perturb(fs.images, fs.gender, m, strength=1.0)[1]),
@@ -208,8 +210,9 @@ def calibrate_strength(ensemble: SanEnsemble, change: str, faces_dir: Path | Non
     log(f"member {best} confounds best at full strength (gender bacc {bacc[best]:.3f}); sweeping its strength "
         f"({change} change)")
     points = strength_grid(sweep(ensemble, best, fs, evaluator, change, log=log), fs)
-    choice = choose_operating_point(points)
-    return {"member": best, "change": change, "choice": choice, "pareto": pareto_front(points),
-            "selection_split": "lfw64_test",
-            "rule": "gender bacc closest to 0.5 among (alpha_female, alpha_male) meeting both targets "
-                    "(tools/san/strength.py)"}
+    choice = choose_operating_point(points, per_gender)
+    return {"member": best, "change": change, "per_gender": per_gender, "choice": choice,
+            "pareto": pareto_front(points), "selection_split": "lfw64_test",
+            "rule": "gender bacc closest to 0.5 among " + ("(alpha_female, alpha_male)" if per_gender else
+                                                          "equal strengths") +
+                    " meeting both targets (tools/san/strength.py)"}

@@ -9,7 +9,10 @@ Operating-point rule (privacy is the goal, utility the constraint): among the gr
 targets on the selection split (gender balanced accuracy <= 0.60 and verification accuracy drop <= 3
 points), take the balanced accuracy closest to chance (0.5: below it the classifier is inverted, which
 tells the gender as well as above it), then the highest verification accuracy, then the smallest total
-strength. With no such point, the same order over the points meeting the utility target.
+strength. With no such point, the same order over the points meeting the utility target. By default only
+equal strengths (alpha_female = alpha_male) are candidates: a per-gender strength can reach chance by
+pushing everyone onto one gender, makes one gender bear the identity cost, and gives the perturbation's size
+away as a gender cue; `per_gender` lifts that restriction.
 The selection split is the 64x64 test split (490 official pairs); the report's headline verification
 numbers come from the 112x112 View-2 folds 1-2 file (1,200 pairs) of the same people.
 """
@@ -80,8 +83,10 @@ def strength_grid(out: StrengthOutcomes, fs: FaceSet) -> list[dict]:
     return [_point(out, fs, a_f, a_m, verif_orig) for a_f, a_m in product(range(n), range(n))]
 
 
-def choose_operating_point(points: list[dict]) -> dict:
-    """The module's rule: lowest gender bacc among points meeting both targets (else the utility target)."""
+def choose_operating_point(points: list[dict], per_gender: bool = False) -> dict:
+    """The module's rule: gender bacc closest to chance among points meeting both targets (else the utility
+    target); equal strengths only unless `per_gender`."""
+    points = points if per_gender else [p for p in points if p["female"] == p["male"]]
     feasible = [p for p in points if p["meets_targets"]]
     pool = feasible or [p for p in points if p["verif_drop"] <= VERIF_DROP_TARGET]
     if not pool:
