@@ -155,6 +155,10 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
         deployed[name] = ensemble.deployed(fs.images, fs.gender, best)
         member_results[name]["operating_point_op"] = evaluator.variant(fs, Variant("operating_point_op",
                                                                                    deployed[name], True))
+        for m in range(n_members):          # every member at the same operating point (gender and fidelity only)
+            if m != best:
+                member_results[name][f"member{m}_deployed"] = evaluator.variant(
+                    fs, Variant(f"member{m}_deployed", ensemble.deployed(fs.images, fs.gender, m), False))
     report["strength"] = {
         "change": change, "stored": stored, "rule_choice": {k: rule[k] for k in ("female", "male")},
         "stored_is_rule_choice": stored["female"] == rule["female"] and stored["male"] == rule["male"],

@@ -121,13 +121,16 @@ def markdown_table(report: dict) -> str:
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     st = report.get("strength")
     if st:
-        lines.append(f"\nstrength sweep of member {report['selected_member']} on lfw64_test, {st['change']} change "
-                     f"(Pareto front; stored operating point female {st['stored']['female']:g}, male "
-                     f"{st['stored']['male']:g})\n")
         keys = ["female", "male", "gender_bacc", "gender_acc_female", "gender_acc_male", "verif_acc", "verif_drop",
                 "ssim", "meets_targets"]
-        lines.append("| " + " | ".join(keys) + " |")
-        lines.append("|---" * len(keys) + "|")
-        for p in st["pareto"]:
-            lines.append("| " + " | ".join(f"{p[k]:.3f}" if isinstance(p[k], float) else str(p[k]) for k in keys) + " |")
+        equal = sorted((p for p in st["grid"] if p["female"] == p["male"]), key=lambda p: p["female"])
+        for title, points in (("equal strengths", equal), ("Pareto front over per-gender strengths", st["pareto"])):
+            lines.append(f"\nstrength sweep of member {report['selected_member']} on lfw64_test, {st['change']} "
+                         f"change, {title} (stored operating point female {st['stored']['female']:g}, male "
+                         f"{st['stored']['male']:g})\n")
+            lines.append("| " + " | ".join(keys) + " |")
+            lines.append("|---" * len(keys) + "|")
+            for p in points:
+                lines.append("| " + " | ".join(f"{p[k]:.3f}" if isinstance(p[k], float) else str(p[k]) for k in keys)
+                             + " |")
     return "\n".join(lines)
