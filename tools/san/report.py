@@ -53,8 +53,8 @@ def _strength_panel(ax, report: dict) -> None:
     for p in same:
         ax.annotate(f"{p['female']:.2g}", (p["gender_bacc"], p["verif_acc"]), fontsize=6)
     front = st["pareto"]
-    ax.plot([p["gender_bacc"] for p in front], [p["verif_acc"] for p in front], "--", color="tab:red", lw=1,
-            label="Pareto front")
+    ax.scatter([p["gender_bacc"] for p in front], [p["verif_acc"] for p in front], s=18, facecolors="none",
+               edgecolors="tab:red", label="Pareto front (|bacc - 0.5|, verif)")
     chosen = next(p for p in grid if p["female"] == st["stored"]["female"] and p["male"] == st["stored"]["male"])
     ax.scatter(chosen["gender_bacc"], chosen["verif_acc"], marker="*", s=160, color="tab:green", zorder=3,
                label=f"stored point f={chosen['female']:.2g} m={chosen['male']:.2g}")
@@ -88,7 +88,7 @@ def privacy_utility_plot(report: dict, path: Path) -> None:
     for name in v112:
         if name.startswith("member") and "verif_acc" in v112[name] and name != f"member{report['selected_member']}_op":
             left.scatter(g64[name]["gender_bacc"], v112[name]["verif_acc"], marker="x", label=name)
-    left.set_xlabel("unseen gender balanced acc (LFW 64 test)  [lower: more private]")
+    left.set_xlabel("unseen gender balanced acc (LFW 64 test)  [0.5 = chance: most private]")
     left.set_ylabel("unseen matcher verification acc (LFW View-2 folds 1-2)")
     left.set_xlim(0.3, 1.0)
     left.legend(fontsize=7)
