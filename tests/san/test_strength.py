@@ -19,7 +19,8 @@ class _Evaluator:
     gender = _Gender()
 
     def embed(self, fs, images):
-        small = images.reshape(len(images), 8, 8, 8, 8, 3).mean((2, 4)).reshape(len(images), -1)
+        k = images.shape[1] // 8                                       # 8x8 block means, any crop size
+        small = images.reshape(len(images), 8, k, 8, k, 3).mean((2, 4)).reshape(len(images), -1)
         return (small / np.linalg.norm(small, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -143,3 +144,34 @@ def test_differential_change(ensemble):
         ensemble.deployed(faces.images, faces.gender, 0, change="additive")
     out = sweep(ensemble, 0, faces, _Evaluator(), alphas=(0.0, 2.0), log=lambda _: None)
     np.testing.assert_array_equal(out.gender_pred[1], _Gender().predict(want))
+
+
+def test_cross_fold_chooses_on_one_fold_and_reports_on_the_other(ensemble):
+    """Folds are identity-disjoint; each row's strength is the rule's choice on the selecting fold alone, and
+    its numbers are those of the other fold's people."""
+    from tools.san.data import load_faces64, load_pairs112
+    from tools.san.evaluate import cross_fold
+    from tools.san.strength import choose_operating_point, strength_grid, sweep
+
+    fs64, fs112 = load_faces64("test", limit=200), load_pairs112(limit=200)
+    for fs in (fs64, fs112):
+        assert set(np.unique(fs.fold)) <= {-1, 1, 2}
+        ones, twos = set(fs.identity[fs.fold == 1]), set(fs.identity[fs.fold == 2])
+        assert ones and twos and not ones & twos
+        sub = fs.subset(fs.fold == 2)
+        assert len(sub) == (fs.fold == 2).sum() and (sub.fold == 2).all()
+        assert len(sub.pair_idx) and sub.pair_idx.max() < len(sub)
+    out = sweep(ensemble, 0, fs64, _Evaluator(), "differential", alphas=(0.0, 1.0, 2.0), log=lambda _: None)
+    rows = cross_fold(ensemble, 0, "differential", False, out, {"lfw64_test": fs64, "lfw112_pairs": fs112},
+                      _Evaluator(), log=lambda _: None)
+    assert [(r["selected_on_fold"], r["reported_on_fold"]) for r in rows] == [(1, 2), (2, 1)]
+    for row in rows:
+        pick = fs64.fold == row["selected_on_fold"]
+        chosen = choose_operating_point(strength_grid(out.subset(pick), fs64.subset(pick)))
+        assert (row["female"], row["male"]) == (chosen["female"], chosen["male"])
+        other = fs64.fold == row["reported_on_fold"]
+        assert row["n_images_64"] == other.sum()
+        want = next(p for p in strength_grid(out.subset(other), fs64.subset(other))
+                    if (p["female"], p["male"]) == (row["female"], row["male"]))
+        assert row["gender_bacc"] == want["gender_bacc"]
+        assert row["n_pairs_112"] == len(fs112.subset(fs112.fold == row["reported_on_fold"]).pair_idx)

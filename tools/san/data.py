@@ -32,9 +32,15 @@ class FaceSet:
     identity: np.ndarray
     pair_idx: np.ndarray
     pair_same: np.ndarray
+    fold: np.ndarray          # per image: the LFW View-2 fold of its person's pairs, -1 when in no pair
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def subset(self, keep: np.ndarray) -> "FaceSet":
+        """The images selected by boolean mask `keep`; only pairs with both images kept survive (re-indexed)."""
+        return _subset({"images": self.images, "gender": self.gender, "identity": self.identity,
+                        "pair_idx": self.pair_idx, "pair_same": self.pair_same, "fold": self.fold}, keep)
 
 
 def _load(path: Path) -> dict[str, np.ndarray]:
@@ -61,9 +67,21 @@ def _subset(arrays: dict[str, np.ndarray], keep: np.ndarray) -> FaceSet:
     new_index[keep] = np.arange(int(keep.sum()))
     pairs = new_index[arrays["pair_idx"]]
     ok = (pairs >= 0).all(axis=1)
+    fold = arrays["fold"] if "fold" in arrays else image_folds(arrays)
     return FaceSet(images=arrays["images"][keep], gender=arrays["gender"][keep].astype(np.int64),
                    identity=arrays["identity"][keep].astype(np.int64), pair_idx=pairs[ok],
-                   pair_same=arrays["pair_same"][ok].astype(bool))
+                   pair_same=arrays["pair_same"][ok].astype(bool), fold=fold[keep])
+
+
+def image_folds(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """Per image, the LFW View-2 fold of its person (folds are identity-disjoint), from the file's pairs
+    (`pair_fold`); -1 for people in no pair of the file, or when the file has no `pair_fold`."""
+    identity = arrays["identity"].astype(np.int64)
+    by_person = np.full(int(identity.max(initial=-1)) + 1, -1, dtype=np.int64)
+    if "pair_fold" in arrays:
+        for column in (0, 1):
+            by_person[identity[arrays["pair_idx"][:, column]]] = arrays["pair_fold"]
+    return by_person[identity]
 
 
 def load_faces64(split: str, faces_dir: Path | None = None, limit: int | None = None) -> FaceSet:

@@ -145,8 +145,8 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
 
     change = ensemble.change
     log(f"strength sweep of member {best} ({change} change) on lfw64_test")
-    points = strength_grid(sweep(ensemble, best, datasets["lfw64_test"], evaluator, change, log=log),
-                           datasets["lfw64_test"])
+    outcomes = sweep(ensemble, best, datasets["lfw64_test"], evaluator, change, log=log)
+    points = strength_grid(outcomes, datasets["lfw64_test"])
     per_gender = bool(ensemble.meta.get("strength_selection", {}).get("per_gender", False))
     rule = choose_operating_point(points, per_gender)
     stored = ensemble.strength
@@ -163,6 +163,7 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
         "change": change, "stored": stored, "rule_choice": {k: rule[k] for k in ("female", "male")},
         "stored_is_rule_choice": stored["female"] == rule["female"] and stored["male"] == rule["male"],
         "selection_split": "lfw64_test", "grid": points, "pareto": pareto_front(points),
+        "cross_fold": cross_fold(ensemble, best, change, per_gender, outcomes, datasets, evaluator, log),
     }
 
     g64, v112 = report["datasets"]["lfw64_test"]["variants"], report["datasets"]["lfw112_pairs"]["variants"]
@@ -199,6 +200,39 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
     title = f"deployed #{best} ({change}, f {stored['female']:g} / m {stored['male']:g})"
     report["_montage_inputs"] = (datasets["lfw64_test"], outputs["lfw64_test"], best, (title, deployed["lfw64_test"]))
     return report
+
+
+def cross_fold(ensemble: SanEnsemble, member: int, change: str, per_gender: bool, outcomes, datasets: dict,
+               evaluator: Evaluator, log=print) -> list[dict]:
+    """The strength rule checked on people it did not see: choose the strength on the 64x64 test images of one
+    LFW View-2 fold (folds are identity-disjoint) and report it on the other fold's people: gender on its 64x64
+    images, verification on its official 112x112 pairs. Images of people in no pair of the 64x64 file have no
+    known fold and are left out."""
+    fs64, fs112 = datasets["lfw64_test"], datasets["lfw112_pairs"]
+    embeddings: dict[tuple[float, float], np.ndarray] = {}
+    rows = []
+    for select, held_out in ((1, 2), (2, 1)):
+        chosen = choose_operating_point(strength_grid(outcomes.subset(fs64.fold == select),
+                                                      fs64.subset(fs64.fold == select)), per_gender)
+        alpha = (chosen["female"], chosen["male"])
+        other = fs64.fold == held_out
+        point = next(p for p in strength_grid(outcomes.subset(other), fs64.subset(other))
+                     if (p["female"], p["male"]) == alpha)
+        for a in ((0.0, 0.0), alpha):
+            if a not in embeddings:
+                images = ensemble.deployed(fs112.images, fs112.gender, member, {"female": a[0], "male": a[1]}, change)
+                embeddings[a] = evaluator.embed(fs112, images)
+        keep = fs112.fold == held_out
+        orig, got = (_matching(fs112.subset(keep), embeddings[a][keep]) for a in ((0.0, 0.0), alpha))
+        rows.append({"selected_on_fold": select, "reported_on_fold": held_out, "female": alpha[0], "male": alpha[1],
+                     "gender_bacc": point["gender_bacc"], "gender_acc_female": point["gender_acc_female"],
+                     "gender_acc_male": point["gender_acc_male"], "n_images_64": int(other.sum()),
+                     "verif_acc_orig": orig["verif_acc"], "verif_acc": got["verif_acc"],
+                     "verif_drop": orig["verif_acc"] - got["verif_acc"], "n_pairs_112": got["n_pairs"],
+                     "tmr_fmr1e-2_orig": orig["tmr_fmr1e-2"], "tmr_fmr1e-2": got["tmr_fmr1e-2"]})
+        log(f"  cross-fold: strength {alpha} chosen on fold {select}; fold {held_out}: gender bacc "
+            f"{point['gender_bacc']:.3f}, verification {orig['verif_acc']:.3f} -> {got['verif_acc']:.3f}")
+    return rows
 
 
 def calibrate_strength(ensemble: SanEnsemble, change: str, per_gender: bool = False, faces_dir: Path | None = None,

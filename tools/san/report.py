@@ -125,12 +125,19 @@ def markdown_table(report: dict) -> str:
                 "ssim", "meets_targets"]
         equal = sorted((p for p in st["grid"] if p["female"] == p["male"]), key=lambda p: p["female"])
         for title, points in (("equal strengths", equal), ("Pareto front over per-gender strengths", st["pareto"])):
-            lines.append(f"\nstrength sweep of member {report['selected_member']} on lfw64_test, {st['change']} "
-                         f"change, {title} (stored operating point female {st['stored']['female']:g}, male "
-                         f"{st['stored']['male']:g})\n")
-            lines.append("| " + " | ".join(keys) + " |")
-            lines.append("|---" * len(keys) + "|")
-            for p in points:
-                lines.append("| " + " | ".join(f"{p[k]:.3f}" if isinstance(p[k], float) else str(p[k]) for k in keys)
-                             + " |")
+            lines += _rows(f"strength sweep of member {report['selected_member']} on lfw64_test, {st['change']} "
+                           f"change, {title} (stored operating point female {st['stored']['female']:g}, male "
+                           f"{st['stored']['male']:g})", keys, points)
+        if st.get("cross_fold"):
+            keys = ["selected_on_fold", "reported_on_fold", "female", "male", "gender_bacc", "gender_acc_female",
+                    "gender_acc_male", "verif_acc_orig", "verif_acc", "verif_drop", "tmr_fmr1e-2_orig", "tmr_fmr1e-2"]
+            lines += _rows("cross-fold check: strength chosen on one View-2 fold's people, reported on the other's "
+                           "(gender: 64x64 images; verification: 112x112 official pairs)", keys, st["cross_fold"])
     return "\n".join(lines)
+
+
+def _rows(title: str, keys: list[str], points: list[dict]) -> list[str]:
+    """A titled markdown table of `keys` for each point (floats to 3 decimals)."""
+    lines = [f"\n{title}\n", "| " + " | ".join(keys) + " |", "|---" * len(keys) + "|"]
+    return lines + ["| " + " | ".join(f"{p[k]:.3f}" if isinstance(p[k], float) else str(p[k]) for k in keys) + " |"
+                    for p in points]
