@@ -62,3 +62,30 @@ def test_deployed_stage_confounds_the_unseen_classifier_for_both_genders():
         sel = test.gender == label
         recall[gender] = unseen_gender_scores(blob, test.images[sel], test.gender[sel], key)[f"acc_{gender}"]
     assert recall["female"] < 0.75 and recall["male"] < 0.75, recall
+
+
+def test_eval_cli_writes_the_report(tmp_path):
+    """`keycam san eval` end to end on a slice: the issue's headline fields, the per-variant tables, the
+    strength sweep with its cross-fold check, the montage and the plot."""
+    import json
+
+    from click.testing import CliRunner
+
+    from edge.cli import cli
+
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(cli, ["san", "eval", "--limit", "24", "--json", str(out), "--cache-dir",
+                                      str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    for field in ("gender_bacc_orig", "gender_bacc_op", "verif_acc_orig", "verif_acc_op", "tmr_fmr1e-2_orig",
+                  "tmr_fmr1e-2_op", "ssim_op"):
+        assert 0.0 <= report[field] <= 1.0, field
+    assert report["gender_bacc_op"] < report["gender_bacc_orig"] and report["ssim_op"] > 0.9
+    assert report["strength"]["change"] == "differential" and len(report["strength"]["cross_fold"]) == 2
+    variants = report["datasets"]["lfw64_test"]["variants"]
+    assert {"orig", "member0_sm", "member0_op", "ensemble_btas_op", "ensemble_random_op", "operating_point_op",
+            "member1_deployed"} <= set(variants)
+    for name in ("san_montage.png", "san_privacy_utility.png", "san_table.md"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "cross-fold check" in (tmp_path / "san_table.md").read_text()
