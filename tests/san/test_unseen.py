@@ -74,8 +74,8 @@ def test_eval_cli_writes_the_report(tmp_path):
     from edge.cli import cli
 
     out = tmp_path / "eval.json"
-    result = CliRunner().invoke(cli, ["san", "eval", "--limit", "24", "--json", str(out), "--cache-dir",
-                                      str(tmp_path / "cache")])
+    result = CliRunner().invoke(cli, ["san", "eval", "--limit", "24", "--opinion-epochs", "1", "--json", str(out),
+                                      "--cache-dir", str(tmp_path / "cache")])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     for field in ("gender_bacc_orig", "gender_bacc_op", "verif_acc_orig", "verif_acc_op", "tmr_fmr1e-2_orig",
@@ -89,3 +89,6 @@ def test_eval_cli_writes_the_report(tmp_path):
     for name in ("san_montage.png", "san_privacy_utility.png", "san_table.md"):
         assert (tmp_path / name).stat().st_size > 0
     assert "cross-fold check" in (tmp_path / "san_table.md").read_text()
+    opinions = report["second_opinion"]
+    assert set(opinions) == {"independent", "adapted"}
+    assert all(set(by) == {"orig", "deployed", "x_op"} for by in opinions.values())

@@ -82,8 +82,11 @@ def train(out: Path, faces_dir: Path | None, members: int, epochs: int, pretrain
 @click.option("--limit", type=int, default=None, help="only the first N images of each set (quick check)")
 @click.option("--member-matcher", is_flag=True, help="also run the (slow) unseen matcher on every member's X_OP")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the random-member ensemble")
+@click.option("--opinion-epochs", type=click.IntRange(0, 200), default=12, show_default=True,
+              help="epochs of the two second-opinion gender CNNs trained here (independent, adapted to the "
+                   "SAN's outputs); 0 skips them")
 def eval_(model: Path, json_path: Path, out_dir: Path | None, faces_dir: Path | None, cache_dir: Path,
-          no_cache: bool, limit: int | None, member_matcher: bool, seed: int) -> None:
+          no_cache: bool, limit: int | None, member_matcher: bool, seed: int, opinion_epochs: int) -> None:
     """Evaluate a SAN ensemble on UNSEEN gender classifier / face matcher and held-out LFW people."""
     _threads()
     from tools.san.evaluate import evaluate
@@ -92,7 +95,7 @@ def eval_(model: Path, json_path: Path, out_dir: Path | None, faces_dir: Path | 
 
     ensemble = load_ensemble(model)
     report = evaluate(ensemble, faces_dir, None if no_cache else cache_dir, limit, seed, member_matcher,
-                      log=click.echo)
+                      opinion_epochs, log=click.echo)
     faces, outputs, selected, deployed = report.pop("_montage_inputs")
     report["model"] = str(model)
     out_dir = out_dir or json_path.parent

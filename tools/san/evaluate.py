@@ -35,6 +35,7 @@ from tools.san.metrics import (
     verification_accuracy,
 )
 from tools.san.model_io import SanEnsemble
+from tools.san.second_opinion import second_opinions
 from tools.san.strength import (
     GENDER_TARGET,
     VERIF_DROP_TARGET,
@@ -112,8 +113,11 @@ class Evaluator:
 
 
 def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Path | None = None,
-             limit: int | None = None, seed: int = 0, member_matcher: bool = False, log=print) -> dict:
-    """Full protocol; returns the report dict (headline fields + per dataset / variant / group details)."""
+             limit: int | None = None, seed: int = 0, member_matcher: bool = False, opinion_epochs: int = 12,
+             log=print) -> dict:
+    """Full protocol; returns the report dict (headline fields + per dataset / variant / group details).
+    `opinion_epochs` trains the second-opinion classifiers (tools/san/second_opinion.py; 0 skips them) on the
+    train split (its first 8 * limit images when `limit` is given)."""
     evaluator = Evaluator(cache_dir, log)
     datasets = {"lfw64_test": load_faces64("test", faces_dir, limit), "lfw112_pairs": load_pairs112(faces_dir, limit)}
     n_members = len(ensemble.members)
@@ -165,6 +169,13 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
         "selection_split": "lfw64_test", "grid": points, "pareto": pareto_front(points),
         "cross_fold": cross_fold(ensemble, best, change, per_gender, outcomes, datasets, evaluator, log),
     }
+
+    if opinion_epochs > 0:
+        log(f"second-opinion gender classifiers ({opinion_epochs} epochs each, LFW train)")
+        train = load_faces64("train", faces_dir, None if limit is None else 8 * limit)
+        report["second_opinion"] = second_opinions(ensemble, best, train, datasets["lfw64_test"], opinion_epochs)
+        for name, scores in report["second_opinion"].items():
+            log(f"  {name}: " + ", ".join(f"{what} bacc {v['bacc']:.3f}" for what, v in scores.items()))
 
     g64, v112 = report["datasets"]["lfw64_test"]["variants"], report["datasets"]["lfw112_pairs"]["variants"]
     sel, op = f"member{best}", "operating_point"

@@ -133,6 +133,13 @@ def markdown_table(report: dict) -> str:
                     "gender_acc_male", "verif_acc_orig", "verif_acc", "verif_drop", "tmr_fmr1e-2_orig", "tmr_fmr1e-2"]
             lines += _rows("cross-fold check: strength chosen on one View-2 fold's people, reported on the other's "
                            "(gender: 64x64 images; verification: 112x112 official pairs)", keys, st["cross_fold"])
+    if report.get("second_opinion"):
+        rows = [{"classifier": name, "images": what, **scores} for name, by in report["second_opinion"].items()
+                for what, scores in by.items()]
+        lines += _rows("second-opinion gender classifiers trained here on LFW train (independent: originals; "
+                       "adapted: the deployed outputs), on the 64x64 test people", ["classifier", "images", "acc",
+                                                                                  "bacc", "acc_female", "acc_male"],
+                       rows)
     return "\n".join(lines)
 
 
