@@ -147,28 +147,8 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
         results["ensemble_random_op"] = evaluator.variant(fs, Variant("ensemble_random_op", random_op, True))
         report["datasets"][name] = {"n_images": len(fs), "n_pairs": len(fs.pair_idx), "variants": results}
 
-    change = ensemble.change
-    log(f"strength sweep of member {best} ({change} change) on lfw64_test")
-    outcomes = sweep(ensemble, best, datasets["lfw64_test"], evaluator, change, log=log)
-    points = strength_grid(outcomes, datasets["lfw64_test"])
-    per_gender = bool(ensemble.meta.get("strength_selection", {}).get("per_gender", False))
-    rule = choose_operating_point(points, per_gender)
-    stored = ensemble.strength
-    deployed = {}
-    for name, fs in datasets.items():
-        deployed[name] = ensemble.deployed(fs.images, fs.gender, best)
-        member_results[name]["operating_point_op"] = evaluator.variant(fs, Variant("operating_point_op",
-                                                                                   deployed[name], True))
-        for m in range(n_members):          # every member at the same operating point (gender and fidelity only)
-            if m != best:
-                member_results[name][f"member{m}_deployed"] = evaluator.variant(
-                    fs, Variant(f"member{m}_deployed", ensemble.deployed(fs.images, fs.gender, m), False))
-    report["strength"] = {
-        "change": change, "stored": stored, "rule_choice": {k: rule[k] for k in ("female", "male")},
-        "stored_is_rule_choice": stored["female"] == rule["female"] and stored["male"] == rule["male"],
-        "selection_split": "lfw64_test", "grid": points, "pareto": pareto_front(points),
-        "cross_fold": cross_fold(ensemble, best, change, per_gender, outcomes, datasets, evaluator, log),
-    }
+    report["strength"], deployed = _operating_point(ensemble, best, datasets, member_results, evaluator, log)
+    change, stored, per_gender = (report["strength"][k] for k in ("change", "stored", "per_gender"))
 
     if opinion_epochs > 0:
         log(f"second-opinion gender classifiers ({opinion_epochs} epochs each, LFW train)")
@@ -211,6 +191,37 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
     title = f"deployed #{best} ({change}, f {stored['female']:g} / m {stored['male']:g})"
     report["_montage_inputs"] = (datasets["lfw64_test"], outputs["lfw64_test"], best, (title, deployed["lfw64_test"]))
     return report
+
+
+def _operating_point(ensemble: SanEnsemble, best: int, datasets: dict, member_results: dict, evaluator: Evaluator,
+                     log) -> tuple[dict, dict]:
+    """The stored operating point: the strength sweep of member `best` on lfw64_test, the deployed output of
+    every member on both datasets (added to `member_results`) and the cross-fold check. Returns (the report's
+    'strength' section, {dataset: deployed images of `best`})."""
+    n_members = len(ensemble.members)
+    change = ensemble.change
+    log(f"strength sweep of member {best} ({change} change) on lfw64_test")
+    outcomes = sweep(ensemble, best, datasets["lfw64_test"], evaluator, change, log=log)
+    points = strength_grid(outcomes, datasets["lfw64_test"])
+    per_gender = bool(ensemble.meta.get("strength_selection", {}).get("per_gender", False))
+    rule = choose_operating_point(points, per_gender)
+    stored = ensemble.strength
+    deployed = {}
+    for name, fs in datasets.items():
+        deployed[name] = ensemble.deployed(fs.images, fs.gender, best)
+        member_results[name]["operating_point_op"] = evaluator.variant(fs, Variant("operating_point_op",
+                                                                                   deployed[name], True))
+        for m in range(n_members):          # every member at the same operating point (gender and fidelity only)
+            if m != best:
+                member_results[name][f"member{m}_deployed"] = evaluator.variant(
+                    fs, Variant(f"member{m}_deployed", ensemble.deployed(fs.images, fs.gender, m), False))
+    return {
+        "change": change, "per_gender": per_gender, "stored": stored,
+        "rule_choice": {k: rule[k] for k in ("female", "male")},
+        "stored_is_rule_choice": stored["female"] == rule["female"] and stored["male"] == rule["male"],
+        "selection_split": "lfw64_test", "grid": points, "pareto": pareto_front(points),
+        "cross_fold": cross_fold(ensemble, best, change, per_gender, outcomes, datasets, evaluator, log),
+    }, deployed
 
 
 def cross_fold(ensemble: SanEnsemble, member: int, change: str, per_gender: bool, outcomes, datasets: dict,
