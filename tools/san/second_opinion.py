@@ -10,7 +10,6 @@ Both are scored on the held-out test people: originals, the deployed output and 
 """
 from __future__ import annotations
 
-
 from tools.san.aux_models import predict, train_binary_classifier
 from tools.san.data import FaceSet, to_float
 from tools.san.metrics import gender_scores
