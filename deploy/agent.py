@@ -31,9 +31,9 @@ from typing import BinaryIO, Iterator
 
 from deploy.bundle import CHUNK, extract, verify_bundle
 from deploy.device import SLOTS, DeviceRoot, ServiceConfig, tree_digest
-from edge.atomic import fsync_dir
 from deploy.manifest import MANIFEST, BundleError, Manifest, parse_version
 from deploy.signing import unseal
+from edge.atomic import fsync_dir
 from edge.errors import KeycamError
 
 CRASH_ENV = "KEYCAM_AGENT_CRASH_AT"

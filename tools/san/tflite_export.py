@@ -32,7 +32,7 @@ from ai_edge_litert import schema_py_generated as fb
 from tools.san.errors import SanModelError
 from tools.san.export import SanStage
 from tools.san.nets import LEAK
-from tools.tflite.builder import GraphBuilder, quant_params
+from tools.tflite.builder import GraphBuilder, builtin_options, quant_params
 from tools.tflite.writer import INPUT_QUANT, act_quant, weight_quant
 
 LOGISTIC_QUANT = (1.0 / 256.0, -128)      # TFLite's fixed int8 LOGISTIC output parameters
@@ -149,18 +149,12 @@ class _Lowering:
 
     def binary(self, code: int, label: str, a: _T, b: _T, name: str, quant=None) -> _T:
         out = self._tensor(name, self._shape(a), quant if quant is not None else self._quant(name))
-        opts_type, opts = {fb.BuiltinOperator.ADD: (fb.BuiltinOptions.AddOptions, fb.AddOptionsT()),
-                           fb.BuiltinOperator.SUB: (fb.BuiltinOptions.SubOptions, fb.SubOptionsT()),
-                           fb.BuiltinOperator.MUL: (fb.BuiltinOptions.MulOptions, fb.MulOptionsT())}.get(code, (0, None))
-        if opts is not None:
-            opts.fusedActivationFunction = fb.ActivationFunctionType.NONE
-        return self._op(code, label, [a.index, b.index], out, opts_type, opts)
+        return self._op(code, label, [a.index, b.index], out, *builtin_options(code))
 
     def leaky_relu(self, x: _T, name: str) -> _T:
-        opts = fb.LeakyReluOptionsT()
-        opts.alpha = LEAK
         return self._op(fb.BuiltinOperator.LEAKY_RELU, "LEAKY_RELU", [x.index],
-                        self._tensor(name, self._shape(x), self._quant(name)), fb.BuiltinOptions.LeakyReluOptions, opts)
+                        self._tensor(name, self._shape(x), self._quant(name)),
+                        *builtin_options(fb.BuiltinOperator.LEAKY_RELU, alpha=LEAK))
 
     def avg_pool(self, x: _T, k: int, name: str) -> _T:
         n, h, w, c = self._shape(x)

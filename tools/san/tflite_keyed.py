@@ -49,7 +49,7 @@ from tools.san.errors import SanModelError
 from tools.san.export import SanStage
 from tools.san.nets import LEAK
 from tools.san.tflite_export import LOGISTIC_QUANT, OUTPUT_QUANT, prototype_constants
-from tools.tflite.builder import GraphBuilder, quant_params
+from tools.tflite.builder import GraphBuilder, builtin_options, quant_params
 from tools.tflite.sparse_int8 import sparse_int8_layer, support_ids
 from tools.tflite.writer import INPUT_QUANT, SPARSE_FC_VERSION, act_quant, hwc_to_chw_order, sparse_weight_tensor
 
@@ -353,10 +353,8 @@ class _Graph:
         """The layer's activation on `out`, as tensor `name`."""
         rows = self.g.tensors[out].shape[1]
         if layer.act == "leaky_relu":
-            opts = fb.LeakyReluOptionsT()
-            opts.alpha = LEAK
             return self._op(fb.BuiltinOperator.LEAKY_RELU, "LEAKY_RELU", [out], self.tensor(name, [1, rows]),
-                            fb.BuiltinOptions.LeakyReluOptions, opts)
+                            *builtin_options(fb.BuiltinOperator.LEAKY_RELU, alpha=LEAK))
         if layer.act == "logistic":
             return self._op(fb.BuiltinOperator.LOGISTIC, "LOGISTIC", [out],
                             self.tensor(name, [1, rows], LOGISTIC_QUANT))
@@ -364,20 +362,13 @@ class _Graph:
 
     def binary(self, code: int, label: str, a: int, b: int, name: str, quant: tuple[float, int] | None = None) -> int:
         shape = list(self.g.tensors[a].shape)
-        options = {fb.BuiltinOperator.ADD: (fb.BuiltinOptions.AddOptions, fb.AddOptionsT()),
-                   fb.BuiltinOperator.SUB: (fb.BuiltinOptions.SubOptions, fb.SubOptionsT()),
-                   fb.BuiltinOperator.MUL: (fb.BuiltinOptions.MulOptions, fb.MulOptionsT())}
-        opts_type, opts = options.get(code, (0, None))
-        if opts is not None:
-            opts.fusedActivationFunction = fb.ActivationFunctionType.NONE
-        return self._op(code, label, [a, b], self.tensor(name, shape, quant), opts_type, opts)
+        return self._op(code, label, [a, b], self.tensor(name, shape, quant), *builtin_options(code))
 
     def reshape(self, x: int, shape: list[int], name: str) -> int:
-        shape_t = self.g.tensor(f"{name}/shape", [len(shape)], np.int32, np.array(shape, np.int32))
-        opts = fb.ReshapeOptionsT()
-        opts.newShape = shape
-        return self._op(fb.BuiltinOperator.RESHAPE, "RESHAPE", [x, shape_t], self.tensor(name, shape, self.quant[x]),
-                        fb.BuiltinOptions.ReshapeOptions, opts, 1)
+        out = self.tensor(name, shape, self.quant[x])
+        self.g.reshape(x, out, shape, name)
+        self.ops.append("RESHAPE")
+        return out
 
 
 def _lower(g: _Graph, maps: KeyedMaps, size: int, strength: float) -> tuple[int, int]:

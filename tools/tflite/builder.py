@@ -41,6 +41,34 @@ def quant_params(scale, zero_point, axis: int = 0) -> fb.QuantizationParametersT
     return q
 
 
+_OPTIONS = {
+    fb.BuiltinOperator.ADD: (fb.BuiltinOptions.AddOptions, fb.AddOptionsT),
+    fb.BuiltinOperator.SUB: (fb.BuiltinOptions.SubOptions, fb.SubOptionsT),
+    fb.BuiltinOperator.MUL: (fb.BuiltinOptions.MulOptions, fb.MulOptionsT),
+    fb.BuiltinOperator.RESHAPE: (fb.BuiltinOptions.ReshapeOptions, fb.ReshapeOptionsT),
+    fb.BuiltinOperator.GATHER: (fb.BuiltinOptions.GatherOptions, fb.GatherOptionsT),
+    fb.BuiltinOperator.LEAKY_RELU: (fb.BuiltinOptions.LeakyReluOptions, fb.LeakyReluOptionsT),
+}
+
+
+def builtin_options(code: int, **fields) -> tuple[int, object]:
+    """(options type, options object) for builtin op `code` with `fields` set (e.g. axis=1, alpha=0.2); a fused
+    activation is NONE. Ops without an entry here take no options: (0, None)."""
+    if code not in _OPTIONS:
+        if fields:
+            raise ValueError(f"builtin op {code} takes no options here, got {sorted(fields)}")
+        return 0, None
+    options_type, cls = _OPTIONS[code]
+    opts = cls()
+    if hasattr(opts, "fusedActivationFunction"):
+        opts.fusedActivationFunction = fb.ActivationFunctionType.NONE
+    for name, value in fields.items():
+        if not hasattr(opts, name):
+            raise ValueError(f"{cls.__name__} has no field {name!r}")
+        setattr(opts, name, value)
+    return options_type, opts
+
+
 class GraphBuilder:
     """Accumulates tensors, buffers and operators of a single-subgraph model."""
 
@@ -79,6 +107,12 @@ class GraphBuilder:
         o.opcodeIndex, o.inputs, o.outputs = self.opcodes[key], inputs, outputs
         o.builtinOptionsType, o.builtinOptions = options_type, options
         self.operators.append(o)
+
+    def reshape(self, x: int, out: int, shape: list[int], name: str) -> None:
+        """RESHAPE tensor `x` into tensor `out` of `shape` (the shape also as a constant input)."""
+        shape_t = self.tensor(f"{name}/shape", [len(shape)], np.int32, np.array(shape, np.int32))
+        self.op(fb.BuiltinOperator.RESHAPE, [x, shape_t], [out], *builtin_options(fb.BuiltinOperator.RESHAPE,
+                                                                                  newShape=list(shape)))
 
     def finish(self, inputs: list[int], outputs: list[int], metadata: dict | None = None,
                description: str = "keycam") -> bytes:

@@ -34,7 +34,7 @@ import scipy.sparse as sp
 from ai_edge_litert import schema_py_generated as fb
 
 from edge.errors import ModelError
-from tools.tflite.builder import GraphBuilder, quant_params
+from tools.tflite.builder import GraphBuilder, builtin_options, quant_params
 from tools.tflite.writer import weight_quant
 
 GATHER_INT8_VERSION = 2           # int8 params
@@ -109,13 +109,6 @@ def _bias_scales(ws: np.ndarray, weight: np.ndarray, in_scale: float) -> np.ndar
     return in_scale * np.where(empty, 1.0, ws)
 
 
-def _reshape(g: GraphBuilder, x: int, out: int, shape: list[int], name: str) -> None:
-    shape_t = g.tensor(f"{name}/shape", [len(shape)], np.int32, np.array(shape, np.int32))
-    opts = fb.ReshapeOptionsT()
-    opts.newShape = shape
-    g.op(fb.BuiltinOperator.RESHAPE, [x, shape_t], [out], fb.BuiltinOptions.ReshapeOptions, opts)
-
-
 def sparse_int8_layer(g: GraphBuilder, x: int, in_quant: tuple[float, int], w: sp.spmatrix, bias: np.ndarray,
                       out_quant: tuple[float, int], name: str, int16_indices: bool = True) -> int:
     """Append y = W x + b on the int8 vector tensor `x` ([1, n], quantised `in_quant` = (scale, zero point))
@@ -139,9 +132,7 @@ def sparse_int8_layer(g: GraphBuilder, x: int, in_quant: tuple[float, int], w: s
     it = index_tensor(g, f"{name}/ell_index", [k, 1, groups], ell.index.reshape(k, 1, groups), int16)
     q = quant_params(*in_quant)
     taps = g.tensor(f"{name}/taps", [1, k, 1, groups], np.int8, quant=q)
-    opts = fb.GatherOptionsT()
-    opts.axis = 1
-    g.op(fb.BuiltinOperator.GATHER, [x, it], [taps], fb.BuiltinOptions.GatherOptions, opts,
+    g.op(fb.BuiltinOperator.GATHER, [x, it], [taps], *builtin_options(fb.BuiltinOperator.GATHER, axis=1),
          version=GATHER_INT8_VERSION)
     qw, ws = weight_quant(ell.weight.T)                          # (O, k): one scale per output row
     bs = _bias_scales(ws, ell.weight, in_quant[0])
@@ -160,5 +151,5 @@ def sparse_int8_layer(g: GraphBuilder, x: int, in_quant: tuple[float, int], w: s
     g.op(fb.BuiltinOperator.DEPTHWISE_CONV_2D, [taps, wt, bt], [conv], fb.BuiltinOptions.DepthwiseConv2DOptions,
          dw, version=DEPTHWISE_VERSION)
     out = g.tensor(name, [1, rows], np.int8, quant=quant_params(*out_quant))
-    _reshape(g, conv, out, [1, rows], name)
+    g.reshape(conv, out, [1, rows], name)
     return out

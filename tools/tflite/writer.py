@@ -18,7 +18,7 @@ from ai_edge_litert import schema_py_generated as fb
 
 from edge.errors import ModelError
 from tools.ir import (Activation, AvgPool, Conv, Dense, Flatten, Gather, Network, Softmax, Unflatten, forward)
-from tools.tflite.builder import GraphBuilder, quant_params
+from tools.tflite.builder import GraphBuilder, builtin_options, quant_params
 
 INPUT_QUANT = (1.0 / 255.0, -128)     # uint8 ADC counts c map exactly to int8 c - 128
 SOFTMAX_QUANT = (1.0 / 256.0, -128)
@@ -89,10 +89,7 @@ class _Lowering:
 
     def _reshape(self, cur: _Act, shape: list[int], lshape, order, name) -> _Act:
         out = self._new(name, shape, cur.quant, cur.lo, cur.hi, lshape, order)
-        shape_t = self.g.tensor(f"{name}/shape", [len(shape)], np.int32, np.array(shape, np.int32))
-        opts = fb.ReshapeOptionsT()
-        opts.newShape = shape
-        self.g.op(fb.BuiltinOperator.RESHAPE, [cur.index, shape_t], [out.index], fb.BuiltinOptions.ReshapeOptions, opts)
+        self.g.reshape(cur.index, out.index, shape, name)
         return out
 
     def _note(self, i: int, op: str, dtype: str, why: str = "") -> None:
@@ -188,10 +185,8 @@ class _Lowering:
         rows = self._reshape(cur, [1, cur.shape[0] // run, run], cur.shape, cur.order, f"{name}/rows")
         gathered = self._new(f"{name}/gathered", [1, len(src) // run, run], cur.quant, cur.lo, cur.hi, cur.shape)
         it = self.g.tensor(f"{name}/indices", [len(src) // run], np.int32, (src[::run] // run).astype(np.int32))
-        opts = fb.GatherOptionsT()
-        opts.axis = 1
-        self.g.op(fb.BuiltinOperator.GATHER, [rows.index, it], [gathered.index], fb.BuiltinOptions.GatherOptions,
-                  opts, version=2 if cur.quant else 1)
+        self.g.op(fb.BuiltinOperator.GATHER, [rows.index, it], [gathered.index],
+                  *builtin_options(fb.BuiltinOperator.GATHER, axis=1), version=2 if cur.quant else 1)
         self._note(i, f"GATHER ({len(src) // run:,} rows of {run})", "int8" if cur.quant else "float32")
         return self._reshape(gathered, tshape, tuple(layer.shape), None, name)
 
@@ -247,7 +242,7 @@ class _Lowering:
             self._note(i, f"FULLY_CONNECTED(sparse 1x16 blocks, {len(block_cols)} blocks, nnz={w.nnz})", "int8")
         elif sp.issparse(w):
             cur = self._float(cur, name)
-            wt = self._sparse_weight(sp.csr_matrix(w), name)
+            wt = sparse_weight_tensor(self.g, sp.csr_matrix(w), name)
             bt = self.g.tensor(f"{name}/b", [n_out], np.float32, b)
             out = self._new(name, [1, n_out], None, plo, phi, (n_out,), row_order)
             self.g.op(fb.BuiltinOperator.FULLY_CONNECTED, [cur.index, wt, bt], [out.index],
@@ -279,9 +274,6 @@ class _Lowering:
             out = self._activation(out, Activation("leaky_relu", layer.alpha), i, f"{name}/act", lo, hi)
         return out
 
-    def _sparse_weight(self, w: sp.csr_matrix, name: str) -> int:
-        return sparse_weight_tensor(self.g, w, name)
-
     def _block_weight(self, values: np.ndarray, indptr: np.ndarray, block_cols: np.ndarray, shape, scale: float,
                       name: str) -> int:
         rows, cols = shape
@@ -302,10 +294,8 @@ class _Lowering:
         if layer.act == "relu":
             self.g.op(fb.BuiltinOperator.RELU, [cur.index], [out.index])
         elif layer.act == "leaky_relu":
-            opts = fb.LeakyReluOptionsT()
-            opts.alpha = layer.alpha
-            self.g.op(fb.BuiltinOperator.LEAKY_RELU, [cur.index], [out.index], fb.BuiltinOptions.LeakyReluOptions,
-                      opts, version=2 if quant else 1)
+            self.g.op(fb.BuiltinOperator.LEAKY_RELU, [cur.index], [out.index],
+                      *builtin_options(fb.BuiltinOperator.LEAKY_RELU, alpha=layer.alpha), version=2 if quant else 1)
         else:
             raise ModelError(f"layer {i}: activation {layer.act!r} cannot be written to TFLite")
         why = "between float sparse layers" if self.int8 and not quant else ""
