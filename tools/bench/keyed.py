@@ -13,6 +13,7 @@ from edge.runtime import TFLiteModel
 from keys.keyset import KeySet
 from tools.bench.common import latency_ms, predict_labels, print_table, write_json
 from tools.ir import forward
+from tools.keying.keyed import derive_keyset
 from tools.models_zoo import ZOO
 from tools.keying.profiles import DEFAULT_PROFILE
 from tools.keying.provision import (Provisioned, adc8, build_keyed_model, default_calibration_frames,
@@ -46,15 +47,15 @@ class BenchModels:
 
 def prepare_bench(net, model_path, profile: str, calib: np.ndarray, images: np.ndarray, plain: np.ndarray,
                   encrypt: bool = False) -> BenchModels:
-    """Provision the bench device and another one, write the unkeyed baselines, load all four models.
+    """Provision the bench device, derive another device's key set, write the unkeyed baselines, load all
+    four models.
 
     Keyed float runs on the keyed light before the ADC, isolating the keying (W' = A W A^-1) from the
     ADC; keyed int8 runs the deployed path on 8-bit ADC frames.
     """
     prov = build_keyed_model(model_path, os.urandom(32), "bench-device", profile, output_encryption=encrypt,
                              calib_frames=calib)
-    wrong = build_keyed_model(model_path, os.urandom(32), "other-device", profile, output_encryption=encrypt,
-                              calib_frames=calib[:50], float_model=False).keyset
+    wrong = derive_keyset(os.urandom(32), "other-device", prov.keyset.model_id, net, profile, encrypt)
     meta = model_metadata(net, None, "unkeyed")
     unkeyed_float = write_tflite(net, metadata=meta)[0]
     unkeyed_int8 = write_tflite(net, int8=True, calib=calib, metadata=meta)[0]
