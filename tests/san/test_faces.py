@@ -131,12 +131,13 @@ def test_onnx_stage_matches_perturb(tiny_ensemble, tmp_path):
 
     from tools.san.data import load_faces64
     from tools.san.errors import SanModelError
-    from tools.san.export import export_onnx
+    from tools.san.export import export_onnx, make_stage
 
     _, ensemble = tiny_ensemble
     faces = load_faces64("test", limit=12)
     male = faces.gender == 1
-    stage = export_onnx(ensemble, 1, "male", 64, tmp_path / "stage.onnx")
+    stage = make_stage(ensemble, 1, "male", 64)
+    export_onnx(stage, tmp_path / "stage.onnx")
     x = torch.from_numpy(faces.images[male].transpose(0, 3, 1, 2).astype(np.float32) / 255)
     with torch.no_grad():
         staged = np.rint(stage(x).numpy().transpose(0, 2, 3, 1) * 255)
@@ -146,7 +147,7 @@ def test_onnx_stage_matches_perturb(tiny_ensemble, tmp_path):
     got = ort.InferenceSession(str(tmp_path / "stage.onnx")).run(None, {"face": x[:1].numpy()})[0]
     np.testing.assert_allclose(got, stage(x[:1]).detach().numpy(), atol=1e-4)
     with pytest.raises(SanModelError, match="multiple"):
-        export_onnx(ensemble, 0, "female", 112, tmp_path / "bad.onnx")
+        make_stage(ensemble, 0, "female", 112)
 
 
 def test_mean_adversary_option():

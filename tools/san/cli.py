@@ -178,7 +178,8 @@ def strength(model: Path, faces_dir: Path | None, cache_dir: Path, change: str, 
 def export(model: Path, member: int | None, report: Path | None, gender: str, size: int, strength: float | None,
            out: Path | None, tflite_path: Path | None, as_float: bool, key_path: Path | None,
            faces_dir: Path | None, calib: int, check: int) -> None:
-    """Export one SAN member as a stage (face crop in, X_OP out): ONNX (--out) and/or TFLite (--tflite)."""
+    """Export one SAN member as a stage (face crop in, deployed output out): ONNX (--out) and/or TFLite
+    (--tflite)."""
     _threads()
     from tools.san.errors import SanModelError
     from tools.san.export import make_stage
@@ -199,7 +200,7 @@ def export(model: Path, member: int | None, report: Path | None, gender: str, si
     stage = make_stage(ensemble, member, gender, size, strength)
     what = f"member {member}, {gender} faces, {size}x{size}, {stage.change} change, strength {stage.strength:g}"
     if out is not None:
-        _export_onnx(ensemble, member, gender, size, stage.strength, out, what)
+        _export_onnx(stage, out, what)
     if tflite_path is not None:
         if key_path is None:
             _export_tflite(stage, gender, member, not as_float, faces_dir, calib, check, tflite_path, what)
@@ -208,14 +209,15 @@ def export(model: Path, member: int | None, report: Path | None, gender: str, si
                                  what)
 
 
-def _export_onnx(ensemble, member: int, gender: str, size: int, strength: float, out: Path, what: str) -> None:
+def _export_onnx(stage, out: Path, what: str) -> None:
     import numpy as np
     import torch
 
     from tools.san.errors import SanModelError
     from tools.san.export import export_onnx
 
-    stage = export_onnx(ensemble, member, gender, size, out, strength)
+    export_onnx(stage, out)
+    size = stage.size
     click.echo(f"wrote {out} ({what})")
     try:
         import onnxruntime as ort

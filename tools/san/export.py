@@ -2,8 +2,8 @@
 
 The stage bakes in the prototypes for a given source gender (the papers pick the prototypes from the
 subject's gender) and the model's stored change form, area-downsamples the crop to the SAN's working
-size, runs the autoencoder and adds the upsampled change to the crop, exactly as SanEnsemble.deployed does. Ops: AveragePool, Conv,
-LeakyRelu, Resize, Concat, Sigmoid, Expand, Sub/Add, Clip.
+size, runs the autoencoder and adds the upsampled change to the crop, exactly as SanEnsemble.deployed
+does. Ops: AveragePool, Conv, LeakyRelu, Resize, Concat, Sigmoid, Expand, Sub/Add, Mul, Clip.
 """
 from __future__ import annotations
 
@@ -60,13 +60,10 @@ def make_stage(ensemble: SanEnsemble, member: int, gender: str, size: int, stren
                     change or ensemble.change).eval()
 
 
-def export_onnx(ensemble: SanEnsemble, member: int, gender: str, size: int, path: Path,
-                strength: float | None = None) -> SanStage:
-    """Write member `member`'s stage for `gender` faces of `size` x `size` to `path` (ONNX, opset 17)."""
-    stage = make_stage(ensemble, member, gender, size, strength)
+def export_onnx(stage: SanStage, path: Path) -> None:
+    """Write a stage (see `make_stage`) to `path` as ONNX (opset 17): input `face`, output `x_op`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(stage, (torch.zeros(1, 3, size, size),), str(path), dynamo=False, opset_version=17,
-                          input_names=["face"], output_names=["x_op"])
-    return stage
+        torch.onnx.export(stage, (torch.zeros(1, 3, stage.size, stage.size),), str(path), dynamo=False,
+                          opset_version=17, input_names=["face"], output_names=["x_op"])
