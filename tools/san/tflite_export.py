@@ -33,7 +33,7 @@ from tools.san.errors import SanModelError
 from tools.san.export import SanStage
 from tools.san.nets import LEAK
 from tools.tflite.builder import GraphBuilder, builtin_options, quant_params
-from tools.tflite.writer import INPUT_QUANT, act_quant, weight_quant
+from tools.tflite.writer import INPUT_QUANT, act_quant, const_quant, weight_quant
 
 LOGISTIC_QUANT = (1.0 / 256.0, -128)      # TFLite's fixed int8 LOGISTIC output parameters
 OUTPUT_QUANT = INPUT_QUANT                # k/255: [0, 1] exactly, saturation = clamp
@@ -120,8 +120,7 @@ class _Lowering:
         """A constant activation-like tensor (per-tensor int8 from its own range, or float32)."""
         if not self.int8:
             return _T(self.g.tensor(name, nhwc.shape, np.float32, nhwc.astype(np.float32)), None)
-        quant = act_quant(float(nhwc.min()), float(nhwc.max()))
-        q = np.clip(np.round(nhwc / quant[0]) + quant[1], -128, 127).astype(np.int8)
+        q, quant = const_quant(nhwc)
         return _T(self.g.tensor(name, nhwc.shape, np.int8, q, quant_params(*quant)), quant)
 
     # -- layers -------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ are calibrated per tensor on faces keyed with K, in keyed space (`keyed_ranges`)
 input and output keys are equal, the residual `t + change` is a plain ADD of the input: nothing keyed
 there. What stays visible: the sparsity pattern of every layer (the grid's adjacency, which the structure
 attack of tools/attacks/structure.py turns back into the pixel arrangement, as for the `full` profile),
-the public pool/upsample coefficients, and the head's per-position constant P_s ch (values, shuffled).
+the public pool/upsample coefficients, and the head's per-position constants P_s ch and P_s (cs - ch)
+(values, shuffled).
 """
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ from tools.san.nets import LEAK
 from tools.san.tflite_export import LOGISTIC_QUANT, OUTPUT_QUANT, prototype_constants
 from tools.tflite.builder import GraphBuilder, builtin_options, quant_params
 from tools.tflite.sparse_int8 import sparse_int8_layer, support_ids
-from tools.tflite.writer import INPUT_QUANT, SPARSE_FC_VERSION, act_quant, hwc_to_chw_order, sparse_weight_tensor
+from tools.tflite.writer import (INPUT_QUANT, SPARSE_FC_VERSION, act_quant, const_quant, hwc_to_chw_order,
+                                 sparse_weight_tensor)
 
 INT8_GAIN_RANGE = (0.5, 2.0)   # hidden gains of the int8 stage: KeyConfig's; [0.25, 4] triples the int8 error (README)
 
@@ -320,8 +322,7 @@ class _Graph:
         """A constant [1, n] vector: float32, or int8 on its own range."""
         if not self.int8:
             return self.g.tensor(name, [1, len(values)], np.float32, values[None].astype(np.float32))
-        quant = act_quant(float(values.min()), float(values.max()))
-        q = np.clip(np.round(values / quant[0]) + quant[1], -128, 127).astype(np.int8)
+        q, quant = const_quant(values)
         index = self.g.tensor(name, [1, len(values)], np.int8, q[None], quant_params(*quant))
         self.quant[index] = quant
         return index

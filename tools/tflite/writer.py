@@ -52,6 +52,12 @@ def act_quant(lo: float, hi: float) -> tuple[float, int]:
     return scale, int(np.clip(np.round(-128 - lo / scale), -128, 127))
 
 
+def const_quant(values: np.ndarray) -> tuple[np.ndarray, tuple[float, int]]:
+    """A constant activation-like tensor as int8 on its own range: (codes, (scale, zero point))."""
+    quant = act_quant(float(values.min()), float(values.max()))
+    return np.clip(np.round(values / quant[0]) + quant[1], -128, 127).astype(np.int8), quant
+
+
 def weight_quant(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-output-channel int8 weights (axis 0) and their scales."""
     flat = np.abs(w.reshape(len(w), -1)).max(axis=1)
