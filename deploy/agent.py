@@ -32,9 +32,10 @@ from typing import BinaryIO, Iterator
 from deploy.bundle import CHUNK, extract, verify_bundle
 from deploy.device import SLOTS, DeviceRoot, ServiceConfig, tree_digest
 from deploy.manifest import MANIFEST, BundleError, Manifest, parse_version
-from deploy.signing import unseal
+from deploy.signing import public_key_id
 from edge.atomic import fsync_dir
 from edge.errors import KeycamError
+from keys.sealing import SealedFileError, context_for, unseal
 
 CRASH_ENV = "KEYCAM_AGENT_CRASH_AT"
 STEPS = ("verified", "extracting", "extracted", "marked", "switched", "restarted", "checked")
@@ -204,8 +205,22 @@ class Agent:
             raise AgentError(f"bundle version {manifest.version} is not newer than the installed "
                              f"{state['version']} (downgrade refused)")
 
-    def _unsealer(self, manifest: Manifest):
-        """Per-file hook for `extract`: opens sealed secrets with the device key (and hosts a crash point)."""
+    def _check_sealed_to_me(self, manifest: Manifest) -> None:
+        """Refuse, before touching a slot, a bundle whose secrets are sealed to another device key."""
+        mine = public_key_id(self.dev.device_key().public_key())
+        for name, spec in sorted(manifest.secrets.items()):
+            theirs = spec.get("device_key_id") if isinstance(spec, dict) else None
+            if theirs and theirs != mine:
+                raise AgentError(
+                    f"bundle file {name} is sealed to device key {theirs}, but this device's key is {mine}. "
+                    "Cause: the vault records another key pair for this device (a later `keycam keys export "
+                    "--new-device-key`, or an export to another SD card), or the bundle is for another "
+                    "device. Fix: re-export to this device root (`keycam keys export DEVICE --out ROOT "
+                    "--new-device-key` makes the vault and this device agree again), then rebuild the bundle")
+
+    def _sealed_check(self, manifest: Manifest):
+        """Per-file hook for `extract`: each sealed file must open with the device key (in memory only;
+        the slot keeps it sealed), and it hosts a crash point."""
         key, first = None, True
 
         def transform(name: str, data: bytes) -> bytes:
@@ -213,10 +228,15 @@ class Agent:
             if first:
                 first = False
                 _crash_point("extracting")
-            if name not in manifest.secrets:
-                return data
-            key = key or self.dev.device_key()
-            return unseal(key, data, f"{manifest.device_id}/{name}")
+            if name in manifest.secrets:
+                key = key or self.dev.device_key()
+                spec = manifest.secrets[name]
+                role = spec.get("role", name) if isinstance(spec, dict) else name
+                try:
+                    unseal(key, data, context_for(manifest.device_id, role), f"bundle file {name}")
+                except SealedFileError as exc:
+                    raise AgentError(str(exc)) from exc
+            return data
         return transform
 
     def install(self, bundle: str | Path, use_service: bool = True) -> dict:
@@ -238,6 +258,7 @@ class Agent:
         manifest = verify_bundle(bundle, self.dev.trusted_signing_key())
         _crash_point("verified")
         self._check_applicable(manifest, state)
+        self._check_sealed_to_me(manifest)
         slot = next(s for s in SLOTS if s != state["committed"])
         self.dev.slot_dir(slot).parent.mkdir(parents=True, exist_ok=True)
         if state.get("previous") == slot:   # its old install is about to be overwritten
@@ -246,7 +267,7 @@ class Agent:
         target = self.dev.slot_dir(slot)
         shutil.rmtree(target, ignore_errors=True)
         try:
-            extract(bundle, manifest, target, self._unsealer(manifest))
+            extract(bundle, manifest, target, self._sealed_check(manifest))
         except BaseException as exc:
             shutil.rmtree(target, ignore_errors=True)
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):

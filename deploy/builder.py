@@ -2,27 +2,40 @@
 
 Payload: model.tflite (the device's keyed int8 model), canary.npz (keyed canary frames + expected
 classes for the health check), device.yaml (the device's service config), and for a device without
-a faceplate sensor.key (the sensor key A0, sealed to the device's X25519 key).
+a faceplate sensor.key (the sensor key A0). The model, the canary and the sensor key are key
+material: each is sealed to the device's X25519 key (keys.sealing) and stays sealed in the bundle
+and in the device's slot. The host never holds the clear model here: the vault keeps it sealed, and
+the canary was computed at provisioning, while the clear model was in memory (keys.generations).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
-
 from deploy.bundle import write_bundle
-from deploy.canary import make_canary
-from deploy.health import save_canary
+from deploy.health import load_canary, save_canary
 from deploy.manifest import Manifest, parse_version
 from deploy.payload import CANARY, CONFIG, MODEL, SENSOR_KEY, render_config
-from deploy.signing import SEAL_ALG, public_key_id, seal
+from edge.errors import ConfigError
+from keys.generations import sealed_model
 from keys.keyset import KeySet
-from keys.vault import Vault, b64d, now_iso
+from keys.sealing import ROLE_CANARY, ROLE_MODEL, ROLE_SENSOR_KEY, SEAL_ALG, context_for, public_key_id, seal
+from keys.vault import Vault, VaultError, b64d, now_iso
+
+
+def _canary(gen: dict, device_id: str, count: int) -> bytes:
+    """The first `count` canary frames the vault keeps for this generation (.npz bytes)."""
+    if "canary" not in gen:
+        raise VaultError(f"{device_id}'s key set {gen['key_fingerprint'][:16]} has no canary frames in the vault; "
+                         f"rotate the device (`keycam keys rotate {device_id}`) to make a generation with them")
+    frames, expected = load_canary(b64d(gen["canary"], "canary"), "the vault's canary")
+    if count > len(frames):
+        raise ConfigError(f"--canary-frames {count}: the vault keeps {len(frames)} canary frames for "
+                          f"{device_id}'s key set {gen['key_fingerprint'][:16]} (set at provision/rotate)")
+    return save_canary(frames[:count], expected[:count])
 
 
 def build(vault: Vault, device_id: str, version: str, out: Path, minimum_version: str = "0",
           keyset: str = "active", hardware: list[str] | None = None, canary_count: int = 16,
-          canary_source: Path | None = None, canary_dataset: str | None = None,
           health_timeout_s: float = 30.0, config: dict | None = None) -> tuple[Path, Manifest]:
     """Write `out` (a file, or a directory to hold <device>-<version>.bundle); return path and manifest.
 
@@ -31,24 +44,24 @@ def build(vault: Vault, device_id: str, version: str, out: Path, minimum_version
     gen = vault.select(device_id, keyset)
     parse_version(version)
     parse_version(minimum_version)
-    ks = KeySet.from_bytes(b64d(gen["keyset"], "keyset"))
-    model = b64d(gen["model_int8"], "model")
-    frames, expected = make_canary(model, ks, canary_count, canary_source, canary_dataset)
-    payload, secrets = {MODEL: model, CANARY: save_canary(frames, expected)}, {}
-    plain = {MODEL: model} if device["faceplate"] else {MODEL: model, SENSOR_KEY: ks.sensor.to_bytes()}
-    payload[CONFIG] = render_config(device, plain, config)
+    device_pub = b64d(device["device_public"], "device_public")
+    clear = {CANARY: (ROLE_CANARY, _canary(gen, device_id, canary_count))}
     if not device["faceplate"]:
-        device_pub = b64d(device["device_public"], "device_public")
-        payload[SENSOR_KEY] = seal(device_pub, plain[SENSOR_KEY], f"{device_id}/{SENSOR_KEY}")
-        secrets[SENSOR_KEY] = {"alg": SEAL_ALG,
-                               "device_key_id": public_key_id(X25519PublicKey.from_public_bytes(device_pub))}
+        sensor = KeySet.from_bytes(b64d(gen["keyset"], "keyset")).sensor.to_bytes()
+        clear[SENSOR_KEY] = (ROLE_SENSOR_KEY, sensor)
+    payload = {name: seal(device_pub, data, context_for(device_id, role)) for name, (role, data) in clear.items()}
+    payload[MODEL] = sealed_model(gen, device_id, device["device_public"])
+    payload[CONFIG] = render_config(device, payload, config)
+    roles = {MODEL: ROLE_MODEL, **{name: role for name, (role, _) in clear.items()}}
+    secrets = {name: {"alg": SEAL_ALG, "device_key_id": public_key_id(device_pub), "role": role}
+               for name, role in roles.items()}
     manifest = Manifest(
         device_id=device_id, version=version, minimum_version=minimum_version,
         compatible=list(hardware or [device["hardware"]]), files={},
         keys={"model": MODEL, "key_fingerprint": gen["key_fingerprint"],
               "sensor_fingerprint": gen["sensor_fingerprint"], "model_id": gen["model_id"],
               "profile": gen["profile"], "output_encrypted": gen["output_encryption"]},
-        secrets=secrets, health={"canary": CANARY, "timeout_s": health_timeout_s, "frames": len(frames)},
+        secrets=secrets, health={"canary": CANARY, "timeout_s": health_timeout_s, "frames": canary_count},
         created=now_iso())
     out = Path(out)
     path = out / f"{device_id}-{version}.bundle" if out.is_dir() else out

@@ -75,22 +75,21 @@ def deploy() -> None:
 @click.option("--hardware", multiple=True, help="compatible hardware (default: the device's)")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("."), show_default=True,
               help="bundle file, or a directory for <device>-<version>.bundle")
-@click.option("--canary-frames", default=16, show_default=True, type=click.IntRange(1, 500))
-@click.option("--canary-dataset", help="dataset for canary frames (default: the model's)")
+@click.option("--canary-frames", default=16, show_default=True, type=click.IntRange(1, 500),
+              help="health-check frames, of those the vault keeps (made at provision/rotate)")
 @click.option("--health-timeout", default=30.0, show_default=True, type=click.FloatRange(1, 3600))
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="device config template (default: the one given at provisioning)")
 @vault_options
-def build(device, version, min_version, keyset, hardware, out, canary_frames, canary_dataset, health_timeout,
+def build(device, version, min_version, keyset, hardware, out, canary_frames, health_timeout,
           config_path, **params) -> None:
-    """Build DEVICE's signed bundle from the vault."""
-    from deploy import builder  # host-only heavy imports (scipy, the TFLite runtime)
+    """Build DEVICE's signed bundle from the vault (model, sensor key and canary sealed to the device)."""
+    from deploy import builder  # host-only heavy imports (scipy)
     from deploy.payload import load_template
     template = load_template(config_path) if config_path else None
     with edit_vault(params) as vault:
         path, manifest = builder.build(vault, device, version, out, min_version, keyset, list(hardware) or None,
-                                       canary_frames, canary_dataset=canary_dataset,
-                                       health_timeout_s=health_timeout, config=template)
+                                       canary_frames, health_timeout_s=health_timeout, config=template)
         audit.record(vault, "bundle", device, version=version, key_fingerprint=manifest.keys["key_fingerprint"],
                      bundle=str(path))
     click.echo(f"built {path}: {device} {version} (min {min_version}), key set "

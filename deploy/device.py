@@ -1,10 +1,13 @@
 """The on-device layout the agent manages (device side: imports nothing from tools/).
 
     ROOT/identity/device.json   {"device_id", "hardware"}
-    ROOT/identity/device.key    the device's X25519 private key (raw, 0600): opens sealed secrets
+    ROOT/identity/keystore.json which key store keeps the device's X25519 private key (keys.keystore);
+    ROOT/identity/device.key    absent: the file store, device.key (raw, 0600). That key opens the
+                                sealed model, sensor key and canary: they stay sealed on disk
     ROOT/identity/signing.pub   the trusted Ed25519 bundle-signing public key (base64)
     ROOT/agent.yaml             optional: service restart / is-active commands, health timeout
-    ROOT/slots/a, ROOT/slots/b  the two A/B slots
+    ROOT/slots/a, ROOT/slots/b  the two A/B slots, files as the bundle carried them (key material sealed);
+                                slots/X/device.yaml says `identity: ../../identity`
     ROOT/slots/current -> X     relative symlink, replaced atomically (rename) to switch slots; the
                                 service runs `keycam run --config ROOT/slots/current/device.yaml`
     ROOT/state.json             committed slot, its version, anti-rollback floor, an install in flight
@@ -25,6 +28,7 @@ from deploy.manifest import DEVICE_ID, BundleError, check_device_id
 from deploy.signing import decode_public, encode_public, raw_private, raw_public
 from edge.atomic import atomic_write, fsync_dir
 from edge.errors import ConfigError
+from keys.keystore import key_present, open_store, store_class
 
 SLOTS = ("a", "b")
 _TIMEOUT_MAX = 3600
@@ -109,23 +113,26 @@ class DeviceRoot:
         return self.root / "slots" / slot
 
     # ---- identity -------------------------------------------------------------------------------
-    def init_identity(self, device_id: str, hardware: str, signing_pub: str,
-                      device_key: bytes | None = None) -> str:
-        """Create identity/ (keeping an existing device key); return the device public key (base64)."""
+    def init_identity(self, device_id: str, hardware: str, signing_pub: str, device_key: bytes | None = None,
+                      store: str = "file", store_options: dict | None = None) -> str:
+        """Create identity/ (keeping an existing device key unless `device_key` is given, which goes into
+        key store `store`); return the device public key (base64)."""
         check_device_id(device_id)
         if not hardware or not DEVICE_ID.match(hardware):
             raise ConfigError(f"invalid hardware name {hardware!r}")
         decode_public(signing_pub, "signing public key")
         self.identity_dir.mkdir(parents=True, exist_ok=True)
-        key_path = self.identity_dir / "device.key"
+        if device_key is None and not key_present(self.identity_dir):
+            device_key = raw_private(X25519PrivateKey.generate())
         if device_key is not None:
-            atomic_write(key_path, device_key, 0o600)
-        elif not key_path.exists():
-            atomic_write(key_path, raw_private(X25519PrivateKey.generate()), 0o600)
-        atomic_write(self.identity_dir / "device.json",
-                     json.dumps({"device_id": device_id, "hardware": hardware}).encode(), 0o644)
+            store_class(store).create(self.identity_dir, device_key, **(store_options or {}))
+            public = encode_public(raw_public(X25519PrivateKey.from_private_bytes(device_key)))
+        else:
+            public = self.device_public()
+        atomic_write(self.identity_dir / "device.json", json.dumps(
+            {"device_id": device_id, "hardware": hardware, "device_public": public}).encode(), 0o644)
         atomic_write(self.identity_dir / "signing.pub", signing_pub.strip().encode() + b"\n", 0o644)
-        return encode_public(raw_public(self.device_key()))
+        return public
 
     def identity(self) -> dict:
         path = self.identity_dir / "device.json"
@@ -139,14 +146,17 @@ class DeviceRoot:
         except (ValueError, KeyError, TypeError, BundleError) as exc:
             raise ConfigError(f"{path} is corrupted: {exc}") from exc
 
-    def device_key(self) -> X25519PrivateKey:
-        path = self.identity_dir / "device.key"
+    def device_public(self) -> str:
+        """The device's X25519 public key (base64): as device.json records it, else from the key store."""
         try:
-            return X25519PrivateKey.from_private_bytes(path.read_bytes())
-        except FileNotFoundError as exc:
-            raise ConfigError(f"device key {path} is missing") from exc
-        except ValueError as exc:
-            raise ConfigError(f"device key {path} is corrupted") from exc
+            recorded = json.loads((self.identity_dir / "device.json").read_text()).get("device_public")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        return recorded if isinstance(recorded, str) else encode_public(raw_public(self.device_key()))
+
+    def device_key(self) -> X25519PrivateKey:
+        """The device's X25519 private key, from the key store its identity names (into memory only)."""
+        return open_store(self.identity_dir).private_key()
 
     def trusted_signing_key(self) -> bytes:
         path = self.identity_dir / "signing.pub"

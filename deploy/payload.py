@@ -2,21 +2,24 @@
 
 device.yaml is a full `keycam run` config (edge/config.py schema) made from a template: the
 operator's choices (camera, sinks, faceplate port and id, pipeline) come from the template; the
-device id, the model path and, without a faceplate, the simulated key stage with the sensor key
-come from the vault. Paths are relative to the slot, so the service runs
-`keycam run --config ROOT/slots/current/device.yaml`.
+device id, the model path, the identity folder and, without a faceplate, the simulated key stage
+with the sensor key come from the vault. Paths are relative to the YAML's folder, so the service runs
+`keycam run --config ROOT/slots/current/device.yaml`, and `identity: ../../identity` (a slot) or
+`identity: identity` (an exported root) names ROOT/identity, whose key opens the sealed files.
 """
 from __future__ import annotations
 
 import copy
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 import yaml
 
 from edge.errors import ConfigError
 
 MODEL, CANARY, CONFIG, SENSOR_KEY = "model.tflite", "canary.npz", "device.yaml", "sensor.key"
+IDENTITY_FROM_SLOT, IDENTITY_FROM_ROOT = "../../identity", "identity"
 DEFAULT_TEMPLATE = {"camera": {"type": "picamera2", "size": [28, 28], "index": 0}, "sinks": [{"type": "stdout"}]}
 
 
@@ -31,10 +34,15 @@ def load_template(path: str | Path) -> dict:
     return doc
 
 
-def device_config(device: dict, template: dict | None = None) -> dict:
-    """The device's `keycam run` config: `template` (else the vault's, else a default) plus the vault's facts."""
+def device_config(device: dict, template: dict | None = None, identity: str | None = IDENTITY_FROM_SLOT) -> dict:
+    """The device's `keycam run` config: `template` (else the vault's, else a default) plus the vault's facts.
+
+    `identity` is the identity folder relative to the YAML (None: clear files, a research export)."""
     cfg = copy.deepcopy(template if template is not None else device.get("config") or DEFAULT_TEMPLATE)
     cfg["device_id"] = device["device_id"]
+    cfg.pop("identity", None)
+    if identity is not None:
+        cfg["identity"] = identity
     cfg["model"] = {**(cfg.get("model") or {}), "path": MODEL}
     stage = dict(cfg.get("key_stage") or {})
     if device["faceplate"]:
@@ -48,15 +56,19 @@ def device_config(device: dict, template: dict | None = None) -> dict:
     return cfg
 
 
-def render_config(device: dict, files: dict[str, bytes], template: dict | None = None) -> bytes:
-    """device.yaml bytes, validated with the service's own loader against the files it names."""
+def render_config(device: dict, names: Iterable[str], template: dict | None = None,
+                  identity: str | None = IDENTITY_FROM_SLOT) -> bytes:
+    """device.yaml bytes, validated with the service's own loader (files `names` beside it)."""
     from edge.config import parse_config
-    cfg = device_config(device, template)
+    cfg = device_config(device, template, identity)
     with tempfile.TemporaryDirectory() as tmp:
-        for name, data in files.items():
-            (Path(tmp) / name).write_bytes(data)
+        for name in names:
+            (Path(tmp) / name).touch()      # the loader checks that files exist, never their content
+        check = dict(cfg)
+        if identity is not None:
+            check["identity"] = str(Path(tmp))
         try:
-            parse_config(cfg, Path(tmp), CONFIG)
+            parse_config(check, Path(tmp), CONFIG)
         except ConfigError as exc:
             raise ConfigError(f"device config for {device['device_id']} is invalid: {exc}") from exc
     return yaml.safe_dump(cfg, sort_keys=False).encode()

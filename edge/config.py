@@ -3,6 +3,12 @@
 Every section is a dataclass; its type hints and defaults are the schema. Unknown keys, wrong types,
 out-of-range values and missing files each raise one ConfigError naming the file and the key.
 Relative paths are resolved against the YAML file's folder. See examples/sim-device.yaml.
+
+`identity:` names the device's identity folder (its key store, keys.keystore). With it, the model,
+the sensor key and a preprocess stage must be files sealed to the device (keys.sealing) and are
+opened into memory only; provisioning writes `identity: identity` (exported root) or
+`identity: ../../identity` (an A/B slot, ROOT/slots/X). Without it the files are clear: only for the
+public demo device and research runs.
 """
 from __future__ import annotations
 
@@ -21,6 +27,10 @@ from edge.errors import ConfigError
 
 class FilePath(str):
     """A path to an existing file, relative to the config file's folder."""
+
+
+class DirPath(str):
+    """A path to an existing directory, relative to the config file's folder."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,7 @@ class DeviceConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     preprocess: PreprocessConfig | None = None   # optional; off by default
+    identity: DirPath | None = None          # the device identity folder: key material is then sealed
     source: Path = Path(".")                 # the YAML file this came from (not a YAML key)
 
 
@@ -153,7 +164,7 @@ _CHECKS: dict[tuple[type, str], tuple] = {
 
 def _type_name(hint: object) -> str:
     names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-             dict: "a mapping", list: "a list", FilePath: "a file path"}
+             dict: "a mapping", list: "a list", FilePath: "a file path", DirPath: "a directory path"}
     if isinstance(hint, types.UnionType):
         return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(hint))
     return names.get(hint, getattr(hint, "__name__", str(hint)))
@@ -171,14 +182,19 @@ def _coerce(value: object, hint: object, where: str, base: Path) -> object:
           int: lambda v: isinstance(v, int) and not isinstance(v, bool),
           float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
           str: lambda v: isinstance(v, str), FilePath: lambda v: isinstance(v, str) and v != "",
+          DirPath: lambda v: isinstance(v, str) and v != "",
           dict: lambda v: isinstance(v, dict), list: lambda v: isinstance(v, list)}[hint](value)
     if not ok:
         raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}")
     if hint is float:
         return float(value)
-    if hint is FilePath:
+    if hint in (FilePath, DirPath):
         path = Path(value).expanduser()
         path = path if path.is_absolute() else (base / path)
+        if hint is DirPath:
+            if not path.is_dir():
+                raise ConfigError(f"{where}: directory not found: {path}")
+            return DirPath(os.path.normpath(path))
         if not path.is_file():
             raise ConfigError(f"{where}: file not found: {path}")
         return FilePath(os.path.abspath(path))   # symlinks kept: A/B slot flips are seen

@@ -2,7 +2,8 @@
 
 Two kinds:
 - `SimulatedKeyStage`: the pre-ADC stage (hardware.preadc) with the device's sensor key file; healthy
-  only when the key file exists, parses, and its fingerprint equals the model's `sensor_fingerprint`.
+  only when the key file exists, opens (sealed to the device: into memory only, keys.device_files),
+  parses, and its fingerprint equals the model's `sensor_fingerprint`.
 - `FaceplateKeyStage`: a physical fiber faceplate keys the light before the sensor; healthy only when
   the actuator answers, reports no fault, and the expected faceplate id is engaged. The stage then only
   digitises (ADC) the already keyed frame.
@@ -13,6 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -55,18 +57,22 @@ class KeyStage(ABC):
         """Release hardware."""
 
 
-def load_sensor_key(path: Path):
-    """Read a sensor key file (keys.factors.Key, or a KeySet whose sensor key is used)."""
+def parse_sensor_key(blob: bytes, what: str):
+    """Parse clear sensor key bytes (keys.factors.Key, or a KeySet whose sensor key is used)."""
     from keys.factors import Key, KeyFileError
     from keys.keyset import KeySet
-    blob = Path(path).read_bytes()
     try:
-        return Key.from_bytes(blob, f"sensor key {path}")
+        return Key.from_bytes(blob, f"sensor key {what}")
     except KeyFileError as key_exc:
         try:
-            return KeySet.from_bytes(blob, f"key set {path}").sensor
+            return KeySet.from_bytes(blob, f"key set {what}").sensor
         except KeyFileError:
             raise key_exc from None
+
+
+def load_sensor_key(path: Path):
+    """Read a clear sensor key file (the public demo device, research tools)."""
+    return parse_sensor_key(Path(path).read_bytes(), str(path))
 
 
 class SimulatedKeyStage(KeyStage):
@@ -74,9 +80,12 @@ class SimulatedKeyStage(KeyStage):
 
     kind = "simulated"
 
-    def __init__(self, sensor_key_path: str | Path, expected_fingerprint: str, sensor: dict | None = None):
+    def __init__(self, sensor_key_path: str | Path, expected_fingerprint: str, sensor: dict | None = None,
+                 read: Callable[[Path], bytes] = Path.read_bytes):
+        """`read` returns the key file's clear bytes (the service opens sealed files with it)."""
         self.path = Path(sensor_key_path)
         self.expected = expected_fingerprint
+        self.read = read
         try:
             self.sensor_model = SensorModel.from_dict(dict(sensor or {}))
         except ConfigError as exc:
@@ -89,7 +98,7 @@ class SimulatedKeyStage(KeyStage):
             self._stage = None
             return Health(False, "sensor_key_mismatch", "the model carries no sensor_fingerprint metadata")
         try:
-            key = load_sensor_key(self.path)
+            key = parse_sensor_key(self.read(self.path), str(self.path))
         except FileNotFoundError:
             self._stage = None
             return Health(False, "sensor_key_missing", f"sensor key file {self.path} is missing")

@@ -23,6 +23,8 @@ from edge.metrics import Metrics, MetricsServer
 from edge.pipeline import ModelContext, Pipeline, PreprocessStage
 from edge.runtime import TFLiteModel
 from edge.sinks import Sink, make_sink
+from keys.device_files import DeviceFiles
+from keys.sealing import ROLE_MODEL, ROLE_PREPROCESS, ROLE_SENSOR_KEY
 
 log = logging.getLogger("keycam.service")
 _TICK_S = 0.05
@@ -96,6 +98,10 @@ class Service:
         if max_frames is not None and max_frames < 1:
             raise ConfigError(f"--frames must be >= 1, got {max_frames}")
         self.cfg, self.max_frames = config, max_frames
+        self.files = DeviceFiles(config.device_id, config.identity)
+        if not self.files.sealed:
+            log.warning("%s names no identity: model and key files are read in clear (demo/research only; "
+                        "a keyed model is key material)", config.source)
         self.metrics = Metrics(latency_window)
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -123,16 +129,27 @@ class Service:
     def _key_stage(self, policy: OutputPolicy) -> KeyStage:
         ks = self.cfg.key_stage
         if ks.type == "simulated":
-            return SimulatedKeyStage(ks.sensor_key, policy.sensor_fingerprint, ks.sensor)
+            return SimulatedKeyStage(ks.sensor_key, policy.sensor_fingerprint, ks.sensor,
+                                     read=lambda path: self.files.read(path, ROLE_SENSOR_KEY))
         if self._shared_stage is None:    # one actuator, shared by every model generation
             self._shared_stage = FaceplateKeyStage(ks.port, ks.expected_id, ks.baudrate)
         return self._shared_stage
+
+    def _load_model(self, path: str, role: str, num_threads: int) -> TFLiteModel:
+        """A model file opened into memory (sealed files are decrypted there, never to disk)."""
+        try:
+            blob = self.files.read(path, role)
+        except FileNotFoundError as exc:
+            raise ModelError(f"model file not found: {path}") from exc
+        except OSError as exc:
+            raise ModelError(f"cannot read model file {path}: {exc}") from exc
+        return TFLiteModel(blob, num_threads=num_threads)
 
     def load_context(self) -> ModelContext:
         """Load the configured model and build its key stage and guard (not yet health-checked)."""
         files = file_signature(self._watched_files())
         mc = self.cfg.model
-        model = TFLiteModel(mc.path, num_threads=mc.num_threads)
+        model = self._load_model(mc.path, ROLE_MODEL, mc.num_threads)
         try:
             policy = output_policy(model, Path(mc.path), mc.top_k, self.cfg.pipeline.max_record_bytes)
         except KeycamError as exc:
@@ -140,7 +157,7 @@ class Service:
         pre = None
         if self.cfg.preprocess is not None:      # the key stage then keys frames for the preprocess stage
             pc = self.cfg.preprocess
-            pre = PreprocessStage(TFLiteModel(pc.path, num_threads=pc.num_threads), pc.path)
+            pre = PreprocessStage(self._load_model(pc.path, ROLE_PREPROCESS, pc.num_threads), pc.path)
             pre.check_feeds(model, policy.sensor_fingerprint)
             policy = replace(policy, sensor_fingerprint=pre.input_fingerprint)
         self._generation += 1

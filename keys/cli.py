@@ -6,12 +6,13 @@ Every action that changes the vault is appended to the audit log beside it (<vau
 """
 from __future__ import annotations
 
+import contextlib
 import functools
-import hashlib
 import json
 import os
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import click
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -20,6 +21,8 @@ from deploy.manifest import BundleError, check_device_id
 from deploy.signing import SignatureError, decode_public, encode_public, raw_private, raw_public
 from edge.errors import ConfigError, KeycamError
 from keys import audit
+from keys.keystore import STORES
+from keys.generations import CANARY_FRAMES, migrate_clear_models, model_source, new_generation
 from keys.vault import Vault, VaultError, b64d, b64e, now_iso
 from tools.keying.profiles import DEFAULT_PROFILE, PROFILES
 
@@ -65,8 +68,15 @@ def open_vault(params: dict) -> Vault:
     return Vault.open(params["vault_path"], _passphrase(params))
 
 
-def edit_vault(params: dict):
-    return Vault.edit(params["vault_path"], _passphrase(params))
+@contextlib.contextmanager
+def edit_vault(params: dict) -> Iterator[Vault]:
+    """Open the vault for a change; clear keyed models of an older vault are sealed on this write."""
+    with Vault.edit(params["vault_path"], _passphrase(params)) as vault:
+        for device in migrate_clear_models(vault):
+            click.echo(f"sealed {device}'s keyed models in the vault to its device key (older vault format)",
+                       err=True)
+            audit.record(vault, "seal-models", device, reason="the vault held clear keyed models")
+        yield vault
 
 
 def _device_arg(value: str) -> str:
@@ -82,31 +92,6 @@ def _emit(data, as_json: bool, text: str) -> None:
 
 
 # ---- provisioning -----------------------------------------------------------------------------------
-def _keyed_generation(model: Path, device_id: str, profile: str, output_encryption: bool, n: int) -> dict:
-    """Create a fresh secret, key and quantize the model for it; return the vault record."""
-    from edge.runtime import read_metadata
-    from tools.keying.provision import build_keyed_model
-    click.echo(f"keying {model.name} for {device_id} (profile {profile}) ...", err=True)
-    secret = os.urandom(32)
-    prov = build_keyed_model(model, secret, device_id, profile, output_encryption=output_encryption,
-                             float_model=False)
-    meta = read_metadata(prov.tflite_int8)
-    ks = prov.keyset
-    rep = prov.report
-    click.echo(f"  done in {rep.get('total_s', 0):.1f} s, int8 model {len(prov.tflite_int8)} bytes", err=True)
-    return {"generation": n, "state": "active" if n == 1 else "pending", "created": now_iso(),
-            "secret": b64e(secret), "keyset": b64e(ks.to_bytes()), "model_int8": b64e(prov.tflite_int8),
-            "model_sha256": hashlib.sha256(prov.tflite_int8).hexdigest(), "profile": ks.profile,
-            "output_encryption": ks.output is not None, "key_fingerprint": ks.fingerprint,
-            "sensor_fingerprint": ks.sensor_fingerprint, "model_id": ks.model_id,
-            "labels": list(meta.get("labels") or []),
-            "report": {k: rep[k] for k in ("float_max_rel_error", "total_s", "size_int8") if k in rep}}
-
-
-def _model_source(model: Path) -> dict:
-    return {"path": str(model.resolve()), "sha256": hashlib.sha256(model.read_bytes()).hexdigest()}
-
-
 def _device_public(text: str | None) -> tuple[str, str | None]:
     """(public b64, private b64 or None): the device's own key, or a fresh pair held until export."""
     if text:
@@ -117,6 +102,13 @@ def _device_public(text: str | None) -> tuple[str, str | None]:
             raise ConfigError(str(exc)) from exc
     key = X25519PrivateKey.generate()
     return encode_public(raw_public(key)), b64e(raw_private(key))
+
+
+def _canary_options(func):
+    """--canary-frames and --canary-dataset: the health-check frames made while the clear model is in RAM."""
+    func = click.option("--canary-dataset", help="dataset of the canary frames (default: the model's)")(func)
+    return click.option("--canary-frames", default=CANARY_FRAMES, show_default=True, type=click.IntRange(1, 500),
+                        help="canary frames kept in the vault for the on-device health check")(func)
 
 
 @click.group()
@@ -151,19 +143,22 @@ def init(**params) -> None:
               help="device config template (a `keycam run` YAML: camera, sinks, faceplate port/id)")
 @click.option("--device-pubkey", help="the device's X25519 public key (base64, or @FILE); "
               "default: generate a pair whose private half leaves the vault with the first `keys export`")
+@_canary_options
 @vault_options
 def provision(device, model, profile, output_encryption, faceplate, hardware, config_path, device_pubkey,
-              **params) -> None:
-    """Create DEVICE's key set, key and quantize MODEL for it, record it all in the vault."""
+              canary_frames, canary_dataset, **params) -> None:
+    """Create DEVICE's key set, key and quantize MODEL for it, record it all in the vault.
+
+    The keyed model is stored sealed to the device's key; its canary frames are computed now."""
     from deploy.payload import load_template
     public, private = _device_public(device_pubkey)
     template = load_template(config_path) if config_path else None
     with edit_vault(params) as vault:
         if device in vault.devices:
             raise VaultError(f"device {device!r} is already provisioned; use `keycam keys rotate {device}`")
-        gen = _keyed_generation(model, device, profile, output_encryption, 1)
+        gen = new_generation(model, device, public, profile, output_encryption, 1, canary_frames, canary_dataset)
         record = {"device_id": device, "created": now_iso(), "state": "active", "hardware": hardware,
-                  "faceplate": faceplate, "device_public": public, "model_source": _model_source(model),
+                  "faceplate": faceplate, "device_public": public, "model_source": model_source(model),
                   "generations": [gen]}
         if private:
             record["device_private"] = private
@@ -200,7 +195,7 @@ def list_(as_json, **params) -> None:
     _emit(rows, as_json, "\n".join(lines) if rows else "no devices provisioned")
 
 
-_SECRET_FIELDS = ("secret", "keyset", "model_int8")
+_SECRET_FIELDS = ("secret", "keyset", "model_sealed", "canary", "model_int8")
 
 
 @keys.command()
@@ -218,7 +213,7 @@ def show(device, reveal, as_json, **params) -> None:
         dev = json.loads(json.dumps(open_vault(params).device(device)))
     for gen in dev["generations"]:
         for name in _SECRET_FIELDS:
-            value = gen.pop(name)
+            value = gen.pop(name, None)
             if reveal and name == "secret":
                 gen["secret_hex"] = b64d(value, name).hex()
     private = dev.pop("device_private", None)
@@ -246,8 +241,9 @@ def show(device, reveal, as_json, **params) -> None:
 @click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="new base model (default: the one recorded at provisioning)")
 @click.option("--profile", type=click.Choice(PROFILES), help="default: the current profile")
+@_canary_options
 @vault_options
-def rotate(device, model, profile, **params) -> None:
+def rotate(device, model, profile, canary_frames, canary_dataset, **params) -> None:
     """New key set and keyed model for DEVICE; the old one stays active until a deploy confirms it."""
     with edit_vault(params) as vault:
         dev = vault.require_usable(device)
@@ -256,12 +252,12 @@ def rotate(device, model, profile, **params) -> None:
         current = vault.generation(device)
         if model is None:
             model = Path(dev["model_source"]["path"])
-            if not model.is_file() or _model_source(model)["sha256"] != dev["model_source"]["sha256"]:
+            if not model.is_file() or model_source(model)["sha256"] != dev["model_source"]["sha256"]:
                 raise ConfigError(f"the recorded model {model} is missing or changed; pass --model")
-        gen = _keyed_generation(model, device, profile or current["profile"], current["output_encryption"],
-                                len(dev["generations"]) + 1)
+        gen = new_generation(model, device, dev["device_public"], profile or current["profile"],
+                             current["output_encryption"], len(dev["generations"]) + 1, canary_frames, canary_dataset)
         dev["generations"].append(gen)
-        dev["model_source"] = _model_source(model)
+        dev["model_source"] = model_source(model)
         audit.record(vault, "rotate", device, pending=gen["key_fingerprint"], active=current["key_fingerprint"])
     click.echo(f"{device}: new key set {gen['key_fingerprint'][:16]} is pending; "
                f"{current['key_fingerprint'][:16]} stays active until a deploy confirms the new one")
@@ -349,42 +345,115 @@ def decode(records, device, top_k, **params) -> None:
         click.echo(json.dumps(out, sort_keys=True))
 
 
+CLEAR_MODEL_WARNING = (
+    "WARNING: --clear-model writes {device}'s keyed model and sensor key in clear to {out}. The keyed model "
+    "determines the sensor key (it can be solved from the model file in seconds): whoever reads these files "
+    "can decrypt every keyed frame of this device. Research use only; never on a deployed device.")
+
+
+def _device_key_for_export(dev: dict, root, new_key: bool, store: str | None) -> tuple[str, X25519PrivateKey | None]:
+    """(the device's public key, a private key to write to the root or None) for `keys export`.
+
+    Re-export to a root that holds the vault's device key keeps it; the vault's own copy of the private
+    key (until the first export) goes to a root without a key; anything else needs --new-device-key."""
+    from keys.keystore import key_present, open_store
+    from keys.sealing import public_key_id
+    device, vault_id = dev["device_id"], public_key_id(b64d(dev["device_public"], "device_public"))
+    if new_key:
+        key = X25519PrivateKey.generate()
+        return encode_public(raw_public(key)), key
+    if key_present(root.identity_dir):
+        held = root.device_public()
+        if held != dev["device_public"]:
+            raise VaultError(f"{root.root} holds device key {public_key_id(b64d(held, 'device key'))}, but the "
+                             f"vault records key {vault_id} for {device}: this root belongs to another key pair. "
+                             "Pass --new-device-key to give it a new pair (bundles sealed to either old key then "
+                             "no longer open on it)")
+        have = open_store(root.identity_dir).name
+        if store and store != have:
+            raise ConfigError(f"{root.root} keeps {device}'s key in the {have} store; moving it to "
+                              f"--store {store} needs --new-device-key")
+        return held, None
+    if "device_private" in dev:
+        return dev["device_public"], X25519PrivateKey.from_private_bytes(b64d(dev["device_private"], "device_private"))
+    raise VaultError(
+        f"{root.root} holds no device key and the vault no longer has {device}'s private key (it left with the "
+        f"first export): re-export to that device root, which keeps its key {vault_id}. To flash a new card "
+        "instead pass --new-device-key: the device gets a new key pair, bundles sealed to the old key no "
+        "longer open, and the vault's models are re-sealed to the new key (re-keyed from their secrets)")
+
+
+def _reseal_models(dev: dict, new_public: str) -> None:
+    """Seal the device's usable generations to a new device key (their models are made again)."""
+    from keys.generations import rekey, seal_model
+    for gen in dev["generations"]:
+        if gen["state"] in ("active", "pending"):
+            seal_model(gen, dev["device_id"], new_public, rekey(dev, gen))
+
+
 @keys.command()
 @click.argument("device")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="directory to write into (e.g. the SD card's /var/lib/keycam)")
 @click.option("--keyset", default="active", show_default=True, help="active, pending, or a fingerprint")
+@click.option("--store", type=click.Choice(sorted(STORES)),
+              help="where the device keeps its private key: file (identity/device.key, 0600; the default "
+              "for a new key) or tpm2 (sealed to the device's TPM); an existing key keeps its store")
+@click.option("--tpm-tcti", help="TPM connection for --store tpm2, e.g. device:/dev/tpmrm0 or swtpm:port=2321")
+@click.option("--new-device-key", is_flag=True,
+              help="give the device a new key pair: bundles sealed to the old key no longer open on it; "
+              "the vault's models are re-sealed to the new key")
+@click.option("--clear-model", is_flag=True,
+              help="RESEARCH ONLY: write the keyed model and sensor key in clear (they give the sensor key away)")
 @vault_options
-def export(device, out, keyset, **params) -> None:
-    """Write what DEVICE needs: keyed model, config, sensor key (no faceplate only), device identity."""
+def export(device, out, keyset, store, tpm_tcti, new_device_key, clear_model, **params) -> None:
+    """Write what DEVICE needs: sealed keyed model, config, sealed sensor key (no faceplate only), identity.
+
+    Re-exporting to the same root keeps the device's key pair."""
     from deploy.device import DeviceRoot
-    from deploy.payload import CONFIG, MODEL, SENSOR_KEY, render_config
+    from deploy.payload import CONFIG, IDENTITY_FROM_ROOT, MODEL, SENSOR_KEY, render_config
     from edge.atomic import atomic_write
+    from keys.generations import sealed_model
+    from keys.keyset import KeySet
+    from keys.sealing import ROLE_MODEL, ROLE_SENSOR_KEY, context_for, seal, unseal
+    if tpm_tcti and store != "tpm2":
+        raise ConfigError("--tpm-tcti is an option of --store tpm2")
+    root = DeviceRoot(out)
     with edit_vault(params) as vault:
         dev = vault.require_usable(device)
         gen = vault.select(device, keyset)
-        files = {MODEL: b64d(gen["model_int8"], "model")}
-        if not dev["faceplate"]:
-            from keys.keyset import KeySet
-            files[SENSOR_KEY] = KeySet.from_bytes(b64d(gen["keyset"], "keyset")).sensor.to_bytes()
-        config = render_config(dev, files)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, data in files.items():
-            atomic_write(out / name, data, 0o600 if name == SENSOR_KEY else 0o644)
-        atomic_write(out / CONFIG, config, 0o644)
-        written = [*files, CONFIG]
-        # the device's X25519 private key leaves the vault with the first export: from then on it
-        # lives only on the device; exporting to a root without it makes the device a new key pair
-        private = b64d(dev.pop("device_private"), "device_private") if "device_private" in dev else None
-        signing = encode_public(b64d(vault.data["signing"]["public"], "signing.public"))
-        public = DeviceRoot(out).init_identity(device, dev["hardware"], signing, private)
+        public, new_private = _device_key_for_export(dev, root, new_device_key, store)
         if public != dev["device_public"]:
+            _reseal_models(dev, public)
             audit.record(vault, "device-key", device, old=dev["device_public"], new=public)
             dev["device_public"] = public
-        written += ["identity/device.json", "identity/signing.pub", "identity/device.key"]
-        audit.record(vault, "export", device, key_fingerprint=gen["key_fingerprint"], out=str(out),
-                     files=written)
-    click.echo(f"exported {device} to {out}: {', '.join(written)}")
+        model = sealed_model(gen, device, public)
+        files = {MODEL: model}
+        if not dev["faceplate"]:
+            sensor = KeySet.from_bytes(b64d(gen["keyset"], "keyset")).sensor.to_bytes()
+            files[SENSOR_KEY] = seal(b64d(public, "device_public"), sensor, context_for(device, ROLE_SENSOR_KEY))
+        if clear_model:
+            click.echo(CLEAR_MODEL_WARNING.format(device=device, out=out), err=True)
+            key = new_private or root.device_key()
+            files[MODEL] = unseal(key, model, context_for(device, ROLE_MODEL), f"{device}'s model")
+            if SENSOR_KEY in files:
+                files[SENSOR_KEY] = sensor
+        config = render_config(dev, files, identity=None if clear_model else IDENTITY_FROM_ROOT)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            atomic_write(out / name, data, 0o600)
+        atomic_write(out / CONFIG, config, 0o644)
+        written = [*files, CONFIG]
+        # the private key leaves the vault with the first export: from then on it lives only on the device
+        dev.pop("device_private", None)
+        signing = encode_public(b64d(vault.data["signing"]["public"], "signing.public"))
+        root.init_identity(device, dev["hardware"], signing, new_private and raw_private(new_private),
+                           store or "file", {"tcti": tpm_tcti} if tpm_tcti else {})
+        written += ["identity/"]
+        audit.record(vault, "export", device, key_fingerprint=gen["key_fingerprint"], out=str(out), files=written,
+                     new_device_key=new_device_key, clear_model=clear_model)
+    click.echo(f"exported {device} to {out}: {', '.join(written)}"
+               + (" (model and sensor key IN CLEAR)" if clear_model else " (model and sensor key sealed)"))
 
 
 @keys.command(name="audit")

@@ -94,7 +94,17 @@ def store_class(name: str) -> type[DeviceKeyStore]:
     if name not in STORES:
         raise ConfigError(f"unknown device key store {name!r}; choose one of: {', '.join(sorted(STORES))}")
     module, cls = STORES[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"the {name} device key store is not available here: module {exc.name!r} is "
+                          "missing (install it, or use the file store)") from exc
+
+
+def key_present(identity_dir: Path) -> bool:
+    """Whether `identity_dir` already holds a device key (any store)."""
+    identity_dir = Path(identity_dir)
+    return (identity_dir / STORE_FILE).exists() or (identity_dir / KEY_FILE).exists()
 
 
 def open_store(identity_dir: Path) -> DeviceKeyStore:
