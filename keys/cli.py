@@ -21,7 +21,7 @@ from deploy.manifest import BundleError, check_device_id
 from deploy.signing import SignatureError, decode_public, encode_public, raw_private, raw_public
 from edge.errors import ConfigError, KeycamError
 from keys import audit
-from keys.keystore import STORES
+from keys.keystore import STORES, store_class
 from keys.generations import CANARY_FRAMES, migrate_clear_models, model_source, new_generation
 from keys.vault import Vault, VaultError, b64d, b64e, now_iso
 from tools.keying.profiles import DEFAULT_PROFILE, PROFILES
@@ -418,38 +418,39 @@ def export(device, out, keyset, store, tpm_tcti, new_device_key, clear_model, **
     from keys.sealing import ROLE_MODEL, ROLE_SENSOR_KEY, context_for, seal, unseal
     if tpm_tcti and store != "tpm2":
         raise ConfigError("--tpm-tcti is an option of --store tpm2")
+    if store:
+        store_class(store)          # an unavailable store fails here, before anything is written
     root = DeviceRoot(out)
     with edit_vault(params) as vault:
         dev = vault.require_usable(device)
         gen = vault.select(device, keyset)
+        names = [MODEL] if dev["faceplate"] else [MODEL, SENSOR_KEY]
+        config = render_config(dev, names, identity=None if clear_model else IDENTITY_FROM_ROOT)
         public, new_private = _device_key_for_export(dev, root, new_device_key, store)
         if public != dev["device_public"]:
             _reseal_models(dev, public)
             audit.record(vault, "device-key", device, old=dev["device_public"], new=public)
             dev["device_public"] = public
-        model = sealed_model(gen, device, public)
-        files = {MODEL: model}
-        if not dev["faceplate"]:
-            sensor = KeySet.from_bytes(b64d(gen["keyset"], "keyset")).sensor.to_bytes()
-            files[SENSOR_KEY] = seal(b64d(public, "device_public"), sensor, context_for(device, ROLE_SENSOR_KEY))
+        files = {MODEL: sealed_model(gen, device, public)}
+        sensor = None if dev["faceplate"] else KeySet.from_bytes(b64d(gen["keyset"], "keyset")).sensor.to_bytes()
         if clear_model:
             click.echo(CLEAR_MODEL_WARNING.format(device=device, out=out), err=True)
             key = new_private or root.device_key()
-            files[MODEL] = unseal(key, model, context_for(device, ROLE_MODEL), f"{device}'s model")
-            if SENSOR_KEY in files:
+            files[MODEL] = unseal(key, files[MODEL], context_for(device, ROLE_MODEL), f"{device}'s model")
+            if sensor is not None:
                 files[SENSOR_KEY] = sensor
-        config = render_config(dev, files, identity=None if clear_model else IDENTITY_FROM_ROOT)
+        elif sensor is not None:
+            files[SENSOR_KEY] = seal(b64d(public, "device_public"), sensor, context_for(device, ROLE_SENSOR_KEY))
         out.mkdir(parents=True, exist_ok=True)
         for name, data in files.items():
             atomic_write(out / name, data, 0o600)
         atomic_write(out / CONFIG, config, 0o644)
-        written = [*files, CONFIG]
         # the private key leaves the vault with the first export: from then on it lives only on the device
         dev.pop("device_private", None)
         signing = encode_public(b64d(vault.data["signing"]["public"], "signing.public"))
         root.init_identity(device, dev["hardware"], signing, new_private and raw_private(new_private),
                            store or "file", {"tcti": tpm_tcti} if tpm_tcti else {})
-        written += ["identity/"]
+        written = [*files, CONFIG, "identity/"]
         audit.record(vault, "export", device, key_fingerprint=gen["key_fingerprint"], out=str(out), files=written,
                      new_device_key=new_device_key, clear_model=clear_model)
     click.echo(f"exported {device} to {out}: {', '.join(written)}"

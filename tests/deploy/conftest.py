@@ -31,7 +31,9 @@ def fleet_vault(tmp_path_factory) -> SimpleNamespace:
     v = SimpleNamespace(dir=d, path=d / "vault.kcv", passfile=d / "pass", model=model, dataset=dataset)
     v.passfile.write_text(PASSPHRASE + "\n")
     run_keys(v, "init")
-    run_keys(v, "provision", DEVICE, "--model", str(model), "--profile", "stem", "--no-faceplate")
+    canary = ["--canary-dataset", dataset] if dataset else []
+    run_keys(v, "provision", DEVICE, "--model", str(model), "--profile", "stem", "--no-faceplate",
+             "--canary-frames", "8", *canary)
     v.vault = Vault.open(v.path, PASSPHRASE)
     v.signing_pub = (d / "vault.kcv.signing.pub").read_text().strip()
     return v
@@ -43,8 +45,7 @@ def bundles(fleet_vault, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("bundles")
     made = {}
     for version, minimum in (("1.0.0", "0"), ("2.0.0", "0"), ("3.0.0", "3.0.0")):
-        path, _ = builder.build(fleet_vault.vault, DEVICE, version, out, minimum, canary_count=8,
-                                canary_dataset=fleet_vault.dataset)
+        path, _ = builder.build(fleet_vault.vault, DEVICE, version, out, minimum, canary_count=8)
         made[version] = path
     return made
 

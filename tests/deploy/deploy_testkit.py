@@ -4,6 +4,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -150,7 +151,11 @@ class Sshd:
 
     def options(self) -> dict:
         """Inventory options for this sshd (the agent runs with this venv's python)."""
-        return {"identity_file": str(self.user_key), "known_hosts": str(self.known_hosts), "python": sys.executable}
+        python = self.dir / "python"          # the agent code under test, not an installed copy
+        if not python.exists():
+            python.write_text(f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(REPO))} exec {shlex.quote(sys.executable)} \"$@\"\n")
+            python.chmod(0o755)
+        return {"identity_file": str(self.user_key), "known_hosts": str(self.known_hosts), "python": str(python)}
 
 
 def init_root(root: Path, device_id: str, signing_pub: str, device_key: bytes | None = None,

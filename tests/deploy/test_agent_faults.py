@@ -10,13 +10,17 @@ import tarfile
 
 import numpy as np
 import pytest
-from deploy_testkit import (assert_still_running, deploy, local, rebundle, service, snapshot)
+from deploy_testkit import (assert_still_running, deploy, init_root, local, rebundle, service, snapshot)
 
 from deploy.agent import STEPS
-from deploy.device import tree_digest
+from deploy.device import DeviceRoot, tree_digest
 from deploy.health import load_canary, save_canary
+from deploy.signing import raw_public
 from keys.keyset import KeySet
+from keys.sealing import ROLE_CANARY, ROLE_MODEL, ROLE_SENSOR_KEY, context_for, is_sealed, seal, unseal
 from keys.vault import b64d
+
+CANARY_CONTEXT = context_for("cam-01", ROLE_CANARY)
 
 
 def test_install_switches_slot_and_commits(device_root, bundles, fleet_vault):
@@ -28,13 +32,28 @@ def test_install_switches_slot_and_commits(device_root, bundles, fleet_vault):
     status = local(device_root).agent("status")
     assert (status["version"], status["previous"], status["slots"]["a"]["version"]) == ("2.0.0", "a", "1.0.0")
     assert not list((device_root / "incoming").iterdir()), "the upload must be removed after install"
-    # the sensor key was sealed to this device in transit and is stored opened, 0600
+    # the sensor key, the model and the canary stay sealed to this device in the slot (0600)
     gen = fleet_vault.vault.generation("cam-01")
     sensor = KeySet.from_bytes(b64d(gen["keyset"], "keyset")).sensor.to_bytes()
-    key_file = device_root / "slots" / "b" / "sensor.key"
-    assert key_file.read_bytes() == sensor and (key_file.stat().st_mode & 0o777) == 0o600
+    key = DeviceRoot(device_root).device_key()
+    for name, role in (("sensor.key", ROLE_SENSOR_KEY), ("model.tflite", ROLE_MODEL), ("canary.npz", ROLE_CANARY)):
+        path = device_root / "slots" / "b" / name
+        assert is_sealed(path.read_bytes()) and (path.stat().st_mode & 0o777) == 0o600
+        unseal(key, path.read_bytes(), context_for("cam-01", role))        # opens with this device's key
+    assert unseal(key, (device_root / "slots" / "b" / "sensor.key").read_bytes(),
+                  context_for("cam-01", ROLE_SENSOR_KEY)) == sensor
     with open(bundles["2.0.0"], "rb") as fh:
         assert sensor not in fh.read(), "the bundle must not carry the sensor key in clear"
+
+
+def test_bundle_sealed_to_another_device_key_is_refused(template_root, bundles, fleet_vault, tmp_path):
+    """A device whose key pair is not the one the vault sealed to: refused before unpacking, with cause and fix."""
+    root = tmp_path / "other-card"
+    init_root(root, "cam-01", fleet_vault.signing_pub)               # same device id, a fresh key pair
+    answer = deploy(local(root), bundles["1.0.0"], "--no-service")
+    assert not answer["ok"], answer
+    assert "sealed to device key" in answer["error"] and "--new-device-key" in answer["error"]
+    assert not (root / "slots" / "a").exists(), "nothing is unpacked for a bundle this device cannot open"
 
 
 def test_rollback_returns_to_previous_slot(device_root, bundles):
@@ -157,11 +176,11 @@ def test_failing_health_check_service_down(device_root, bundles):
 def test_failing_health_check_canary_misclassified(device_root, bundles, fleet_vault, tmp_path):
     snap = snapshot(device_root)
 
+    key = DeviceRoot(device_root).device_key()
+
     def wrong_labels(payload):
-        path = tmp_path / "canary.npz"
-        path.write_bytes(payload["canary.npz"])
-        frames, expected = load_canary(path)
-        payload["canary.npz"] = save_canary(frames, (expected + 1) % 10)
+        frames, expected = load_canary(unseal(key, payload["canary.npz"], CANARY_CONTEXT))
+        payload["canary.npz"] = seal(raw_public(key), save_canary(frames, (expected + 1) % 10), CANARY_CONTEXT)
 
     bad = rebundle(bundles["2.0.0"], tmp_path / "bad.bundle", fleet_vault.vault, edit_payload=wrong_labels)
     answer = deploy(local(device_root), bad)
@@ -172,11 +191,12 @@ def test_failing_health_check_canary_misclassified(device_root, bundles, fleet_v
     assert tree_digest(b) is not None, "the failed slot stays for inspection, inactive"
 
 
-def test_canary_frames_are_keyed(bundles, fleet_vault, tmp_path):
-    """The canary frames in a bundle are keyed sensor output, not plain images."""
+def test_canary_frames_are_keyed(bundles, fleet_vault, template_root):
+    """The canary frames in a bundle are keyed sensor output, not plain images (sealed: they pair
+    public images with their keyed frames, which would help solve the sensor key)."""
     with tarfile.open(bundles["1.0.0"]) as tar:
-        (tmp_path / "c.npz").write_bytes(tar.extractfile("canary.npz").read())
-    frames, _ = load_canary(tmp_path / "c.npz")
+        blob = tar.extractfile("canary.npz").read()
+    frames, _ = load_canary(unseal(DeviceRoot(template_root).device_key(), blob, CANARY_CONTEXT))
     from deploy.canary import key_frames, plain_frames
     plain, _ = plain_frames(fleet_vault.dataset, 32)
     gen = fleet_vault.vault.generation("cam-01")
@@ -200,7 +220,9 @@ def test_agent_side_imports_no_host_code():
     import subprocess
     import sys
     code = ("import sys, deploy.agent, deploy.health, edge.runtime; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('tools', 'keys', 'torch', 'scipy')]; "
+            "device_keys = ('keys', 'keys.sealing', 'keys.keystore', 'keys.device_files'); "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('tools', 'keys', 'torch', 'scipy') "
+            "and m not in device_keys]; "
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr

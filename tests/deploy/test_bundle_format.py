@@ -13,7 +13,8 @@ from deploy.bundle import extract, read_manifest, verify_bundle, write_bundle
 from deploy.device import load_service_config
 from deploy.inventory import load_inventory, select
 from deploy.manifest import BundleError, Manifest, parse_version
-from deploy.signing import SignatureError, raw_public, seal, unseal
+from deploy.signing import SignatureError, raw_public
+from keys.sealing import SealedFileError, seal, unseal
 from edge.errors import ConfigError
 
 KEY = Ed25519PrivateKey.generate()
@@ -116,10 +117,23 @@ def test_sealed_secret_opens_only_on_its_device():
     blob = seal(raw_public(device), b"sensor key bytes", "cam-1/sensor.key")
     assert b"sensor key bytes" not in blob
     assert unseal(device, blob, "cam-1/sensor.key") == b"sensor key bytes"
-    with pytest.raises(SignatureError, match="another device"):
+    with pytest.raises(SealedFileError, match="sealed to device key .* but this device's key is"):
         unseal(other, blob, "cam-1/sensor.key")
-    with pytest.raises(SignatureError):
-        unseal(device, blob, "cam-2/sensor.key")          # context bound in
+    with pytest.raises(SealedFileError, match="expected 'cam-2/sensor.key'"):
+        unseal(device, blob, "cam-2/sensor.key")          # context recorded and bound in
+    forged = blob.replace(b"cam-1/sensor.key", b"cam-2/sensor.key")   # header edited to match
+    with pytest.raises(SealedFileError, match="altered"):
+        unseal(device, forged, "cam-2/sensor.key")
+    flipped = bytearray(blob)
+    flipped[-1] ^= 1
+    with pytest.raises(SealedFileError, match="altered"):
+        unseal(device, bytes(flipped), "cam-1/sensor.key")
+    with pytest.raises(SealedFileError, match="clear TFLite model"):
+        unseal(device, b"\x1c\x00\x00\x00TFL3" + bytes(64), "cam-1/model")
+    with pytest.raises(SealedFileError, match="not a keycam sealed file"):
+        unseal(device, b"PK\x03\x04 some zip", "cam-1/canary")
+    with pytest.raises(SealedFileError, match="truncated"):
+        unseal(device, blob[:40], "cam-1/sensor.key")
 
 
 def test_inventory_validation(tmp_path):

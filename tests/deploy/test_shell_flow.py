@@ -38,13 +38,14 @@ def test_provision_build_push_rotate_from_a_shell(tmp_path):
         "sinks": [{"type": "mqtt", "topic": "keycam/cam-07"}]}))
     keycam("keys", "init")
     assert (os.stat(tmp_path / "v.kcv").st_mode & 0o777) == 0o600
-    keycam("keys", "provision", "cam-07", "--model", str(model), "--profile", "stem", "--config", str(template))
+    keycam("keys", "provision", "cam-07", "--model", str(model), "--profile", "stem", "--config", str(template),
+           *canary)
     shown = keycam("keys", "show", "cam-07", "--json")
-    assert "secret" not in shown and "model_int8" not in shown
+    assert "secret" not in shown and "model_sealed" not in shown and "canary" not in shown
     first_fp = json.loads(shown)["generations"][0]["key_fingerprint"]
     keycam("keys", "export", "cam-07", "--out", str(root))
     assert not (root / "sensor.key").exists(), "a device with a faceplate never receives its sensor key"
-    keycam("deploy", "build", "cam-07", "--version", "1.0.0", "--out", str(out), *canary)
+    keycam("deploy", "build", "cam-07", "--version", "1.0.0", "--out", str(out))
     bundle = out / "cam-07-1.0.0.bundle"
     assert "4 files verified" not in keycam("deploy", "verify", str(bundle))   # 3 files: no sensor key
     keycam("deploy", "push", "--target", f"dir:{root}", "--bundle", str(bundle), "--no-service")
@@ -54,11 +55,11 @@ def test_provision_build_push_rotate_from_a_shell(tmp_path):
     assert (config.device_id, config.key_stage.expected_id) == ("cam-07", "FP-0007")
     assert config.model.path == str(root / "slots" / "a" / "model.tflite")
 
-    keycam("keys", "rotate", "cam-07")
+    keycam("keys", "rotate", "cam-07", *canary)
     listed = json.loads(keycam("keys", "list", "--json"))[0]
     assert listed["active"] == first_fp and listed["pending"] not in (None, first_fp)
     new_fp = listed["pending"]
-    keycam("deploy", "build", "cam-07", "--version", "1.1.0", "--keyset", "pending", "--out", str(out), *canary)
+    keycam("deploy", "build", "cam-07", "--version", "1.1.0", "--keyset", "pending", "--out", str(out))
     keycam("deploy", "push", "--target", f"dir:{root}", "--bundle", str(out / "cam-07-1.1.0.bundle"), "--no-service")
     listed = json.loads(keycam("keys", "list", "--json"))[0]
     assert (listed["active"], listed["pending"]) == (new_fp, None)

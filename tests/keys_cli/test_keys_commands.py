@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edge.datasets import load_dataset, load_samples
 from edge.runtime import TFLiteModel
 from keys.cli import keys
 from keys.keyset import KeySet
+from keys.sealing import ROLE_MODEL, ROLE_SENSOR_KEY, context_for, is_sealed, unseal
 from keys.vault import Vault, b64d
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,6 +41,12 @@ def vault_path(tmp_path_factory):
 def run(vault_path, *args, env=None, input=None):
     env = {"KEYCAM_VAULT_PASSPHRASE": PASS} if env is None else env
     return CliRunner().invoke(keys, [*args, "--vault", str(vault_path)], env=env, input=input)
+
+
+def _clear_model(dev: dict, gen: dict, key=None) -> bytes:
+    """The generation's model, opened with the device key (the vault's copy before the first export)."""
+    key = key or X25519PrivateKey.from_private_bytes(b64d(dev["device_private"], "device_private"))
+    return unseal(key, b64d(gen["model_sealed"], "model_sealed"), context_for(dev["device_id"], ROLE_MODEL))
 
 
 def test_passphrase_sources(vault_path, tmp_path):
@@ -76,7 +84,7 @@ def test_decode_encrypted_predictions(vault_path, tmp_path):
     vault = Vault.open(vault_path, PASS)
     gen = vault.generation("cam-enc")
     ks = KeySet.from_bytes(b64d(gen["keyset"], "keyset"))
-    model = TFLiteModel(b64d(gen["model_int8"], "model"))
+    model = TFLiteModel(_clear_model(Vault.open(vault_path, PASS).device("cam-enc"), gen))
     assert model.metadata["output_encrypted"] is True
     frames, labels = _frames(40)
     from deploy.canary import key_frames
@@ -113,25 +121,70 @@ def test_export_for_a_device_without_faceplate(vault_path, tmp_path):
     assert res.exit_code == 0, res.output
     gen = Vault.open(vault_path, PASS).generation("cam-enc")
     ks = KeySet.from_bytes(b64d(gen["keyset"], "keyset"))
-    assert (out / "sensor.key").read_bytes() == ks.sensor.to_bytes()
-    assert (os.stat(out / "sensor.key").st_mode & 0o777) == 0o600
+    from deploy.device import DeviceRoot
+    key = DeviceRoot(out).device_key()
+    # model and sensor key are sealed to the device: only its key opens them, into memory
+    for name, role in (("sensor.key", ROLE_SENSOR_KEY), ("model.tflite", ROLE_MODEL)):
+        assert is_sealed((out / name).read_bytes()) and (os.stat(out / name).st_mode & 0o777) == 0o600
+    assert unseal(key, (out / "sensor.key").read_bytes(), context_for("cam-enc", ROLE_SENSOR_KEY)) == ks.sensor.to_bytes()
+    model = TFLiteModel(unseal(key, (out / "model.tflite").read_bytes(), context_for("cam-enc", ROLE_MODEL)))
+    assert model.metadata["key_fingerprint"] == gen["key_fingerprint"]
     assert (os.stat(out / "identity" / "device.key").st_mode & 0o777) == 0o600
-    assert TFLiteModel(out / "model.tflite").metadata["key_fingerprint"] == gen["key_fingerprint"]
-    assert json.loads((out / "identity" / "device.json").read_text()) == {"device_id": "cam-enc", "hardware": "pi5"}
+    from edge.config import load_config
+    assert load_config(out / "device.yaml").identity == str(out / "identity")
     # the device's private key left the vault with that export: it now lives only on the device
     dev = Vault.open(vault_path, PASS).device("cam-enc")
     assert "device_private" not in dev
-    from deploy.device import DeviceRoot
     from deploy.signing import encode_public, raw_public
-    assert encode_public(raw_public(DeviceRoot(out).device_key())) == dev["device_public"]
-    # flashing a fresh card makes a new device key pair, and the vault records its public half
-    res = run(vault_path, "export", "cam-enc", "--out", str(tmp_path / "sd2"))
+    assert encode_public(raw_public(key)) == dev["device_public"]
+    ident = json.loads((out / "identity" / "device.json").read_text())
+    assert ident == {"device_id": "cam-enc", "hardware": "pi5", "device_public": dev["device_public"]}
+    # re-export to the same root keeps its key pair (issue 16 defect 4)
+    res = run(vault_path, "export", "cam-enc", "--out", str(out))
     assert res.exit_code == 0, res.output
-    new_public = Vault.open(vault_path, PASS).device("cam-enc")["device_public"]
-    assert new_public != dev["device_public"]
-    assert new_public == encode_public(raw_public(DeviceRoot(tmp_path / "sd2").device_key()))
+    assert Vault.open(vault_path, PASS).device("cam-enc")["device_public"] == dev["device_public"]
+    assert encode_public(raw_public(DeviceRoot(out).device_key())) == dev["device_public"]
+    # a fresh card: refused without --new-device-key, which says what it breaks
+    fresh = run(vault_path, "export", "cam-enc", "--out", str(tmp_path / "sd2"))
+    assert fresh.exit_code != 0 and "--new-device-key" in fresh.output and "no longer open" in fresh.output
+    assert not (tmp_path / "sd2").exists(), "a refused export writes nothing"
+    res = run(vault_path, "export", "cam-enc", "--out", str(tmp_path / "sd2"), "--new-device-key")
+    assert res.exit_code == 0, res.output
+    dev2 = Vault.open(vault_path, PASS).device("cam-enc")
+    new_key = DeviceRoot(tmp_path / "sd2").device_key()
+    assert dev2["device_public"] == encode_public(raw_public(new_key)) != dev["device_public"]
+    # the vault's models were re-sealed to the new key (re-keyed from the secret: same model)
+    for g in dev2["generations"]:
+        if g["state"] in ("active", "pending"):
+            import hashlib
+            assert hashlib.sha256(_clear_model(dev2, g, new_key)).hexdigest() == g["model_sha256"]
+    # the first card now holds a key the vault no longer records: re-export there is refused
+    stale = run(vault_path, "export", "cam-enc", "--out", str(out))
+    assert stale.exit_code != 0 and "belongs to another key pair" in stale.output
     log = json.loads(run(vault_path, "audit", "--json").output)["entries"]
-    assert [e["action"] for e in log[-2:]] == ["device-key", "export"]
+    assert [e["action"] for e in log[-4:]] == ["export", "export", "device-key", "export"]
+
+
+def test_research_export_writes_clear_files_only_when_asked(vault_path, tmp_path):
+    out = tmp_path / "research"
+    res = run(vault_path, "export", "cam-enc", "--out", str(out), "--new-device-key", "--clear-model")
+    assert res.exit_code == 0, res.output
+    assert "WARNING" in res.output and "determines the sensor key" in res.output
+    assert (out / "model.tflite").read_bytes()[4:8] == b"TFL3"
+    from edge.config import load_config
+    assert load_config(out / "device.yaml").identity is None
+    log = json.loads(run(vault_path, "audit", "--json").output)["entries"]
+    assert log[-1]["details"]["clear_model"] is True
+
+
+def test_key_store_choice(vault_path, tmp_path):
+    import importlib.util
+    res = run(vault_path, "export", "cam-enc", "--out", str(tmp_path / "x"), "--tpm-tcti", "swtpm:port=1")
+    assert res.exit_code != 0 and "--store tpm2" in res.output
+    if importlib.util.find_spec("keys.tpm2_store") is None:
+        res = run(vault_path, "export", "cam-enc", "--out", str(tmp_path / "t"), "--new-device-key", "--store", "tpm2")
+        assert res.exit_code != 0 and "tpm2 device key store is not available" in res.output
+        assert not (tmp_path / "t").exists()
 
 
 def test_rotate_confirm_and_revoke(vault_path):
