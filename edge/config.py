@@ -275,6 +275,8 @@ def load_config(path: str | Path) -> DeviceConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from exc
     try:
-        return parse_config(data, path.resolve().parent, path.name)
+        # the folder as named, symlinks kept: ROOT/slots/current/device.yaml names files through `current`,
+        # so a slot switch is seen by the hot swap (which follows the links)
+        return parse_config(data, path.absolute().parent, path.name)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None

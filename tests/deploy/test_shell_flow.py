@@ -53,7 +53,8 @@ def test_provision_build_push_rotate_from_a_shell(tmp_path):
     assert (status["device_id"], status["version"], status["committed"]) == ("cam-07", "1.0.0", "a")
     config = load_config(root / "slots" / "current" / "device.yaml")     # what `keycam run` will load
     assert (config.device_id, config.key_stage.expected_id) == ("cam-07", "FP-0007")
-    assert config.model.path == str(root / "slots" / "a" / "model.tflite")
+    assert config.model.path == str(root / "slots" / "current" / "model.tflite")   # a slot switch is seen
+    assert config.identity == str(root / "identity")
 
     keycam("keys", "rotate", "cam-07", *canary)
     listed = json.loads(keycam("keys", "list", "--json"))[0]
