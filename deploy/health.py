@@ -57,7 +57,8 @@ def _slot_files(slot_dir: Path, manifest: Manifest) -> tuple[DeviceFiles, str | 
     except KeycamError as exc:
         return DeviceFiles(manifest.device_id, None), f"device config does not load: {exc}"
     if cfg.identity is None:
-        return DeviceFiles(manifest.device_id, None), "device config names no identity: key material would be read in clear"
+        return DeviceFiles(manifest.device_id, None), ("device config names no identity: key material would "
+                                                       "be read in clear")
     return DeviceFiles(cfg.device_id, cfg.identity), None
 
 

@@ -153,7 +153,8 @@ class Sshd:
         """Inventory options for this sshd (the agent runs with this venv's python)."""
         python = self.dir / "python"          # the agent code under test, not an installed copy
         if not python.exists():
-            python.write_text(f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(REPO))} exec {shlex.quote(sys.executable)} \"$@\"\n")
+            python.write_text(f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(REPO))} "
+                              f"exec {shlex.quote(sys.executable)} \"$@\"\n")
             python.chmod(0o755)
         return {"identity_file": str(self.user_key), "known_hosts": str(self.known_hosts), "python": str(python)}
 

@@ -126,7 +126,8 @@ def test_export_for_a_device_without_faceplate(vault_path, tmp_path):
     # model and sensor key are sealed to the device: only its key opens them, into memory
     for name, role in (("sensor.key", ROLE_SENSOR_KEY), ("model.tflite", ROLE_MODEL)):
         assert is_sealed((out / name).read_bytes()) and (os.stat(out / name).st_mode & 0o777) == 0o600
-    assert unseal(key, (out / "sensor.key").read_bytes(), context_for("cam-enc", ROLE_SENSOR_KEY)) == ks.sensor.to_bytes()
+    sealed_sensor = (out / "sensor.key").read_bytes()
+    assert unseal(key, sealed_sensor, context_for("cam-enc", ROLE_SENSOR_KEY)) == ks.sensor.to_bytes()
     model = TFLiteModel(unseal(key, (out / "model.tflite").read_bytes(), context_for("cam-enc", ROLE_MODEL)))
     assert model.metadata["key_fingerprint"] == gen["key_fingerprint"]
     assert (os.stat(out / "identity" / "device.key").st_mode & 0o777) == 0o600
