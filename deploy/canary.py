@@ -1,8 +1,10 @@
-"""Canary keyed frames for the on-device health check (host side, at bundle build time).
+"""Canary keyed frames for the on-device health check (host side, at provision/rotate time).
 
 Plain test frames of the model's dataset are keyed with the device's sensor key, exactly as the
-sensor would produce them; the keyed model is run on them on the host, and frames whose (decrypted)
-prediction equals the true label are kept with the class index the model outputs. The device must
+sensor would produce them; the keyed model is run on them on the host while the clear model is in
+memory (keys.generations: the vault keeps only the sealed model), and frames whose (decrypted)
+prediction equals the true label are kept with the class index the model outputs. They pair public
+images with keyed frames, so bundles carry them sealed to the device too. The device must
 then reproduce those outputs: a wrong key, a corrupted model or a broken runtime all fail it.
 """
 from __future__ import annotations
