@@ -213,10 +213,11 @@ class Agent:
             if theirs and theirs != mine:
                 raise AgentError(
                     f"bundle file {name} is sealed to device key {theirs}, but this device's key is {mine}. "
-                    "Cause: the vault records another key pair for this device (a later `keycam keys export "
-                    "--new-device-key`, or an export to another SD card), or the bundle is for another "
-                    "device. Fix: re-export to this device root (`keycam keys export DEVICE --out ROOT "
-                    "--new-device-key` makes the vault and this device agree again), then rebuild the bundle")
+                    "Cause: the bundle was built for another key pair (the device got a new one from `keycam "
+                    "keys export --new-device-key` after the build, or the vault's key is that of another SD "
+                    "card), or it is for another device. Fix: rebuild it with `keycam deploy build` (it seals to "
+                    "the key the vault records); if the vault records another key than this device holds, first "
+                    "re-export to this root with `keycam keys export DEVICE --out ROOT --new-device-key`")
 
     def _sealed_check(self, manifest: Manifest):
         """Per-file hook for `extract`: each sealed file must open with the device key (in memory only;
