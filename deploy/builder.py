@@ -22,20 +22,21 @@ from keys.sealing import ROLE_CANARY, ROLE_MODEL, ROLE_SENSOR_KEY, SEAL_ALG, con
 from keys.vault import Vault, VaultError, b64d, now_iso
 
 
-def _canary(gen: dict, device_id: str, count: int) -> bytes:
-    """The first `count` canary frames the vault keeps for this generation (.npz bytes)."""
+def _canary(gen: dict, device_id: str, count: int | None) -> tuple[bytes, int]:
+    """The first `count` (None: all) canary frames the vault keeps for this generation (.npz bytes, count)."""
     if "canary" not in gen:
         raise VaultError(f"{device_id}'s key set {gen['key_fingerprint'][:16]} has no canary frames in the vault; "
                          f"rotate the device (`keycam keys rotate {device_id}`) to make a generation with them")
     frames, expected = load_canary(b64d(gen["canary"], "canary"), "the vault's canary")
+    count = len(frames) if count is None else count
     if count > len(frames):
         raise ConfigError(f"--canary-frames {count}: the vault keeps {len(frames)} canary frames for "
                           f"{device_id}'s key set {gen['key_fingerprint'][:16]} (set at provision/rotate)")
-    return save_canary(frames[:count], expected[:count])
+    return save_canary(frames[:count], expected[:count]), count
 
 
 def build(vault: Vault, device_id: str, version: str, out: Path, minimum_version: str = "0",
-          keyset: str = "active", hardware: list[str] | None = None, canary_count: int = 16,
+          keyset: str = "active", hardware: list[str] | None = None, canary_count: int | None = None,
           health_timeout_s: float = 30.0, config: dict | None = None) -> tuple[Path, Manifest]:
     """Write `out` (a file, or a directory to hold <device>-<version>.bundle); return path and manifest.
 
@@ -45,7 +46,8 @@ def build(vault: Vault, device_id: str, version: str, out: Path, minimum_version
     parse_version(version)
     parse_version(minimum_version)
     device_pub = b64d(device["device_public"], "device_public")
-    clear = {CANARY: (ROLE_CANARY, _canary(gen, device_id, canary_count))}
+    canary, canary_count = _canary(gen, device_id, canary_count)
+    clear = {CANARY: (ROLE_CANARY, canary)}
     if not device["faceplate"]:
         sensor = KeySet.from_bytes(b64d(gen["keyset"], "keyset")).sensor.to_bytes()
         clear[SENSOR_KEY] = (ROLE_SENSOR_KEY, sensor)

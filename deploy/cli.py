@@ -75,8 +75,8 @@ def deploy() -> None:
 @click.option("--hardware", multiple=True, help="compatible hardware (default: the device's)")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("."), show_default=True,
               help="bundle file, or a directory for <device>-<version>.bundle")
-@click.option("--canary-frames", default=16, show_default=True, type=click.IntRange(1, 500),
-              help="health-check frames, of those the vault keeps (made at provision/rotate)")
+@click.option("--canary-frames", type=click.IntRange(1, 500),
+              help="health-check frames (default: all the vault keeps, made at provision/rotate)")
 @click.option("--health-timeout", default=30.0, show_default=True, type=click.FloatRange(1, 3600))
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="device config template (default: the one given at provisioning)")

@@ -8,6 +8,7 @@ The vault starts in the older format (a clear model_int8) to check that its firs
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import queue
@@ -64,6 +65,15 @@ def clear_findings(name: str, data: bytes, needles: list[bytes]) -> list[str]:
 def scan_tree(root: Path, needles: list[bytes]) -> list[str]:
     return [f for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()
             for f in clear_findings(str(p), p.read_bytes(), needles)]
+
+
+def scan_vault_file(path: Path, needles: list[bytes]) -> list[str]:
+    """The vault file's text, and its base64 fields decoded (base64 text itself spells `TFL3` by chance)."""
+    doc = json.loads(path.read_bytes())
+    fields = {"kdf.salt": doc["kdf"]["salt"], **{k: doc[k] for k in ("check", "nonce", "ciphertext")}}
+    found = [f for f in clear_findings("vault file", path.read_bytes(), needles) if "TFL3" not in f]
+    return found + [f for name, text in fields.items()
+                    for f in clear_findings(f"vault {name}", base64.b64decode(text), needles)]
 
 
 def scan_bundle(path: Path, needles: list[bytes]) -> list[str]:
@@ -167,7 +177,7 @@ def test_user_flow_leaves_no_key_material_in_clear(tmp_path):
     needles = [n for g in vault.device("cam-s")["generations"]
                for n in key_needles(KeySet.from_bytes(b64d(g["keyset"], "keyset")))]
     assert len(needles) > 100
-    findings = clear_findings("vault file", vault_path.read_bytes(), needles)
+    findings = scan_vault_file(vault_path, needles)
     for g in vault.device("cam-s")["generations"]:       # inside the vault, too, the models are sealed
         findings += clear_findings(f"vault model {g['generation']}", b64d(g["model_sealed"], "m"), needles)
     for bundle in sorted(out.glob("*.bundle")):
@@ -176,11 +186,15 @@ def test_user_flow_leaves_no_key_material_in_clear(tmp_path):
     assert findings == []
     assert len(list(root.rglob("*"))) > 15 and len(list(out.glob("*.bundle"))) == 2
 
-    # control: the same scanner finds a clear model and a clear key (opened here in memory)
+    # control: the same scanners find a clear model and a clear key (opened here in memory)
     key = DeviceRoot(root).device_key()
     clear_model = unseal(key, (root / "slots" / "current" / "model.tflite").read_bytes(),
                          context_for("cam-s", ROLE_MODEL))
     assert clear_findings("clear model", clear_model, needles) != []
+    leaky = tmp_path / "leaky.kcv"      # a vault-shaped file whose payload were the clear model
+    leaky.write_text(json.dumps({"kdf": {"salt": ""}, "check": "", "nonce": "",
+                                 "ciphertext": base64.b64encode(clear_model).decode()}))
+    assert scan_vault_file(leaky, needles) != []
     sensor = KeySet.from_bytes(b64d(new["keyset"], "keyset")).sensor
     assert clear_findings("clear sensor key", sensor.to_bytes(), needles) != []
     perm = next(a for f in sensor.factors for a in f.arrays().values() if np.asarray(a).dtype.kind in "iu")

@@ -33,6 +33,7 @@ def _run(config, frames: int = 5) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_sealed_device_runs_and_clear_or_foreign_files_are_refused(tmp_path, device_dir):
     key = X25519PrivateKey.generate()
     identity = _identity(tmp_path / "identity", key)
