@@ -1,5 +1,7 @@
 """The device agent: receive a bundle, verify it, install it into the inactive A/B slot, switch,
 restart the service, health-check, then commit or roll back. Device side: no tools/ imports.
+Key material (model, sensor key, canary) stays sealed in the slot: the agent only checks, in memory,
+that each sealed file opens with this device's key before it switches.
 
 Every command prints one JSON object on stdout (`"ok": true|false`) and exits 0 or 1:
     python -m deploy.agent --root ROOT init --device-id ID --hardware HW --signing-pub B64

@@ -56,6 +56,21 @@ def test_bundle_sealed_to_another_device_key_is_refused(template_root, bundles, 
     assert not (root / "slots" / "a").exists(), "nothing is unpacked for a bundle this device cannot open"
 
 
+def test_signed_bundle_with_an_altered_sealed_file_is_refused(device_root, bundles, fleet_vault, tmp_path):
+    """Signed by the vault but a sealed file does not open: refused before the switch, slot unchanged."""
+    snap = snapshot(device_root)
+
+    def flip(payload):
+        model = bytearray(payload["model.tflite"])
+        model[-100] ^= 0x01
+        payload["model.tflite"] = bytes(model)
+
+    bad = rebundle(bundles["2.0.0"], tmp_path / "altered.bundle", fleet_vault.vault, edit_payload=flip)
+    answer = deploy(local(device_root), bad)
+    assert not answer["ok"] and "bundle file model.tflite" in answer["error"] and "altered" in answer["error"]
+    assert_still_running(device_root, snap)
+
+
 def test_rollback_returns_to_previous_slot(device_root, bundles):
     assert deploy(local(device_root), bundles["2.0.0"])["ok"]
     answer = local(device_root).agent("rollback")
