@@ -377,8 +377,9 @@ def _device_key_for_export(dev: dict, root, new_key: bool, store: str | None) ->
     if "device_private" in dev:
         return dev["device_public"], X25519PrivateKey.from_private_bytes(b64d(dev["device_private"], "device_private"))
     raise VaultError(
-        f"{root.root} holds no device key and the vault no longer has {device}'s private key (it left with the "
-        f"first export): re-export to that device root, which keeps its key {vault_id}. To flash a new card "
+        f"{root.root} holds no device key and the vault holds no private key for {device} (it left with the "
+        f"first export, or the device made its own): re-export to the device root that holds key {vault_id}, "
+        "which keeps it. To flash a new card "
         "instead pass --new-device-key: the device gets a new key pair, bundles sealed to the old key no "
         "longer open, and the vault's models are re-sealed to the new key (re-keyed from their secrets)")
 
