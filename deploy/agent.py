@@ -11,8 +11,11 @@ Every command prints one JSON object on stdout (`"ok": true|false`) and exits 0 
 Crash safety: state.json records an install in flight ("trying") before `current` is switched; every
 command first runs recovery, which points `current` back at the committed slot and restarts the
 service. Run `recover --no-service` at boot too, e.g. as the service's ExecStartPre.
+Installing the bundle that is already committed answers ok with "already_installed" (so a push that
+was interrupted after the device committed can simply be repeated).
 For fault tests the environment variable KEYCAM_AGENT_CRASH_AT=<step> kills the agent with SIGKILL
-at that step (see STEPS).
+at that step (see STEPS), and KEYCAM_AGENT_INTERRUPT_AT=<step> sends SIGINT to the agent's whole
+process group there, as a Ctrl-C in the operator's terminal does.
 """
 from __future__ import annotations
 
@@ -40,7 +43,8 @@ from edge.errors import KeycamError
 from keys.sealing import SealedFileError, context_for, unseal
 
 CRASH_ENV = "KEYCAM_AGENT_CRASH_AT"
-STEPS = ("verified", "extracting", "extracted", "marked", "switched", "restarted", "checked")
+INTERRUPT_ENV = "KEYCAM_AGENT_INTERRUPT_AT"
+STEPS = ("verified", "extracting", "extracted", "marked", "switched", "restarted", "checked", "committed")
 
 
 class AgentError(KeycamError):
@@ -54,13 +58,20 @@ def _now() -> str:
 def _crash_point(step: str) -> None:
     if os.environ.get(CRASH_ENV) == step:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(INTERRUPT_ENV) == step:
+        os.killpg(os.getpgrp(), signal.SIGINT)
+
+
+def _manifest_of(slot_dir: Path) -> Manifest | None:
+    try:
+        return Manifest.from_bytes((slot_dir / MANIFEST).read_bytes())
+    except (OSError, BundleError):
+        return None
 
 
 def _version_of(slot_dir: Path) -> str | None:
-    try:
-        return Manifest.from_bytes((slot_dir / MANIFEST).read_bytes()).version
-    except (OSError, BundleError):
-        return None
+    manifest = _manifest_of(slot_dir)
+    return manifest.version if manifest else None
 
 
 class Agent:
@@ -88,6 +99,7 @@ class Agent:
         """Run a command in the device root: (exit code, stdout, stderr); 124 = timeout, 127 = cannot run."""
         env = dict(os.environ, KEYCAM_ROOT=str(self.dev.root), KEYCAM_CURRENT=str(self.dev.current))
         env.pop(CRASH_ENV, None)
+        env.pop(INTERRUPT_ENV, None)
         try:
             proc = subprocess.run(argv, cwd=self.dev.root, env=env, capture_output=True, text=True,
                                   timeout=timeout, stdin=subprocess.DEVNULL)
@@ -177,11 +189,14 @@ class Agent:
                   "from_version": old_version, "slot": slot, "health": verdict}
         if verdict["ok"]:
             floor = max(state["min_version"], manifest.minimum_version, key=parse_version)
-            state.update(committed=slot, version=manifest.version, previous=old, trying=None,
+            # a rollback leaves nothing to roll back to: a second one would move forward again
+            state.update(committed=slot, version=manifest.version, trying=None,
+                         previous=old if action == "install" else None,
                          min_version=floor, manifest_sha256=hashlib.sha256(manifest.to_bytes()).hexdigest())
             state["history"].append({"at": _now(), "event": f"{action} committed", "slot": slot,
                                      "version": manifest.version})
             self.dev.save_state(state)
+            _crash_point("committed")
             return {"ok": True, "committed": slot, **result}
         self.dev.switch(old)
         restart_problem = self._restart(cfg) if old else None
@@ -260,6 +275,10 @@ class Agent:
         self._recover(state, cfg)
         manifest = verify_bundle(bundle, self.dev.trusted_signing_key())
         _crash_point("verified")
+        if state.get("manifest_sha256") == hashlib.sha256(manifest.to_bytes()).hexdigest():
+            return {"ok": True, "already_installed": True, "action": "install", "device_id": manifest.device_id,
+                    "version": manifest.version, "from_version": state["version"], "slot": state["committed"],
+                    "committed": state["committed"], "health": {"ok": True, "reason": "already committed"}}
         self._check_applicable(manifest, state)
         self._check_sealed_to_me(manifest)
         slot = next(s for s in SLOTS if s != state["committed"])
@@ -289,7 +308,9 @@ class Agent:
             self._recover(state, cfg)
             prev = state.get("previous")
             if not prev or prev == state["committed"]:
-                raise AgentError("there is no previous slot to roll back to")
+                rolled = state["history"] and state["history"][-1]["event"] == "rollback committed"
+                raise AgentError("there is no previous slot to roll back to" + (
+                    " (this device was just rolled back; push a bundle to move forward)" if rolled else ""))
             try:
                 manifest = Manifest.from_bytes((self.dev.slot_dir(prev) / MANIFEST).read_bytes())
             except (OSError, BundleError) as exc:
@@ -336,10 +357,12 @@ class Agent:
         ident = self.dev.identity()
         slots = {s: {"version": _version_of(self.dev.slot_dir(s)), "digest": tree_digest(self.dev.slot_dir(s))}
                  for s in SLOTS}
+        committed = _manifest_of(self.dev.slot_dir(state["committed"])) if state["committed"] else None
         service = None if cfg.is_active is None else (self._run(cfg.is_active, cfg.start_timeout_s)[0] == 0)
         return {"ok": True, **ident, "committed": state["committed"], "current": self.dev.current_slot(),
                 "version": state["version"], "min_version": state["min_version"],
                 "previous": state.get("previous"), "slots": slots, "service_up": service,
+                "key_fingerprint": committed.keys.get("key_fingerprint") if committed else None,
                 "recovered": recovered, "history": state["history"][-5:]}
 
 
@@ -388,6 +411,10 @@ def main(argv: list[str] | None = None) -> int:
             result = agent.status()
     except (KeycamError, OSError) as exc:
         result = {"ok": False, "error": str(exc)}
+    except KeyboardInterrupt:
+        print(json.dumps({"ok": False, "interrupted": True, "error": f"agent '{args.cmd}' interrupted (SIGINT); "
+                          "the committed slot is whatever `status` reports"}, sort_keys=True))
+        return 130
     print(json.dumps(result, sort_keys=True))
     return 0 if result["ok"] else 1
 

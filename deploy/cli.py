@@ -6,6 +6,7 @@ Targets are `dir:PATH` (a device root on a mounted SD card, first flash) or
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -16,7 +17,7 @@ from deploy.inventory import Entry, load_inventory, select
 from deploy.signing import decode_public
 from edge.errors import ConfigError, KeycamError
 from keys import audit
-from keys.cli import edit_vault, open_vault, vault_options
+from keys.cli import PASSPHRASE_ENV, edit_vault, open_vault, vault_options
 from keys.vault import b64d
 
 
@@ -42,8 +43,9 @@ def _print_results(results: list[dict], as_json: bool) -> None:
         return
     for r in results:
         extra = r.get("reason") or (f"slot {r['slot']}" if r.get("slot") else "")
-        click.echo(f"{r['device']:16} {r['status']:12} {r.get('from_version') or '-'} -> "
-                   f"{r.get('version') or '-'}  {extra}")
+        change = f"{r['from_version']} -> {r.get('version') or '-'}" if r.get("from_version") \
+            else (r.get("version") or "-")
+        click.echo(f"{r['device']:16} {r['status']:17} {change}  {extra}")
 
 
 _PUBKEY = click.option("--pubkey", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -151,8 +153,14 @@ def push(inventory, limit, target, python, as_json, bundle, bundles, canary, dry
         if not as_json:
             _print_results([result], False)
 
-    results = fleet.push(entries, lambda e: fleet.find_bundle(e, bundles, trusted), trusted, canary,
-                         dry_run, not no_service, None if pubkey or dry_run else confirm_in_vault, progress)
+    try:
+        results = fleet.push(entries, lambda e: fleet.find_bundle(e, bundles, trusted), trusted, canary,
+                             dry_run, not no_service, None if pubkey or dry_run else confirm_in_vault, progress)
+    except fleet.PushInterrupted as exc:
+        if as_json:
+            _print_results(exc.results, True)
+        click.echo(f"Error: {exc}", err=True)
+        raise SystemExit(130) from None
     if as_json:
         _print_results(results, True)
     failed = [r["device"] for r in results if not r["ok"]]
@@ -168,15 +176,36 @@ def _each(entries: list[Entry], *agent_args: str) -> list[dict]:
             answer = t.agent(*agent_args)
         except KeycamError as exc:
             answer = {"ok": False, "error": str(exc)}
-        out.append({"device": e.device_id or answer.get("device_id", "?"), "target": t.describe(), **answer})
+        out.append({"device": e.device_id or answer.get("device_id") or t.describe(), "target": t.describe(), **answer})
     return out
+
+
+def _reconcile(results: list[dict], params: dict) -> None:
+    """A pending key set that a device reports committed becomes active in the vault (e.g. after a push
+    was interrupted once the device had switched). Only with a vault and a passphrase given without a prompt."""
+    if not params["vault_path"].is_file() or not (params.get("passphrase_file") or os.environ.get(PASSPHRASE_ENV)):
+        return
+    with edit_vault(params) as vault:
+        for r in results:
+            fp, device = r.get("key_fingerprint"), r.get("device_id")
+            if not (r["ok"] and fp and device in vault.devices):
+                continue
+            gen = next((g for g in vault.devices[device]["generations"] if g["key_fingerprint"] == fp), None)
+            if gen is not None and gen["state"] == "pending" and vault.confirm(device, fp):
+                audit.record(vault, "confirm", device, key_fingerprint=fp, by="deploy status")
+                click.echo(f"{device}: runs pending key set {fp[:16]}; now active in the vault", err=True)
 
 
 @deploy.command()
 @_targets
-def status(inventory, limit, target, python, as_json) -> None:
-    """Identity, committed/current slot, versions and service state of devices."""
+@vault_options
+def status(inventory, limit, target, python, as_json, **params) -> None:
+    """Identity, committed/current slot, versions and service state of devices.
+
+    With a vault (and its passphrase in a file or $KEYCAM_VAULT_PASSPHRASE) a pending key set that a
+    device already runs is confirmed there."""
     results = _each(_entries(inventory, limit, target, None, python), "status")
+    _reconcile(results, params)
     if as_json:
         click.echo(json.dumps(results, indent=1, sort_keys=True))
     else:

@@ -1,9 +1,11 @@
 """Roll a bundle out to devices: verify locally, upload, let the agent install; canary devices first."""
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from deploy.bundle import read_manifest, verify_bundle
 from deploy.inventory import Entry
@@ -12,6 +14,45 @@ from edge.errors import KeycamError
 
 Confirm = Callable[[str, str], None]
 Resolve = Callable[[Entry], Path]
+
+
+class PushInterrupted(KeyboardInterrupt):
+    """The operator interrupted a roll-out (Ctrl-C); `results` says what each device ended up running."""
+
+    def __init__(self, results: list[dict]):
+        self.results = results
+        last = results[-1] if results else {}
+        super().__init__(f"push interrupted: {last.get('reason', 'no device was touched')}")
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Let a clean-up step finish (children inherit the ignore, so a second Ctrl-C does not cut it short)."""
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def settle_interrupted(entry: Entry, transport, version: str, fingerprint: str, confirm: Confirm | None) -> dict:
+    """After Ctrl-C during an install: ask the device what it committed and bring the vault in line."""
+    with _sigint_ignored():
+        try:
+            status = transport.agent("status")
+        except KeycamError as exc:
+            status = {"ok": False, "error": str(exc)}
+        if not status.get("ok"):
+            return {"status": "interrupted", "reason": f"push interrupted and the device could not be asked what it "
+                    f"runs ({status.get('error')}); run `keycam deploy status` before pushing again"}
+        if status.get("version") == version and status.get("key_fingerprint") == fingerprint:
+            if confirm is not None:
+                confirm(entry.device_id, fingerprint)
+            return {"status": "interrupted", "slot": status.get("committed"),
+                    "reason": f"push interrupted after the device committed {version}"
+                    + (" (key set confirmed in the vault)" if confirm is not None else "")}
+        return {"status": "interrupted", "reason": f"push interrupted before the device switched: it still runs "
+                f"{status.get('version') or 'nothing'}; push again to install {version}"}
 
 
 def find_bundle(entry: Entry, bundles_dir: Path | None, trusted: bytes) -> Path:
@@ -56,13 +97,20 @@ def push_one(entry: Entry, resolve: Resolve, trusted: bytes, dry_run: bool, use_
             result.update(status="planned", ok=True, from_version=status["version"])
             return result
         # one round trip: the agent checks size and sha256, then verifies and installs (or refuses)
-        answer = transport.upload(bundle, "--install", *([] if use_service else ["--no-service"]))
+        fingerprint = manifest.keys.get("key_fingerprint", "")
+        try:
+            answer = transport.upload(bundle, "--install", *([] if use_service else ["--no-service"]))
+        except KeyboardInterrupt:
+            result.update(ok=False, **settle_interrupted(entry, transport, manifest.version, fingerprint, confirm))
+            result["seconds"] = round(time.monotonic() - start, 2)
+            raise PushInterrupted([result]) from None
         result["from_version"] = answer.get("from_version")
         result["ok"] = bool(answer["ok"])
         if answer["ok"]:
-            result.update(status="installed", slot=answer["committed"], health=answer["health"])
+            result.update(status="already installed" if answer.get("already_installed") else "installed",
+                          slot=answer["committed"], health=answer["health"])
             if confirm is not None:
-                confirm(entry.device_id, manifest.keys.get("key_fingerprint", ""))
+                confirm(entry.device_id, fingerprint)
         elif "error" in answer:
             result.update(status="refused", reason=answer["error"])
         else:
@@ -85,7 +133,12 @@ def push(entries: list[Entry], resolve: Resolve, trusted: bytes, canary: int = 0
             res = {"device": entry.device_id, "ok": False, "status": "skipped",
                    "reason": "a canary device failed; the rest of the roll-out was not attempted"}
         else:
-            res = push_one(entry, resolve, trusted, dry_run, use_service, confirm)
+            try:
+                res = push_one(entry, resolve, trusted, dry_run, use_service, confirm)
+            except PushInterrupted as exc:
+                if progress is not None:
+                    progress(exc.results[-1])
+                raise PushInterrupted(results + exc.results) from None
             res["canary"] = i < canary
             canary_failed = res["canary"] and not res["ok"]
         results.append(res)

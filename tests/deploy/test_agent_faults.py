@@ -76,6 +76,9 @@ def test_rollback_returns_to_previous_slot(device_root, bundles):
     answer = local(device_root).agent("rollback")
     assert answer["ok"] and answer["committed"] == "a" and answer["version"] == "1.0.0"
     assert os.readlink(device_root / "slots" / "current") == "a" and service(device_root, "status") == 0
+    again = local(device_root).agent("rollback")              # must not move forward to 2.0.0 again
+    assert not again["ok"] and "just rolled back" in again["error"]
+    assert os.readlink(device_root / "slots" / "current") == "a"
 
 
 def test_tampered_bundle_is_refused_before_unpacking(device_root, bundles, tmp_path):
@@ -118,8 +121,11 @@ def test_downgrade_and_minimum_version_are_refused(device_root, bundles, fleet_v
     snap = snapshot(device_root)
     answer = deploy(local(device_root), bundles["2.0.0"])
     assert not answer["ok"] and "minimum version 3.0.0" in answer["error"]
-    same = deploy(local(device_root), bundles["3.0.0"])
-    assert not same["ok"] and "not newer" in same["error"]
+    same = deploy(local(device_root), bundles["3.0.0"])     # the committed bundle again: nothing to do
+    assert same["ok"] and same["already_installed"] and same["version"] == "3.0.0"
+    resigned = rebundle(bundles["3.0.0"], tmp_path / "resigned.bundle", fleet_vault.vault, created="another day")
+    other = deploy(local(device_root), resigned)              # same version, other contents
+    assert not other["ok"] and "not newer" in other["error"]
     rb = local(device_root).agent("rollback")
     assert not rb["ok"] and "below the minimum version" in rb["error"]
     assert_still_running(device_root, snap)
@@ -168,13 +174,16 @@ def test_agent_killed_at_each_step(device_root, bundles, step):
     with pytest.raises(Exception, match="killed by signal 9"):
         crashing.agent("install", up["path"])
     state = json.loads((device_root / "state.json").read_text())
-    assert state["committed"] == "a"
+    assert state["committed"] == ("b" if step == "committed" else "a")   # killed once committed: it stays
     recovered = t.agent("recover", "--no-service")   # what the boot hook runs before the service starts
     assert recovered["ok"]
     assert service(device_root, "restart") == 0      # then the service (re)starts
     assert recovered["recovered"] == (step in ("marked", "switched", "restarted", "checked"))
-    assert_still_running(device_root, snap)
-    assert deploy(t, bundles["2.0.0"])["ok"], "the interrupted update can be retried"
+    if step != "committed":
+        assert_still_running(device_root, snap)
+    again = deploy(t, bundles["2.0.0"])
+    assert again["ok"] and bool(again.get("already_installed")) == (step == "committed"), \
+        "the interrupted update can be retried (or is reported as already installed)"
 
 
 def test_failing_health_check_service_down(device_root, bundles):
