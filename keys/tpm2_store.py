@@ -63,10 +63,11 @@ def default_tcti() -> str:
     return os.environ.get("TPM2TOOLS_TCTI") or os.environ.get("TCTI") or DEFAULT_TCTI
 
 
-def _check_tcti(tcti: str) -> str:
+def _check_tcti(tcti: str, source: str = "") -> str:
+    """`tcti` if it names a TPM transport (`source`, e.g. "PATH: ", starts the error line)."""
     name = tcti.split(":", 1)[0]
     if name not in TCTI_NAMES:
-        raise ConfigError(f"unsupported TPM TCTI {tcti!r}; use one of: "
+        raise ConfigError(f"{source}unsupported TPM TCTI {tcti!r}; use one of: "
                           + ", ".join(f"{n}:..." for n in TCTI_NAMES))
     return tcti
 
@@ -176,7 +177,7 @@ class Tpm2Params:
             raise ConfigError(f"{path} is corrupted: {exc}") from exc
         if not isinstance(params.tcti, str):
             raise ConfigError(f"{path} is corrupted: tcti is not a string")
-        _check_tcti(params.tcti)
+        _check_tcti(params.tcti, f"{path}: ")
         if (params.hierarchy, params.primary, params.hash) != (HIERARCHY, PRIMARY, NAME_HASH):
             raise ConfigError(f"{path} names a TPM primary key this keycam cannot recreate "
                               f"({params.hierarchy}/{params.primary}/{params.hash}; it knows "
