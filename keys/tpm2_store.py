@@ -112,15 +112,25 @@ def tpm_problem(tcti: str | None = None) -> str | None:
             return (f"no permission to use the TPM at {path} (run as root or add the user to the tss "
                     f"group: sudo usermod -aG tss $USER; {NO_STORE})")
     try:
-        proc = subprocess.run(["tpm2_getcap", "-T", tcti, "properties-fixed"], capture_output=True,
-                              timeout=TOOL_TIMEOUT_S, check=False)
-    except FileNotFoundError:
-        return TOOLS_MISSING
-    except subprocess.TimeoutExpired:
-        return f"the TPM at {tcti} did not answer within {TOOL_TIMEOUT_S:.0f} s ({NO_STORE})"
+        proc = _tool(tcti, "tpm2_getcap", "properties-fixed", doing="reach the TPM")
+    except TpmError as exc:
+        return str(exc)
     if proc.returncode != 0:
         return f"the TPM at {tcti} is not answering: {_reason(proc.stderr)} ({NO_STORE})"
     return None
+
+
+def _tool(tcti: str, tool: str, *args: str, stdin: bytes | None = None, cwd: Path | None = None,
+          doing: str) -> subprocess.CompletedProcess:
+    """Run one tpm2-tools program against `tcti`; a missing program or a TPM that hangs is a TpmError."""
+    try:
+        return subprocess.run([tool, "-T", tcti, *args], input=stdin, capture_output=True, cwd=cwd,
+                              timeout=TOOL_TIMEOUT_S, check=False)
+    except FileNotFoundError as exc:
+        raise TpmError(TOOLS_MISSING) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise TpmError(f"cannot {doing}: the TPM at {tcti} did not answer within "
+                       f"{TOOL_TIMEOUT_S:.0f} s") from exc
 
 
 class _Tpm:
@@ -133,9 +143,9 @@ class _Tpm:
 
     def run(self, tool: str, *args: str, stdin: bytes | None = None, doing: str) -> bytes:
         """Run `tool` and return its stdout; a failure is one TpmError line saying what was being done."""
-        proc = self._call(tool, *args, stdin=stdin, doing=doing)
-        if self.flush:   # a bare TPM keeps transient objects after the tool exits, and it has 3 slots
-            self._call("tpm2_flushcontext", "-t", doing="flush the TPM's transient objects")
+        proc = _tool(self.tcti, tool, *args, stdin=stdin, cwd=self.scratch, doing=doing)
+        if self.flush:   # a bare TPM (swtpm, /dev/tpm0) keeps transient objects after the tool exits
+            _tool(self.tcti, "tpm2_flushcontext", "-t", doing="flush the TPM's transient objects")
         if proc.returncode != 0:
             if b"Could not load tcti" in proc.stderr:
                 raise TpmError(tpm_problem(self.tcti) or f"cannot reach the TPM at {self.tcti}: "
@@ -143,21 +153,11 @@ class _Tpm:
             raise TpmError(f"cannot {doing}: {_reason(proc.stderr)}")
         return proc.stdout
 
-    def _call(self, tool: str, *args: str, stdin: bytes | None = None, doing: str) -> subprocess.CompletedProcess:
-        try:
-            return subprocess.run([tool, "-T", self.tcti, *args], input=stdin, capture_output=True,
-                                  cwd=self.scratch, timeout=TOOL_TIMEOUT_S, check=False)
-        except FileNotFoundError as exc:
-            raise TpmError(TOOLS_MISSING) from exc
-        except subprocess.TimeoutExpired as exc:
-            raise TpmError(f"cannot {doing}: the TPM at {self.tcti} did not answer within "
-                           f"{TOOL_TIMEOUT_S:.0f} s") from exc
-
     def primary(self) -> str:
         """Recreate the storage primary key; return its context file (in the scratch folder)."""
         self.run("tpm2_createprimary", "-C", HIERARCHY, "-g", NAME_HASH, "-G", PRIMARY, "-c", "primary.ctx",
-                 doing=f"create the TPM's storage primary key in the owner hierarchy (an owner password "
-                       f"is set, or the TPM is locked out; {NO_STORE})")
+                 doing=f"create the TPM's storage primary key in the owner hierarchy (it needs the empty "
+                       f"owner password; {NO_STORE})")
         return "primary.ctx"
 
 
@@ -210,12 +210,12 @@ class Tpm2KeyStore(DeviceKeyStore):
         problem = tpm_problem(store.params.tcti)
         if problem:
             raise TpmError(problem)
-        store.identity_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="keycam-tpm2-") as scratch:
             tpm = _Tpm(store.params.tcti, Path(scratch))
             tpm.run("tpm2_create", "-C", tpm.primary(), "-g", NAME_HASH, "-i", "-", "-u", SEAL_PUB,
                     "-r", SEAL_PRIV, stdin=raw_private, doing="seal the device key in the TPM")
             sealed = b"".join((Path(scratch) / name).read_bytes() for name in (SEAL_PUB, SEAL_PRIV))
+        store.identity_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(store.sealed_path, sealed, 0o600)
         if store.private_bytes() != raw_private:
             raise TpmError(f"the TPM at {store.params.tcti} unsealed another key than it sealed; "

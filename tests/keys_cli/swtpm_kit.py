@@ -14,7 +14,7 @@ import pytest
 START_TIMEOUT_S = 5.0
 
 
-def _two_free_ports() -> int:
+def two_free_ports() -> int:
     """A port P with P+1 also free (swtpm's command and control channels)."""
     for _ in range(50):
         with socket.socket() as a:
@@ -35,7 +35,7 @@ class SoftTpm:
     def __init__(self, state: Path):
         self.state = state
         self.state.mkdir(parents=True, exist_ok=True)
-        self.port = _two_free_ports()
+        self.port = two_free_ports()
         self.proc: subprocess.Popen | None = None
 
     @property

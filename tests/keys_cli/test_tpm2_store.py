@@ -4,13 +4,16 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
+import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
-from swtpm_kit import soft_tpms
+from swtpm_kit import soft_tpms, two_free_ports
 
 from edge.errors import ConfigError, KeyError_
+from keys import tpm2_store
 from keys.keystore import KEY_FILE, STORE_FILE, FileKeyStore, open_store
 from keys.tpm2_store import SEALED_FILE, TOOLS_MISSING, Tpm2KeyStore, TpmError, tpm_problem
 
@@ -102,6 +105,25 @@ def test_tpm_not_running_is_one_clear_line(soft_tpm, tmp_path):
     with pytest.raises(TpmError, match="is not answering"):
         Tpm2KeyStore.create(fresh, _key(), tcti=tpm.tcti)
     assert _all_bytes(fresh) == before
+
+
+def test_an_owner_password_or_a_hung_tpm_is_one_clear_line(soft_tpm, tmp_path, monkeypatch):
+    tpm = soft_tpm()
+    subprocess.run(["tpm2_changeauth", "-T", tpm.tcti, "-c", "owner", "not-empty"], check=True,
+                   capture_output=True)
+    with pytest.raises(TpmError) as exc:
+        Tpm2KeyStore.create(tmp_path / "identity", _key(), tcti=tpm.tcti)
+    assert "needs the empty owner password" in _one_line(exc) and "authorization failure" in str(exc.value)
+    assert not (tmp_path / "identity").exists()
+
+    monkeypatch.setattr(tpm2_store, "TOOL_TIMEOUT_S", 1.0)
+    port = two_free_ports()
+    with socket.socket() as cmd, socket.socket() as ctrl:   # a TPM that takes connections, never answers
+        for sock, p in ((cmd, port), (ctrl, port + 1)):
+            sock.bind(("127.0.0.1", p))
+            sock.listen()
+        assert tpm_problem(f"swtpm:host=127.0.0.1,port={port}") == (
+            f"cannot reach the TPM: the TPM at swtpm:host=127.0.0.1,port={port} did not answer within 1 s")
 
 
 def test_a_device_without_a_tpm_says_what_is_missing(tmp_path, monkeypatch):
