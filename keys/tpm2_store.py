@@ -202,8 +202,9 @@ class Tpm2KeyStore(DeviceKeyStore):
 
     @classmethod
     def create(cls, identity_dir: Path, raw_private: bytes, tcti: str | None = None) -> "Tpm2KeyStore":
-        """Seal `raw_private` to the TPM at `tcti` (default: default_tcti()), check that it unseals to the
-        same bytes, then record the store and remove a clear identity/device.key left by the file store."""
+        """Seal `raw_private` to the TPM at `tcti` (default: default_tcti()) and check that it unseals to
+        the same bytes; only then write identity/device.tpm2, record the store, and remove a clear
+        identity/device.key left by the file store."""
         if len(raw_private) != KEY_BYTES:
             raise KeyError_(f"a device private key is {KEY_BYTES} bytes, got {len(raw_private)}")
         store = cls(identity_dir, Tpm2Params(_check_tcti(tcti or default_tcti())))
@@ -214,12 +215,12 @@ class Tpm2KeyStore(DeviceKeyStore):
             tpm = _Tpm(store.params.tcti, Path(scratch))
             tpm.run("tpm2_create", "-C", tpm.primary(), "-g", NAME_HASH, "-i", "-", "-u", SEAL_PUB,
                     "-r", SEAL_PRIV, stdin=raw_private, doing="seal the device key in the TPM")
+            if store._unseal(tpm) != raw_private:
+                raise TpmError(f"the TPM at {store.params.tcti} unsealed another key than it sealed; "
+                               f"nothing was changed ({NO_STORE})")
             sealed = b"".join((Path(scratch) / name).read_bytes() for name in (SEAL_PUB, SEAL_PRIV))
         store.identity_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(store.sealed_path, sealed, 0o600)
-        if store.private_bytes() != raw_private:
-            raise TpmError(f"the TPM at {store.params.tcti} unsealed another key than it sealed; "
-                           f"the store was not switched ({NO_STORE})")
         store._record()
         (store.identity_dir / KEY_FILE).unlink(missing_ok=True)
         return store
@@ -234,11 +235,14 @@ class Tpm2KeyStore(DeviceKeyStore):
         with tempfile.TemporaryDirectory(prefix="keycam-tpm2-") as scratch:
             (Path(scratch) / SEAL_PUB).write_bytes(public)
             (Path(scratch) / SEAL_PRIV).write_bytes(private)
-            tpm = _Tpm(self.params.tcti, Path(scratch))
-            tpm.run("tpm2_load", "-C", tpm.primary(), "-u", SEAL_PUB, "-r", SEAL_PRIV, "-c", "seal.ctx",
-                    doing=f"load the sealed device key {self.sealed_path} (it was sealed by another TPM, "
-                          f"or the TPM was cleared; export the device again)")
-            return tpm.run("tpm2_unseal", "-c", "seal.ctx", doing="unseal the device key")
+            return self._unseal(_Tpm(self.params.tcti, Path(scratch)))
+
+    def _unseal(self, tpm: _Tpm) -> bytes:
+        """Unseal the object whose areas are SEAL_PUB and SEAL_PRIV in `tpm`'s scratch folder."""
+        tpm.run("tpm2_load", "-C", tpm.primary(), "-u", SEAL_PUB, "-r", SEAL_PRIV, "-c", "seal.ctx",
+                doing=f"load the sealed device key {self.sealed_path} (it was sealed by another TPM, "
+                      f"or the TPM was cleared; export the device again)")
+        return tpm.run("tpm2_unseal", "-c", "seal.ctx", doing="unseal the device key")
 
 
 def _split_sealed(path: Path) -> tuple[bytes, bytes]:
