@@ -139,6 +139,13 @@ def test_a_device_without_a_tpm_says_what_is_missing(tmp_path, monkeypatch):
     assert tpm_problem() == problem
     monkeypatch.setenv("PATH", str(tmp_path))                # no tpm2-tools installed
     assert tpm_problem(f"device:{missing}") == TOOLS_MISSING
+    identity = tmp_path / "card"                             # a sealed card in a Pi without the tools
+    identity.mkdir()
+    (identity / SEALED_FILE).write_bytes(b"\x00\x01p\x00\x01s")
+    (identity / STORE_FILE).write_text(json.dumps({"store": "tpm2", "tcti": "device:/dev/tpmrm0"}))
+    with pytest.raises(TpmError) as exc:
+        open_store(identity).private_bytes()
+    assert _one_line(exc) == TOOLS_MISSING
     assert "apt install tpm2-tools" in TOOLS_MISSING
 
 
