@@ -419,8 +419,11 @@ def export(device, out, keyset, store, tpm_tcti, new_device_key, clear_model, **
     from keys.sealing import ROLE_MODEL, ROLE_SENSOR_KEY, context_for, seal, unseal
     if tpm_tcti and store != "tpm2":
         raise ConfigError("--tpm-tcti is an option of --store tpm2")
-    if store:
-        store_class(store)          # an unavailable store fails here, before anything is written
+    store_options = {"tcti": tpm_tcti} if tpm_tcti else {}
+    if store:   # an unavailable store fails here, before anything is written
+        problem = store_class(store).problem(**store_options)
+        if problem:
+            raise ConfigError(problem)
     root = DeviceRoot(out)
     with edit_vault(params) as vault:
         dev = vault.require_usable(device)
@@ -450,7 +453,7 @@ def export(device, out, keyset, store, tpm_tcti, new_device_key, clear_model, **
         dev.pop("device_private", None)
         signing = encode_public(b64d(vault.data["signing"]["public"], "signing.public"))
         root.init_identity(device, dev["hardware"], signing, new_private and raw_private(new_private),
-                           store or "file", {"tcti": tpm_tcti} if tpm_tcti else {})
+                           store or "file", store_options)
         written = [*files, CONFIG, "identity/"]
         audit.record(vault, "export", device, key_fingerprint=gen["key_fingerprint"], out=str(out), files=written,
                      new_device_key=new_device_key, clear_model=clear_model)

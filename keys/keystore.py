@@ -36,6 +36,11 @@ class DeviceKeyStore(ABC):
         """Store `raw_private` (32 bytes) in this store under `identity_dir`; record it in keystore.json."""
 
     @classmethod
+    def problem(cls, **options) -> str | None:
+        """Why this store cannot be used here with `options`, as one actionable line (None: it can)."""
+        return None
+
+    @classmethod
     @abstractmethod
     def open(cls, identity_dir: Path, meta: dict) -> "DeviceKeyStore":
         """The store described by `meta` (the parsed keystore.json)."""

@@ -226,6 +226,10 @@ class Tpm2KeyStore(DeviceKeyStore):
         return store
 
     @classmethod
+    def problem(cls, tcti: str | None = None) -> str | None:
+        return tpm_problem(tcti)
+
+    @classmethod
     def open(cls, identity_dir: Path, meta: dict) -> "Tpm2KeyStore":
         return cls(identity_dir, Tpm2Params.from_meta(meta, Path(identity_dir) / STORE_FILE))
 

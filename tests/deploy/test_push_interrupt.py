@@ -43,13 +43,13 @@ def rotated(tmp_path_factory):
     root, out = d / "device", d / "bundles"
     out.mkdir()
     _keycam(env, "keys", "init")
-    _keycam(env, "keys", "provision", DEVICE, "--model", str(model), "--profile", "stem", "--no-faceplate")
+    _keycam(env, "keys", "provision", DEVICE, "--model", str(model), "--profile", "stem", "--no-faceplate", *canary)
     _keycam(env, "keys", "export", DEVICE, "--out", str(root))
-    _keycam(env, "deploy", "build", DEVICE, "--version", "1.0.0", "--out", str(out), *canary)
+    _keycam(env, "deploy", "build", DEVICE, "--version", "1.0.0", "--out", str(out))
     _keycam(env, "deploy", "push", "--target", f"dir:{root}", "--bundle", str(out / f"{DEVICE}-1.0.0.bundle"),
             "--no-service")
-    _keycam(env, "keys", "rotate", DEVICE)
-    _keycam(env, "deploy", "build", DEVICE, "--version", "2.0.0", "--keyset", "pending", "--out", str(out), *canary)
+    _keycam(env, "keys", "rotate", DEVICE, *canary)
+    _keycam(env, "deploy", "build", DEVICE, "--version", "2.0.0", "--keyset", "pending", "--out", str(out))
     return d, env, root, out / f"{DEVICE}-2.0.0.bundle"
 
 

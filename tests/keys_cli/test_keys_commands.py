@@ -223,3 +223,32 @@ def test_faceplate_device_needs_a_config_template(vault_path, tmp_path):
     res = run(vault_path, "export", "cam-fp", "--out", str(tmp_path / "sd"))
     assert res.exit_code != 0 and "needs key_stage {type: faceplate" in res.output
     assert not (tmp_path / "sd").exists(), "nothing is written when the config cannot be made"
+
+
+def test_export_seals_the_device_key_to_a_tpm(vault_path, tmp_path):
+    """`keys export --store tpm2`: refused before anything is written without a TPM; with a (software) TPM
+    the device key is sealed to it, no copy of it is left on the card, and the device opens its model."""
+    from swtpm_kit import soft_tpms
+
+    from deploy.device import DeviceRoot
+    from keys.keystore import open_store
+    assert run(vault_path, "provision", "cam-tpm", "--model", str(MODEL), "--profile", "stem",
+               "--no-faceplate").exit_code == 0
+    before = Vault.open(vault_path, PASS).data
+    missing = run(vault_path, "export", "cam-tpm", "--out", str(tmp_path / "none"), "--store", "tpm2",
+                  "--tpm-tcti", f"device:{tmp_path / 'tpmrm0'}")
+    assert missing.exit_code != 0 and "no TPM 2.0 at device:" in missing.output and "--store file" in missing.output
+    assert not (tmp_path / "none").exists() and Vault.open(vault_path, PASS).data == before
+    with soft_tpms(tmp_path) as start:
+        tpm = start()
+        out = tmp_path / "sd-tpm"
+        res = run(vault_path, "export", "cam-tpm", "--out", str(out), "--store", "tpm2", "--tpm-tcti", tpm.tcti)
+        assert res.exit_code == 0, res.output
+        identity = out / "identity"
+        assert not (identity / "device.key").exists() and open_store(identity).name == "tpm2"
+        raw = open_store(identity).private_bytes()
+        assert not any(raw in p.read_bytes() for p in out.rglob("*") if p.is_file())
+        key = DeviceRoot(out).device_key()
+        sealed = (out / "model.tflite").read_bytes()
+        assert is_sealed(sealed)
+        assert TFLiteModel(unseal(key, sealed, context_for("cam-tpm", ROLE_MODEL), "model")).input_size == 784
