@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -141,6 +141,7 @@ class Vault:
     data: dict
     _key: bytes = field(repr=False)
     _kdf: dict = field(repr=False)
+    _on_save: list[Callable[[], Callable[[], None]]] = field(default_factory=list, repr=False)
 
     # ---- file level -------------------------------------------------------------------------
     @classmethod
@@ -198,21 +199,37 @@ class Vault:
             raise VaultError(f"vault {path} is malformed: {exc}") from exc
         return cls(path, json.loads(plain), key, kdf)
 
+    def on_save(self, write: Callable[[], Callable[[], None]]) -> None:
+        """Queue a side write for the next save: `write()` runs just before the vault is written and
+        returns an undo that save() calls if the vault cannot be written (the audit log uses this so
+        it never records a change that was not committed)."""
+        self._on_save.append(write)
+
     def save(self) -> None:
-        """Encrypt and atomically replace the vault file (mode 0600)."""
-        doc = {"format": FORMAT, "version": VERSION, "kdf": self._kdf, "cipher": "AES-256-GCM"}
-        nonce = os.urandom(12)
-        plain = json.dumps(self.data, sort_keys=True).encode()
-        doc["check"] = b64e(hmac.new(self._key, _CHECK_LABEL, hashlib.sha256).digest())
-        doc["header_sha256"] = header_digest(doc)
-        doc["nonce"] = b64e(nonce)
-        doc["ciphertext"] = b64e(AESGCM(self._key).encrypt(nonce, plain, _header_aad(doc)))
-        atomic_write(self.path, json.dumps(doc, indent=1).encode())
+        """Run the queued side writes, then encrypt and atomically replace the vault file (mode 0600);
+        if anything fails the side writes are undone and the old vault file stays as it was."""
+        undo: list[Callable[[], None]] = []
+        try:
+            while self._on_save:
+                undo.append(self._on_save.pop(0)())
+            doc = {"format": FORMAT, "version": VERSION, "kdf": self._kdf, "cipher": "AES-256-GCM"}
+            nonce = os.urandom(12)
+            plain = json.dumps(self.data, sort_keys=True).encode()
+            doc["check"] = b64e(hmac.new(self._key, _CHECK_LABEL, hashlib.sha256).digest())
+            doc["header_sha256"] = header_digest(doc)
+            doc["nonce"] = b64e(nonce)
+            doc["ciphertext"] = b64e(AESGCM(self._key).encrypt(nonce, plain, _header_aad(doc)))
+            atomic_write(self.path, json.dumps(doc, indent=1).encode())
+        except BaseException:
+            for step in reversed(undo):
+                step()
+            raise
 
     @classmethod
     @contextlib.contextmanager
     def edit(cls, path: str | Path, passphrase: str) -> Iterator["Vault"]:
-        """Open under an exclusive lock and save on normal exit (nothing is written on error)."""
+        """Open under an exclusive lock and save on normal exit (nothing is written on error: neither
+        the vault nor the audit entries queued during the edit)."""
         path = Path(path)
         lock_path = path.with_name(f".{path.name}.lock")
         if not path.parent.is_dir():
