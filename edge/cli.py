@@ -14,6 +14,7 @@ from edge.errors import KeycamError
 # name -> ("module:attribute", one-line help); each module owns its own click command or group.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("edge.service_cli:run", "Run the device service from a device YAML config."),
+    "config": ("edge.config_cli:config", "Check a device YAML config and its files without running."),
     "demo": ("tools.demo:demo", "Key the shipped model and classify the shipped sample frames."),
     "train": ("tools.train_cli:train", "Train a base model and export ONNX (needs the train extra)."),
     "bench": ("tools.bench_cli:bench", "Benchmarks: keyed models, sensor, pipeline, ..."),

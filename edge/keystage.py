@@ -77,12 +77,14 @@ class SimulatedKeyStage(KeyStage):
     def __init__(self, sensor_key_path: str | Path, expected_fingerprint: str, sensor: dict | None = None):
         self.path = Path(sensor_key_path)
         self.expected = expected_fingerprint
-        try:
-            self.sensor_model = SensorModel.from_dict(dict(sensor or {}))
-        except ConfigError as exc:
-            raise ConfigError(f"key_stage.sensor: {exc}") from exc
+        self.sensor_model = SensorModel.from_dict(dict(sensor or {}), "key_stage.sensor")
         self._stage: PreADCStage | None = None
         self.fingerprint = ""
+
+    @property
+    def key_size(self) -> int | None:
+        """Values per frame the loaded sensor key keys (None until a healthy check loaded one)."""
+        return self._stage.sensor_key.size if self._stage is not None else None
 
     def check(self) -> Health:
         if not self.expected:

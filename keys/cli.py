@@ -155,9 +155,9 @@ def init(**params) -> None:
 def provision(device, model, profile, output_encryption, faceplate, hardware, config_path, device_pubkey,
               **params) -> None:
     """Create DEVICE's key set, key and quantize MODEL for it, record it all in the vault."""
-    from deploy.payload import load_template
+    from deploy.payload import check_template
     public, private = _device_public(device_pubkey)
-    template = load_template(config_path) if config_path else None
+    template = check_template(config_path, device, faceplate) if config_path else None
     with edit_vault(params) as vault:
         if device in vault.devices:
             raise VaultError(f"device {device!r} is already provisioned; use `keycam keys rotate {device}`")
