@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 
 import click
 
@@ -30,7 +29,8 @@ def format_summary(summary: dict) -> str:
               help="Also write the run summary as JSON to this file.")
 @click.option("--check", "check_only", is_flag=True,
               help="Only validate the config and its files (like `keycam config check`), then exit.")
-@click.option("-v", "--verbose", count=True, help="More log output on stderr (-v info, -vv debug).")
+@click.option("-v", "--verbose", count=True,
+              help="More log output on stderr (-v info, -vv debug); same as `keycam -v run`.")
 def run(config_path: str, frames: int | None, metrics_port: int | None, summary_json: str | None,
         check_only: bool, verbose: int) -> None:
     """Run the device service: camera -> key stage -> keyed model -> egress guard -> sinks.
@@ -43,8 +43,10 @@ def run(config_path: str, frames: int | None, metrics_port: int | None, summary_
     from edge.config import load_config
     from edge.service import Service
 
-    logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)])
+    from edge.cli import configure_logging
+    root = logging.getLogger()       # the root group's --log-level/-v/-q set it up; `run -v` adds to that
+    level = root.getEffectiveLevel() if root.handlers else logging.WARNING
+    configure_logging(min(level, [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]))
     if check_only:
         from edge.config_cli import check_device
         click.echo(check_device(config_path))

@@ -30,27 +30,39 @@ PASSPHRASE_ENV = "KEYCAM_VAULT_PASSPHRASE"
 # ---- shared options ---------------------------------------------------------------------------------
 def _passphrase(ctx_params: dict, confirm: bool = False) -> str:
     path = ctx_params.get("passphrase_file")
+    if path == "-":                      # one line from stdin, e.g. from a secret manager's pipe
+        text = click.get_text_stream("stdin").readline().rstrip("\r\n")
+        if not text:
+            raise VaultError("--passphrase-file -: no passphrase on stdin")
+        return text
     if path:
         try:
             text = Path(path).read_text().rstrip("\r\n")
+            mode = os.stat(path).st_mode
         except OSError as exc:
             raise VaultError(f"cannot read passphrase file {path}: {exc}") from exc
         if not text:
             raise VaultError(f"passphrase file {path} is empty")
+        if mode & 0o077:
+            click.echo(f"warning: passphrase file {path} is readable by group or others (mode "
+                       f"{mode & 0o777:03o}); run: chmod 600 {path}", err=True)
         return text
     if os.environ.get(PASSPHRASE_ENV):
         return os.environ[PASSPHRASE_ENV]
     if not sys.stdin.isatty():
-        raise VaultError(f"no vault passphrase: use --passphrase-file, ${PASSPHRASE_ENV}, or a terminal")
+        raise VaultError(f"no vault passphrase: use --passphrase-file FILE (or - for stdin), "
+                         f"${PASSPHRASE_ENV}, or a terminal")
     return click.prompt("Vault passphrase", hide_input=True, confirmation_prompt=confirm)
 
 
 def vault_options(func):
     """Add --vault and --passphrase-file; the command receives `vault_path` and `passphrase_file`."""
     @click.option("--vault", "vault_path", type=click.Path(dir_okay=False, path_type=Path),
-                  envvar="KEYCAM_VAULT", default=DEFAULT_VAULT, show_default=True, help="vault file")
-    @click.option("--passphrase-file", type=click.Path(dir_okay=False, exists=True),
-                  help=f"file holding the passphrase (else ${PASSPHRASE_ENV} or a prompt)")
+                  envvar="KEYCAM_VAULT", default=DEFAULT_VAULT, show_default=True,
+                  help="vault file (else $KEYCAM_VAULT)")
+    @click.option("--passphrase-file", type=click.Path(dir_okay=False, exists=True, allow_dash=True),
+                  help=f"file holding the passphrase, - for one line on stdin (else ${PASSPHRASE_ENV} "
+                       "or a prompt)")
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         kwargs["vault_path"] = kwargs["vault_path"].expanduser()
