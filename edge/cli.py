@@ -4,12 +4,14 @@ Lazy loading keeps the device side free of host-only imports: `keycam run` never
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import sys
 
 import click
 
+from edge.atomic import write_error
 from edge.errors import KeycamError
 
 # name -> ("module:attribute", one-line help); each module owns its own click command or group.
@@ -60,6 +62,10 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except KeycamError as exc:
             raise click.ClickException(str(exc)) from exc
+        except OSError as exc:           # a write outside edge.atomic that hit a full disk: still one line
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise click.ClickException(str(write_error(exc.filename or "a file", exc))) from exc
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -233,7 +233,7 @@ class Service:
         self._pending_sig = None
         try:
             new = self.load_context()
-            health = new.key_stage.check()
+            health = check_pairing(new, self.camera.frame_shape)     # the same checks as at start-up
         except KeycamError as exc:
             health = Health(False, "model_swap_rejected", str(exc))
         else:
