@@ -273,6 +273,9 @@ class Agent:
             if parse_version(manifest.version) < parse_version(state["min_version"]):
                 raise AgentError(f"previous slot has version {manifest.version}, below the minimum "
                                  f"version {state['min_version']}; rollback refused")
+            if state["version"] and parse_version(manifest.version) > parse_version(state["version"]):
+                raise AgentError(f"the previous slot holds {manifest.version}, newer than the committed "
+                                 f"{state['version']}: rollback only goes back (use deploy push to go forward)")
             return self._activate(state, prev, manifest, cfg, "rollback")
 
     # ---- upload ---------------------------------------------------------------------------------
