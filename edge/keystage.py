@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import ConfigError, KeycamError
+from edge.errors import KeycamError
 from hardware.errors import KeyStageError
 from hardware.preadc import PreADCStage, SensorModel, adc, dequantize
 
