@@ -35,6 +35,7 @@ def test_no_tflite_runtime_line_in_command_output():
     assert "XNNPACK" not in proc.stderr + proc.stdout and proc.stdout.startswith("OK ")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_global_verbosity_reaches_the_service_logs(tmp_path):
     doc = yaml.safe_load((ROOT / "examples" / "sim-device.yaml").read_text())

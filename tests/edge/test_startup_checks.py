@@ -30,6 +30,7 @@ def _assert_one_line(proc, *words):
         assert word in last, last
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_frames_of_another_size_than_the_model_end_at_startup(tmp_path, device_dir):
     frames = tmp_path / "frames32"
@@ -41,6 +42,7 @@ def test_frames_of_another_size_than_the_model_end_at_startup(tmp_path, device_d
     assert "key_stage_error" not in proc.stderr and "key_stage_recovered" not in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("key", ["corrupt", "foreign"])
 def test_a_corrupt_or_foreign_sensor_key_ends_at_startup(tmp_path, device_dir, key):
