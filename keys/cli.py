@@ -32,7 +32,7 @@ def _passphrase(ctx_params: dict, confirm: bool = False) -> str:
     path = ctx_params.get("passphrase_file")
     if path == "-":                      # one line from stdin, e.g. from a secret manager's pipe
         if "_stdin_passphrase" not in ctx_params:       # read once: a command may open the vault twice
-            ctx_params["_stdin_passphrase"] = click.get_text_stream("stdin").readline().rstrip("\r\n")
+            ctx_params["_stdin_passphrase"] = sys.stdin.readline().rstrip("\r\n")
         text = ctx_params["_stdin_passphrase"]
         if not text:
             raise VaultError("--passphrase-file -: no passphrase on stdin")
