@@ -15,26 +15,25 @@ from typing import Callable
 
 from deploy.manifest import MANIFEST, MAX_MANIFEST_BYTES, SIGNATURE, BundleError, Manifest
 from deploy.signing import public_key_id, sign, verify
+from edge.atomic import atomic_output
 
 CHUNK = 1 << 16
 
 
 def write_bundle(path: str | Path, manifest: Manifest, payload: dict[str, bytes], private_key) -> Manifest:
-    """Fill the manifest's file table from `payload`, sign it, and write the bundle tar atomically."""
+    """Fill the manifest's file table from `payload`, sign it, and write the bundle tar atomically
+    (a failed write, e.g. a full disk, leaves no partial file and raises FileWriteError)."""
     manifest.files = {name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
                       for name, data in sorted(payload.items())}
     manifest.signing_key_id = public_key_id(private_key.public_key())
     manifest.validate()
     blob = manifest.to_bytes()
     members = [(MANIFEST, blob), (SIGNATURE, sign(private_key, blob))] + sorted(payload.items())
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+    with atomic_output(path, 0o644) as fh, tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), 0o644, 0
             tar.addfile(info, io.BytesIO(data))
-    os.replace(tmp, path)
     return manifest
 
 

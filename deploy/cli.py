@@ -43,9 +43,9 @@ def _print_results(results: list[dict], as_json: bool) -> None:
         return
     for r in results:
         extra = r.get("reason") or (f"slot {r['slot']}" if r.get("slot") else "")
-        change = f"{r['from_version']} -> {r.get('version') or '-'}" if r.get("from_version") \
-            else (r.get("version") or "-")
-        click.echo(f"{r['device']:16} {r['status']:17} {change}  {extra}")
+        versions = (f"bundle {r.get('version') or '-'}" if r["status"] in ("refused", "failed", "skipped", "interrupted")
+                    else f"{r.get('from_version') or '-'} -> {r.get('version') or '-'}")   # no transition
+        click.echo(f"{r['device']:16} {r['status']:17} {versions}  {extra}")
 
 
 _PUBKEY = click.option("--pubkey", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -176,7 +176,8 @@ def _each(entries: list[Entry], *agent_args: str) -> list[dict]:
             answer = t.agent(*agent_args)
         except KeycamError as exc:
             answer = {"ok": False, "error": str(exc)}
-        out.append({"device": e.device_id or answer.get("device_id") or t.describe(), "target": t.describe(), **answer})
+        out.append({"device": e.device_id or answer.get("device_id") or t.describe(), "target": t.describe(),
+                    **answer})
     return out
 
 

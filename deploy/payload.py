@@ -47,13 +47,26 @@ def device_config(device: dict, template: dict | None = None, identity: str | No
     stage = dict(cfg.get("key_stage") or {})
     if device["faceplate"]:
         if stage.get("type") != "faceplate":
+            hint = ("pass --config FILE" if template is None and not device.get("config")
+                    else f"the template's key_stage type is {stage.get('type')!r}")
             raise ConfigError(f"{device['device_id']} has a faceplate: its config template needs "
-                              "key_stage {type: faceplate, port, expected_id} (pass --config FILE)")
+                              f"key_stage {{type: faceplate, port, expected_id}} ({hint})")
     else:
         keep = {k: v for k, v in stage.items() if stage.get("type") == "simulated" and k != "sensor_key"}
         stage = {**keep, "type": "simulated", "sensor_key": SENSOR_KEY}
     cfg["key_stage"] = stage
     return cfg
+
+
+def check_template(path: str | Path, device_id: str, faceplate: bool) -> dict:
+    """Read a config template and validate the device.yaml it would give (placeholder model and
+    sensor key files), so provisioning refuses a bad template before any keying; returns the template."""
+    template = load_template(path)
+    try:
+        render_config({"device_id": device_id, "faceplate": faceplate}, [MODEL, SENSOR_KEY], template)
+    except ConfigError as exc:
+        raise ConfigError(f"config template {path}: {exc}") from None
+    return template
 
 
 def render_config(device: dict, names: Iterable[str], template: dict | None = None,

@@ -206,7 +206,7 @@ def _section(data: object, cls: type, where: str, base: Path) -> object:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    fields = {f.name: f for f in dataclasses.fields(cls) if (cls, f.name) != (DeviceConfig, "source")}
     unknown = sorted(set(map(str, data)) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
@@ -222,7 +222,16 @@ def _section(data: object, cls: type, where: str, base: Path) -> object:
         check = _CHECKS.get((cls, name))
         if check and values[name] is not None and not check[0](values[name]):
             raise ConfigError(f"{key}: {check[1]}, got {data[name]!r}")
-    return cls(**values)
+    try:
+        return cls(**values)                 # a section's own __post_init__ checks its ranges
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
+
+
+def parse_section(data: object, cls: type, where: str, base: Path = Path(".")) -> object:
+    """Build dataclass `cls` from a mapping with this module's checks (unknown keys, types, nested
+    dataclasses, __post_init__ ranges); every config section outside this file uses it too."""
+    return _section(data, cls, where, base)
 
 
 def _sinks(data: object, where: str, base: Path) -> list:
@@ -260,6 +269,8 @@ def parse_config(data: object, base: Path, name: str = "config") -> DeviceConfig
     _check_key_stage(cfg.key_stage, "key_stage")
     if not cfg.camera.get("type"):
         raise ConfigError("camera.type: required key is missing (replay or picamera2)")
+    from edge.config_check import check_sections
+    check_sections(cfg)
     return dataclasses.replace(cfg, sinks=sinks, source=base / name)
 
 

@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from edge.errors import ConfigError, KeycamError
+from edge.errors import KeycamError
 from hardware.errors import KeyStageError
 from hardware.preadc import PreADCStage, SensorModel, adc, dequantize
 
@@ -86,12 +86,14 @@ class SimulatedKeyStage(KeyStage):
         self.path = Path(sensor_key_path)
         self.expected = expected_fingerprint
         self.read = read
-        try:
-            self.sensor_model = SensorModel.from_dict(dict(sensor or {}))
-        except ConfigError as exc:
-            raise ConfigError(f"key_stage.sensor: {exc}") from exc
+        self.sensor_model = SensorModel.from_dict(dict(sensor or {}), "key_stage.sensor")
         self._stage: PreADCStage | None = None
         self.fingerprint = ""
+
+    @property
+    def key_size(self) -> int | None:
+        """Values per frame the loaded sensor key keys (None until a healthy check loaded one)."""
+        return self._stage.sensor_key.size if self._stage is not None else None
 
     def check(self) -> Health:
         if not self.expected:

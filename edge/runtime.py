@@ -6,8 +6,14 @@ the conversion into the model's input type and out of its output quantisation, s
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import sys
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -24,6 +30,27 @@ except ImportError:  # pragma: no cover - exercised only where LiteRT has no whe
         raise ImportError("no TFLite interpreter: pip install ai-edge-litert (or tflite-runtime)") from exc
 
 METADATA_NAME = "keycam"
+# printed by the C++ runtime straight to file descriptor 2 for every interpreter; no setting turns it off
+_RUNTIME_NOISE = re.compile(rb"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.\r?\n?", re.M)
+
+
+@contextlib.contextmanager
+def _filtered_native_stderr() -> Iterator[None]:
+    """Capture file descriptor 2 while the C++ runtime sets up an interpreter, then pass everything on
+    except its XNNPACK INFO line (so command output stays clean; real errors still show)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            rest = _RUNTIME_NOISE.sub(b"", capture.read())
+            if rest:
+                os.write(2, rest)
 
 
 def read_metadata(model_bytes: bytes) -> dict:
@@ -43,10 +70,11 @@ class TFLiteModel:
             model = path.read_bytes()
         self.model_bytes = bytes(model)
         try:
-            self.interpreter = Interpreter(
-                model_content=self.model_bytes, num_threads=num_threads,
-                experimental_op_resolver_type=OpResolverType.AUTO)
-            self.interpreter.allocate_tensors()
+            with _filtered_native_stderr():
+                self.interpreter = Interpreter(
+                    model_content=self.model_bytes, num_threads=num_threads,
+                    experimental_op_resolver_type=OpResolverType.AUTO)
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"cannot load TFLite model: {exc}") from exc
         self.metadata = read_metadata(self.model_bytes)

@@ -21,6 +21,7 @@ from edge.errors import ConfigError, KeycamError, ModelError
 from edge.keystage import FaceplateKeyStage, Health, KeyStage, SimulatedKeyStage
 from edge.metrics import Metrics, MetricsServer
 from edge.pipeline import ModelContext, Pipeline, PreprocessStage
+from edge.preflight import check_pairing
 from edge.runtime import TFLiteModel
 from edge.sinks import Sink, make_sink
 from keys.device_files import DeviceFiles
@@ -201,15 +202,16 @@ class Service:
                              "sensor_fingerprint": p.sensor_fingerprint}
 
     def _apply_health(self, health: Health, backoff: _Backoff, now: float) -> None:
-        """Open or close the gate; the back-off only resets once the stage stayed healthy a whole
-        health interval, so a stage that fails again right after recovering keeps backing off."""
+        """Open or close the gate; the back-off only resets (and key_stage_recovered is sent) once the
+        stage stayed healthy a whole health interval, so a stage that fails again right after reopening
+        keeps backing off without alternating error/recovered alarms."""
         pipe = self.pipeline
         if health.ok:
             if pipe.gate_open:
+                if backoff.attempt:      # announced only once it held: a flapping stage sends no recoveries
+                    self.alarm("key_stage_recovered", backoff.attempt, 0.0, "key stage healthy again")
                 backoff.reset()
             else:
-                if backoff.attempt:
-                    self.alarm("key_stage_recovered", backoff.attempt, 0.0, "key stage healthy again")
                 pipe.open_gate()
             return
         pipe.close_gate()
@@ -248,7 +250,7 @@ class Service:
         self._pending_sig = None
         try:
             new = self.load_context()
-            health = new.key_stage.check()
+            health = check_pairing(new, self.camera.frame_shape)     # the same checks as at start-up
         except KeycamError as exc:
             health = Health(False, "model_swap_rejected", str(exc))
         else:
@@ -289,7 +291,8 @@ class Service:
         try:
             self._build()
             self.camera.open()
-            self._apply_health(self.pipeline.context.key_stage.check(), self._key_backoff, time.monotonic())
+            health = check_pairing(self.pipeline.context, self.camera.frame_shape)   # can it ever work?
+            self._apply_health(health, self._key_backoff, time.monotonic())
             self.pipeline.start()
             stop_reason = self._supervise()
         finally:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 
 import click
 
@@ -28,9 +27,12 @@ def format_summary(summary: dict) -> str:
               help="Override metrics.port (0: any free port).")
 @click.option("--summary-json", type=click.Path(dir_okay=False), default=None,
               help="Also write the run summary as JSON to this file.")
-@click.option("-v", "--verbose", count=True, help="More log output on stderr (-v info, -vv debug).")
+@click.option("--check", "check_only", is_flag=True,
+              help="Only validate the config and its files (like `keycam config check`), then exit.")
+@click.option("-v", "--verbose", count=True,
+              help="More log output on stderr (-v info, -vv debug); same as `keycam -v run`.")
 def run(config_path: str, frames: int | None, metrics_port: int | None, summary_json: str | None,
-        verbose: int) -> None:
+        check_only: bool, verbose: int) -> None:
     """Run the device service: camera -> key stage -> keyed model -> egress guard -> sinks.
 
     Records go to the configured sinks (stdout: JSON lines); logs and the summary go to stderr.
@@ -41,8 +43,14 @@ def run(config_path: str, frames: int | None, metrics_port: int | None, summary_
     from edge.config import load_config
     from edge.service import Service
 
-    logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)])
+    from edge.cli import configure_logging
+    root = logging.getLogger()       # the root group's --log-level/-v/-q set it up; `run -v` adds to that
+    level = root.getEffectiveLevel() if root.handlers else logging.WARNING
+    configure_logging(min(level, [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]))
+    if check_only:
+        from edge.config_cli import check_device
+        click.echo(check_device(config_path))
+        return
     cfg = load_config(config_path)
     if metrics_port is not None:
         cfg = dataclasses.replace(cfg, metrics=dataclasses.replace(cfg.metrics, port=metrics_port))

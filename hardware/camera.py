@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ from edge.errors import ConfigError
 from hardware.errors import (CameraDisconnected, CameraEndOfStream, CameraError, CameraFrameError,
                              CameraTimeout)
 
-__all__ = ["Frame", "Camera", "ReplayCamera", "ReplayFaults", "Picamera2Camera", "make_camera",
+__all__ = ["Frame", "Camera", "ReplayCamera", "ReplayFaults", "Picamera2Camera", "make_camera", "camera_config",
            "CameraError", "CameraTimeout", "CameraDisconnected", "CameraFrameError", "CameraEndOfStream"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".tif", ".tiff")
@@ -120,7 +120,7 @@ class Camera(ABC):
 
 
 # -- replay ---------------------------------------------------------------------------------------
-@dataclass
+@dataclass(frozen=True)
 class ReplayFaults:
     """Faults a ReplayCamera can inject, counted in frames delivered since the last open()."""
 
@@ -128,15 +128,72 @@ class ReplayFaults:
     disconnect_after: int | None = None   # then read() raises CameraDisconnected
     bad_frame_at: int | None = None       # this delivered frame has the wrong shape
 
+    def __post_init__(self) -> None:
+        for key in ("stall_after", "disconnect_after", "bad_frame_at"):
+            value = getattr(self, key)
+            if value is not None and value < 0:
+                raise ConfigError(f"{key} must be a non-negative integer, got {value!r}")
+
     @classmethod
-    def from_dict(cls, data: dict) -> "ReplayFaults":
-        unknown = set(data) - {"stall_after", "disconnect_after", "bad_frame_at"}
-        if unknown:
-            raise ConfigError(f"camera faults: unknown keys {sorted(unknown)}")
-        for key, value in data.items():
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise ConfigError(f"camera faults: {key} must be a non-negative integer, got {value!r}")
-        return cls(**data)
+    def from_dict(cls, data: dict, where: str = "camera.faults") -> "ReplayFaults":
+        """Build from a config mapping: unknown keys and wrong types are a ConfigError."""
+        from edge.config import parse_section
+        return parse_section(data, cls, where)
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """The `camera` section of a replay camera (see ReplayCamera)."""
+
+    type: str
+    source: str                           # folder, .npz, IDX file or 'samples'
+    fps: float | None = None
+    loop: bool = True
+    limit: int | None = None
+    faults: ReplayFaults | None = None
+
+    def __post_init__(self) -> None:
+        if self.fps is not None and not self.fps > 0:
+            raise ConfigError(f"replay fps must be > 0 (or null for as fast as possible), got {self.fps}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"replay limit must be >= 1, got {self.limit}")
+
+
+@dataclass(frozen=True)
+class Picamera2Config:
+    """The `camera` section of the Raspberry Pi camera (see Picamera2Camera)."""
+
+    type: str
+    index: int = 0
+    size: list = field(default_factory=lambda: [28, 28])    # [width, height] of the output frames
+    exposure_us: int | None = None
+    analog_gain: float | None = None
+    buffer_count: int = 4
+
+    def __post_init__(self) -> None:
+        if len(self.size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                          for v in self.size):
+            raise ConfigError(f"size must be [width, height] integers >= 1, got {self.size!r}")
+        if self.index < 0 or not 1 <= self.buffer_count <= 32:
+            raise ConfigError(f"index must be >= 0 and buffer_count 1..32, got {self.index}, {self.buffer_count}")
+        if (self.exposure_us is not None and self.exposure_us <= 0) or \
+                (self.analog_gain is not None and self.analog_gain <= 0):
+            raise ConfigError("exposure_us and analog_gain must be > 0 when given")
+
+
+CAMERA_TYPES = {"replay": ReplayConfig, "picamera2": Picamera2Config}
+
+
+def camera_config(data: object, where: str = "camera") -> ReplayConfig | Picamera2Config:
+    """Validate a device config's camera section (type defaults to replay) with edge.config's checker:
+    unknown keys, wrong types and out-of-range values are one ConfigError naming the key."""
+    from edge.config import parse_section
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    kind = data.get("type", "replay")
+    if kind not in CAMERA_TYPES:
+        raise ConfigError(f"{where}.type: unknown camera type {kind!r}; choose one of {', '.join(sorted(CAMERA_TYPES))}")
+    return parse_section({**data, "type": kind}, CAMERA_TYPES[kind], where)
 
 
 def to_linear_float(images: np.ndarray, what: str) -> np.ndarray:
@@ -404,29 +461,10 @@ class Picamera2Camera(Camera):
 
 
 # -- factory --------------------------------------------------------------------------------------
-_KEYS = {"replay": {"type", "source", "fps", "loop", "limit", "faults"},
-         "picamera2": {"type", "index", "size", "exposure_us", "analog_gain", "buffer_count"}}
-
-
 def make_camera(config: dict) -> Camera:
     """Build a camera from a device-config mapping, e.g. {'type': 'replay', 'source': 'samples'}."""
-    if not isinstance(config, dict):
-        raise ConfigError(f"camera config must be a mapping, got {type(config).__name__}")
-    kind = config.get("type", "replay")
-    if kind not in _KEYS:
-        raise ConfigError(f"camera type {kind!r} is unknown; choose one of {sorted(_KEYS)}")
-    unknown = set(config) - _KEYS[kind]
-    if unknown:
-        raise ConfigError(f"camera ({kind}): unknown keys {sorted(unknown)}; allowed: {sorted(_KEYS[kind])}")
-    if kind == "replay":
-        if "source" not in config:
-            raise ConfigError("camera (replay): 'source' is required (folder, .npz, IDX file or 'samples')")
-        faults = ReplayFaults.from_dict(config.get("faults") or {})
-        return ReplayCamera(config["source"], fps=config.get("fps"), loop=bool(config.get("loop", True)),
-                            limit=config.get("limit"), faults=faults)
-    size = config.get("size", [28, 28])
-    if not isinstance(size, (list, tuple)) or len(size) != 2 or not all(isinstance(v, int) for v in size):
-        raise ConfigError(f"camera (picamera2): size must be [width, height] integers, got {size!r}")
-    return Picamera2Camera(index=int(config.get("index", 0)), size=tuple(size),
-                           exposure_us=config.get("exposure_us"), analog_gain=config.get("analog_gain"),
-                           buffer_count=int(config.get("buffer_count", 4)))
+    cfg = camera_config(config)
+    if isinstance(cfg, ReplayConfig):
+        return ReplayCamera(cfg.source, fps=cfg.fps, loop=cfg.loop, limit=cfg.limit, faults=cfg.faults)
+    return Picamera2Camera(index=cfg.index, size=tuple(cfg.size), exposure_us=cfg.exposure_us,
+                           analog_gain=cfg.analog_gain, buffer_count=cfg.buffer_count)

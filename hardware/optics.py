@@ -40,12 +40,10 @@ class FiberOptics:
             raise ConfigError("fiber optics: blur_sigma, jitter >= 0 and transmission in (0, 1] required")
 
     @classmethod
-    def from_dict(cls, data: dict) -> "FiberOptics":
-        """Build from a config mapping; unknown keys are a ConfigError."""
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"fiber optics: unknown keys {sorted(unknown)}")
-        return cls(**data)
+    def from_dict(cls, data: dict, where: str = "optics") -> "FiberOptics":
+        """Build from a config mapping: unknown keys, wrong types and ranges are a ConfigError."""
+        from edge.config import parse_section
+        return parse_section(data, cls, where)
 
     def matrix(self, shape: tuple[int, int]) -> sp.csr_matrix:
         """The (H*W, H*W) operator mapping a flattened frame to the sensor behind the bundle."""

@@ -9,7 +9,7 @@ frame. The raw frame and every analog intermediate stay local to __call__; only 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -77,19 +77,11 @@ class SensorModel:
             raise ConfigError(f"sensor adc_gain must be > 0, got {self.adc_gain}")
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SensorModel":
-        """Build from a device-config mapping (optics as a nested mapping); unknown keys are an error."""
-        allowed = {f.name for f in fields(cls)}
-        unknown = set(data) - allowed
-        if unknown:
-            raise ConfigError(f"sensor model: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
-        data = dict(data)
-        if data.get("optics") is not None:
-            data["optics"] = FiberOptics.from_dict(data["optics"])
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ConfigError(f"sensor model: {exc}") from exc
+    def from_dict(cls, data: dict, where: str = "sensor") -> "SensorModel":
+        """Build from a device-config mapping (optics as a nested mapping): unknown keys, wrong types
+        and out-of-range values are a ConfigError naming the key (edge.config.parse_section)."""
+        from edge.config import parse_section
+        return parse_section(data, cls, where)
 
 
 @dataclass

@@ -4,9 +4,13 @@ Each line: {"seq", "ts", "user", "action", "device", "details", "prev", "mac"} w
 SHA-256 of the previous line and `mac` an HMAC-SHA256 (key kept inside the encrypted vault) over the
 rest of the entry. Editing, reordering or deleting a line breaks the chain or a MAC; the vault
 stores the head (last seq and line hash), so cutting lines off the end is detected too.
+An entry is appended only when the vault change it records is saved (`record` queues it on the
+vault; a failed save, e.g. on a full disk, takes the line back), and `read` reports entries naming
+a device the vault does not hold.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import getpass
 import hashlib
@@ -14,7 +18,9 @@ import hmac
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
+from edge.atomic import write_error
 from edge.errors import KeycamError
 from keys.vault import Vault, b64d, b64e, now_iso
 
@@ -42,25 +48,45 @@ def _mac(key: bytes, entry: dict) -> str:
     return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
 
 
-def record(vault: Vault, action: str, device: str | None, **details) -> dict:
-    """Append one entry and advance the head kept in the vault (the caller saves the vault)."""
+def record(vault: Vault, action: str, device: str | None, **details) -> None:
+    """Queue one entry: it is appended (and the head kept in the vault advanced) when the vault is
+    saved, and taken back if that save fails."""
     key = _audit_key(vault)
+    vault.on_save(lambda: _append(vault, key, action, device, details))
+
+
+def _append(vault: Vault, key: bytes, action: str, device: str | None, details: dict) -> Callable[[], None]:
+    """Append one entry now; return the undo (cut the log back and restore the head)."""
     path = audit_path(vault.path)
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    head = dict(vault.data["audit"])
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise write_error(path, exc) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         lines = Path(path).read_bytes().splitlines(keepends=True)
+        size = sum(map(len, lines))
         prev = hashlib.sha256(lines[-1]).hexdigest() if lines else GENESIS
         entry = {"seq": len(lines) + 1, "ts": now_iso(), "user": getpass.getuser(), "action": action,
                  "device": device, "details": details, "prev": prev}
         entry["mac"] = _mac(key, entry)
         line = (json.dumps(entry, sort_keys=True) + "\n").encode()
-        os.write(fd, line)
-        os.fsync(fd)
+        try:
+            if os.write(fd, line) != len(line):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            os.fsync(fd)
+        except OSError as exc:
+            os.ftruncate(fd, size)
+            raise write_error(path, exc) from exc
     finally:
         os.close(fd)
     vault.data["audit"].update(seq=entry["seq"], head=hashlib.sha256(line).hexdigest())
-    return entry
+
+    def undo() -> None:
+        os.truncate(path, size)
+        vault.data["audit"] = head
+    return undo
 
 
 def read(vault: Vault) -> tuple[list[dict], list[str]]:
@@ -83,6 +109,9 @@ def read(vault: Vault) -> tuple[list[dict], list[str]]:
             problems.append(f"line {n}: sequence number {entry.get('seq')} out of order")
         if not hmac.compare_digest(str(entry.get("mac", "")), _mac(key, entry)):
             problems.append(f"line {n}: MAC mismatch (the entry was edited)")
+        if entry.get("device") is not None and entry["device"] not in vault.devices:
+            problems.append(f"line {n}: {entry.get('action')} of device {entry['device']!r}, which the vault "
+                            "does not hold (an entry for a change that was never saved)")
         entries.append(entry)
         prev = hashlib.sha256(line).hexdigest()
     head = vault.data["audit"]

@@ -33,27 +33,41 @@ PASSPHRASE_ENV = "KEYCAM_VAULT_PASSPHRASE"
 # ---- shared options ---------------------------------------------------------------------------------
 def _passphrase(ctx_params: dict, confirm: bool = False) -> str:
     path = ctx_params.get("passphrase_file")
+    if path == "-":                      # one line from stdin, e.g. from a secret manager's pipe
+        if "_stdin_passphrase" not in ctx_params:       # read once: a command may open the vault twice
+            ctx_params["_stdin_passphrase"] = sys.stdin.readline().rstrip("\r\n")
+        text = ctx_params["_stdin_passphrase"]
+        if not text:
+            raise VaultError("--passphrase-file -: no passphrase on stdin")
+        return text
     if path:
         try:
             text = Path(path).read_text().rstrip("\r\n")
+            mode = os.stat(path).st_mode
         except OSError as exc:
             raise VaultError(f"cannot read passphrase file {path}: {exc}") from exc
         if not text:
             raise VaultError(f"passphrase file {path} is empty")
+        if mode & 0o077:
+            click.echo(f"warning: passphrase file {path} is readable by group or others (mode "
+                       f"{mode & 0o777:03o}); run: chmod 600 {path}", err=True)
         return text
     if os.environ.get(PASSPHRASE_ENV):
         return os.environ[PASSPHRASE_ENV]
     if not sys.stdin.isatty():
-        raise VaultError(f"no vault passphrase: use --passphrase-file, ${PASSPHRASE_ENV}, or a terminal")
+        raise VaultError(f"no vault passphrase: use --passphrase-file FILE (or - for stdin), "
+                         f"${PASSPHRASE_ENV}, or a terminal")
     return click.prompt("Vault passphrase", hide_input=True, confirmation_prompt=confirm)
 
 
 def vault_options(func):
     """Add --vault and --passphrase-file; the command receives `vault_path` and `passphrase_file`."""
     @click.option("--vault", "vault_path", type=click.Path(dir_okay=False, path_type=Path),
-                  envvar="KEYCAM_VAULT", default=DEFAULT_VAULT, show_default=True, help="vault file")
-    @click.option("--passphrase-file", type=click.Path(dir_okay=False, exists=True),
-                  help=f"file holding the passphrase (else ${PASSPHRASE_ENV} or a prompt)")
+                  envvar="KEYCAM_VAULT", default=DEFAULT_VAULT, show_default=True,
+                  help="vault file (else $KEYCAM_VAULT)")
+    @click.option("--passphrase-file", type=click.Path(dir_okay=False, exists=True, allow_dash=True),
+                  help=f"file holding the passphrase, - for one line on stdin (else ${PASSPHRASE_ENV} "
+                       "or a prompt)")
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         kwargs["vault_path"] = kwargs["vault_path"].expanduser()
@@ -150,9 +164,9 @@ def provision(device, model, profile, output_encryption, faceplate, hardware, co
     """Create DEVICE's key set, key and quantize MODEL for it, record it all in the vault.
 
     The keyed model is stored sealed to the device's key; its canary frames are computed now."""
-    from deploy.payload import load_template
+    from deploy.payload import check_template
     public, private = _device_public(device_pubkey)
-    template = load_template(config_path) if config_path else None
+    template = check_template(config_path, device, faceplate) if config_path else None
     with edit_vault(params) as vault:
         if device in vault.devices:
             raise VaultError(f"device {device!r} is already provisioned; use `keycam keys rotate {device}`")

@@ -1,12 +1,15 @@
 """The provisioning vault: one file, encrypted at rest, holding every device's secrets and keyed models.
 
-File format (version 1): UTF-8 JSON
-    {"format": "keycam-vault", "version": 1,
+File format (version 2): UTF-8 JSON
+    {"format": "keycam-vault", "version": 2,
      "kdf": {"name": "scrypt", "salt": b64, "n": 2**15, "r": 8, "p": 1},
-     "cipher": "AES-256-GCM", "check": b64, "nonce": b64, "ciphertext": b64}
+     "cipher": "AES-256-GCM", "check": b64, "header_sha256": hex, "nonce": b64, "ciphertext": b64}
 The passphrase goes through scrypt to a 256-bit key. `check` (an HMAC of a constant under that key)
 tells a wrong passphrase apart from a tampered file; AES-GCM authenticates the payload with the
 header (format, version, kdf, cipher) as associated data, so any change to either is detected.
+Before anything is derived, the scrypt parameters are bounded (see `check_kdf`) and `header_sha256`
+(version 2) is compared with the canonical header; see `header_digest` for what that does and does
+not protect. Version 1 files (no digest) still open and are written back as version 2.
 The file is mode 0600 and every write is atomic (temp file, fsync, rename, fsync of the directory).
 """
 from __future__ import annotations
@@ -21,7 +24,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -33,7 +36,8 @@ from edge.atomic import atomic_write
 from edge.errors import KeycamError
 
 FORMAT = "keycam-vault"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)                # version 1: the same file without header_sha256
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 15, 8, 1
 _CHECK_LABEL = b"keycam-vault passphrase check v1"
 MIN_PASSPHRASE = 8
@@ -62,15 +66,72 @@ def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _derive(passphrase: str, kdf: dict) -> bytes:
-    salt = b64d(kdf["salt"], "kdf.salt")
-    return Scrypt(salt=salt, length=32, n=int(kdf["n"]), r=int(kdf["r"]), p=int(kdf["p"])).derive(
-        passphrase.encode("utf-8"))
+# Accepted scrypt parameters. scrypt needs 128 * n * r bytes of memory and time proportional to
+# n * r * p, so a header is the one place where a file can make `keys list` hang or exhaust memory.
+#   n: a power of two (scrypt requires it) from 2**14, the weakest setting still recommended for
+#      interactive use (below it a stolen vault is cheap to brute-force; keycam writes 2**15), to
+#      2**20 (1 GiB at r = 8: what a provisioning laptop or a Raspberry Pi can still spare).
+#   r: 1..32, the block size; 8 is the standard choice, 32 leaves room for memory-hard tuning.
+#   p: 1..16, sequential repetitions (keycam writes 1); 16 keeps the worst case under a minute.
+#   salt: 16..64 bytes (16 is the usual minimum for a random salt; more adds nothing).
+# Memory is further capped at MAX_KDF_MEMORY (n = 2**20 with r = 32 would need 4 GiB).
+KDF_N_RANGE = (2 ** 14, 2 ** 20)
+KDF_R_RANGE = (1, 32)
+KDF_P_RANGE = (1, 16)
+SALT_BYTES_RANGE = (16, 64)
+MAX_KDF_MEMORY = 1 << 30
+
+
+def check_kdf(kdf: object, where: str) -> tuple[bytes, int, int, int]:
+    """(salt, n, r, p) of a vault header's kdf block, refusing any value outside the documented range
+    before anything is derived (an absurd value means a damaged or tampered header)."""
+    if not isinstance(kdf, dict) or kdf.get("name") != "scrypt":
+        raise VaultError(f"vault {where} uses an unsupported kdf")
+    values = {}
+    for name, (lo, hi) in (("n", KDF_N_RANGE), ("r", KDF_R_RANGE), ("p", KDF_P_RANGE)):
+        value = kdf.get(name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise VaultError(f"vault {where}: header kdf.{name} must be an integer, got {value!r} "
+                             "(the header was damaged or tampered with)")
+        if not lo <= value <= hi:
+            raise VaultError(f"vault {where}: header kdf.{name} = {value} is outside the accepted range "
+                             f"{lo}..{hi} (the header was damaged or tampered with)")
+        values[name] = value
+    n, r, p = values["n"], values["r"], values["p"]
+    if n & (n - 1):
+        raise VaultError(f"vault {where}: header kdf.n = {n} is not a power of two (damaged or tampered header)")
+    if 128 * n * r > MAX_KDF_MEMORY:
+        raise VaultError(f"vault {where}: header kdf n = {n}, r = {r} would need {128 * n * r >> 20} MiB, "
+                         f"more than the {MAX_KDF_MEMORY >> 20} MiB accepted (damaged or tampered header)")
+    salt = b64d(kdf.get("salt"), "kdf.salt")
+    if not SALT_BYTES_RANGE[0] <= len(salt) <= SALT_BYTES_RANGE[1]:
+        raise VaultError(f"vault {where}: header kdf.salt has {len(salt)} bytes, accepted are "
+                         f"{SALT_BYTES_RANGE[0]}..{SALT_BYTES_RANGE[1]} (damaged or tampered header)")
+    return salt, n, r, p
+
+
+def _derive(passphrase: str, kdf: dict, where: str) -> bytes:
+    salt, n, r, p = check_kdf(kdf, where)
+    return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase.encode("utf-8"))
 
 
 def _header_aad(doc: dict) -> bytes:
     head = {k: doc[k] for k in ("format", "version", "kdf", "cipher")}
     return json.dumps(head, sort_keys=True, separators=(",", ":")).encode()
+
+
+def header_digest(doc: dict) -> str:
+    """SHA-256 (hex) of the canonical header: format, version, kdf, cipher and the passphrase check.
+
+    It is checked before any key derivation, so an edited header (a lowered n, a flipped salt byte, a
+    changed p, a replaced check) is reported as tampering instead of as a wrong passphrase. It is a
+    plain digest, not a MAC: someone who edits the header on purpose can recompute it, and then a
+    changed salt or n can only show up as "wrong passphrase" (nothing can tell them apart without the
+    key). It does not weaken anything either: AES-GCM still authenticates the payload together with
+    the header, and the kdf bounds still apply, so no header makes the vault open with other contents.
+    """
+    head = {k: doc.get(k) for k in ("format", "version", "kdf", "cipher", "check")}
+    return hashlib.sha256(json.dumps(head, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 @dataclass
@@ -80,6 +141,7 @@ class Vault:
     data: dict
     _key: bytes = field(repr=False)
     _kdf: dict = field(repr=False)
+    _on_save: list[Callable[[], Callable[[], None]]] = field(default_factory=list, repr=False)
 
     # ---- file level -------------------------------------------------------------------------
     @classmethod
@@ -96,7 +158,7 @@ class Vault:
         data = {"created": now_iso(), "devices": {},
                 "signing": {"private": b64e(raw_private(signing)), "public": b64e(raw_public(signing)),
                             "key_id": public_key_id(signing.public_key()), "created": now_iso()}}
-        vault = cls(path, data, _derive(passphrase, kdf), kdf)
+        vault = cls(path, data, _derive(passphrase, kdf, str(path)), kdf)
         vault.save()
         return vault
 
@@ -112,14 +174,19 @@ class Vault:
             raise VaultError(f"vault {path} is unreadable or corrupted: {exc}") from exc
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise VaultError(f"{path} is not a keycam vault")
-        if doc.get("version") != VERSION:
+        if doc.get("version") not in READABLE_VERSIONS:
             raise VaultError(f"vault {path} has format version {doc.get('version')}; "
-                             f"this keycam reads version {VERSION}")
+                             f"this keycam reads versions {', '.join(map(str, READABLE_VERSIONS))}")
         try:
             kdf = doc["kdf"]
-            if kdf.get("name") != "scrypt" or doc.get("cipher") != "AES-256-GCM":
+            if not isinstance(kdf, dict) or kdf.get("name") != "scrypt" or doc.get("cipher") != "AES-256-GCM":
                 raise VaultError(f"vault {path} uses an unsupported kdf/cipher")
-            key = _derive(passphrase, kdf)
+            check_kdf(kdf, str(path))                 # absurd values get their own message first
+            has_digest = doc["version"] >= 2 or "header_sha256" in doc   # a v2 file relabelled v1 too
+            if has_digest and not hmac.compare_digest(str(doc.get("header_sha256", "")), header_digest(doc)):
+                raise VaultError(f"vault {path}: the header (kdf parameters, salt or passphrase check) was "
+                                 "tampered with or damaged; restore the vault from a backup")
+            key = _derive(passphrase, kdf, str(path))
             check = hmac.new(key, _CHECK_LABEL, hashlib.sha256).digest()
             if not hmac.compare_digest(check, b64d(doc["check"], "check")):
                 raise VaultError(f"wrong passphrase for vault {path}")
@@ -132,20 +199,37 @@ class Vault:
             raise VaultError(f"vault {path} is malformed: {exc}") from exc
         return cls(path, json.loads(plain), key, kdf)
 
+    def on_save(self, write: Callable[[], Callable[[], None]]) -> None:
+        """Queue a side write for the next save: `write()` runs just before the vault is written and
+        returns an undo that save() calls if the vault cannot be written (the audit log uses this so
+        it never records a change that was not committed)."""
+        self._on_save.append(write)
+
     def save(self) -> None:
-        """Encrypt and atomically replace the vault file (mode 0600)."""
-        doc = {"format": FORMAT, "version": VERSION, "kdf": self._kdf, "cipher": "AES-256-GCM"}
-        nonce = os.urandom(12)
-        plain = json.dumps(self.data, sort_keys=True).encode()
-        doc["check"] = b64e(hmac.new(self._key, _CHECK_LABEL, hashlib.sha256).digest())
-        doc["nonce"] = b64e(nonce)
-        doc["ciphertext"] = b64e(AESGCM(self._key).encrypt(nonce, plain, _header_aad(doc)))
-        atomic_write(self.path, json.dumps(doc, indent=1).encode())
+        """Run the queued side writes, then encrypt and atomically replace the vault file (mode 0600);
+        if anything fails the side writes are undone and the old vault file stays as it was."""
+        undo: list[Callable[[], None]] = []
+        try:
+            while self._on_save:
+                undo.append(self._on_save.pop(0)())
+            doc = {"format": FORMAT, "version": VERSION, "kdf": self._kdf, "cipher": "AES-256-GCM"}
+            nonce = os.urandom(12)
+            plain = json.dumps(self.data, sort_keys=True).encode()
+            doc["check"] = b64e(hmac.new(self._key, _CHECK_LABEL, hashlib.sha256).digest())
+            doc["header_sha256"] = header_digest(doc)
+            doc["nonce"] = b64e(nonce)
+            doc["ciphertext"] = b64e(AESGCM(self._key).encrypt(nonce, plain, _header_aad(doc)))
+            atomic_write(self.path, json.dumps(doc, indent=1).encode())
+        except BaseException:
+            for step in reversed(undo):
+                step()
+            raise
 
     @classmethod
     @contextlib.contextmanager
     def edit(cls, path: str | Path, passphrase: str) -> Iterator["Vault"]:
-        """Open under an exclusive lock and save on normal exit (nothing is written on error)."""
+        """Open under an exclusive lock and save on normal exit (nothing is written on error: neither
+        the vault nor the audit entries queued during the edit)."""
         path = Path(path)
         lock_path = path.with_name(f".{path.name}.lock")
         if not path.parent.is_dir():

@@ -76,9 +76,6 @@ def test_rollback_returns_to_previous_slot(device_root, bundles):
     answer = local(device_root).agent("rollback")
     assert answer["ok"] and answer["committed"] == "a" and answer["version"] == "1.0.0"
     assert os.readlink(device_root / "slots" / "current") == "a" and service(device_root, "status") == 0
-    again = local(device_root).agent("rollback")              # must not move forward to 2.0.0 again
-    assert not again["ok"] and "just rolled back" in again["error"]
-    assert os.readlink(device_root / "slots" / "current") == "a"
 
 
 def test_tampered_bundle_is_refused_before_unpacking(device_root, bundles, tmp_path):

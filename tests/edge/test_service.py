@@ -52,24 +52,26 @@ def test_simulated_device_predicts_through_the_keyed_model(tmp_path, device_dir,
 
 @pytest.mark.timeout(60)
 def test_fail_closed_on_a_mismatched_key_then_recovers(tmp_path, device_dir, collect):
+    """A key that stops matching while running fails closed (at start-up it is an error: test_startup_checks)."""
     cfg = write_config(tmp_path, device_dir)
     good = (device_dir / "sensor.key").read_bytes()
     other = sensor_key(Drbg(bytes(32), "someone else"), (1, 28, 28), KeyConfig())
-    (device_dir / "sensor.key").write_bytes(other.to_bytes())
     run = Running(cfg)
-    assert wait_until(lambda: len(collect.of("alarm")) >= 4, 15)
-    infer = run.service.metrics.latency["infer"]
-    assert infer.count == 0 and not collect.of("prediction") and not collect.of("stats")
-    assert {r["type"] for r in collect.records} == {"alarm"}
-    alarms = collect.of("alarm")
-    assert {a["reason"] for a in alarms} == {"sensor_key_mismatch"}
+    assert wait_until(lambda: len(collect.of("prediction")) >= 10, 15)
+    (device_dir / "sensor.key").write_bytes(other.to_bytes())
+    assert wait_until(lambda: sum(a["reason"] == "sensor_key_mismatch" for a in collect.of("alarm")) >= 4, 15)
+    predicted = run.service.metrics.latency["infer"].count
+    alarms = [a for a in collect.of("alarm") if a["reason"] == "sensor_key_mismatch"]
+    assert {a["reason"] for a in collect.of("alarm")} <= {"sensor_key_mismatch", "model_swap_rejected"}
     assert [a["retry_in_s"] for a in alarms[:4]] == [0.1, 0.2, 0.4, 0.4]      # back-off, capped
     assert [a["attempt"] for a in alarms[:4]] == [1, 2, 3, 4]
+    assert run.service.metrics.latency["infer"].count - predicted <= 8        # at most what was in flight
 
     (device_dir / "sensor.key").write_bytes(good)             # the right key comes back
-    assert wait_until(lambda: len(collect.of("prediction")) >= 50, 15)
+    n = len(collect.of("prediction"))
+    assert wait_until(lambda: len(collect.of("prediction")) >= n + 50, 15)
+    assert wait_until(lambda: "key_stage_recovered" in {a["reason"] for a in collect.of("alarm")}, 5)
     summary = run.stop()
-    assert "key_stage_recovered" in {a["reason"] for a in collect.of("alarm")}
     assert summary["dropped_by_reason"]["fail_closed"] > 0
     assert _accuracy(collect.of("prediction")) > 0.75
 
@@ -169,19 +171,6 @@ def test_output_encryption_only_encrypted_logits_leave_and_the_key_holder_decode
     assert np.mean(hits) > 0.75
     raw_top = [names[int(np.argmax(r["encrypted_logits"]))] for r in preds]   # without the key: not the answer
     assert np.mean([a == b for a, b in zip(raw_top, decoded)]) < 0.6
-
-
-@pytest.mark.timeout(60)
-def test_key_stage_errors_on_frames_fail_closed_with_growing_backoff(tmp_path, device_dir, collect):
-    frames = tmp_path / "frames32.npz"                     # a camera that does not match the sensor key
-    np.savez(frames, images=np.zeros((4, 32, 32), dtype=np.uint8))
-    run = Running(write_config(tmp_path, device_dir, camera={"source": str(frames)}))
-    assert wait_until(lambda: sum(a["reason"] == "key_stage_error" for a in collect.of("alarm")) >= 3, 15)
-    summary = run.stop()
-    errors = [a for a in collect.of("alarm") if a["reason"] == "key_stage_error"]
-    assert [a["retry_in_s"] for a in errors[:3]] == [0.1, 0.2, 0.4]
-    assert not collect.of("prediction") and run.service.metrics.latency["infer"].count == 0
-    assert summary["dropped_by_reason"]["key_stage_error"] >= 3
 
 
 def test_startup_errors_are_clear_and_leave_nothing_running(tmp_path, device_dir):

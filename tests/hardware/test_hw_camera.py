@@ -142,7 +142,7 @@ def test_make_camera_validates_the_config():
     assert isinstance(cam, ReplayCamera) and cam.fps == 30 and len(cam.images) == 10
     assert isinstance(make_camera({"type": "picamera2", "size": [32, 24]}), Picamera2Camera)
     for bad, match in (({"type": "webcam"}, "unknown"), ({"type": "replay"}, "source"),
-                       ({"source": "samples", "colour": 1}, "unknown keys"),
+                       ({"source": "samples", "colour": 1}, "unknown key colour"),
                        ({"source": "samples", "faults": {"stall_after": -1}}, "non-negative"),
                        ({"type": "picamera2", "size": "big"}, "size"), ("samples", "mapping")):
         with pytest.raises(ConfigError, match=match):

@@ -13,6 +13,7 @@ from keys.vault import Vault
 def logged(tmp_path):
     vault = Vault.create(tmp_path / "v.kcv", "audit-test-pass")
     for n in range(4):
+        vault.devices[f"cam-{n}"] = {"device_id": f"cam-{n}"}
         audit.record(vault, "provision", f"cam-{n}", profile="stem")
     vault.save()
     return vault, audit.audit_path(vault.path)
@@ -51,12 +52,35 @@ def test_truncated_log_is_detected(logged):
     assert any("entries were removed" in p for p in audit.read(vault)[1])
 
 
-def test_entry_survives_a_crash_before_the_vault_is_saved(logged):
-    """An entry appended but not yet recorded in the vault head still chains correctly."""
-    vault, _ = logged
+def test_a_change_that_is_never_saved_leaves_no_entry(logged):
+    """Entries are appended only when the vault is saved (issue 16: no entry for an uncommitted change)."""
+    vault, path = logged
+    before = path.read_bytes()
     audit.record(vault, "rotate", "cam-0")          # vault not saved: simulated crash
+    assert path.read_bytes() == before
     reopened = Vault.open(vault.path, "audit-test-pass")
     audit.record(reopened, "revoke", "cam-0")
     reopened.save()
     entries, problems = audit.read(reopened)
-    assert problems == [] and [e["action"] for e in entries][-2:] == ["rotate", "revoke"]
+    assert problems == [] and [e["action"] for e in entries][-2:] == ["provision", "revoke"]
+
+
+def test_a_failed_vault_save_takes_its_entries_back(logged, monkeypatch):
+    vault, path = logged
+    before, head = path.read_bytes(), dict(vault.data["audit"])
+    audit.record(vault, "rotate", "cam-1")
+
+    def full(*_args, **_kw):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr("keys.vault.atomic_write", full)
+    with pytest.raises(OSError):
+        vault.save()
+    assert path.read_bytes() == before and vault.data["audit"] == head
+
+
+def test_entry_for_a_device_the_vault_does_not_hold_is_a_problem(logged):
+    vault, path = logged
+    audit.record(vault, "provision", "cam-ghost")   # recorded, but the device never made it into the vault
+    vault.save()
+    problems = audit.read(vault)[1]
+    assert any("cam-ghost" in p and "does not hold" in p for p in problems)

@@ -56,7 +56,7 @@ def test_tampered_header_is_detected(vault):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda d: d.update(version=2), "format version 2"),
+    (lambda d: d.update(version=3), "format version 3"),
     (lambda d: d.update(format="other"), "not a keycam vault"),
     (lambda d: d.update(cipher="ROT13"), "unsupported"),
     (lambda d: d.pop("nonce"), "malformed"),
