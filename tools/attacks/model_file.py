@@ -23,7 +23,6 @@ from itertools import permutations
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.sparse.linalg import spsolve
 
 from edge.runtime import TFLiteModel
 from tools.attacks.grid import LayoutFailed, adjacency, cover_cells, layout, symmetries, windows
@@ -39,7 +38,6 @@ RADIUS = 1                  # the public architecture's stem is a 3x3 'same' con
 RANK_TOL = 1e-5             # singular values below this fraction of the largest are float32 rounding
 SINKHORN_STEPS = 2000
 ORIENTATION_FRAMES = 100    # public labelled frames that choose among the grid's symmetries
-RIDGE = 1e-10               # pins the least-squares fits' gauge freedoms (one scale per pool group, one global)
 
 
 @dataclass(frozen=True)
@@ -239,52 +237,52 @@ def _coefficients(dense, hl, rows_at, wins, groups, cells, blocks):
     return np.concatenate(eq_r), np.concatenate(eq_c), np.concatenate(eq_v), cell_index
 
 
-def _least_squares(a: sp.csr_matrix, b: np.ndarray) -> np.ndarray:
-    """Minimum-norm-like least squares by the normal equations with a tiny ridge (a sparse direct solve)."""
-    a = sp.csr_matrix(a)
-    normal = (a.T @ a).tocsc()
-    ridge = RIDGE * max(float(normal.diagonal().max()), 1.0)
-    return spsolve(normal + ridge * sp.identity(normal.shape[0], format="csc"), a.T @ b)
+def _solve_projected(a: sp.csr_matrix, b: np.ndarray, label: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Least squares for x in a x + weight * beta[label] = b, with one free beta per label eliminated
+    (each label's equations projected orthogonally to `weight`); minimum-norm x (dense normal equations)."""
+    m = len(b)
+    ind = sp.csr_matrix((weight, (label, np.arange(m))))
+    norm = np.asarray(ind.multiply(ind).sum(axis=1)).ravel()
+    scale = sp.diags(1.0 / np.where(norm > 0, norm, 1.0))
+    back = ind.T.tocsr()
+    pa = sp.csr_matrix(a) - back @ (scale @ (ind @ a))
+    pb = b - back @ (scale @ (ind @ b))
+    normal = (pa.T @ pa).toarray()
+    return np.linalg.lstsq(normal, pa.T @ pb, rcond=1e-12)[0]
 
 
-def fit_scales(hl: HiddenLayout, eq_r, eq_c, eq_v, group_of_cell, n_groups, h, w):
-    """log|coef| = log row gain + log|kernel tap of the row's pool group| - log group scale, and, with a keyed
-    pool1, log pool weight = log pool gain - log row gain (this pins gains inside a block, else a log-linear
-    tilt across the frame would fit as well); least squares. Returns each row's gain (relative inside its
-    pool group) and the group scales (up to one global factor)."""
+def row_gains(hl: HiddenLayout) -> np.ndarray:
+    """log gain of every conv1 row, exact up to one constant per pool group: the keyed pool1 averages its
+    block's rows with weights pool gain / (4 row gain); without a keyed pool1 (stem) a block's rows share
+    their channel's gain."""
+    if hl.pool is None:
+        return np.zeros(len(hl.position))
+    pool = hl.pool.tocoo()
+    out = np.zeros(len(hl.position))
+    out[pool.col] = -np.log(np.abs(pool.data))
+    return out
+
+
+def fit_scales(hl: HiddenLayout, eq_r, eq_c, eq_v, group_of_cell, n_groups, w) -> np.ndarray:
+    """Group scales (up to one global factor) from log|coef| = log row gain + log|kernel tap| - log group
+    scale: row gains are known inside each pool group (`row_gains`), so one unknown per (pool group, tap)
+    remains beside the group scales; it is eliminated and the scales solved by least squares. (Without the
+    pool1 ties a log-linear tilt across the frame would fit as well.)"""
     keep = np.abs(eq_v) > 1e-7 * np.abs(eq_v).max()
-    r, c, v = eq_r[keep], eq_c[keep], np.log(np.abs(eq_v[keep]))
-    n_gain, n_pool = int(hl.gain_class.max()) + 1, int(hl.pool_group.max()) + 1
+    r, c = eq_r[keep], eq_c[keep]
+    lhs = np.log(np.abs(eq_v[keep])) - row_gains(hl)[r]
     (cy, cx), (qy, qx) = np.divmod(c, w), np.divmod(hl.position[r], w)
     side = 2 * RADIUS + 1
-    tap = (cy - qy + RADIUS) * side + cx - qx + RADIUS
-    k0, g0 = n_gain, n_gain + n_pool * side * side
-    m = len(v)
-    ri, ci, vals = [np.tile(np.arange(m), 3)], [hl.gain_class[r], k0 + hl.pool_group[r] * side * side + tap,
-                                                g0 + group_of_cell[c]], [np.ones(2 * m), -np.ones(m)]
-    rhs, width = [v], g0 + n_groups
-    if hl.pool is not None:
-        pool = hl.pool.tocoo()
-        e = np.arange(len(pool.data)) + m
-        ri += [e, e]
-        ci += [width + pool.row, hl.gain_class[pool.col]]
-        vals += [np.ones(len(e)), -np.ones(len(e))]
-        rhs.append(np.log(np.abs(pool.data)))
-        width += pool.shape[0]
-    a = sp.csr_matrix((np.concatenate(vals), (np.concatenate(ri), np.concatenate(ci))),
-                      shape=(sum(len(x) for x in rhs), width))
-    sol = _least_squares(a, np.concatenate(rhs))
-    return np.exp(sol[hl.gain_class]), np.exp(sol[g0:g0 + n_groups])
+    tap = hl.pool_group[r] * side * side + (cy - qy + RADIUS) * side + cx - qx + RADIUS
+    a = sp.csr_matrix((-np.ones(len(c)), (np.arange(len(c)), group_of_cell[c])), shape=(len(c), n_groups))
+    return np.exp(_solve_projected(a, lhs, tap, np.ones(len(c))))
 
 
-def fit_offsets(bias, hl, eq_r, eq_c, eq_v, gain, group_scale, group_of_cell, n):
-    """conv1's bias b'[r] = gain[r] beta[pool group] - sum_c coef[r, c] scale[group(c)] z[c]: solve for z
-    (the plain-space offset times the global scale) and beta, least squares."""
-    n_pool = int(hl.pool_group.max()) + 1
-    rows = len(hl.position)
-    a = sp.csr_matrix((np.r_[gain, -eq_v * group_scale[group_of_cell[eq_c]]],
-                       (np.r_[np.arange(rows), eq_r], np.r_[hl.pool_group, n_pool + eq_c])), shape=(rows, n_pool + n))
-    return _least_squares(a, bias)[n_pool:]
+def fit_offsets(bias, hl, eq_r, eq_c, eq_v, group_scale, group_of_cell, n) -> np.ndarray:
+    """z = global scale x plain-space offset, from conv1's biases: b'[r] = gain[r] beta[pool group] -
+    sum_c coef[r, c] scale[group(c)] z[c] (beta, the channel bias per pool group, eliminated)."""
+    a = sp.csr_matrix((-eq_v * group_scale[group_of_cell[eq_c]], (eq_r, eq_c)), shape=(len(hl.position), n))
+    return _solve_projected(a, np.asarray(bias, dtype=np.float64), hl.pool_group, np.exp(row_gains(hl)))
 
 
 def recover_key(layers: list[SparseLayer], h: int, w: int, progress=None) -> RecoveredKey:
@@ -317,8 +315,8 @@ def recover_key(layers: list[SparseLayer], h: int, w: int, progress=None) -> Rec
     group_of_cell = np.full(n, -1)
     for c, (g, _) in cell_index.items():
         group_of_cell[c] = g
-    gain, group_scale = fit_scales(hl, eq_r, eq_c, eq_v, group_of_cell, len(kept), h, w)
-    z = fit_offsets(layers[0].bias, hl, eq_r, eq_c, eq_v, gain, group_scale, group_of_cell, n)
+    group_scale = fit_scales(hl, eq_r, eq_c, eq_v, group_of_cell, len(kept), w)
+    z = fit_offsets(layers[0].bias, hl, eq_r, eq_c, eq_v, group_scale, group_of_cell, n)
     rr, cc, vv = [], [], []
     for g, (cols, cl) in enumerate(zip(kept, cells)):
         block = blocks[g] * group_scale[g]
