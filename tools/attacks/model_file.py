@@ -108,9 +108,6 @@ def hidden_layout(layers: list[SparseLayer], h: int, w: int) -> HiddenLayout:
         return HiddenLayout(pos, ((y // 2) * (w // 2) + x // 2) * c + chan, c, chan, None)
     if len(layers) < 3 or h % 2 or w % 2:
         raise AttackError("the keyed model has no sparse conv1 -> pool1 -> conv2 chain to lay out")
-    cls = support_ids(conv1.weight)
-    if cls.max() + 1 != h * w or np.any(np.bincount(cls) != c):
-        raise AttackError(f"conv1's rows do not fall into {h * w} positions of {c} channels")
     pool = sp.csr_matrix(layers[1].weight)
     pool_sets = _support_sets(pool)
     if pool.shape[1] != rows or any(len(s) != 4 for s in pool_sets):
@@ -118,11 +115,19 @@ def hidden_layout(layers: list[SparseLayer], h: int, w: int) -> HiddenLayout:
     group = np.full(rows, -1)
     for i, s in enumerate(pool_sets):
         group[s] = i
-    blocks: dict[tuple, int] = {}
-    block_of_pool = np.array([blocks.setdefault(tuple(sorted(set(cls[s].tolist()))), len(blocks)) for s in pool_sets])
-    members = [np.array(b) for b in sorted(blocks, key=blocks.get)]
-    if len(members) != h * w // 4 or any(len(m) != 4 for m in members) or np.any(group < 0):
-        raise AttackError("pool1's rows do not form 2x2 blocks of conv1 positions")
+    if np.any(group < 0):
+        raise AttackError("pool1 does not read every conv1 row")
+    block_of_pool = np.full(len(pool_sets), -1)       # a block's pool units (its channels) share conv2's support
+    for b, units in enumerate(column_groups(sp.csr_matrix(layers[2].weight))):
+        block_of_pool[units] = b
+    pair = block_of_pool[group] * rows + support_ids(conv1.weight)
+    cls = np.unique(pair, return_inverse=True)[1].reshape(-1)      # position = (block, conv1 support)
+    if block_of_pool.max() + 1 != h * w // 4 or cls.max() + 1 != h * w or np.any(np.bincount(cls) != c):
+        raise AttackError(f"conv1's rows do not fall into {h * w} positions of {c} channels in 2x2 blocks "
+                          "(positions of one block share a support: the mixing hides them)")
+    members = _rows_by(block_of_pool[group][np.unique(cls, return_index=True)[1]], h * w // 4)
+    if any(len(m) != 4 for m in members):
+        raise AttackError("pool1's blocks do not hold 4 conv1 positions each")
     bh, bw = h // 2, w // 2
     touch = (sp.csr_matrix(layers[2].weight) != 0).astype(np.int32) @ \
         sp.csr_matrix((np.ones(len(pool_sets)), (np.arange(len(pool_sets)), block_of_pool)), shape=(len(pool_sets), len(members)))
