@@ -244,7 +244,8 @@ def _coefficients(dense, hl, rows_at, wins, groups, cells, blocks):
 
 def _solve_projected(a: sp.csr_matrix, b: np.ndarray, label: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """Least squares for x in a x + weight * beta[label] = b, with one free beta per label eliminated
-    (each label's equations projected orthogonally to `weight`); minimum-norm x (dense normal equations)."""
+    (each label's equations projected orthogonally to `weight`); dense normal equations, a tiny ridge keeps
+    the directions the equations leave free (a global scale) at zero."""
     m = len(b)
     ind = sp.csr_matrix((weight, (label, np.arange(m))))
     norm = np.asarray(ind.multiply(ind).sum(axis=1)).ravel()
@@ -253,7 +254,8 @@ def _solve_projected(a: sp.csr_matrix, b: np.ndarray, label: np.ndarray, weight:
     pa = sp.csr_matrix(a) - back @ (scale @ (ind @ a))
     pb = b - back @ (scale @ (ind @ b))
     normal = (pa.T @ pa).toarray()
-    return np.linalg.lstsq(normal, pa.T @ pb, rcond=1e-12)[0]
+    ridge = 1e-12 * max(float(np.trace(normal)) / len(normal), 1e-300)     # pins a gauge freedom at 0
+    return np.linalg.solve(normal + ridge * np.eye(len(normal)), pa.T @ pb)
 
 
 def row_gains(hl: HiddenLayout) -> np.ndarray:
