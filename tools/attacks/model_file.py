@@ -285,11 +285,11 @@ def fit_scales(hl: HiddenLayout, eq_r, eq_c, eq_v, group_of_cell, n_groups, w) -
     return np.exp(_solve_projected(a, lhs, tap, np.ones(len(c))))
 
 
-def fit_offsets(bias, hl, eq_r, eq_c, eq_v, group_scale, group_of_cell, n) -> np.ndarray:
-    """z = global scale x plain-space offset, from conv1's biases: b'[r] = gain[r] beta[pool group] -
-    sum_c coef[r, c] scale[group(c)] z[c] (beta, the channel bias per pool group, eliminated)."""
-    a = sp.csr_matrix((-eq_v * group_scale[group_of_cell[eq_c]], (eq_r, eq_c)), shape=(len(hl.position), n))
-    return _solve_projected(a, np.asarray(bias, dtype=np.float64), hl.pool_group, np.exp(row_gains(hl)))
+def fit_offsets(conv1: sp.csr_matrix, bias: np.ndarray, hl: HiddenLayout) -> np.ndarray:
+    """A0's offset c0 from conv1's biases: b'[r] = gain[r] beta[pool group] - (W1' c0)[r], since
+    W1' = A1 W1 A0^-1 (beta, the channel bias per pool group, eliminated; the frame border pins the rest)."""
+    return _solve_projected(-sp.csr_matrix(conv1, dtype=np.float64), np.asarray(bias, dtype=np.float64),
+                            hl.pool_group, np.exp(row_gains(hl)))
 
 
 def recover_key(layers: list[SparseLayer], h: int, w: int, progress=None) -> RecoveredKey:
@@ -305,37 +305,47 @@ def recover_key(layers: list[SparseLayer], h: int, w: int, progress=None) -> Rec
     rows_at = _rows_by(hl.position, n)
     wins = windows(h, w, RADIUS)
     groups = column_groups(layers[0].weight)
-    cells, blocks, exact, kept = [], [], 0, []
+    cells, blocks, exact, kept, hidden = [], [], 0, [], []
     for cols in groups:
         cl, spaces = group_cells(dense, hl, cols, rows_at, wins, scale)
         if cl is None:
             continue
         inv_rows, ok = cell_directions(cl, spaces, wins, hl.channels)
+        if ok < len(cl):                 # a cell never seen apart from its group-mates: no exact row of A0^-1
+            hidden.append((cols, cl))
+            continue
         kept.append(cols)
         cells.append(cl)
         blocks.append(balance(inv_rows))
         exact += ok
-    say(f"model-file: {len(kept)} of {len(groups)} groups placed, {exact} cells' inverse rows exact")
+    say(f"model-file: {len(kept)} of {len(groups)} groups placed with every cell's inverse row exact, "
+        f"{len(hidden)} placed without")
     if not kept:
-        raise AttackError("no mixing group could be placed on the grid")
+        raise AttackError("no mixing group could be placed on the grid with exact inverse rows")
     eq_r, eq_c, eq_v, cell_index = _coefficients(dense, hl, rows_at, wins, kept, cells, blocks)
     group_of_cell = np.full(n, -1)
     for c, (g, _) in cell_index.items():
         group_of_cell[c] = g
     group_scale = fit_scales(hl, eq_r, eq_c, eq_v, group_of_cell, len(kept), w)
-    z = fit_offsets(layers[0].bias, hl, eq_r, eq_c, eq_v, group_scale, group_of_cell, n)
-    rr, cc, vv = [], [], []
-    for g, (cols, cl) in enumerate(zip(kept, cells)):
-        block = blocks[g] * group_scale[g]
-        rr.append(np.repeat(cols, len(cl)))
-        cc.append(np.tile(cl, len(cols)))
-        vv.append(block.reshape(-1))
-    lin = sp.csr_matrix((np.concatenate(vv), (np.concatenate(rr), np.concatenate(cc))), shape=(n, n))
-    offset = lin @ z
+    offset = fit_offsets(layers[0].weight, layers[0].bias, hl)
+    lin = _assemble([b * s for b, s in zip(blocks, group_scale)], kept, cells, n)
+    rows = np.concatenate(kept)
     row_sum = np.asarray(lin.sum(axis=1)).ravel()
-    placed = row_sum > 0
-    factor = np.min((1.0 - offset[placed]) / row_sum[placed])   # keys/generate.py: max(gain + bias) = 1
-    return RecoveredKey(sp.csr_matrix(lin * factor), offset, kept, cells, exact)
+    factor = np.min((1.0 - offset[rows]) / row_sum[rows])     # keys/generate.py: max(gain + bias) = 1
+    lin = lin * factor
+    typical = float(np.median(row_sum[rows])) * factor
+    fill = [np.full((len(g), len(c)), typical / len(c)) for g, c in hidden]   # the group's mean: a guess
+    lin = lin + _assemble(fill, [g for g, _ in hidden], [c for _, c in hidden], n)
+    return RecoveredKey(sp.csr_matrix(lin), offset, kept + [g for g, _ in hidden], cells + [c for _, c in hidden], exact)
+
+
+def _assemble(blocks: list[np.ndarray], groups: list[np.ndarray], cells: list[np.ndarray], n: int) -> sp.csr_matrix:
+    """The n x n matrix with blocks[g] at rows groups[g], columns cells[g]."""
+    if not blocks:
+        return sp.csr_matrix((n, n))
+    rr = np.concatenate([np.repeat(g, len(c)) for g, c in zip(groups, cells)])
+    cc = np.concatenate([np.tile(c, len(g)) for g, c in zip(groups, cells)])
+    return sp.csr_matrix((np.concatenate([b.reshape(-1) for b in blocks]), (rr, cc)), shape=(n, n))
 
 
 def orient(key: RecoveredKey, target: Target, h: int, w: int) -> tuple[RecoveredKey, float]:
