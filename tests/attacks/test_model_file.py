@@ -58,3 +58,25 @@ def test_a_model_without_keyed_layers_is_refused(full_target):
     dense = replace(full_target, tflite_int8=write_tflite(full_target.net)[0])
     with pytest.raises(AttackError, match="neither"):
         run_model_file(dense)
+
+
+def test_an_int8_inverse_key_stage_is_read_and_inverted():
+    from keys.drbg import Drbg
+    from keys.generate import KeyConfig, sensor_key
+    from tools.attacks.model_file import key_from_int8_map
+    from tools.tflite.builder import GraphBuilder, quant_params
+    from tools.tflite.sparse_int8 import sparse_int8_layer
+    from tools.tflite.writer import act_quant
+
+    key = sensor_key(Drbg(b"k" * 32, "test"), (1, 8, 8), KeyConfig(scatter=4, mix_weight=0.55, mix_terms=4))
+    inv = key.inverse_linear_csr()
+    g = GraphBuilder()
+    x = g.tensor("frame", [1, 64], np.int8, quant=quant_params(1 / 255, -128))
+    y = sparse_int8_layer(g, x, (1 / 255, -128), inv, -(inv @ key.offset()), act_quant(-1.0, 1.5), "inverse_key")
+    got = key_from_int8_map(g.finish([x], [y]), 64)
+    true = key.linear_csr().toarray()
+    rec = got.linear.toarray()
+    assert np.array_equal(np.abs(rec).argmax(axis=1), np.abs(true).argmax(axis=1))
+    assert np.linalg.norm(rec - true) / np.linalg.norm(true) < 0.02       # int8 weights: about 1/127 per row
+    assert np.max(np.abs(got.offset - key.offset())) < 0.02
+    assert key_from_int8_map(g.finish([x], [y]), 49) is None             # another frame size: not this stage
