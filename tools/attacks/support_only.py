@@ -77,7 +77,9 @@ def run_support_only(target: Target, frames: np.ndarray) -> tuple[dict, dict]:
     m = orient_to_public(recon, target.train_plain, h, w)      # unmixing is symmetric: orient afterwards
     recon, assigned = recon[:, np.argsort(m)], m[assigned]
     seconds = time.perf_counter() - start
-    result = {"pixels_placed": float(np.mean(assigned == true_positions(target))),
+    truth = true_positions(target)
+    in_cells = np.concatenate([np.isin(truth[g], m[c]) for g, c in zip(groups, cells)])
+    result = {"pixels_placed": float(np.mean(assigned == truth)), "group_cells_placed": float(np.mean(in_cells)),
               **similarity(recon, target.plain, (h, w)), "recognised": target.recognised(recon),
               "groups": len(groups), "group_size": int(max(len(g) for g in groups)), "groups_covered": covered,
               "groups_ambiguous": ambiguous, "frames_captured": len(captured), "seconds_attack": round(seconds, 2)}
