@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 from tools.attacks.grid import cover_cells, windows
 from tools.attacks.model_file import balance, run_model_file

@@ -1,4 +1,5 @@
-"""Lay out a king's graph (8-neighbour grid adjacency) on an H x W grid, and the grid's symmetries."""
+"""Lay out a king's graph (8-neighbour grid adjacency) on an H x W grid, the grid's symmetries, and which cells
+3x3 windows read (with an exact-cover search of a footprint by windows)."""
 from __future__ import annotations
 
 from collections import deque
@@ -100,7 +101,8 @@ def windows(h: int, w: int, radius: int = 1) -> list[np.ndarray]:
     out = []
     for y in range(h):
         for x in range(w):
-            ys, xs = np.arange(max(0, y - radius), min(h, y + radius + 1)), np.arange(max(0, x - radius), min(w, x + radius + 1))
+            ys = np.arange(max(0, y - radius), min(h, y + radius + 1))
+            xs = np.arange(max(0, x - radius), min(w, x + radius + 1))
             out.append((ys[:, None] * w + xs[None, :]).reshape(-1))
     return out
 

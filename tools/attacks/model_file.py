@@ -23,6 +23,7 @@ from itertools import permutations
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
 
 from edge.runtime import TFLiteModel
 from tools.attacks.grid import LayoutFailed, adjacency, cover_cells, layout, symmetries, windows
@@ -38,6 +39,7 @@ RADIUS = 1                  # the public architecture's stem is a 3x3 'same' con
 RANK_TOL = 1e-5             # singular values below this fraction of the largest are float32 rounding
 SINKHORN_STEPS = 2000
 ORIENTATION_FRAMES = 100    # public labelled frames that choose among the grid's symmetries
+SNAP_SPREAD = 0.25          # how far int8 rounding may move a multiplexing row's entries (fraction of its value)
 
 
 @dataclass(frozen=True)
@@ -129,8 +131,9 @@ def hidden_layout(layers: list[SparseLayer], h: int, w: int) -> HiddenLayout:
     if any(len(m) != 4 for m in members):
         raise AttackError("pool1's blocks do not hold 4 conv1 positions each")
     bh, bw = h // 2, w // 2
-    touch = (sp.csr_matrix(layers[2].weight) != 0).astype(np.int32) @ \
-        sp.csr_matrix((np.ones(len(pool_sets)), (np.arange(len(pool_sets)), block_of_pool)), shape=(len(pool_sets), len(members)))
+    units = len(pool_sets)
+    unit_block = sp.csr_matrix((np.ones(units), (np.arange(units), block_of_pool)), shape=(units, len(members)))
+    touch = (sp.csr_matrix(layers[2].weight) != 0).astype(np.int32) @ unit_block
     touch = sp.csr_matrix((touch != 0).astype(np.int32))
     _, first = np.unique(support_ids(touch), return_index=True)
     windows_b = touch[np.sort(first)]
@@ -176,7 +179,7 @@ def _row_space(block: np.ndarray, scale: float) -> np.ndarray:
 
 
 def group_cells(dense: np.ndarray, hl: HiddenLayout, cols: np.ndarray, rows_at: list[np.ndarray],
-                wins: list[np.ndarray], scale: float) -> tuple[np.ndarray, dict[int, np.ndarray]] | None:
+                wins: list[np.ndarray], scale: float) -> tuple[np.ndarray | None, dict[int, np.ndarray]]:
     """The plain cells of one mixing group (None when ambiguous) and conv1's row space per position."""
     foot = np.flatnonzero(np.any(dense[:, cols] != 0, axis=1))
     positions = np.unique(hl.position[foot])
@@ -336,7 +339,8 @@ def recover_key(layers: list[SparseLayer], h: int, w: int, progress=None) -> Rec
     typical = float(np.median(row_sum[rows])) * factor
     fill = [np.full((len(g), len(c)), typical / len(c)) for g, c in hidden]   # the group's mean: a guess
     lin = lin + _assemble(fill, [g for g, _ in hidden], [c for _, c in hidden], n)
-    return RecoveredKey(sp.csr_matrix(lin), offset, kept + [g for g, _ in hidden], cells + [c for _, c in hidden], exact)
+    return RecoveredKey(sp.csr_matrix(lin), offset, kept + [g for g, _ in hidden], cells + [c for _, c in hidden],
+                        exact)
 
 
 def _assemble(blocks: list[np.ndarray], groups: list[np.ndarray], cells: list[np.ndarray], n: int) -> sp.csr_matrix:
@@ -363,21 +367,45 @@ def orient(key: RecoveredKey, target: Target, h: int, w: int) -> tuple[Recovered
     return best, acc
 
 
+def snap_rows(lin: np.ndarray) -> np.ndarray:
+    """Round A0 to a multiplexing key's public structure (keys/generate.py: each row one value on a 0/1
+    pattern) where a row fits it: entries above half the row's largest become their mean, the rest 0. Rows
+    that do not fit (dominant-permutation mixing) are left as they are."""
+    out = lin.copy()
+    for j, row in enumerate(lin):
+        big = np.abs(row) > 0.5 * np.abs(row).max()
+        mean = row[big].mean()
+        if mean > 0 and np.all(np.abs(row[big] - mean) < SNAP_SPREAD * mean) \
+                and np.all(np.abs(row[~big]) < SNAP_SPREAD * mean):
+            out[j] = np.where(big, mean, 0.0)
+    return out
+
+
+def _components(w: sp.csr_matrix) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Connected components of a square sparse map's rows and columns (int8 rounding may zero a few entries,
+    so supports alone do not group them): the columns and the rows of each mixing group."""
+    n = w.shape[0]
+    pattern = (abs(w) > 0).astype(np.int8)
+    count, label = connected_components(sp.bmat([[None, pattern], [pattern.T, None]]), directed=False)
+    rows, cols = _rows_by(label[:n], count), _rows_by(label[n:], count)
+    return [c for c in cols if len(c)], [r for r, c in zip(rows, cols) if len(c)]
+
+
 def key_from_int8_map(blob: bytes, n: int) -> RecoveredKey | None:
-    """A0 from a model whose first stage is A0^-1 as an int8 sparse map on the input (None otherwise)."""
+    """A0 from a model whose first stage is A0^-1 as an int8 sparse map on the input (None otherwise):
+    dequantised, inverted group by group and rounded to the key family's structure (`snap_rows`)."""
     stage = first_int8_map(blob)
     if stage is None or stage.weight.shape != (n, n):
         return None
-    inv = stage.weight.toarray()
-    try:
-        lin = np.linalg.inv(inv)
-    except np.linalg.LinAlgError as exc:
-        raise AttackError("the int8 input map is singular: it is not an inverse sensor key") from exc
-    lin[np.abs(lin) < 1e-9 * np.abs(lin).max()] = 0.0
-    offset = -lin @ stage.bias
-    groups = column_groups(sp.csr_matrix(lin))
-    return RecoveredKey(sp.csr_matrix(lin), offset, groups,
-                        [np.unique(sp.csr_matrix(lin)[g].indices) for g in groups], n)
+    groups, cells = _components(stage.weight)
+    lin = np.zeros((n, n))
+    for g, c in zip(groups, cells):
+        block = stage.weight[c][:, g].toarray()
+        if block.shape[0] != block.shape[1] or abs(np.linalg.det(block)) < 1e-300:
+            raise AttackError("the int8 input map is not block-invertible: it is not an inverse sensor key")
+        lin[np.ix_(g, c)] = np.linalg.inv(block)
+    lin = snap_rows(lin)
+    return RecoveredKey(sp.csr_matrix(lin), -lin @ stage.bias, groups, cells, n)
 
 
 def score(key: RecoveredKey, target: Target) -> tuple[dict, np.ndarray]:
@@ -388,7 +416,8 @@ def score(key: RecoveredKey, target: Target) -> tuple[dict, np.ndarray]:
     rec = key.linear.toarray()
     placed = (np.abs(rec).argmax(axis=1) == np.abs(true_lin).argmax(axis=1)) & (np.abs(rec).max(axis=1) > 0)
     ok = np.flatnonzero(placed)
-    lin_err = float(np.linalg.norm(rec[ok] - true_lin[ok]) / max(np.linalg.norm(true_lin[ok]), 1e-12)) if len(ok) else 1.0
+    lin_err = float(np.linalg.norm(rec[ok] - true_lin[ok]) / max(np.linalg.norm(true_lin[ok]), 1e-12)) \
+        if len(ok) else 1.0
     off_err = float(np.max(np.abs(key.offset[ok] - true_off[ok]))) if len(ok) else 1.0
     keyed = target.keyed(target.plain)
     recon = key.decrypt(keyed)

@@ -11,6 +11,7 @@ from ai_edge_litert import schema_py_generated as fb
 from tools.attacks.target import AttackError
 
 _PASS_THROUGH = (fb.BuiltinOperator.QUANTIZE, fb.BuiltinOperator.DEQUANTIZE)
+_INDEX_TYPES = {fb.TensorType.INT16: np.int16, fb.TensorType.INT32: np.int32}
 
 
 @dataclass(frozen=True)
@@ -96,34 +97,41 @@ def _quant(t) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(t.quantization.scale, np.float64), np.asarray(t.quantization.zeroPoint, np.int64)
 
 
+def _consumer(model, ops, tensor: int, code: int):
+    return next((op for op in ops if _code(model, op) == code and op.inputs[0] == tensor), None)
+
+
 def first_int8_map(blob: bytes) -> Int8Map | None:
     """The model's first stage when it is an int8 GATHER on the input followed by a DEPTHWISE_CONV_2D (the ELL
-    form of tools.tflite.sparse_int8), as y = W x + b on the dequantised input; None for any other model."""
+    form of tools.tflite.sparse_int8, regrouped or not), as y = W x + b on the dequantised input; None for any
+    other model."""
     model = fb.ModelT.InitFromPackedBuf(blob, 0)
     graph = model.subgraphs[0]
     ops = list(graph.operators)
     x = graph.inputs[0]
-    gather = next((op for op in ops if _code(model, op) == fb.BuiltinOperator.GATHER and op.inputs[0] == x), None)
-    if gather is None:
-        return None
-    dw = next((op for op in ops if _code(model, op) == fb.BuiltinOperator.DEPTHWISE_CONV_2D
-               and op.inputs[0] == gather.outputs[0]), None)
+    gather = _consumer(model, ops, x, fb.BuiltinOperator.GATHER)
+    dw = gather and _consumer(model, ops, gather.outputs[0], fb.BuiltinOperator.DEPTHWISE_CONV_2D)
     if dw is None:
         return None
     xt, it, wt, bt = (graph.tensors[i] for i in (x, gather.inputs[1], dw.inputs[1], dw.inputs[2]))
     in_scale, in_zero = _quant(xt)
     k, groups = int(it.shape[0]), int(it.shape[2])
-    index = _buffer(model, it, np.int16 if it.type == fb.TensorType.INT16 else np.int32).reshape(k, groups)
-    rows = int(wt.shape[3])
-    qw = _buffer(model, wt, np.int8).reshape(k, rows).astype(np.float64)
+    index = _buffer(model, it, _INDEX_TYPES[it.type]).reshape(k, groups)
+    channels = int(wt.shape[3])
+    qw = _buffer(model, wt, np.int8).reshape(k, channels).astype(np.float64)
     w_scale, _ = _quant(wt)
-    cols = int(np.prod(xt.shape))
-    mult = rows // groups
     weight = qw * w_scale[None, :]
-    rr = np.broadcast_to(np.arange(rows), (k, rows))
-    cc = index[:, np.arange(rows) // mult]
+    chan = np.broadcast_to(np.arange(channels), (k, channels))
+    col = index[:, np.arange(channels) // (channels // groups)]
     keep = qw != 0
-    w = sp.csr_matrix((weight[keep], (rr[keep], cc[keep])), shape=(rows, cols))
+    cols = int(np.prod(xt.shape))
+    w = sp.csr_matrix((weight[keep], (chan[keep], col[keep])), shape=(channels, cols))
+    # the conv sums w_q * (q - zero point) * in_scale, i.e. (w_q * w_scale) x on x = in_scale * (q - zero point)
     bias = _buffer(model, bt, np.int32).astype(np.float64) * w_scale * float(in_scale[0])
-    # the conv sums w * (q - zero point) * in_scale: in terms of x = in_scale * (q - zp) that is w x
-    return Int8Map(w, bias, (float(in_scale[0]), int(in_zero[0])))
+    flat = _consumer(model, ops, dw.outputs[0], fb.BuiltinOperator.RESHAPE)
+    back = flat and _consumer(model, ops, flat.outputs[0], fb.BuiltinOperator.GATHER)
+    if back is not None:                       # regrouped: a last GATHER puts the channels back in row order
+        rt = graph.tensors[back.inputs[1]]
+        rows = _buffer(model, rt, _INDEX_TYPES[rt.type]).astype(np.int64)
+        w, bias = w[rows], bias[rows]
+    return Int8Map(sp.csr_matrix(w), bias, (float(in_scale[0]), int(in_zero[0])))
