@@ -1,6 +1,7 @@
 """Attack `support-only`: the model-file attack without weight values, then the unmixing step on frames.
 
-From the keyed .tflite's sparsity pattern alone: conv1/pool1/conv2 supports lay out the hidden positions
+From the keyed .tflite's sparsity pattern alone. An int8 inverse-key input stage (A0^-1, a row per plain pixel)
+shows each mixing group's plain pixels directly. Otherwise conv1/pool1/conv2 supports lay out the hidden positions
 (tools.attacks.model_file.hidden_layout); each mixing group's plain cells are an exact cover of its footprint
 (the positions whose conv1 rows read it) by 3x3 windows. Inside a group the support cannot tell the
 members apart: tools.attacks.unmix undoes the mixing with a spatial prior, fitted on captured keyed frames.
@@ -14,22 +15,27 @@ import numpy as np
 
 from tools.attacks.grid import cover_cells, symmetries, windows
 from tools.attacks.metrics import similarity
-from tools.attacks.model_file import RADIUS, hidden_layout
+from tools.attacks.model_file import RADIUS, hidden_layout, map_groups
 from tools.attacks.structure import column_groups, normalise, true_positions
 from tools.attacks.target import AttackError, Target
-from tools.attacks.tflite_read import sparse_layers
+from tools.attacks.tflite_read import first_int8_map, sparse_layers
 from tools.attacks.unmix import ITERATIONS, unmix
 
 MIN_FRAMES = 2
 
 
 def place_groups(target: Target) -> tuple[list[np.ndarray], list[np.ndarray], int, int]:
-    """Keyed columns and plain cells of every mixing group from support alone; groups whose footprint has no
-    exact cover get the cells nobody claimed (a guess). Returns groups, cells, groups covered, ambiguous ones."""
+    """Keyed columns and plain cells of every mixing group from support alone: read off an int8 inverse-key
+    input stage, else laid out from the keyed conv layers; groups whose footprint has no exact cover get the
+    cells nobody claimed (a guess). Returns groups, cells, groups covered, ambiguous ones."""
     h, w = target.shape
+    stage = first_int8_map(target.tflite_int8)
+    if stage is not None and stage.weight.shape == (h * w, h * w):     # A0^-1's rows are the plain pixels
+        groups, cells = map_groups(stage.weight)
+        return groups, cells, len(groups), 0
     layers = sparse_layers(target.tflite_int8)
     if not layers:
-        raise AttackError("the model has no float CSR keyed layer: no support pattern to read")
+        raise AttackError("the model has neither float CSR keyed layers nor an int8 input map: no support to read")
     hl = hidden_layout(layers, h, w)
     wins = windows(h, w, RADIUS)
     conv1 = layers[0].weight.tocsc()
