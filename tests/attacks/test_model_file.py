@@ -79,3 +79,15 @@ def test_an_int8_inverse_key_stage_is_read_and_inverted():
     assert np.linalg.norm(rec - true) / np.linalg.norm(true) < 0.02       # int8 weights: about 1/127 per row
     assert np.max(np.abs(got.offset - key.offset())) < 0.02
     assert key_from_int8_map(g.finish([x], [y]), 49) is None             # another frame size: not this stage
+
+
+def test_snapping_rounds_multiplexing_rows_only():
+    from tools.attacks.model_file import snap_block
+    pattern = np.array([[1, 1, 0], [0, 1, 1], [1, 0, 1]]) / 2.0
+    noisy = pattern + np.array([[0.01, -0.01, 0.004], [0.0, 0.012, -0.01], [-0.008, 0.003, 0.0]])
+    got = snap_block(noisy)
+    assert np.array_equal(got == 0, pattern == 0)                  # the 0/1 pattern comes back exactly
+    assert all(len(set(row[row > 0])) == 1 for row in got)       # one value per row
+    assert np.allclose(got, pattern, atol=0.01)
+    dominant = np.array([[0.55, 0.45], [0.45, 0.55]])        # a doubly-stochastic mixing stays as it is
+    assert np.array_equal(snap_block(dominant), dominant)
