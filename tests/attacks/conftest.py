@@ -14,3 +14,8 @@ def full_target():
 @pytest.fixture(scope="session")
 def stem_target():
     return build_target("mnist", "stem", limit=60, train_limit=300)
+
+
+@pytest.fixture(scope="session")
+def scatter4_target():
+    return build_target("mnist", "scatter4", limit=60, train_limit=300)

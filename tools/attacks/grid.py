@@ -1,7 +1,9 @@
-"""Lay out a king's graph (8-neighbour grid adjacency) on an H x W grid, and the grid's symmetries."""
+"""Lay out a king's graph (8-neighbour grid adjacency) on an H x W grid, the grid's symmetries, and which cells
+3x3 windows read (with an exact-cover search of a footprint by windows)."""
 from __future__ import annotations
 
 from collections import deque
+from itertools import combinations
 
 import numpy as np
 import scipy.sparse as sp
@@ -91,3 +93,61 @@ def symmetries(h: int, w: int) -> list[np.ndarray]:
     if h == w:
         maps += [idx.T, idx.T[::-1], idx.T[:, ::-1], idx.T[::-1, ::-1]]
     return [m.reshape(-1) for m in maps]
+
+
+def windows(h: int, w: int, radius: int = 1) -> list[np.ndarray]:
+    """For each grid position y * w + x, the positions within Chebyshev distance `radius` (itself included):
+    the cells a (2 radius + 1)^2 'same' convolution reads there, and equally the positions that read it."""
+    out = []
+    for y in range(h):
+        for x in range(w):
+            ys = np.arange(max(0, y - radius), min(h, y + radius + 1))
+            xs = np.arange(max(0, x - radius), min(w, x + radius + 1))
+            out.append((ys[:, None] * w + xs[None, :]).reshape(-1))
+    return out
+
+
+def cover_cells(footprint: np.ndarray, size: int, wins: list[np.ndarray], counts: dict[int, int] | None = None,
+                cap: int | None = None, limit: int = 2) -> list[np.ndarray]:
+    """Sets of `size` cells whose windows cover exactly `footprint` (the positions that read a group), found
+    by exact-cover search; with `counts`, position q must also read min(cells in its window, cap) = counts[q]
+    of them. Returns up to `limit` solutions (two mean the footprint is ambiguous)."""
+    foot = set(int(q) for q in footprint)
+    cands = sorted(c for c in foot if set(wins[c].tolist()) <= foot)
+    covering = {q: [c for c in cands if q in set(wins[c].tolist())] for q in foot}
+    found: list[np.ndarray] = []
+
+    def fits(chosen: list[int]) -> bool:
+        if counts is None:
+            return True
+        seen: dict[int, int] = {}
+        for c in chosen:
+            for q in wins[c].tolist():
+                seen[q] = seen.get(q, 0) + 1
+        return all(min(seen.get(q, 0), cap or size) == n for q, n in counts.items())
+
+    def search(chosen: list[int], banned: set[int]) -> None:
+        if len(found) >= limit or len(chosen) + sum(c not in banned for c in cands) < size:
+            return
+        covered = set(q for c in chosen for q in wins[c].tolist())
+        open_q = [q for q in foot if q not in covered]
+        if open_q and len(chosen) == size:
+            return
+        if not open_q:
+            spare = [c for c in cands if c not in banned and c not in chosen]
+            for extra in combinations(spare, size - len(chosen)):
+                if fits(chosen + list(extra)):
+                    found.append(np.array(sorted(chosen + list(extra))))
+                    if len(found) >= limit:
+                        return
+            return
+        q = min(open_q, key=lambda p: sum(c not in banned for c in covering[p]))
+        tried: set[int] = set()
+        for c in covering[q]:
+            if c in banned:
+                continue
+            search(chosen + [c], banned | tried | {c})
+            tried.add(c)
+
+    search([], set())
+    return found
