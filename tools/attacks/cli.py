@@ -1,4 +1,4 @@
-"""`keycam attack`: structure, plaintext, inversion, reuse, all."""
+"""`keycam attack`: structure, plaintext, inversion, reuse, model-file, support-only, frames-only, all."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,19 @@ _dataset = click.option("--dataset", type=click.Choice(sorted(SHIPPED_MODELS)), 
 _limit = click.option("--limit", type=click.IntRange(10), default=500, show_default=True,
                       help="Test frames to attack and score.")
 _json = click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results as JSON.")
+_frames = click.option("--frames", "frames", default="1000,10000", show_default=True, callback=lambda c, p, v: _counts(v),
+                       help="Comma-separated numbers of captured keyed frames (test split) for the frames-only attack.")
 _profile = click.option("--profile", default=DEFAULT_PROFILE, show_default=True, help="Key profile to attack.")
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated frame counts, got {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise click.BadParameter(f"expected positive frame counts, got {text!r}")
+    return counts
 
 
 @click.group()
@@ -55,6 +67,25 @@ _command("structure", "Recover the pixel arrangement from the keyed .tflite's sp
 _command("plaintext", "Estimate the sensor key from known pairs and chosen probe frames.")
 _command("inversion", "Train a decoder from keyed to plain frames (another key's pairs, and the same key's).")
 _command("reuse", "The keyed model on plain / other-key frames, and fine-tuned on K labelled plain frames.")
+
+
+@attack.command(name="frames-only")
+@_dataset
+@_profile
+@_frames
+@click.option("--public", type=click.IntRange(100), default=None,
+              help="Public training images the attacker correlates (default: the whole training split).")
+@_json
+def frames_only(dataset: str, profile: str, frames: tuple[int, ...], public: int | None, json_path: str | None) -> None:
+    """Rebuild frames from N captured keyed frames and public images alone (no model): correlation graph matching."""
+    from tools.attacks.frames_only import run_frames_only
+    from tools.attacks.suite import describe
+    from tools.attacks.target import build_target
+    describe(profile)
+    result, _ = run_frames_only(build_target(dataset, profile, limit=10), frames, public)
+    report = {"dataset": dataset, "profile": profile, "frames_only": result}
+    click.echo(json.dumps(report, indent=2))
+    write_json(json_path, report)
 
 
 @attack.command(name="all")
