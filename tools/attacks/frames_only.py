@@ -42,7 +42,7 @@ class Starts:
     seed: int = 0
 
 
-FAST_STARTS = Starts(eigen=(4, 16), barycenter=False, random=0, maxiter=15)
+FAST_STARTS = Starts(eigen=(16,), barycenter=False, random=0, maxiter=10)
 
 
 @dataclass(frozen=True)
