@@ -14,9 +14,10 @@ _dataset = click.option("--dataset", type=click.Choice(sorted(SHIPPED_MODELS)), 
 _limit = click.option("--limit", type=click.IntRange(10), default=500, show_default=True,
                       help="Test frames to attack and score.")
 _json = click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results as JSON.")
-_frames = click.option("--frames", "frames", default="1000,10000", show_default=True, callback=lambda c, p, v: _counts(v),
-                       help="Comma-separated numbers of captured keyed frames (test split) for the frames-only attack "
-                       "(the largest also feeds support-only's unmix step).")
+_frames = click.option("--frames", "frames", default="1000,10000", show_default=True,
+                       callback=lambda ctx, param, value: _counts(value),
+                       help="Comma-separated numbers of captured keyed frames (test split) for the frames-only "
+                       "attack (the largest also feeds support-only's unmix step).")
 _profile = click.option("--profile", default=DEFAULT_PROFILE, show_default=True, help="Key profile to attack.")
 
 

@@ -16,8 +16,8 @@ The victim's key is used only to score the result (pixels placed exactly).
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import click
 import numpy as np
@@ -30,6 +30,16 @@ from tools.attacks.target import AttackError, Target
 DEFAULT_FRAMES = (1000, 10000)
 SCORED_FRAMES = 2000          # reconstructions scored on the first frames captured (recognition is the slow part)
 MIN_FRAMES = 20
+
+Progress = Callable[[str], None]
+
+
+def _quiet(msg: str) -> None:
+    """No progress lines."""
+
+
+def _stderr(msg: str) -> None:
+    click.echo(msg, err=True)
 
 
 @dataclass(frozen=True)
@@ -88,14 +98,15 @@ def spectral_match(keyed_emb: np.ndarray, public_emb: np.ndarray) -> np.ndarray:
 
 
 def match(keyed_corr: np.ndarray, public_corr: np.ndarray, starts: Starts = Starts(),
-          progress=lambda msg: None) -> Matching:
+          progress: Progress = _quiet) -> Matching:
     """Graph-match the keyed correlation matrix to the public one from every start; keep the best."""
     n = len(keyed_corr)
     if public_corr.shape != (n, n):
         raise AttackError(f"keyed frames have {n} pixels, the public images {len(public_corr)}")
     points: dict[str, object] = {}
     if starts.eigen:
-        keyed_emb, public_emb = eigen_embedding(keyed_corr, max(starts.eigen)), eigen_embedding(public_corr, max(starts.eigen))
+        k_max = max(starts.eigen)
+        keyed_emb, public_emb = eigen_embedding(keyed_corr, k_max), eigen_embedding(public_corr, k_max)
         for k in starts.eigen:
             points[f"eigen{k}"] = np.eye(n)[spectral_match(keyed_emb[:, :k], public_emb[:, :k])]
     if starts.barycenter:
@@ -105,17 +116,14 @@ def match(keyed_corr: np.ndarray, public_corr: np.ndarray, starts: Starts = Star
         points[f"random{i}"] = "randomized"
     if not points:
         raise AttackError("no FAQ start chosen")
-    best, scores = None, {}
+    scores, sources = {}, {}
     for name, p0 in points.items():
         progress(f"    graph matching from the {name} start ...")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            res = quadratic_assignment(keyed_corr, public_corr, method="faq",
-                                       options={"maximize": True, "P0": p0, "maxiter": starts.maxiter, "rng": rng})
-        scores[name] = float(res.fun)
-        if best is None or res.fun > best[1]:
-            best = (res.col_ind, float(res.fun), name)
-    return Matching(np.asarray(best[0]), best[1], best[2], scores)
+        res = quadratic_assignment(keyed_corr, public_corr, method="faq",
+                                   options={"maximize": True, "P0": p0, "maxiter": starts.maxiter, "rng": rng})
+        scores[name], sources[name] = float(res.fun), np.asarray(res.col_ind)
+    best = max(scores, key=scores.get)
+    return Matching(sources[best], scores[best], best, scores)
 
 
 def place(values: np.ndarray, source: np.ndarray, public_mean: np.ndarray) -> tuple[np.ndarray, str]:
@@ -128,7 +136,7 @@ def place(values: np.ndarray, source: np.ndarray, public_mean: np.ndarray) -> tu
 
 
 def attack_frames(keyed: np.ndarray, public: np.ndarray, starts: Starts = Starts(),
-                  progress=lambda msg: None) -> tuple[np.ndarray, Matching, str]:
+                  progress: Progress = _quiet) -> tuple[np.ndarray, Matching, str]:
     """The attack proper: reconstructed frames (frames x pixels, in [0, 1]) from keyed uint8 frames
     and public plain frames in [0, 1]; also the match and the polarity chosen."""
     keyed = np.asarray(keyed).reshape(len(keyed), -1)
@@ -141,7 +149,7 @@ def attack_frames(keyed: np.ndarray, public: np.ndarray, starts: Starts = Starts
 
 
 def run_frames_only(target: Target, frames: tuple[int, ...] = DEFAULT_FRAMES, public: int | None = None,
-                    starts: Starts = Starts(), progress=lambda msg: click.echo(msg, err=True)) -> tuple[dict, dict]:
+                    starts: Starts = Starts(), progress: Progress = _stderr) -> tuple[dict, dict]:
     """The attack on the first N test frames keyed by the victim, for each N in `frames`.
 
     Public images: the first `public` training frames (default: the whole training split). Every

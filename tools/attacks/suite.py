@@ -101,7 +101,8 @@ def attack_profile(dataset: str, profile: str, limit: int | None, budget: Budget
     out["latency_ms"] = latency_ms({"keyed_int8": TFLiteModel(target.tflite_int8)}, {"keyed_int8": keyed},
                                    rounds=3, per_round=min(100, len(keyed)))["keyed_int8"]
     reuse = out.get("reuse", {})
-    out["acc_keyed_int8"] = reuse["acc_keyed_int8"] if "acc_keyed_int8" in reuse else deployed_accuracies(target)["acc_keyed_int8"]
+    out["acc_keyed_int8"] = (reuse["acc_keyed_int8"] if "acc_keyed_int8" in reuse
+                             else deployed_accuracies(target)["acc_keyed_int8"])
     out["ciphertext_ssim"] = similarity(keyed / 255.0, target.plain, target.shape)["ssim"]
     out["description"] = describe(profile)
     return out, figs
