@@ -81,7 +81,7 @@ ATTACKS: tuple[Attack, ...] = (
 )
 
 
-def attack_profile(dataset: str, profile: str, limit: int | None, budget: Budget, progress,
+def attack_profile(dataset: str, profile: str, limit: int | None, budget: Budget, progress: Callable[[str], None],
                    attacks: tuple[Attack, ...] = ATTACKS) -> tuple[dict, dict]:
     """Every attack on one profile, plus the model's size, latency and accuracy. An attack that does not
     apply to the profile (AttackError) is reported with its reason instead of a result."""
