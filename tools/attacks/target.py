@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -44,10 +45,23 @@ class Target:
             raise AttackError("the attacks handle single-channel frames only")
         return int(h), int(w)
 
-    def recognised(self, recon: np.ndarray) -> float:
-        """Fraction of reconstructed frames the plain model still classifies correctly (chance = 1/classes)."""
+    def recognised(self, recon: np.ndarray, labels: np.ndarray | None = None) -> float:
+        """Fraction of reconstructed frames the plain model still classifies correctly (chance = 1/classes);
+        labels default to the first test labels (frames reconstructed from the test split in order)."""
         recon = np.clip(np.asarray(recon, dtype=np.float64), 0.0, 1.0)
-        return float(np.mean(forward(self.net, recon).argmax(1) == self.labels[:len(recon)]))
+        labels = self.labels if labels is None else labels
+        if len(labels) < len(recon):
+            labels = self.test_frames(len(recon))[1]
+        return float(np.mean(forward(self.net, recon).argmax(1) == labels[:len(recon)]))
+
+    def test_frames(self, n: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """The first n plain test frames in [0, 1] and their labels (None: the whole split); loads more of
+        the split than `plain` holds when needed."""
+        return _split_frames(self.dataset, "test", n)
+
+    def train_frames(self, n: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """The first n plain training frames in [0, 1] (the attacker's public images) and their labels."""
+        return _split_frames(self.dataset, "train", n)
 
     def keyed(self, frames: np.ndarray, keyset: KeySet | None = None, noise: float = 0.0,
               seed: int = 0) -> np.ndarray:
@@ -57,6 +71,19 @@ class Target:
         if noise > 0:
             x = x + np.random.default_rng(seed).normal(0.0, noise, x.shape)
         return adc8(x)
+
+
+@lru_cache(maxsize=4)
+def _split(dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = load_dataset(dataset, split)
+    return images.reshape(len(images), -1), labels
+
+
+def _split_frames(dataset: str, split: str, n: int | None) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = _split(dataset, split)
+    if n is not None and n > len(images):
+        raise AttackError(f"{n} {split} frames asked, the {dataset} {split} split has {len(images)}")
+    return images[:n] / 255.0, labels[:n]
 
 
 def _secret(label: str) -> bytes:
