@@ -16,6 +16,7 @@ class Profile:
     layers: KeyConfig = field(default_factory=KeyConfig)
     description: str = ""
     sensor_layout: str = "global"        # global: pixel-level key; patch: patch-aligned (tools.keying.patchkey)
+    sensor_stage: bool = False           # the model's first layer undoes A0 (sparse int8), then the plain stem
 
 
 PROFILES: dict[str, Profile] = {
@@ -37,6 +38,12 @@ PROFILES: dict[str, Profile] = {
                         description="full + sensor mixing inside random groups of 4 scattered pixels before the "
                         "permutation: the structure attack sees which keyed pixels share a group but no grid "
                         "(~1.5x full)"),
+    "sealed-mix": Profile("sealed-mix", False, sensor_stage=True,
+                          sensor=KeyConfig(scatter=15, mixing="multiplex", stages=2),
+                          description="for sealed models: a sensor key of two rounds of multiplexed mixing (random "
+                          "groups of 15 scattered pixels, secret condition-bounded 0/1 matrices) and global "
+                          "permutations; the model undoes it in one int8 sparse layer (it holds A0^-1), then runs "
+                          "the stem profile's network (per-channel keys, dense int8 convs)"),
     "stem-patch": Profile("stem-patch", False, sensor=KeyConfig(permutation="none"), sensor_layout="patch",
                           description="stem profile with a patch-aligned sensor permutation for patchify stems: "
                           "the keyed stem is an int8 GATHER + 1x1 conv (keyed frames keep whole patches; the .tflite shows "
