@@ -135,12 +135,12 @@ def plot_frontier(points: list[FrontierPoint], path: str) -> None:
 
 
 def default_attack() -> FramesOnlyAttack:
-    """The project's frames-only attack (tools.attacks.frames_only)."""
+    """The project's frames-only attack (`tools.attacks.frames_only.attack_frames`, all its starts)."""
     try:
-        from tools.attacks.frames_only import reconstruct
+        from tools.attacks.frames_only import attack_frames
     except ImportError as exc:
         raise ConfigError(f"the frames-only attack is not available ({exc})") from exc
-    return reconstruct
+    return lambda keyed, public: attack_frames(keyed, public)[0]
 
 
 def run_frontier(datasets: list[str], specs: list[str], frame_counts: list[int], limit: int | None, public: int,
