@@ -2,8 +2,8 @@
 
 Sensor key A0 = normalise(bias + gain * permute(mix(x))) (or `stages` rounds of mix + permute before
 the gains): linear, invertible, non-negative, mapping intensities in [0, 1] into [0, 1] so the ADC never
-clips. Layer keys are positive generalized
-permutations (they commute with ReLU / LeakyReLU); the optional output key is a dense mixing.
+clips. Layer keys are positive generalized permutations (they commute with ReLU / LeakyReLU); the
+optional output key is a dense mixing.
 """
 from __future__ import annotations
 
