@@ -144,7 +144,8 @@ def _bias_scales(ws: np.ndarray, weight: np.ndarray, in_scale: float) -> np.ndar
 
 
 def sparse_int8_layer(g: GraphBuilder, x: int, in_quant: tuple[float, int], w: sp.spmatrix, bias: np.ndarray,
-                      out_quant: tuple[float, int], name: str, int16_indices: bool = True, regroup: bool = False) -> int:
+                      out_quant: tuple[float, int], name: str, int16_indices: bool = True,
+                      regroup: bool = False) -> int:
     """Append y = W x + b on the int8 vector tensor `x` ([1, n], quantised `in_quant` = (scale, zero point))
     to `g`; returns the int8 output tensor [1, O] quantised `out_quant`.
 
