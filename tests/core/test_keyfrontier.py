@@ -21,7 +21,7 @@ def test_point_specs_name_profiles_or_multiplexed_keys():
 @pytest.mark.slow
 def test_a_small_frontier_run_scores_the_attack_against_cost(tmp_path):
     def placed_in_order(keyed, public):                # a stand-in attack: keyed pixels left where they are
-        return keyed
+        return keyed / 255.0
     points = run_frontier(["mnist"], ["mix15x1"], [100], limit=60, public=100, attack=placed_in_order)
     (p,) = points
     assert isinstance(p, FrontierPoint) and p.profile == "mix15x1" and p.size_ratio < 2.0

@@ -31,7 +31,8 @@ from tools.keying.provision import adc8
 from tools.onnx_import import load_onnx
 
 FramesOnlyAttack = Callable[[np.ndarray, np.ndarray], np.ndarray]
-"""(keyed frames (N, n) in [0, 1], public plain frames (M, n) in [0, 1]) -> reconstructed frames (N, n)."""
+"""(keyed 8-bit ADC frames (N, n) uint8, public plain frames (M, n) in [0, 1]) -> reconstructed frames (N, n)
+in [0, 1]."""
 
 _SPEC = re.compile(r"^(mix|fold)(\d+)x(\d+)(?:c([0-9.]+))?$")
 
@@ -86,7 +87,7 @@ def frames_only_scores(dataset: str, prof: Profile, frame_counts: list[int], pub
     ref, _ = load_dataset(dataset, "train", limit=public)
     plain = test.reshape(len(test), -1) / 255.0
     shape = tuple(test.shape[-2:])
-    keyed = adc8(keyset.sensor.apply(plain)) / 255.0
+    keyed = adc8(keyset.sensor.apply(plain))
     out = []
     for n in frame_counts:
         click.echo(f"frames-only attack: {dataset}, {prof.name}, {n} frames", err=True)
