@@ -1,11 +1,14 @@
 """Simulated pre-ADC sensor stage: the optical key A0 applied in the analog domain, then noise and ADC.
 
 Signal chain for one frame x (float linear intensity in [0, 1], fraction of full well):
-    optional fiber-bundle optics  ->  sensor key A0 (gain, bias, permutation, tile mixing)
+    optional fiber-bundle optics  ->  sensor key A0 (mixing, permutation, gain, bias)
     ->  shot noise (Poisson on x * full_well electrons)  ->  dark offset  ->  read noise
     ->  analog gain  ->  ADC (clip to full scale 1.0, round to `bits`).
 The lead's key generator normalises A0 so [0, 1] maps into [0, 1]: the ADC never clips a clean
-frame. The raw frame and every analog intermediate stay local to __call__; only ADC codes leave.
+frame. In hardware each factor is light transport before the ADC: the mixing (non-negative rows summing
+to 1) a faceplate whose output fibres each collect light from several scattered input positions (fused
+fan-in couplers) or a coded amplitude mask; the permutation the fibres' routing; the gains per-fibre ND
+attenuation; the bias stray light / dark offset. The raw frame and every analog intermediate stay local to __call__; only ADC codes leave.
 """
 from __future__ import annotations
 

@@ -106,9 +106,10 @@ class Bias:
 
 @dataclass
 class TileMix:
-    """Local doubly-stochastic mixing: each tile (a group of pixels) is mixed by its own matrix."""
+    """Local mixing: each tile (a group of pixels) is mixed by its own invertible matrix (the sensor keys
+    use non-negative ones whose rows sum to 1)."""
     groups: np.ndarray   # (tiles, t) indices into the vector
-    mats: np.ndarray     # (tiles, t, t) doubly-stochastic, invertible
+    mats: np.ndarray     # (tiles, t, t) invertible
     kind = "tilemix"
 
     def __post_init__(self):

@@ -1,8 +1,9 @@
 """Generators for generalized stochastic keys (Key-Nets, BMVC 2020), all driven by a `Drbg`.
 
-Sensor key A0 = normalise(bias + gain * permute(mix(x))): linear, invertible, non-negative,
-mapping intensities in [0, 1] into [0, 1] so the ADC never clips. Layer keys are positive generalized
-permutations (they commute with ReLU / LeakyReLU); the optional output key is a dense mixing.
+Sensor key A0 = normalise(bias + gain * permute(mix(x))) (or `stages` rounds of mix + permute before
+the gains): linear, invertible, non-negative, mapping intensities in [0, 1] into [0, 1] so the ADC never
+clips. Layer keys are positive generalized permutations (they commute with ReLU / LeakyReLU); the
+optional output key is a dense mixing.
 """
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ class KeyConfig:
     scatter: int = 0                 # sensor mixing inside random groups of this many scattered pixels (0 = none)
     mix_weight: float = 0.7          # weight of the dominant permutation in each group (> 0.5: invertible)
     mix_terms: int = 2               # number of extra permutations mixed into each group
+    mixing: str = "dominant"         # dominant: a permutation of weight mix_weight plus mix_terms others;
+    #                                  multiplex: secret 0/1 matrices, about half ones, condition-bounded
+    cond_factor: float = 1.5         # multiplex: condition number <= cond_factor * sqrt(group size + 1)
+    stages: int = 1                  # rounds of (mixing, global permutation); 2: a keyed pixel sees ~g^2 pixels
 
     def __post_init__(self):
         lo, hi = self.gain_range
@@ -38,6 +43,15 @@ class KeyConfig:
             raise ValueError("bias_max, tile and scatter must be >= 0, block and mix_terms >= 1")
         if self.tile > 1 and self.scatter > 1:
             raise ValueError("choose tile mixing or scattered mixing, not both")
+        if self.mixing not in ("dominant", "multiplex"):
+            raise ValueError(f"mixing must be dominant or multiplex, got {self.mixing!r}")
+        group = self.scatter or self.tile * self.tile
+        if self.mixing == "multiplex" and (group < 3 or group & (group + 1)):
+            raise ValueError(f"multiplex mixing needs groups of 2**m - 1 >= 3 pixels, got {group}")
+        if self.cond_factor < 1.0 or self.stages < 1:
+            raise ValueError("cond_factor must be >= 1 and stages >= 1")
+        if self.stages > 1 and (self.scatter < 2 or self.permutation != "global"):
+            raise ValueError("several mixing stages need scattered mixing and the global permutation")
 
 
 def gains(rng: Drbg, n: int, gain_range: tuple[float, float]) -> np.ndarray:
@@ -82,7 +96,11 @@ def tile_groups(shape: tuple[int, int, int], tile: int) -> np.ndarray:
 
 
 def mixing_matrices(rng: Drbg, count: int, t: int, config: KeyConfig) -> np.ndarray:
-    """`count` doubly-stochastic t x t matrices w0 * Q0 + (1 - w0) * mean(Q1..Qk), Q random permutations."""
+    """`count` invertible non-negative t x t matrices with rows summing to 1: `multiplex_matrix` each, or
+    (dominant) doubly-stochastic w0 * Q0 + (1 - w0) * mean(Q1..Qk), Q random permutations."""
+    if config.mixing == "multiplex":
+        bound = config.cond_factor * np.sqrt(t + 1.0)
+        return np.stack([multiplex_matrix(rng.child(f"group{k}"), t, bound) for k in range(count)])
     eye = np.eye(t)
     mats = np.empty((count, t, t))
     rest = (1.0 - config.mix_weight) / config.mix_terms
@@ -94,6 +112,34 @@ def mixing_matrices(rng: Drbg, count: int, t: int, config: KeyConfig) -> np.ndar
     return mats
 
 
+def s_matrix(t: int) -> np.ndarray:
+    """The t x t 0/1 S-matrix (t = 2**m - 1) from the Sylvester Hadamard matrix: (t + 1) / 2 ones per row,
+    condition number sqrt(t + 1) once rows are normalised, the best a non-negative weighing design can have
+    (Harwit & Sloane, Hadamard transform optics)."""
+    h = np.ones((1, 1))
+    while len(h) < t + 1:
+        h = np.block([[h, h], [h, -h]])
+    return (1.0 - h[1:, 1:]) / 2.0
+
+
+def row_condition(m: np.ndarray) -> float:
+    """Condition number of m with its rows normalised to sum 1 (the mixing the optics applies)."""
+    return float(np.linalg.cond(m / m.sum(axis=1, keepdims=True)))
+
+
+def multiplex_matrix(rng: Drbg, t: int, bound: float) -> np.ndarray:
+    """A secret non-negative t x t mixing: an S-matrix with shuffled rows and columns, then 4t proposed flips
+    of single entries, each kept when every row keeps a one and the row-normalised condition number stays
+    <= bound (so 8-bit ADC noise is amplified at most `bound` times). Rows sum to 1: [0, 1] maps into [0, 1]."""
+    m = s_matrix(t)[rng.child("rows").permutation(t)][:, rng.child("cols").permutation(t)]
+    picks = np.minimum((rng.child("flips").uniform(8 * t) * t).astype(np.int64), t - 1).reshape(-1, 2)
+    for i, j in picks:
+        m[i, j] = 1.0 - m[i, j]
+        if not m[i].any() or row_condition(m) > bound:
+            m[i, j] = 1.0 - m[i, j]
+    return m / m.sum(axis=1, keepdims=True)
+
+
 def tile_mixing(rng: Drbg, shape: tuple[int, int, int], config: KeyConfig) -> TileMix:
     """Doubly-stochastic mixing inside each tile x tile tile of each channel."""
     groups = tile_groups(shape, config.tile)
@@ -101,7 +147,7 @@ def tile_mixing(rng: Drbg, shape: tuple[int, int, int], config: KeyConfig) -> Ti
 
 
 def scattered_mixing(rng: Drbg, n: int, config: KeyConfig) -> TileMix:
-    """Doubly-stochastic mixing inside random groups of `config.scatter` pixels spread over the frame.
+    """Mixing (`mixing_matrices`) inside random groups of `config.scatter` pixels spread over the frame.
 
     Unlike tiles, the groups form no grid: the keyed first layer's support pattern then shows which
     keyed pixels share a group, but not where a group's pixels lie relative to each other. The last
@@ -121,13 +167,16 @@ def sensor_key(rng: Drbg, shape: tuple[int, int, int], config: KeyConfig) -> Key
         factors.append(tile_mixing(rng.child("tilemix"), shape, config))
     elif config.scatter > 1:
         factors.append(scattered_mixing(rng.child("scatter"), n, config))
+    for stage in range(1, config.stages):         # stage 0 keeps its historical labels (same keys as before)
+        factors.append(Permutation(rng.child(f"perm{stage}").permutation(n)))
+        factors.append(scattered_mixing(rng.child(f"scatter{stage}"), n, config))
     if config.permutation == "global":
         factors.append(Permutation(rng.child("perm").permutation(n)))
     elif config.permutation == "hierarchical":
         factors.append(Permutation(hierarchical_permutation(rng.child("hperm"), shape, config.block)))
     g = gains(rng.child("gain"), n, config.gain_range)
     b = rng.child("bias").uniform(n, 0.0, config.bias_max)
-    scale = 1.0 / np.max(g + b)          # doubly-stochastic mixing keeps [0,1]; this keeps gain+bias in it
+    scale = 1.0 / np.max(g + b)          # mixing rows sum to 1 and keep [0,1]; this keeps gain+bias in it
     factors.append(Gain(g * scale))
     if config.bias_max > 0:
         factors.append(Bias(b * scale))

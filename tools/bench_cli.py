@@ -10,6 +10,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "sensor": ("tools.bench.sensor:sensor", "Keyed-model accuracy vs read noise and ADC bits."),
     "pipeline": ("tools.bench.pipeline:pipeline", "End-to-end device pipeline throughput and latency."),
     "necessity": ("tools.bench.necessity:necessity", "Learned degradation vs keyed model (paper baseline)."),
+    "keyfrontier": ("tools.bench.keyfrontier:keyfrontier", "Frames-only attack vs cost of the sensor key's mixing."),
 }
 
 

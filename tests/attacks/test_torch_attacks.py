@@ -46,7 +46,7 @@ def test_attack_all_writes_the_report_and_figures(tmp_path):
                                     "--fast"])
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
-    assert report["default_profile"] == DEFAULT_PROFILE == "scatter4"
+    assert report["default_profile"] == DEFAULT_PROFILE == "mix15"
     r = report["profiles"]["stem"]
     assert {"structure", "plaintext", "inversion", "reuse", "size_bytes", "latency_ms", "acc_keyed_int8"} <= set(r)
     assert {"pixels_recovered", "ssim"} <= set(r["structure"])

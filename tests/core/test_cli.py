@@ -14,7 +14,8 @@ from edge.runtime import TFLiteModel
 from edge.datasets import load_samples
 
 BENCH_FIELDS = {"dataset", "profile", "n", "acc_float", "acc_int8_unkeyed", "acc_keyed_float", "agree_keyed_float",
-                "acc_keyed_int8", "acc_wrong_key", "acc_raw_on_keyed", "size_bytes", "latency_ms", "keying_s"}
+                "acc_keyed_int8", "acc_wrong_key", "acc_raw_on_keyed", "size_bytes", "latency_ms", "keying_s",
+                "latency_ratio", "size_ratio"}
 
 
 def test_demo_runs_on_the_embedded_default(tmp_path):
@@ -42,7 +43,7 @@ def test_shipped_model_keyed_for_a_device_classifies_samples():
     assert meta["labels"][0] == "t-shirt/top" and meta["profile"] == "full"
 
 
-@pytest.mark.parametrize("profile", ["full", "stem"])
+@pytest.mark.parametrize("profile", ["full", "stem", "mix15"])
 def test_bench_keyed_writes_exactly_the_fields(tmp_path, profile):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(cli, ["bench", "keyed", "--dataset", "mnist", "--profile", profile,
@@ -54,6 +55,9 @@ def test_bench_keyed_writes_exactly_the_fields(tmp_path, profile):
     assert set(data["latency_ms"]) == {"int8_unkeyed", "keyed_int8", "keyed_float"}
     assert data["n"] == 300 and data["agree_keyed_float"] >= 0.99      # float32 near-ties may flip one frame
     assert data["acc_keyed_int8"] > 0.9 and data["acc_wrong_key"] < 0.35 and data["acc_raw_on_keyed"] < 0.35
+    assert data["size_ratio"] == data["size_bytes"]["keyed_int8"] / data["size_bytes"]["int8_unkeyed"]
+    if profile == "mix15":                          # the sensor stage is int8 and small (issue 15: <= 2x)
+        assert data["size_ratio"] < 2.0
 
 
 def test_cli_errors_are_one_clear_line(tmp_path):

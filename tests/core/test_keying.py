@@ -9,7 +9,7 @@ from tools.ir import AvgPool, Conv, Dense, Network, Softmax, forward
 from tools.keying.keyed import FLOAT_TOLERANCE, KeyingError, derive_keyset, key_network, logits_of, verify_keyed
 from tools.onnx_import import load_onnx
 
-PROFILES = ["full", "stem"]
+PROFILES = ["full", "stem", "mix15"]
 
 
 def layer_nets(rng):

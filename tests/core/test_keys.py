@@ -7,13 +7,15 @@ import pytest
 from keys.container import KeyFileError
 from keys.drbg import Drbg
 from keys.factors import Key
-from keys.generate import (KeyConfig, channel_layer_key, hierarchical_permutation, output_key, sensor_key,
-                           spatial_layer_key)
+from keys.factors import TileMix
+from keys.generate import (KeyConfig, channel_layer_key, hierarchical_permutation, multiplex_matrix, output_key,
+                           row_condition, s_matrix, sensor_key, spatial_layer_key)
 from keys.keyset import KeySet
 
 SECRET = bytes(range(32))
 CONFIGS = [KeyConfig(), KeyConfig(tile=2), KeyConfig(tile=4, permutation="hierarchical", block=4),
-           KeyConfig(permutation="none", gain_range=(0.25, 4.0), bias_max=0.0), KeyConfig(scatter=5, mix_weight=0.55)]
+           KeyConfig(permutation="none", gain_range=(0.25, 4.0), bias_max=0.0), KeyConfig(scatter=5, mix_weight=0.55),
+           KeyConfig(scatter=7, mixing="multiplex", stages=2)]
 
 
 def all_keys():
@@ -45,6 +47,39 @@ def test_sensor_key_keeps_intensities_in_adc_range_and_scrambles(config):
     assert key.apply(np.ones(key.size)).max() <= 1 + 1e-12
     if config.permutation != "none":
         assert np.mean(np.isclose(np.argsort(key.apply(np.arange(key.size) / key.size)), np.arange(key.size))) < 0.2
+
+
+def test_multiplex_mixing_is_non_negative_condition_bounded_and_secret():
+    for t in (3, 7, 15, 31):
+        s = s_matrix(t)
+        assert set(np.unique(s)) == {0.0, 1.0} and np.all(s.sum(axis=1) == (t + 1) // 2)
+        assert np.isclose(row_condition(s), np.sqrt(t + 1))          # the optimum for 0/1 weighing designs
+    bound = 1.5 * 4.0
+    mats = [multiplex_matrix(Drbg(SECRET, f"m{i}"), 15, bound) for i in range(4)]
+    for m in mats:
+        assert m.min() >= 0 and np.allclose(m.sum(axis=1), 1.0) and row_condition(m) <= bound + 1e-9
+        assert np.all((m > 0).sum(axis=1) >= 2) and 0.3 < np.mean(m > 0) < 0.7    # every pixel mixes several
+    patterns = {tuple((m > 0).reshape(-1)) for m in mats}
+    assert len(patterns) == 4                                            # a secret per group, not one public matrix
+    assert not any(np.array_equal(m > 0, s_matrix(15) > 0) for m in mats)
+
+
+def test_two_multiplex_stages_spread_each_keyed_pixel_over_about_g_squared_pixels():
+    key = sensor_key(Drbg(SECRET, "two"), (1, 28, 28), KeyConfig(scatter=15, mixing="multiplex", stages=2))
+    assert sum(isinstance(f, TileMix) for f in key.factors) == 2
+    lin = key.linear_csr()
+    assert lin.min() >= 0                                                # non-negative light transport
+    assert 30 < np.diff(lin.indptr).mean() < 15 * 15
+    one = sensor_key(Drbg(SECRET, "two"), (1, 28, 28), KeyConfig(scatter=15, mixing="multiplex"))
+    assert np.diff(one.linear_csr().indptr).max() <= 15
+
+
+@pytest.mark.parametrize("bad", [dict(scatter=4, mixing="multiplex"), dict(scatter=7, mixing="blend"),
+                                 dict(scatter=7, mixing="multiplex", cond_factor=0.5),
+                                 dict(scatter=0, stages=2), dict(scatter=7, mixing="multiplex", stages=0)])
+def test_multiplex_options_are_validated(bad):
+    with pytest.raises(ValueError):
+        KeyConfig(**bad)
 
 
 def test_layer_keys_commute_with_relu():

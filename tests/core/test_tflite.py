@@ -19,7 +19,7 @@ def run_tflite(blob: bytes, frames: np.ndarray) -> np.ndarray:
     return TFLiteModel(blob).predict(frames.astype(np.float32))
 
 
-@pytest.mark.parametrize("profile", [None, "full", "stem"])
+@pytest.mark.parametrize("profile", [None, "full", "stem", "mix15"])
 def test_float_round_trip_matches_numpy(small_cnn, frames, profile):
     net = load_onnx(small_cnn)
     x = frames.reshape(len(frames), -1)
@@ -33,7 +33,7 @@ def test_float_round_trip_matches_numpy(small_cnn, frames, profile):
         assert any("sparse" in r["op"] for r in report)
 
 
-@pytest.mark.parametrize("profile", [None, "full", "stem"])
+@pytest.mark.parametrize("profile", [None, "full", "stem", "mix15"])
 @pytest.mark.parametrize("encrypt", [False, True])
 def test_int8_tracks_float(small_cnn, rng, profile, encrypt):
     net = load_onnx(small_cnn)
@@ -41,7 +41,7 @@ def test_int8_tracks_float(small_cnn, rng, profile, encrypt):
     if profile:
         ks = derive_keyset(SECRET, "d", "m", net, profile, encrypt)
         net, x = key_network(net, ks), adc8(ks.sensor.apply(x)) / 255.0
-    blob, report = write_tflite(net, int8=True, calib=x[:200])
+    blob, report = write_tflite(net, int8=True, calib=x[:200], sparse_ell=profile == "mix15")
     model = TFLiteModel(blob)
     assert model.input_dtype == np.int8
     want, got = forward(net, x[200:]), model.predict((x[200:] * 255).round().astype(np.uint8))
@@ -50,12 +50,15 @@ def test_int8_tracks_float(small_cnn, rng, profile, encrypt):
     float_ops = [r for r in report if r["dtype"] == "float32"]
     assert all(r.get("why") for r in float_ops)      # whatever stays float in an int8 model says why
     assert all("sparse" in r["op"] or r["op"] == "LEAKY_RELU" for r in float_ops)
+    if profile == "mix15":                      # the sensor stage: int8 GATHER + DEPTHWISE_CONV_2D
+        assert "sparse ELL" in report[0]["op"] and report[0]["dtype"] == "int8"
 
 
 def tensors_in(blob: bytes):
     """Yield (name, numpy values) of every constant tensor in a .tflite file."""
     model = fb.ModelT.InitFromPackedBuf(blob, 0)
-    kinds = {fb.TensorType.FLOAT32: np.float32, fb.TensorType.INT8: np.int8, fb.TensorType.INT32: np.int32}
+    kinds = {fb.TensorType.FLOAT32: np.float32, fb.TensorType.INT8: np.int8, fb.TensorType.INT16: np.int16,
+             fb.TensorType.INT32: np.int32}
     for t in model.subgraphs[0].tensors:
         data = model.buffers[t.buffer].data
         if data is not None and len(data):
@@ -104,14 +107,14 @@ def leaks(blob: bytes, net, keyset) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("profile", ["full", "stem"])
+@pytest.mark.parametrize("profile", ["full", "stem", "mix15"])
 @pytest.mark.parametrize("int8", [False, True])
 def test_no_key_and_no_original_weight_in_clear(small_cnn, rng, profile, int8):
     net = load_onnx(small_cnn)
     ks = derive_keyset(SECRET, "d", "m", net, profile)
     keyed = key_network(net, ks)
     x = adc8(ks.sensor.apply(rng.uniform(size=(100, 144)))) / 255.0
-    blob, _ = write_tflite(keyed, int8=int8, calib=x)
+    blob, _ = write_tflite(keyed, int8=int8, calib=x, sparse_ell=profile == "mix15")
     assert leaks(blob, net, ks) == []
     # the check can fail: the unkeyed model and a model storing the key both trip it
     plain_blob, _ = write_tflite(net, int8=int8, calib=x)

@@ -13,9 +13,10 @@ from keys.generate import KeyConfig, sensor_key
 SHAPE = (28, 28)
 
 
-@pytest.fixture(scope="module")
-def key():
-    return sensor_key(Drbg(b"\x01" * 32, "test-sensor"), (1, *SHAPE), KeyConfig(tile=2))
+@pytest.fixture(scope="module", params=[KeyConfig(tile=2), KeyConfig(scatter=15, mixing="multiplex")],
+                ids=["tiles", "multiplex"])
+def key(request):
+    return sensor_key(Drbg(b"\x01" * 32, "test-sensor"), (1, *SHAPE), request.param)
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,16 @@ def test_the_key_is_invertible_up_to_quantisation(key, frame):
     codes = PreADCStage(key, SensorModel(bits=12))(frame)
     restored = key.apply_inverse(dequantize(codes, 12).reshape(-1).astype(np.float64)).reshape(SHAPE)
     assert np.abs(restored - frame).max() < 0.01
+
+
+def test_the_faceplate_optics_and_a_multiplexed_key_compose_before_the_adc(frame):
+    key = sensor_key(Drbg(b"\x02" * 32, "mux"), (1, *SHAPE), KeyConfig(scatter=15, mixing="multiplex"))
+    optics = FiberOptics(crosstalk=0.02)
+    for after in (False, True):
+        keyed = PreADCStage(key, SensorModel(optics=optics, optics_after_key=after))(frame)
+        m, x = optics.matrix(SHAPE), frame.reshape(-1).astype(np.float64)
+        want = m @ key.apply(x) if after else key.apply(m @ x)
+        np.testing.assert_array_equal(keyed, adc(want).reshape(SHAPE))
 
 
 def test_read_noise_has_the_configured_spread(key):

@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from edge.errors import ModelError
 from edge.runtime import TFLiteModel
 from tools.tflite.builder import GraphBuilder, quant_params
-from tools.tflite.sparse_int8 import ell_form, sparse_int8_layer
+from tools.tflite.sparse_int8 import ell_form, regrouped_ell_form, sparse_int8_layer
 from tools.tflite.writer import INPUT_QUANT, act_quant, weight_quant
 
 ROWS, COLS = 700, 400
@@ -36,10 +36,10 @@ def _grouped(groups: int = 60, m: int = 6, cols: int = COLS, seed: int = 5) -> t
     return sp.csr_matrix((rng.normal(size=len(r)), (r, c)), shape=(groups * m, cols)), rng.normal(size=groups * m)
 
 
-def _model(w, bias, out_quant, int16: bool = True) -> bytes:
+def _model(w, bias, out_quant, int16: bool = True, regroup: bool = False) -> bytes:
     g = GraphBuilder()
     x = g.tensor("x", [1, w.shape[1]], np.int8, quant=quant_params(*INPUT_QUANT))
-    out = sparse_int8_layer(g, x, INPUT_QUANT, w, bias, out_quant, "layer", int16_indices=int16)
+    out = sparse_int8_layer(g, x, INPUT_QUANT, w, bias, out_quant, "layer", int16_indices=int16, regroup=regroup)
     return g.finish([x], [out], {})
 
 
@@ -143,3 +143,30 @@ def test_bad_inputs():
     x = g.tensor("y", [1, COLS], np.int8, quant=quant_params(*INPUT_QUANT))
     with pytest.raises(ModelError, match="bias has 3 values"):
         sparse_int8_layer(g, x, INPUT_QUANT, w, bias[:3], (0.1, 0), "bad")
+
+
+def test_a_sensor_key_inverse_regroups_its_scattered_rows_and_runs_in_int8():
+    from keys.drbg import Drbg
+    from keys.generate import KeyConfig, sensor_key
+    key = sensor_key(Drbg(bytes(32), "s"), (1, 28, 28), KeyConfig(scatter=15, mixing="multiplex"))
+    w = key.inverse_linear_csr()
+    bias = -(w @ key.offset())
+    assert ell_form(w).multiplier == 1                        # a group's pixels are scattered: no aligned blocks
+    ell = regrouped_ell_form(w)
+    assert ell.multiplier == 15 and ell.index.shape == (15, 52 + 4)      # 52 groups of 15, 4 pixels left alone
+    assert sorted(ell.rows) == sorted(set(ell.rows)) and len(ell.rows) == 784
+    x = np.random.default_rng(0).random(784)
+    channels = (ell.weight * x[ell.index].repeat(ell.multiplier, axis=1)).sum(axis=0)
+    assert np.allclose(channels[ell.rows], w @ x)
+    frames = np.clip(key.apply(np.random.default_rng(1).random((8, 784))) * 255, 0, 255).round().astype(np.uint8)
+    want = (w @ (frames.T / 255.0)).T + bias                  # the plain frame, up to the 8-bit keyed input
+    quant = act_quant(float(want.min()), float(want.max()))
+    small = _model(w, bias, quant, regroup=True)
+    got = TFLiteModel(small).predict(frames)
+    _, ws = weight_quant(ell.weight.T)                        # the same bound as for any sparse layer, per row
+    bound = (np.diff(w.indptr) * ws[ell.rows] / 2 + INPUT_QUANT[0] * ws[ell.rows] / 2 + 1.5 * quant[0])
+    assert np.all(np.abs(got - want) <= bound + 1e-9)
+    assert np.abs(got - want).mean() < 0.02                   # measured 0.010 of a [0, 1] frame (int8 weights)
+    assert np.abs(got - TFLiteModel(_model(w, bias, quant)).predict(frames)).max() <= 2 * quant[0]
+    assert len(small) < len(_model(w, bias, quant))           # one index list per group, not per row
+    assert regrouped_ell_form(_grouped()[0]).rows is None     # aligned blocks keep the plain ELL form

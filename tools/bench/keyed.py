@@ -15,7 +15,7 @@ from tools.bench.common import latency_ms, predict_labels, print_table, write_js
 from tools.ir import forward
 from tools.keying.keyed import derive_keyset
 from tools.models_zoo import ZOO
-from tools.keying.profiles import DEFAULT_PROFILE
+from tools.keying.profiles import DEFAULT_PROFILE, Profile, get_profile
 from tools.keying.provision import (Provisioned, adc8, build_keyed_model, default_calibration_frames,
                                     model_metadata)
 from tools.onnx_import import load_onnx
@@ -66,9 +66,10 @@ def prepare_bench(net, model_path, profile: str, calib: np.ndarray, images: np.n
     return BenchModels(prov, wrong, unkeyed_float, unkeyed_int8, models, inputs)
 
 
-def run_keyed_bench(dataset: str, profile: str, limit: int | None, model_path: str | None = None,
+def run_keyed_bench(dataset: str, profile: str | Profile, limit: int | None, model_path: str | None = None,
                     progress: bool = True) -> tuple[dict, dict]:
     """Measure everything `keycam bench keyed` reports; returns (JSON fields, extra details)."""
+    profile = get_profile(profile)
     model_path = model_path or shipped_model(dataset)
     images, labels = load_dataset(dataset, "test", limit=limit)
     plain = images.reshape(len(images), -1).astype(np.float64) / 255.0
@@ -83,14 +84,15 @@ def run_keyed_bench(dataset: str, profile: str, limit: int | None, model_path: s
     acc_raw = float(np.mean(predict_labels(models["keyed_int8"], images, "plain frames", progress) == labels))
     lat = latency_ms({k: models[k] for k in ("int8_unkeyed", "keyed_int8", "keyed_float")}, inputs)
     ref = forward(net, plain).argmax(1)
+    sizes = {"float": len(b.unkeyed_float), "int8_unkeyed": len(b.unkeyed_int8), "keyed_int8": len(prov.tflite_int8)}
     return {
-        "dataset": dataset, "profile": profile, "n": int(len(images)),
+        "dataset": dataset, "profile": profile.name, "n": int(len(images)),
         "acc_float": acc["float"], "acc_int8_unkeyed": acc["int8_unkeyed"], "acc_keyed_float": acc["keyed_float"],
         "agree_keyed_float": float(np.mean(pred["keyed_float"] == pred["float"])),
         "acc_keyed_int8": acc["keyed_int8"], "acc_wrong_key": acc_wrong, "acc_raw_on_keyed": acc_raw,
-        "size_bytes": {"float": len(b.unkeyed_float), "int8_unkeyed": len(b.unkeyed_int8),
-                       "keyed_int8": len(prov.tflite_int8)},
-        "latency_ms": lat, "keying_s": prov.report["total_s"],
+        "size_bytes": sizes, "latency_ms": lat, "keying_s": prov.report["total_s"],
+        "latency_ratio": lat["keyed_int8"] / lat["int8_unkeyed"],          # keyed int8 vs unkeyed int8
+        "size_ratio": sizes["keyed_int8"] / sizes["int8_unkeyed"],
     }, {"agree_numpy_float": float(np.mean(pred["keyed_float"] == ref)),
         "agree_keyed_float_adc8": float(np.mean(keyed_float_adc == pred["float"])),
         "float_max_rel_error": prov.report["float_max_rel_error"],
@@ -113,6 +115,10 @@ def check_targets(r: dict) -> list[str]:
             misses.append("keyed_int8 latency > 4x int8_unkeyed")
         if r["size_bytes"]["keyed_int8"] > 4 * r["size_bytes"]["float"]:
             misses.append("keyed_int8 size > 4x float size")
+    if r["profile"] == DEFAULT_PROFILE:           # issue 15: the default costs <= 2x the unkeyed int8 model
+        for k in ("latency_ratio", "size_ratio"):
+            if r[k] > 2.0:
+                misses.append(f"{k} {r[k]:.2f} > 2 (keyed int8 vs unkeyed int8)")
     if r["keying_s"] > 2.0:
         misses.append(f"keying_s {r['keying_s']:.2f} > 2")
     return misses
@@ -146,10 +152,11 @@ def keyed(dataset: str, profile: str | None, limit: int | None, model_path: str 
         ("accuracy, another device's key", f"{r['acc_wrong_key']:.4f}"),
         ("accuracy, plain frames into keyed", f"{r['acc_raw_on_keyed']:.4f}"),
         ("size float / int8 / keyed int8", f"{size['float']:,} / {size['int8_unkeyed']:,} / {size['keyed_int8']:,} B "
-                                          f"({size['keyed_int8'] / size['float']:.2f}x float)"),
+                                          f"({size['keyed_int8'] / size['float']:.2f}x float, "
+                                          f"{r['size_ratio']:.2f}x int8)"),
         ("latency int8 / keyed int8 / keyed float", f"{lat['int8_unkeyed']:.4f} / {lat['keyed_int8']:.4f} / "
                                                     f"{lat['keyed_float']:.4f} ms "
-                                                    f"({lat['keyed_int8'] / lat['int8_unkeyed']:.2f}x)"),
+                                                    f"({r['latency_ratio']:.2f}x)"),
         ("keyed int8 ops kept float", ", ".join(details["keyed_int8_float_ops"]) or "none"),
         ("keying (keygen+key+quantize+write)", f"{r['keying_s']:.3f} s"),
         ("keyed float vs numpy float agreement", f"{details['agree_numpy_float']:.4f} "

@@ -215,11 +215,30 @@ def _patch_stem(layer, sensor: Key, in_shape) -> tuple | None:
     return None if g is None else gather_stem(layer, in_shape, g.index, g.scale, g.offset)
 
 
-def iter_keyed_layers(net: Network, keyset: KeySet, progress: Callable[[str], None] | None = None) -> Iterator:
+def sensor_stage(sensor: Key, in_shape: tuple[int, ...]) -> tuple[list, Key]:
+    """The layers that undo the sensor key, x = L^-1 (y - c), as one sparse Dense (a row per plain pixel, its
+    non-zeros on the keyed pixels of that pixel's mixing group), and the identity key of their plain output.
+
+    Used by profiles whose model is sealed key material: the stage holds A0^-1 in its weights."""
+    inv = sensor.inverse_linear_csr()
+    inv.eliminate_zeros()
+    inv.sort_indices()
+    n = sensor.size
+    dense = Dense(inv, -np.asarray(inv @ sensor.offset()).ravel())
+    if len(in_shape) == 3:
+        c = in_shape[0]
+        return [dense, Unflatten(tuple(in_shape))], Key(n, [ChannelGenPerm(np.arange(c), np.ones(c), n // c)], "plain")
+    return [dense], Key(n, [], "plain")
+
+
+def iter_keyed_layers(net: Network, keyset: KeySet, progress: Callable[[str], None] | None = None,
+                      profile: Profile | None = None) -> Iterator:
     """Yield the keyed network's layers one at a time (callers may stream them and drop each one).
 
     `progress` (e.g. a stderr printer) gets one line per keyed linear layer with its size and time.
+    `profile` defaults to the key set's registered profile.
     """
+    prof = profile or get_profile(keyset.profile)
     shapes = [tuple(net.input_shape)] + net.shapes()
     linear = _linear_indices(net)
     keys_out = dict(zip(linear, keyset.layers + [keyset.output]))
@@ -227,6 +246,14 @@ def iter_keyed_layers(net: Network, keyset: KeySet, progress: Callable[[str], No
         raise KeyingError(f"key set has {len(keyset.layers)} layer keys, the network needs {len(linear) - 1}")
     k_in: Key = keyset.sensor
     vector = True            # keyed activations start as flat vectors (the sensor key scrambles space)
+    if prof.sensor_stage:
+        start = time.perf_counter()
+        stage, k_in = sensor_stage(keyset.sensor, tuple(net.input_shape))
+        yield from stage
+        vector = len(stage) == 1
+        if progress is not None:
+            progress(f"sensor stage: A0^-1 as a sparse layer, {stage[0].weight.nnz:,} non-zeros "
+                     f"in {time.perf_counter() - start:.2f} s")
     for i, layer in enumerate(net.layers):
         in_shape, out_shape = shapes[i], shapes[i + 1]
         if isinstance(layer, LINEAR):
@@ -272,9 +299,10 @@ def iter_keyed_layers(net: Network, keyset: KeySet, progress: Callable[[str], No
             yield layer
 
 
-def key_network(net: Network, keyset: KeySet, progress: Callable[[str], None] | None = None) -> Network:
+def key_network(net: Network, keyset: KeySet, progress: Callable[[str], None] | None = None,
+                profile: Profile | None = None) -> Network:
     """Return the keyed network: on keyed frames it computes A_k f(x) (A_k = I without output key)."""
-    layers = list(iter_keyed_layers(net, keyset, progress))
+    layers = list(iter_keyed_layers(net, keyset, progress, profile))
     return Network((int(np.prod(net.input_shape)),), layers, name=f"{net.name}-keyed-{keyset.profile}")
 
 

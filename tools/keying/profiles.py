@@ -16,6 +16,7 @@ class Profile:
     layers: KeyConfig = field(default_factory=KeyConfig)
     description: str = ""
     sensor_layout: str = "global"        # global: pixel-level key; patch: patch-aligned (tools.keying.patchkey)
+    sensor_stage: bool = False           # the model's first layer undoes A0 (sparse int8), then the plain stem
 
 
 PROFILES: dict[str, Profile] = {
@@ -37,6 +38,15 @@ PROFILES: dict[str, Profile] = {
                         description="full + sensor mixing inside random groups of 4 scattered pixels before the "
                         "permutation: the structure attack sees which keyed pixels share a group but no grid "
                         "(~1.5x full)"),
+    "mix15": Profile("mix15", False, sensor_stage=True, sensor=KeyConfig(scatter=15, mixing="multiplex"),
+                     description="for sealed models: a sensor key that multiplexes random groups of 15 scattered "
+                     "pixels (each group its own secret 0/1 matrix, half ones, condition number <= 6) before the "
+                     "global permutation, gains and bias; the model undoes it in one int8 sparse layer (it holds "
+                     "A0^-1: seal it), then runs the stem profile's network (per-channel keys, dense int8 convs)"),
+    "mix15x2": Profile("mix15x2", False, sensor_stage=True,
+                       sensor=KeyConfig(scatter=15, mixing="multiplex", stages=2),
+                       description="mix15 with two rounds of mixing and permutation (a keyed pixel sees ~57 "
+                       "pixels; ~2.8x the unkeyed int8 latency and size)"),
     "stem-patch": Profile("stem-patch", False, sensor=KeyConfig(permutation="none"), sensor_layout="patch",
                           description="stem profile with a patch-aligned sensor permutation for patchify stems: "
                           "the keyed stem is an int8 GATHER + 1x1 conv (keyed frames keep whole patches; the .tflite shows "
@@ -44,7 +54,7 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-DEFAULT_PROFILE = "scatter4"    # defeats the structure attack at <= 2x full, lowest unmixing bound (see README)
+DEFAULT_PROFILE = "mix15"    # the model is sealed: chosen against the frames-only attack at <= 2x unkeyed int8 cost
 
 
 def get_profile(name: "str | Profile") -> Profile:

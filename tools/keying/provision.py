@@ -17,7 +17,7 @@ from hardware.preadc import adc
 from keys.keyset import KeySet
 from tools.ir import Network
 from tools.keying.keyed import derive_keyset, key_network, model_id_of, verify_keyed
-from tools.keying.profiles import DEFAULT_PROFILE
+from tools.keying.profiles import DEFAULT_PROFILE, Profile, get_profile
 from tools.onnx_import import load_onnx
 from tools.tflite.writer import write_tflite
 
@@ -57,7 +57,7 @@ def model_metadata(net: Network, keyset: KeySet | None, kind: str) -> dict:
     return meta
 
 
-def build_keyed_model(onnx_path: str | Path, secret: bytes, device_id: str, profile: str = DEFAULT_PROFILE,
+def build_keyed_model(onnx_path: str | Path, secret: bytes, device_id: str, profile: str | Profile = DEFAULT_PROFILE,
                       output_encryption: bool = False, calib_frames: np.ndarray | None = None,
                       float_model: bool = True) -> Provisioned:
     """Derive the device's key set, key the model, check it in float and write int8 (+ float) .tflite."""
@@ -67,9 +67,10 @@ def build_keyed_model(onnx_path: str | Path, secret: bytes, device_id: str, prof
     net = load_onnx(onnx_path)
     start = time.perf_counter()
     model_id = model_id_of(onnx_path.read_bytes())
-    keyset = derive_keyset(secret, device_id, model_id, net, profile, output_encryption)
+    prof = get_profile(profile)
+    keyset = derive_keyset(secret, device_id, model_id, net, prof, output_encryption)
     t_keys = time.perf_counter()
-    keyed = key_network(net, keyset)
+    keyed = key_network(net, keyset, profile=prof)
     t_keying = time.perf_counter()
     plain = default_calibration_frames(net) if calib_frames is None else \
         np.asarray(calib_frames, dtype=np.float64).reshape(len(calib_frames), -1)
@@ -78,7 +79,8 @@ def build_keyed_model(onnx_path: str | Path, secret: bytes, device_id: str, prof
     float_error = verify_keyed(net, keyed, keyset, plain[:64])
     keyed_frames = adc8(keyset.sensor.apply(plain)).astype(np.float64) / 255.0
     meta = model_metadata(net, keyset, "keyed")
-    tflite_int8, ops = write_tflite(keyed, int8=True, calib=keyed_frames, metadata={**meta, "quantization": "int8"})
+    tflite_int8, ops = write_tflite(keyed, int8=True, calib=keyed_frames, metadata={**meta, "quantization": "int8"},
+                                    sparse_ell=prof.sensor_stage)
     t_int8 = time.perf_counter()
     tflite_float = write_tflite(keyed, metadata={**meta, "quantization": "float32"})[0] if float_model else b""
     report = {"model_id": model_id, "profile": keyset.profile, "float_max_rel_error": float_error,

@@ -5,7 +5,9 @@ weights symmetric per output channel, int32 biases. Sparse layers whose pattern 
 blocks become int8 block-sparse FULLY_CONNECTED with one weight scale per tensor (the sparse kernel
 has no per-channel path; tflite-runtime 2.14 returns zeros with per-channel scales). Other sparse
 layers have no int8 kernel (see runtime-facts.md): they stay float32 CSR between DEQUANTIZE/QUANTIZE,
-and the report lists them. Sparse layers are written as CSR FULLY_CONNECTED with op version 8 (with
+and the report lists them, unless the caller asks for `sparse_ell`: then they become int8 GATHER +
+DEPTHWISE_CONV_2D in ELL form (tools.tflite.sparse_int8; cheap when rows have few non-zeros, e.g. a
+sensor key's inverse). Sparse layers are written as CSR FULLY_CONNECTED with op version 8 (with
 version 1 the XNNPACK delegate claims them and returns wrong results).
 """
 from __future__ import annotations
@@ -67,8 +69,8 @@ def weight_quant(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Lowering:
-    def __init__(self, net: Network, int8: bool, ranges: list[tuple[float, float]]):
-        self.net, self.int8, self.ranges = net, int8, ranges
+    def __init__(self, net: Network, int8: bool, ranges: list[tuple[float, float]], sparse_ell: bool = False):
+        self.net, self.int8, self.ranges, self.sparse_ell = net, int8, ranges, sparse_ell
         self.g = GraphBuilder()
         self.report: list[dict] = []
 
@@ -232,8 +234,16 @@ class _Lowering:
         plo, phi = _pre_activation_range(layer, lo, hi)
         opts = fb.FullyConnectedOptionsT()
         opts.fusedActivationFunction = _ACT_CODES[fused]
-        blocks = block16_layout(sp.csr_matrix(w)) if sp.issparse(w) and self.int8 else None
-        if blocks is not None:
+        ell = sp.issparse(w) and self.int8 and self.sparse_ell and fused == "none" and layer.act == "none"
+        blocks = block16_layout(sp.csr_matrix(w)) if sp.issparse(w) and self.int8 and not ell else None
+        if ell:
+            from tools.tflite.sparse_int8 import sparse_int8_layer    # it imports this module's weight_quant
+            cur = self._quantized(cur, name)
+            quant = act_quant(plo, phi)
+            index = sparse_int8_layer(self.g, cur.index, cur.quant, w, b, quant, name, regroup=True)
+            out = _Act(index, (n_out,), plo, phi, quant, row_order)
+            self._note(i, f"GATHER + DEPTHWISE_CONV_2D (sparse ELL, nnz={w.nnz})", "int8")
+        elif blocks is not None:
             cur = self._quantized(cur, name)
             values, indptr, block_cols = blocks
             ws = max(float(np.abs(values).max(initial=0.0)), 1e-12) / 127.0     # per tensor: see module doc
@@ -407,12 +417,15 @@ def calibration_ranges(net: Network, frames: np.ndarray, batch: int = CALIBRATIO
 
 
 def write_tflite(net: Network, int8: bool = False, calib: np.ndarray | None = None,
-                 metadata: dict | None = None) -> tuple[bytes, list[dict]]:
-    """Write `net` as .tflite bytes; int8 needs calibration frames. Returns (bytes, per-op report)."""
+                 metadata: dict | None = None, sparse_ell: bool = False) -> tuple[bytes, list[dict]]:
+    """Write `net` as .tflite bytes; int8 needs calibration frames. Returns (bytes, per-op report).
+
+    `sparse_ell`: int8 sparse layers without an activation that are not 1x16 blocks are written int8 in ELL
+    form instead of float32 CSR."""
     if int8 and (calib is None or len(calib) == 0):
         raise ModelError("int8 quantisation needs calibration frames")
     ranges = calibration_ranges(net, calib) if int8 else []
-    low = _Lowering(net, int8, ranges)
+    low = _Lowering(net, int8, ranges, sparse_ell)
     first, last = low.run()
     meta = dict(metadata or {})
     meta["ops"] = low.report
