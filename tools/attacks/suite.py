@@ -139,7 +139,7 @@ def run_all(dataset: str, profiles: list[str], limit: int | None, png_dir: Path 
 def save_figure(figs: dict[str, dict], path: Path) -> Path:
     """Rows: plain frames, keyed frames, then every attack's reconstruction in the suite's order (the
     structure attack's unmixing bound after its own reconstruction, for mixing keys)."""
-    shown = [f for f in figs.values() if "plain" in f]
+    shown = [f for f in figs.values() if "plain" in f and "shape" in f]
     if not shown:
         raise AttackError("no attack produced frames to show")
     shape, n = shown[0]["shape"], MONTAGE_FRAMES
