@@ -20,7 +20,7 @@ apt_install() {
 }
 apt_install python3-venv python3-dev
 if [ "$task" = test ]; then
-    apt_install mosquitto openssh-server openssh-client socat dataset-fashion-mnist
+    apt_install mosquitto openssh-server openssh-client socat dataset-fashion-mnist mender-client mender-artifact
 fi
 
 PY="${PYTHON:-python3}"
