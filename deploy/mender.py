@@ -40,6 +40,8 @@ MODULES_DIR = "/usr/share/mender/modules/v3"        # where the 3.x client looks
 VERIFY_KEY = "/etc/mender/keycam-artifact-verify.pem"
 MENDER_CONF = "/etc/mender/mender.conf"
 DEVICE_TYPE_FILE = "/var/lib/mender/device_type"    # Debian: /var/lib/mender -> /data/mender
+ARTIFACT_INFO = "/etc/mender/artifact_info"         # the client refuses to install without it
+FACTORY_ARTIFACT = "keycam-factory"
 _TOOL_TIMEOUT_S = 600
 
 
@@ -175,8 +177,9 @@ def _merge_conf(conf: Path, settings: dict) -> None:
 def install_update_module(rootfs: Path, verify_key_pem: bytes, hardware: str, python: str = DEVICE_PYTHON,
                           device_root: str = DEVICE_ROOT) -> list[str]:
     """Install into the file system at `rootfs` (/ on the device, or a mounted SD card): the `keycam`
-    update module, the artifact verify key (set as ArtifactVerifyKey in mender.conf) and the Mender
-    device type `hardware`. Returns the paths written (as seen on the device)."""
+    update module, the artifact verify key (set as ArtifactVerifyKey in mender.conf), the Mender
+    device type `hardware`, and where the image names no installed artifact yet, the factory name
+    keycam-factory. Returns the paths written (as seen on the device)."""
     rootfs = Path(rootfs)
     if not rootfs.is_dir():
         raise MenderError(f"root file system {rootfs} is not a directory")
@@ -198,7 +201,12 @@ def install_update_module(rootfs: Path, verify_key_pem: bytes, hardware: str, py
     _merge_conf(_in_rootfs(rootfs, MENDER_CONF), {"ArtifactVerifyKey": VERIFY_KEY})
     type_file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(type_file, f"device_type={hardware}\n".encode(), 0o644)
-    return [f"{MODULES_DIR}/{MODULE_TYPE}", VERIFY_KEY, MENDER_CONF, DEVICE_TYPE_FILE]
+    written = [f"{MODULES_DIR}/{MODULE_TYPE}", VERIFY_KEY, MENDER_CONF, DEVICE_TYPE_FILE]
+    info = _in_rootfs(rootfs, ARTIFACT_INFO)
+    if not info.exists():
+        atomic_write(info, f"artifact_name={FACTORY_ARTIFACT}\n".encode(), 0o644)
+        written.append(ARTIFACT_INFO)
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:

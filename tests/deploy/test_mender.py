@@ -21,7 +21,8 @@ from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
-from deploy_testkit import PASSPHRASE, REPO, assert_still_running, rebundle, service, snapshot, vault_public_hex
+from deploy_testkit import (PASSPHRASE, REPO, assert_still_running, init_root, rebundle, service, snapshot,
+                            vault_public_hex)
 
 from deploy import mender
 from deploy.bundle import read_manifest
@@ -30,7 +31,7 @@ from deploy.health import load_canary, save_canary
 from keys.vault import Vault
 
 DEVICE = "cam-01"
-FACTORY = "keycam-factory"
+FACTORY = mender.FACTORY_ARTIFACT
 MODULES = "/usr/share/mender/modules/v3"
 ETC = "/etc/mender"
 TIMEOUT_S = 180
@@ -122,8 +123,7 @@ class Client:
         written = mender.install_update_module(rootfs, verify_key.read_bytes(), "rpi4", python=sys.executable,
                                                device_root=str(device_root))
         assert set(written) == {f"{MODULES}/keycam", mender.VERIFY_KEY, mender.MENDER_CONF,
-                                mender.DEVICE_TYPE_FILE}
-        (rootfs / ETC.lstrip("/") / "artifact_info").write_text(f"artifact_name={FACTORY}\n")
+                                mender.DEVICE_TYPE_FILE, mender.ARTIFACT_INFO}
 
     def run(self, *args: str) -> subprocess.CompletedProcess:
         env = {**os.environ, "ROOTFS": str(self.rootfs), "PYTHONPATH": str(REPO)}
@@ -162,6 +162,7 @@ def test_artifact_validates_and_describes_the_bundle(artifacts, fleet_vault, tmp
                for r in records)
 
 
+@pytest.mark.slow
 def test_install_then_commit_runs_the_new_slot(client, artifacts, device_root):
     assert client.artifact() == FACTORY
     install = client.run("install", str(artifacts.good))
@@ -188,6 +189,7 @@ def test_failing_health_check_at_install_keeps_the_previous_slot(client, artifac
     assert_still_running(device_root, snap)
 
 
+@pytest.mark.slow
 def test_failing_health_check_at_commit_rolls_back(client, artifacts, device_root):
     snap = snapshot(device_root)
     assert client.run("install", str(artifacts.good)).returncode == 0
@@ -199,6 +201,7 @@ def test_failing_health_check_at_commit_rolls_back(client, artifacts, device_roo
     assert_still_running(device_root, snap)
 
 
+@pytest.mark.slow
 def test_standalone_rollback_returns_to_the_previous_slot(client, artifacts, device_root):
     snap = snapshot(device_root)
     assert client.run("install", str(artifacts.good)).returncode == 0
@@ -234,7 +237,10 @@ def test_installer_keeps_mender_settings_and_checks_the_device_type(artifacts, t
     conf = rootfs / "etc" / "mender" / "mender.conf"
     conf.write_text(json.dumps({"ServerURL": "https://hosted.mender.io", "TenantToken": "t"}))
     conf.chmod(0o600)
-    mender.install_update_module(rootfs, artifacts.pub.read_bytes(), "rpi4")
+    (rootfs / "etc" / "mender" / "artifact_info").write_text("artifact_name=pi-image-7\n")
+    written = mender.install_update_module(rootfs, artifacts.pub.read_bytes(), "rpi4")
+    assert mender.ARTIFACT_INFO not in written, "the image's own artifact name is kept"
+    assert (rootfs / "etc" / "mender" / "artifact_info").read_text() == "artifact_name=pi-image-7\n"
     doc = json.loads(conf.read_text())
     assert doc == {"ServerURL": "https://hosted.mender.io", "TenantToken": "t",
                    "ArtifactVerifyKey": mender.VERIFY_KEY}
@@ -264,3 +270,15 @@ def test_update_module_imports_no_host_code():
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_install_module_command_reads_the_device_type_from_the_identity(artifacts, fleet_vault, tmp_path, capsys):
+    rootfs = tmp_path / "card"
+    init_root(rootfs / "var" / "lib" / "keycam", DEVICE, fleet_vault.signing_pub, hardware="rpi5")
+    assert mender.main(["install-module", "--rootfs", str(rootfs), "--verify-key", str(artifacts.pub)]) == 0
+    assert "(device type rpi5)" in capsys.readouterr().out
+    assert (rootfs / "var" / "lib" / "mender" / "device_type").read_text() == "device_type=rpi5\n"
+    assert (rootfs / "etc" / "mender" / "keycam-artifact-verify.pem").read_bytes() == artifacts.pub.read_bytes()
+    assert mender.main(["install-module", "--rootfs", str(tmp_path / "blank"), "--verify-key",
+                        str(artifacts.pub)]) == 1
+    assert "not a provisioned keycam device root" in capsys.readouterr().err
