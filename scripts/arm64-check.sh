@@ -52,6 +52,13 @@ mkdir -p "$CACHE"
 exec 9>"$CACHE/lock"
 flock 9
 
+unmount_below() {  # every mount point at or below $1, deepest first (what a killed run left behind)
+    local target
+    findmnt -rn -o TARGET | awk -v p="$1" '$0 == p || index($0, p "/") == 1' | sort -r |
+        while read -r target; do umount "$target" 2>/dev/null || umount -l "$target"; done
+}
+unmount_below "$CACHE"   # before anything below it is removed: never delete through a bind mount
+
 key=$(printf '%s\n' "$SUITE" "$MIRROR" "${PACKAGES[@]}" | sha256sum | cut -c1-12)
 rootfs="$CACHE/rootfs-$SUITE-$key"
 if [ ! -e "$rootfs/.keycam-complete" ]; then
