@@ -3,6 +3,7 @@
 # 64-bit Raspberry Pi OS userland (Debian bookworm arm64, qemu-user via binfmt), once per Pi CPU:
 #   Pi 4 (Cortex-A72) and Pi 5 (Cortex-A76).
 #   scripts/arm64-check.sh [pi4|pi5 ...]        (default: both; needs root for chroot and mounts)
+#   KEYCAM_SHARED=DIR: the project's shared data folder when it is not ../shared
 # The rootfs is built once with mmdebstrap and cached in $KEYCAM_ARM64_CACHE (default
 # /var/cache/keycam-arm64), keyed by suite and package list. Each CPU gets a clean copy of the
 # committed tree (git archive HEAD). Prints one pass/fail line per CPU and a total; exits non-zero if
@@ -16,6 +17,7 @@ SUITE=bookworm
 MIRROR=http://deb.debian.org/debian
 PACKAGES=(python3 python3-venv python3-dev git ca-certificates mosquitto socat)
 CACHE="${KEYCAM_ARM64_CACHE:-/var/cache/keycam-arm64}"
+SHARED="${KEYCAM_SHARED:-$repo/../shared}"    # research data beside the checkout, as in CI
 DEVICE_TESTS=(tests/edge tests/hardware tests/hil)
 
 skip() { echo "arm64 check skipped: $*"; exit 0; }
@@ -125,7 +127,7 @@ run_cpu() {  # name -> $cpu_status: exit status of the demo and the device tests
     mnt --bind /dev/pts "$rootfs/dev/pts"
     mnt -t tmpfs tmpfs "$rootfs/dev/shm"
     mnt --bind "$rootfs/etc/keycam-cpuinfo" "$rootfs/proc/cpuinfo"
-    if [ -d "$repo/../shared" ]; then mnt --bind -o ro "$repo/../shared" "$rootfs/src/shared"; fi
+    if [ -d "$SHARED" ]; then mnt --bind -o ro "$SHARED" "$rootfs/src/shared"; fi
 
     cpu_status=0
     env -i HOME=/root LANG=C.UTF-8 TERM=dumb PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin \
