@@ -82,21 +82,38 @@ def deploy() -> None:
 @click.option("--health-timeout", default=30.0, show_default=True, type=click.FloatRange(1, 3600))
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="device config template (default: the one given at provisioning)")
+@click.option("--mender", "mender_artifact", is_flag=True,
+              help="also write a signed Mender artifact <device>-<version>.mender beside the bundle "
+                   "(see deploy/MENDER.md)")
 @vault_options
 def build(device, version, min_version, keyset, hardware, out, canary_frames, health_timeout,
-          config_path, **params) -> None:
-    """Build DEVICE's signed bundle from the vault (model, sensor key and canary sealed to the device)."""
+          config_path, mender_artifact, **params) -> None:
+    """Build DEVICE's signed bundle from the vault (model, sensor key and canary sealed to the device;
+    with --mender also its Mender artifact)."""
     from deploy import builder  # host-only heavy imports (scipy)
     from deploy.payload import load_template
     template = load_template(config_path) if config_path else None
+    if mender_artifact:
+        from deploy import mender
+        mender.require_tool()
     with edit_vault(params) as vault:
         path, manifest = builder.build(vault, device, version, out, min_version, keyset, list(hardware) or None,
                                        canary_frames, health_timeout_s=health_timeout, config=template)
+        if mender_artifact:   # before any audit entry: a failure here leaves the vault and its log unchanged
+            key = mender.mender_key(vault)
+            artifact = mender.write_artifact(key, path, manifest)
         audit.record(vault, "bundle", device, version=version, key_fingerprint=manifest.keys["key_fingerprint"],
                      bundle=str(path))
+        if mender_artifact:
+            audit.record(vault, "mender-artifact", device, version=version, artifact=str(artifact),
+                         key_id=key.key_id, key_created=key.created)
+            pub = mender.export_public(params["vault_path"], key)
     click.echo(f"built {path}: {device} {version} (min {min_version}), key set "
                f"{manifest.keys['key_fingerprint'][:16]}, {len(manifest.files)} files, "
                f"signed by {manifest.signing_key_id}")
+    if mender_artifact:
+        click.echo(f"built {artifact}: Mender artifact {mender.artifact_name(manifest)}, module type "
+                   f"{mender.MODULE_TYPE}, device types {', '.join(manifest.compatible)}, verify key {pub}")
 
 
 @deploy.command()

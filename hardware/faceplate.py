@@ -7,6 +7,7 @@ subclass saying what went wrong and what to check.
 from __future__ import annotations
 
 import random
+import termios
 import time
 from collections import Counter
 
@@ -114,7 +115,7 @@ class SerialFaceplate:
             try:
                 self._ser.write(frame)
                 self._ser.flush()
-            except (serial.SerialException, OSError) as exc:
+            except (serial.SerialException, OSError, termios.error) as exc:   # tcdrain's EIO is a termios.error
                 raise self._disconnected(exc) from exc
             reply, problem = self._read_reply(seq, time.monotonic() + self.timeout)
             if reply is None:

@@ -418,10 +418,13 @@ def _reseal_models(dev: dict, new_public: str) -> None:
 @click.option("--new-device-key", is_flag=True,
               help="give the device a new key pair: bundles sealed to the old key no longer open on it; "
               "the vault's models are re-sealed to the new key")
+@click.option("--mender-rootfs", type=click.Path(file_okay=False, path_type=Path),
+              help="also install the keycam Mender update module and the artifact verify key into this root "
+              "file system (the card's /, see deploy/MENDER.md)")
 @click.option("--clear-model", is_flag=True,
               help="RESEARCH ONLY: write the keyed model and sensor key in clear (they give the sensor key away)")
 @vault_options
-def export(device, out, keyset, store, tpm_tcti, new_device_key, clear_model, **params) -> None:
+def export(device, out, keyset, store, tpm_tcti, new_device_key, mender_rootfs, clear_model, **params) -> None:
     """Write what DEVICE needs: sealed keyed model, config, sealed sensor key (no faceplate only), identity.
 
     Re-exporting to the same root keeps the device's key pair."""
@@ -469,6 +472,11 @@ def export(device, out, keyset, store, tpm_tcti, new_device_key, clear_model, **
         root.init_identity(device, dev["hardware"], signing, new_private and raw_private(new_private),
                            store or "file", store_options)
         written = [*files, CONFIG, "identity/"]
+        if mender_rootfs:
+            from deploy import mender
+            key = mender.mender_key(vault)
+            written += [str(p) for p in mender.install_update_module(mender_rootfs, key.public_pem, dev["hardware"])]
+            mender.export_public(vault.path, key)
         audit.record(vault, "export", device, key_fingerprint=gen["key_fingerprint"], out=str(out), files=written,
                      new_device_key=new_device_key, clear_model=clear_model)
     click.echo(f"exported {device} to {out}: {', '.join(written)}"

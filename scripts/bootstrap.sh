@@ -2,7 +2,7 @@
 # keycam bootstrap: installs what a fresh Debian / Raspberry Pi OS machine needs, then runs one task.
 #   scripts/bootstrap.sh demo   -> installs the device + host extras and runs `keycam demo`
 #   scripts/bootstrap.sh test   -> installs everything (incl. PyTorch, the unseen SAN evaluation models, mosquitto,
-#                                  sshd, socat) and runs the tests
+#                                  sshd, socat, swtpm + tpm2-tools, the Mender client) and runs the tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 task="${1:-}"; shift || true
@@ -20,7 +20,8 @@ apt_install() {
 }
 apt_install python3-venv python3-dev
 if [ "$task" = test ]; then
-    apt_install mosquitto openssh-server openssh-client socat dataset-fashion-mnist swtpm tpm2-tools
+    apt_install mosquitto openssh-server openssh-client socat dataset-fashion-mnist swtpm tpm2-tools \
+        mender-client mender-artifact
 fi
 
 PY="${PYTHON:-python3}"

@@ -252,3 +252,18 @@ def test_export_seals_the_device_key_to_a_tpm(vault_path, tmp_path):
         sealed = (out / "model.tflite").read_bytes()
         assert is_sealed(sealed)
         assert TFLiteModel(unseal(key, sealed, context_for("cam-tpm", ROLE_MODEL), "model")).input_size == 784
+
+
+def test_export_installs_the_mender_update_module(vault_path, tmp_path):
+    """`keys export --mender-rootfs`: the keycam update module, the artifact verify key and the device type."""
+    from deploy import mender
+    assert run(vault_path, "provision", "cam-mdr", "--model", str(MODEL), "--profile", "stem", "--no-faceplate",
+               "--hardware", "rpi5").exit_code == 0
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    res = run(vault_path, "export", "cam-mdr", "--out", str(rootfs / "var/lib/keycam"), "--mender-rootfs", str(rootfs))
+    assert res.exit_code == 0, res.output
+    module = rootfs / mender.MODULES_DIR.lstrip("/") / mender.MODULE_TYPE
+    assert module.is_file() and os.access(module, os.X_OK)
+    assert b"BEGIN PUBLIC KEY" in (rootfs / mender.VERIFY_KEY.lstrip("/")).read_bytes()
+    assert mender.public_key_path(vault_path).read_bytes() == (rootfs / mender.VERIFY_KEY.lstrip("/")).read_bytes()
