@@ -64,13 +64,17 @@ def _status(root: Path) -> dict:
     return Agent(root).status()
 
 
+def _copy(rotated, tmp_path: Path) -> tuple[dict, Path, Path]:
+    """A private copy of the rotated vault and device root: (environment, device root, bundle 2.0.0)."""
+    src, base_env, src_root, bundle = rotated
+    shutil.copy2(src / "v.kcv", tmp_path / "v.kcv")
+    shutil.copytree(src_root, tmp_path / "device", symlinks=True)
+    return {**base_env, "KEYCAM_VAULT": str(tmp_path / "v.kcv")}, tmp_path / "device", bundle
+
+
 @pytest.mark.parametrize("step", STEPS)
 def test_interrupted_push_ends_consistent_and_can_be_finished(rotated, tmp_path, step):
-    src, base_env, src_root, bundle = rotated
-    vault, root = tmp_path / "v.kcv", tmp_path / "device"
-    shutil.copy2(src / "v.kcv", vault)
-    shutil.copytree(src_root, root, symlinks=True)
-    env = {**base_env, "KEYCAM_VAULT": str(vault)}
+    env, root, bundle = _copy(rotated, tmp_path)
     old, new = _keysets(env)
     assert new is not None
 
@@ -93,11 +97,7 @@ def test_interrupted_push_ends_consistent_and_can_be_finished(rotated, tmp_path,
 
 def test_status_confirms_a_pending_key_set_the_device_runs(rotated, tmp_path):
     """A device that committed while the host lost track (SIGKILL after commit): `deploy status` reconciles."""
-    src, base_env, src_root, bundle = rotated
-    vault, root = tmp_path / "v.kcv", tmp_path / "device"
-    shutil.copy2(src / "v.kcv", vault)
-    shutil.copytree(src_root, root, symlinks=True)
-    env = {**base_env, "KEYCAM_VAULT": str(vault)}
+    env, root, bundle = _copy(rotated, tmp_path)
     old, new = _keysets(env)
     proc = _keycam({**env, "KEYCAM_AGENT_CRASH_AT": "committed"}, "deploy", "push", "--target", f"dir:{root}",
                    "--bundle", str(bundle), "--no-service", check=False)
