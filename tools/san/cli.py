@@ -295,6 +295,8 @@ def _export_keyed_tflite(stage, gender: str, member: int, key_path: Path, int8: 
     layers = "int8 GATHER + DEPTHWISE_CONV_2D" if int8 else "float32 CSR"
     click.echo(f"wrote {path} ({len(blob) // 1024} KiB, {layers} sparse layers, keyed with {key.fingerprint[:12]} on "
                f"input and output; {what}); no run of the key's permutation in its bytes")
+    click.echo(f"RESEARCH EXPORT IN CLEAR: {path} is key material (a keyed model's weights determine its key, "
+               "see `keycam attack model-file`); do not copy it to a device or share it", err=True)
     faces = _faces_of("test", gender, stage.size, check, faces_dir)
     _report_vs_torch(stage, blob, faces, gender, key)
     plain = write_san_tflite(stage, int8, calib_faces, metadata=meta)
