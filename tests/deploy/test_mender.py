@@ -26,8 +26,11 @@ from deploy_testkit import (PASSPHRASE, REPO, assert_still_running, init_root, r
 
 from deploy import mender
 from deploy.bundle import read_manifest
+from deploy.device import DeviceRoot
+from deploy.signing import raw_public
 from deploy.cli import deploy as deploy_cli
 from deploy.health import load_canary, save_canary
+from keys.sealing import ROLE_CANARY, context_for, seal, unseal
 from keys.vault import Vault
 
 DEVICE = "cam-01"
@@ -77,12 +80,10 @@ def _flip_payload_bit(src: Path, dst: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def artifacts(tools, fleet_vault, bundles, tmp_path_factory) -> Artifacts:
+def artifacts(tools, fleet_vault, bundles, template_root, tmp_path_factory) -> Artifacts:
     out = tmp_path_factory.mktemp("mender")
     args = ["build", DEVICE, "--version", "2.0.0", "--mender", "--out", str(out), "--canary-frames", "8",
             "--vault", str(fleet_vault.path), "--passphrase-file", str(fleet_vault.passfile)]
-    if fleet_vault.dataset:
-        args += ["--canary-dataset", fleet_vault.dataset]
     result = CliRunner().invoke(deploy_cli, args)
     assert result.exit_code == 0, result.output
     good = out / f"{DEVICE}-2.0.0.mender"
@@ -93,11 +94,12 @@ def artifacts(tools, fleet_vault, bundles, tmp_path_factory) -> Artifacts:
     trusted = bytes.fromhex(vault_public_hex(fleet_vault.vault))
     manifest = read_manifest(bundle, trusted)
 
-    def wrong_labels(payload):
-        path = out / "canary.npz"
-        path.write_bytes(payload["canary.npz"])
-        frames, expected = load_canary(path)
-        payload["canary.npz"] = save_canary(frames, (expected + 1) % 10)
+    device_key = DeviceRoot(template_root).device_key()
+    canary = context_for(DEVICE, ROLE_CANARY)
+
+    def wrong_labels(payload):     # the canary is sealed to the device: open, change, seal again
+        frames, expected = load_canary(unseal(device_key, payload["canary.npz"], canary))
+        payload["canary.npz"] = seal(raw_public(device_key), save_canary(frames, (expected + 1) % 10), canary)
 
     sick = out / "sick" / f"{DEVICE}-2.0.0.bundle"
     sick.parent.mkdir()
@@ -266,7 +268,9 @@ def test_update_module_answers_queries_and_ignores_unknown_states(tmp_path):
 
 def test_update_module_imports_no_host_code():
     code = ("import sys, deploy.update_module; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('tools', 'keys', 'torch', 'scipy')]; "
+            "device_keys = ('keys', 'keys.sealing', 'keys.keystore', 'keys.device_files'); "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('tools', 'torch', 'scipy') "
+            "or (m.startswith('keys') and m not in device_keys)]; "
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
