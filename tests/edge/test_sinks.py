@@ -85,3 +85,18 @@ def test_make_sink():
     assert isinstance(make_sink({"type": "stdout"}), StdoutSink)
     with pytest.raises(SinkError, match="unknown sink type"):
         make_sink({"type": "carrier-pigeon"})
+
+
+def test_serial_sink_counts_writes_to_a_gone_port_and_warns_once(caplog):
+    master, slave = os.openpty()
+    sink = SerialSink(os.ttyname(slave))
+    os.close(slave)
+    os.close(master)                                  # the other end is gone: writes fail with EIO
+    try:
+        g = guard()
+        for seq in range(20):
+            sink.send(g.check(top_k_record(seq)))
+        assert sink.lost == 20 and sink.sent == 0
+        assert len([r for r in caplog.records if r.name == "keycam.sinks"]) == 1
+    finally:
+        sink.close()
