@@ -79,6 +79,7 @@ def test_bench_pipeline_writes_the_documented_json(tmp_path, device_dir):
     for stage in ("capture", "key", "infer", "egress"):
         assert 0 < data["latency_ms"][stage]["p50"] <= data["latency_ms"][stage]["p99"]
     assert data["rss_start_mb"] > 0 and data["rss_end_mb"] > 0
+    assert f"bench pipeline: {cfg}: running 400 frames (as fast as possible) ..." in result.stderr
 
 
 @pytest.mark.timeout(120)
