@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 from edge.config import DeviceConfig
 from edge.datasets import labels_for
@@ -95,10 +96,12 @@ class _Backoff:
 class Service:
     """One running device: camera, key stage, keyed model, egress guard, sinks, metrics."""
 
-    def __init__(self, config: DeviceConfig, max_frames: int | None = None, latency_window: int = 4096):
+    def __init__(self, config: DeviceConfig, max_frames: int | None = None, latency_window: int = 4096,
+                 announce: Callable[[str], None] | None = None):
         if max_frames is not None and max_frames < 1:
             raise ConfigError(f"--frames must be >= 1, got {max_frames}")
         self.cfg, self.max_frames = config, max_frames
+        self._announce = announce        # start-up lines for the operator (the metrics URL)
         self.files = DeviceFiles(config.device_id, config.identity)
         if not self.files.sealed:
             log.warning("%s names no identity: model and key files are read in clear (demo/research only; "
@@ -312,7 +315,10 @@ class Service:
                                            for i, s in enumerate(self.sinks)}
         if cfg.metrics.enabled:
             self.metrics_server = MetricsServer(self.metrics, cfg.metrics.port)
-            log.info("metrics on http://127.0.0.1:%d/metrics", self.metrics_server.port)
+            url = f"http://127.0.0.1:{self.metrics_server.port}/metrics"
+            log.info("metrics on %s", url)
+            if self._announce is not None:
+                self._announce(f"metrics: {url}")
         pc = cfg.pipeline
         self.pipeline = Pipeline(self.camera, ctx, self.sinks, self.metrics, pc.queue_size, pc.drop_when_full,
                                  pc.camera_timeout_s, self.max_frames, self._on_key_error, self._on_camera_error)
@@ -357,6 +363,7 @@ class Service:
                 sink.close()
             except KeycamError as exc:
                 log.error("closing %s sink: %s", sink.name, exc)
+            sink.report_loss()
         if self.camera is not None:
             self.camera.close()
         if self.metrics_server is not None:
@@ -372,6 +379,7 @@ class Service:
                 "accepted": self.pipeline.accepted if self.pipeline else 0,
                 "dropped": snap["dropped"], "dropped_by_reason": snap["dropped_by_reason"],
                 "latency_ms": snap["latency_ms"], "alarms": snap["alarms"], "refused": snap["refused"],
-                "model_swaps": snap["model_swaps"], "sinks": snap["sinks"], "stop_reason": stop_reason,
+                "model_swaps": snap["model_swaps"], "sinks": snap["sinks"], "sink_lost": snap["sink_lost"],
+                "stop_reason": stop_reason,
                 "model_id": snap["model_id"], "key_fingerprint": snap["key_fingerprint"],
                 "sensor_fingerprint": snap["sensor_fingerprint"]}

@@ -163,24 +163,39 @@ def provision(device, model, profile, output_encryption, faceplate, hardware, co
               canary_frames, canary_dataset, **params) -> None:
     """Create DEVICE's key set, key and quantize MODEL for it, record it all in the vault.
 
-    The keyed model is stored sealed to the device's key; its canary frames are computed now."""
+    The keyed model is stored sealed to the device's key; its canary frames are computed now.
+    Ctrl-C before the vault is saved changes nothing (exit 130); once the save begins the provision is
+    finished and reported: the "provisioned" line is printed last and the command exits 0, whatever
+    interrupt arrives after that point."""
+    import signal
+
     from deploy.payload import check_template
     public, private = _device_public(device_pubkey)
     template = check_template(config_path, device, faceplate) if config_path else None
-    with edit_vault(params) as vault:
-        if device in vault.devices:
-            raise VaultError(f"device {device!r} is already provisioned; use `keycam keys rotate {device}`")
-        gen = new_generation(model, device, public, profile, output_encryption, 1, canary_frames, canary_dataset)
-        record = {"device_id": device, "created": now_iso(), "state": "active", "hardware": hardware,
-                  "faceplate": faceplate, "device_public": public, "model_source": model_source(model),
-                  "generations": [gen]}
-        if private:
-            record["device_private"] = private
-        if template is not None:
-            record["config"] = template
-        vault.devices[device] = record
-        audit.record(vault, "provision", device, key_fingerprint=gen["key_fingerprint"], profile=profile,
-                     model_id=gen["model_id"], faceplate=faceplate)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with edit_vault(params) as vault:
+            if device in vault.devices:
+                raise VaultError(f"device {device!r} is already provisioned; "
+                                 f"use `keycam keys rotate {device}`")
+            gen = new_generation(model, device, public, profile, output_encryption, 1, canary_frames,
+                                 canary_dataset)
+            record = {"device_id": device, "created": now_iso(), "state": "active", "hardware": hardware,
+                      "faceplate": faceplate, "device_public": public, "model_source": model_source(model),
+                      "generations": [gen]}
+            if private:
+                record["device_private"] = private
+            if template is not None:
+                record["config"] = template
+            vault.devices[device] = record
+            audit.record(vault, "provision", device, key_fingerprint=gen["key_fingerprint"], profile=profile,
+                         model_id=gen["model_id"], faceplate=faceplate)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)   # the save below commits: finish and report it
+    except BaseException:                              # not committed: Ctrl-C works again
+        signal.signal(signal.SIGINT, previous)
+        raise
+    if os.environ.get("KEYCAM_PROVISION_INTERRUPT_AT") == "committed":   # fault-test hook
+        os.kill(os.getpid(), signal.SIGINT)
     click.echo(f"provisioned {device}: key set {gen['key_fingerprint'][:16]}, model {gen['model_id']}, "
                f"profile {profile}")
 

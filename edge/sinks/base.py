@@ -1,11 +1,14 @@
 """Sink interface: where guard-checked records go. A sink refuses anything that is not a GuardedRecord."""
 from __future__ import annotations
 
+import logging
 import threading
 from abc import ABC, abstractmethod
 
 from edge.egress import EgressRefused, GuardedRecord
 from edge.errors import KeycamError
+
+log = logging.getLogger("keycam.sinks")
 
 
 class SinkError(KeycamError):
@@ -13,7 +16,12 @@ class SinkError(KeycamError):
 
 
 class Sink(ABC):
-    """One output channel. `send` takes GuardedRecords only; `lost` counts records it had to give up."""
+    """One output channel. `send` takes GuardedRecords only; `lost` counts records it had to give up.
+
+    A failed write is counted in `lost` and logged once (the first failure); `report_loss` logs the
+    total when the sink closes. A sink whose channel is gone for good (`dead`, e.g. a closed pipe)
+    counts every further record as lost without trying to write it.
+    """
 
     name = "sink"
 
@@ -21,13 +29,30 @@ class Sink(ABC):
         self._count_lock = threading.Lock()
         self.sent = 0
         self.lost = 0
+        self.dead = False
+        self._failures = 0
 
     def send(self, record: GuardedRecord) -> None:
-        """Queue or write one record (refuses anything the egress guard did not produce)."""
+        """Queue or write one record (refuses anything the egress guard did not produce).
+
+        Delivery failures do not raise: they are counted in `lost`, and only the first is logged."""
         if not isinstance(record, GuardedRecord):
             raise EgressRefused(f"{self.name} sink: only guard-checked records may leave, "
                                 f"got {type(record).__name__}")
-        self._send(record.payload)
+        if self.dead:
+            self._count(lost=1)
+            return
+        try:
+            self._send(record.payload)
+        except SinkError as exc:
+            self._failures += 1
+            if self._failures == 1:
+                log.warning("%s (further failures are counted, not logged)", exc)
+
+    def report_loss(self) -> None:
+        """Log how many records this sink did not deliver (nothing when none were lost)."""
+        if self.lost:
+            log.warning("%s sink: %d record(s) not delivered (%d delivered)", self.name, self.lost, self.sent)
 
     @abstractmethod
     def _send(self, payload: bytes) -> None:

@@ -85,6 +85,8 @@ class MqttSink(Sink):
                 self.accepted += 1
         elif info.rc == self._mqtt.MQTT_ERR_QUEUE_SIZE:
             self._count(lost=1)
+            raise SinkError(f"mqtt sink: local buffer full ({self.buffer} records unacknowledged), "
+                            "dropping new records")
         else:
             self._count(lost=1)
             raise SinkError(f"mqtt sink: publish failed: {self._mqtt.error_string(info.rc)}")

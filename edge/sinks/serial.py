@@ -1,6 +1,8 @@
 """Serial sink: JSON lines over a UART (pyserial), e.g. to a host or a radio module."""
 from __future__ import annotations
 
+import termios
+
 from edge.sinks.base import Sink, SinkError
 
 
@@ -32,7 +34,7 @@ class SerialSink(Sink):
     def flush(self, timeout: float = 5.0) -> bool:
         try:
             self.port.flush()
-        except (self._serial_error, OSError):
+        except (self._serial_error, OSError, termios.error):    # tcdrain on a port whose far end is gone
             return False
         return True
 

@@ -1,6 +1,7 @@
 """Stdout sink: one JSON record per line."""
 from __future__ import annotations
 
+import os
 import sys
 from typing import BinaryIO
 
@@ -8,7 +9,11 @@ from edge.sinks.base import Sink, SinkError
 
 
 class StdoutSink(Sink):
-    """Writes JSON lines to a binary stream (stdout by default), flushed line by line."""
+    """Writes JSON lines to a binary stream (stdout by default), flushed line by line.
+
+    When the reader goes away (EPIPE, e.g. `keycam run ... | head -1`) the sink stops: it is marked
+    dead, every further record is counted as lost, and stdout is pointed at /dev/null so that Python's
+    final flush at exit neither raises nor prints a traceback (the usual SIGPIPE convention)."""
 
     name = "stdout"
 
@@ -20,12 +25,25 @@ class StdoutSink(Sink):
         try:
             self.stream.write(payload)
             self.stream.flush()
-        except (OSError, ValueError) as exc:  # closed pipe or stream
+        except BrokenPipeError as exc:
+            self._count(lost=1)
+            self._reader_gone()
+            raise SinkError(f"stdout sink: reader closed the pipe, stopping ({exc})") from exc
+        except (OSError, ValueError) as exc:  # closed stream
             self._count(lost=1)
             raise SinkError(f"stdout sink: cannot write: {exc}") from exc
         self._count(sent=1)
 
+    def _reader_gone(self) -> None:
+        self.dead = True
+        if self.stream is sys.stdout.buffer:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+
     def flush(self, timeout: float = 5.0) -> bool:
+        if self.dead:
+            return False
         try:
             self.stream.flush()
         except (OSError, ValueError):

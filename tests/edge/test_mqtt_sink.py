@@ -47,7 +47,7 @@ def test_nothing_lost_across_broker_restart(broker, subscriber):
 
 
 @pytest.mark.timeout(90)
-def test_losses_beyond_buffer_are_counted(broker, subscriber):
+def test_losses_beyond_buffer_are_counted(broker, subscriber, caplog):
     g, sink = guard(), _sink(broker.port, buffer=20)
     try:
         broker.stop(signal.SIGTERM)
@@ -55,6 +55,8 @@ def test_losses_beyond_buffer_are_counted(broker, subscriber):
         for seq in range(50):
             sink.send(g.check(top_k_record(seq)))
         assert sink.lost == 30 and sink.pending == 20
+        warnings = [r.getMessage() for r in caplog.records if r.name == "keycam.sinks"]
+        assert len(warnings) == 1 and "buffer full" in warnings[0]      # once, not 30 times
         broker.start()
         assert wait_until(lambda: len(subscriber.unique()) == 20, 30)
         assert subscriber.unique() == set(range(20))   # the first 20 were buffered, the rest counted
@@ -63,7 +65,7 @@ def test_losses_beyond_buffer_are_counted(broker, subscriber):
         sink.close()
 
 
-def test_close_counts_unacknowledged_as_lost(broker):
+def test_close_counts_unacknowledged_as_lost(broker, caplog):
     g, sink = guard(), _sink(broker.port, buffer=10)
     broker.stop(signal.SIGKILL)
     assert wait_until(lambda: not sink.connected, 10)
@@ -71,6 +73,8 @@ def test_close_counts_unacknowledged_as_lost(broker):
         sink.send(g.check(top_k_record(seq)))
     sink.close(timeout=0.2)
     assert sink.lost == 4 and sink.pending == 0
+    sink.report_loss()
+    assert "mqtt sink: 4 record(s) not delivered (0 delivered)" in caplog.text
 
 
 def test_mqtt_sink_refuses_unguarded_payloads(broker):

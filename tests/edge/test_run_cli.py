@@ -79,3 +79,36 @@ def test_bench_pipeline_writes_the_documented_json(tmp_path, device_dir):
     for stage in ("capture", "key", "infer", "egress"):
         assert 0 < data["latency_ms"][stage]["p50"] <= data["latency_ms"][stage]["p99"]
     assert data["rss_start_mb"] > 0 and data["rss_end_mb"] > 0
+    assert f"bench pipeline: {cfg}: running 400 frames (as fast as possible) ..." in result.stderr
+
+
+@pytest.mark.timeout(120)
+def test_closed_stdout_is_counted_as_loss_logged_once_and_exits_3(tmp_path):
+    """`keycam run ... | head -1`: the stdout sink stops at EPIPE; loss in the summary and exit status."""
+    summary_path = tmp_path / "summary.json"
+    proc = _run(["run", "--config", str(SIM_YAML), "--frames", "300", "--metrics-port", "0",
+                 "--summary-json", str(summary_path)])
+    first = proc.stdout.readline()
+    proc.stdout.close()                                       # the reader goes away, like `head -1`
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=100)
+    assert json.loads(first)["type"] in ("prediction", "stats")
+    assert proc.returncode == 3, err
+    assert err.count("Broken pipe") <= 1 and "Traceback" not in err and "Exception ignored" not in err
+    assert err.count("reader closed the pipe") == 1
+    summary = json.loads(summary_path.read_text())
+    lost = summary["sinks"]["stdout"]["lost"]
+    assert lost > 0 and summary["sink_lost"] == lost
+    assert f"stdout sink: {lost} record(s) not delivered" in err
+    assert f"stdout {summary['sinks']['stdout']['sent']} delivered, {lost} lost" in err
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("quiet", [False, True])
+def test_run_names_the_metrics_url_at_start_up_unless_quiet(tmp_path, device_dir, quiet):
+    cfg = write_config(tmp_path, device_dir, metrics={"enabled": True, "port": 0})
+    proc = _run((["-q"] if quiet else []) + ["run", "--config", str(cfg), "--frames", "20"])
+    _, err = proc.communicate(timeout=50)
+    assert proc.returncode == 0, err.decode()
+    urls = [line for line in err.decode().splitlines() if line.startswith("metrics: http://127.0.0.1:")]
+    assert len(urls) == (0 if quiet else 1) and (quiet or urls[0].endswith("/metrics"))

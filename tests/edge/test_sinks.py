@@ -27,13 +27,32 @@ def test_stdout_sink_writes_json_lines_and_refuses_raw_data():
     assert [json.loads(line)["seq"] for line in lines] == [0, 1, 2] and sink.sent == 3
 
 
-def test_stdout_sink_counts_a_broken_stream():
+def test_stdout_sink_counts_a_broken_stream_and_warns_once(caplog):
     buf = io.BytesIO()
     buf.close()
     sink = StdoutSink(buf)
-    with pytest.raises(SinkError):
-        sink.send(guard().check(top_k_record(1)))
-    assert sink.lost == 1
+    g = guard()
+    for seq in range(5):
+        sink.send(g.check(top_k_record(seq)))       # failures are counted, not raised
+    assert sink.lost == 5 and sink.sent == 0 and not sink.dead
+    sink.report_loss()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "keycam.sinks"]
+    assert len(warnings) == 2 and "cannot write" in warnings[0]
+    assert warnings[1] == "stdout sink: 5 record(s) not delivered (0 delivered)"
+
+
+def test_stdout_sink_stops_when_the_reader_closes_the_pipe():
+    read_end, write_end = os.pipe()
+    stream = os.fdopen(write_end, "wb")
+    sink, g = StdoutSink(stream), guard()
+    try:
+        sink.send(g.check(top_k_record(0)))
+        os.close(read_end)
+        for seq in range(1, 50):
+            sink.send(g.check(top_k_record(seq)))
+        assert sink.dead and sink.sent == 1 and sink.lost == 49 and sink.flush() is False
+    finally:
+        sink.close()
 
 
 def test_serial_sink_over_a_pty():
@@ -66,3 +85,18 @@ def test_make_sink():
     assert isinstance(make_sink({"type": "stdout"}), StdoutSink)
     with pytest.raises(SinkError, match="unknown sink type"):
         make_sink({"type": "carrier-pigeon"})
+
+
+def test_serial_sink_counts_writes_to_a_gone_port_and_warns_once(caplog):
+    master, slave = os.openpty()
+    sink = SerialSink(os.ttyname(slave))
+    os.close(slave)
+    os.close(master)                                  # the other end is gone: writes fail with EIO
+    try:
+        g = guard()
+        for seq in range(20):
+            sink.send(g.check(top_k_record(seq)))
+        assert sink.lost == 20 and sink.sent == 0
+        assert len([r for r in caplog.records if r.name == "keycam.sinks"]) == 1
+    finally:
+        sink.close()

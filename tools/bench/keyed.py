@@ -11,7 +11,7 @@ from edge.datasets import load_dataset
 from edge.errors import ConfigError
 from edge.runtime import TFLiteModel
 from keys.keyset import KeySet
-from tools.bench.common import latency_ms, predict_labels, print_table, write_json
+from tools.bench.common import LATENCY_FRAMES, Progress, latency_ms, predict_labels, print_table, write_json
 from tools.ir import forward
 from tools.keying.keyed import derive_keyset
 from tools.models_zoo import ZOO
@@ -74,14 +74,19 @@ def run_keyed_bench(dataset: str, profile: str | Profile, limit: int | None, mod
     images, labels = load_dataset(dataset, "test", limit=limit)
     plain = images.reshape(len(images), -1).astype(np.float64) / 255.0
     net = load_onnx(model_path)
+    show = Progress("keyed", f"{dataset} {profile.name}", progress)
+    show.step("keying (key generation, keyed float and int8 models, unkeyed baselines)")
     b = prepare_bench(net, model_path, profile, default_calibration_frames(net), images, plain)
     prov, models, inputs, keyed_frames = b.prov, b.models, b.inputs, b.keyed_frames
     wrong_frames = adc8(b.wrong.sensor.apply(plain))
-    pred = {name: predict_labels(m, inputs[name], name, progress) for name, m in models.items()}
-    keyed_float_adc = predict_labels(models["keyed_float"], keyed_frames, "keyed float, ADC frames", progress)
+    pred = {name: predict_labels(m, inputs[name], f"accuracy {name}", show) for name, m in models.items()}
+    keyed_float_adc = predict_labels(models["keyed_float"], keyed_frames, "accuracy keyed float, ADC frames", show)
     acc = {name: float(np.mean(p == labels)) for name, p in pred.items()}
-    acc_wrong = float(np.mean(predict_labels(models["keyed_int8"], wrong_frames, "wrong key", progress) == labels))
-    acc_raw = float(np.mean(predict_labels(models["keyed_int8"], images, "plain frames", progress) == labels))
+    acc_wrong = float(np.mean(predict_labels(models["keyed_int8"], wrong_frames, "accuracy, another device's key",
+                                             show) == labels))
+    acc_raw = float(np.mean(predict_labels(models["keyed_int8"], images, "accuracy, plain frames into keyed",
+                                           show) == labels))
+    show.step(f"latency int8 / keyed int8 / keyed float, {LATENCY_FRAMES} frames each")
     lat = latency_ms({k: models[k] for k in ("int8_unkeyed", "keyed_int8", "keyed_float")}, inputs)
     ref = forward(net, plain).argmax(1)
     sizes = {"float": len(b.unkeyed_float), "int8_unkeyed": len(b.unkeyed_int8), "keyed_int8": len(prov.tflite_int8)}

@@ -22,7 +22,7 @@ from edge.datasets import load_dataset
 from edge.errors import ConfigError
 from keys.generate import KeyConfig
 from tools.attacks.metrics import ssim
-from tools.bench.common import write_json
+from tools.bench.common import Progress, write_json
 from tools.bench.keyed import SHIPPED_MODELS, run_keyed_bench, shipped_model
 from tools.ir import forward
 from tools.keying.keyed import derive_keyset
@@ -90,7 +90,7 @@ def frames_only_scores(dataset: str, prof: Profile, frame_counts: list[int], pub
     keyed = adc8(keyset.sensor.apply(plain))
     out = []
     for n in frame_counts:
-        click.echo(f"frames-only attack: {dataset}, {prof.name}, {n} frames", err=True)
+        Progress("keyfrontier", f"{dataset} {prof.name}").step(f"frames-only attack, {n} frames")
         recon = np.clip(attack(keyed[:n], ref.reshape(len(ref), -1) / 255.0), 0.0, 1.0)
         out.append(FramesOnly(n, float(np.mean(forward(net, recon).argmax(1) == labels[:n])),
                               float(np.mean(ssim(recon, plain[:n], shape))),
@@ -102,7 +102,7 @@ def frontier_point(dataset: str, spec: str, frame_counts: list[int], limit: int 
                    attack: FramesOnlyAttack, secret: bytes) -> FrontierPoint:
     """Cost (`bench keyed` fields) and frames-only scores of one profile on one dataset."""
     prof = profile_from_spec(spec)
-    click.echo(f"cost: {dataset}, {spec}", err=True)
+    Progress("keyfrontier", f"{dataset} {spec}").step("cost (bench keyed: keying, accuracy, latency, size)")
     r, _ = run_keyed_bench(dataset, prof, limit, progress=False)
     return FrontierPoint(dataset, spec, r["acc_float"], r["acc_int8_unkeyed"], r["acc_keyed_int8"],
                          r["latency_ratio"], r["size_ratio"],

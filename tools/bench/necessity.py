@@ -16,7 +16,7 @@ import click
 import numpy as np
 
 from edge.datasets import load_dataset
-from tools.bench.common import print_table, write_json
+from tools.bench.common import Progress, print_table, write_json
 from tools.bench.keyed import SHIPPED_MODELS
 
 DEFAULT_WEIGHTS = (0.0, 1.0, 4.0)
@@ -114,9 +114,9 @@ def run_necessity(dataset: str, weights: tuple[float, ...], steps: int, train_li
     x_train = torch.tensor(tr[:, None] / 255.0, dtype=torch.float32)
     x_test = torch.tensor(te[:, None] / 255.0, dtype=torch.float32)
     y_train = torch.tensor(ytr, dtype=torch.long)
-    curve = []
+    curve, show = [], Progress("necessity", dataset)
     for w in weights:
-        click.echo(f"  penalty weight {w}: training degrader + classifier ({steps} steps) ...", err=True)
+        show.step(f"penalty weight {w}: training degrader + classifier, then its attacker ({steps} steps each)")
         degrader, classifier = train_tradeoff(x_train, y_train, w, steps)
         with torch.no_grad():
             acc = float((classifier(degrader(x_test)).argmax(1).numpy() == yte).mean())
@@ -124,6 +124,7 @@ def run_necessity(dataset: str, weights: tuple[float, ...], steps: int, train_li
         curve.append({"weight": w, "accuracy": acc, "ssim_degraded": ssim_d, "ssim_attacker": ssim_attack})
     result = {"dataset": dataset, "steps": steps, "train_frames": len(tr), "test_frames": len(te), "curve": curve}
     if keyed_point:
+        show.step("keyed model point (default profile): keying, inversion and structure attacks")
         result["keyed"] = keyed_model_point(dataset, test_limit)
     return result
 

@@ -16,15 +16,16 @@ import time
 
 import click
 
-from tools.bench.common import print_table, write_json
+from tools.bench.common import Progress, print_table, write_json
 
 
 class RssSampler:
     """Samples the process RSS and frame count every `interval` s; prints progress to stderr."""
 
-    def __init__(self, service, total: int, interval: float = 0.5):
+    def __init__(self, service, total: int, show: Progress, interval: float = 0.5):
         import psutil
         self.proc, self.service, self.total, self.interval = psutil.Process(), service, total, interval
+        self.show = show
         self.samples: list[tuple[int, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-rss", daemon=True)
@@ -34,10 +35,10 @@ class RssSampler:
         while not self._stop.wait(self.interval):
             frames = self.service.metrics.frames
             self.samples.append((frames, self.proc.memory_info().rss / 2 ** 20))
-            if time.monotonic() - last_print > 2.0:
+            if self.show.enabled and time.monotonic() - last_print > 2.0:
                 last_print = time.monotonic()
-                print(f"\r  {frames}/{self.total} frames, rss {self.samples[-1][1]:.1f} MB", end="",
-                      file=sys.stderr, flush=True)
+                print(f"\r{self.show.label('running')}: {frames}/{self.total} frames, "
+                      f"rss {self.samples[-1][1]:.1f} MB", end="", file=sys.stderr, flush=True)
 
     def __enter__(self) -> RssSampler:
         self._thread.start()
@@ -87,9 +88,10 @@ def pipeline(config_path: str, frames: int, camera_fps: float | None, sink: str,
     if cfg.camera.get("type") != "replay":
         raise ConfigError(f"{config_path}: bench pipeline needs a replay camera, not {cfg.camera.get('type')!r}")
     service = Service(bench_config(cfg, camera_fps, sink), max_frames=frames, latency_window=frames)
-    click.echo(f"bench pipeline: {frames} frames from {config_path} "
-               f"({'as fast as possible' if camera_fps is None else f'camera at {camera_fps} fps'}) ...", err=True)
-    with RssSampler(service, frames) as rss:
+    show = Progress("pipeline", str(config_path))
+    show.step(f"running {frames} frames "
+              f"({'as fast as possible' if camera_fps is None else f'camera at {camera_fps} fps'})")
+    with RssSampler(service, frames, show) as rss:
         summary = service.run()
     rss_start, rss_end = rss.start_end(warmup=min(1000, frames // 10))
     result = {"fps": summary["fps"], "frames": summary["frames"], "dropped": summary["dropped"],

@@ -9,7 +9,6 @@ gains, normalised so the ADC never clips, leave keyed frames a fraction of the f
 from __future__ import annotations
 
 import hashlib
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from edge.errors import ConfigError
 from edge.runtime import TFLiteModel
 from hardware.preadc import FiberOptics, PreADCStage, SensorModel, dequantize
 from keys.factors import Key
-from tools.bench.common import write_json
+from tools.bench.common import Progress, write_json
 from tools.bench.keyed import SHIPPED_MODELS, shipped_model
 from tools.keying.profiles import DEFAULT_PROFILE
 from tools.keying.provision import build_keyed_model, default_calibration_frames, model_metadata
@@ -64,6 +63,8 @@ def run_sensor_bench(dataset: str, read_noise: list[float], bits: list[int], lim
     plain = images.astype(np.float32) / np.float32(255)
     net = load_onnx(model_path)
     secret = hashlib.sha256(f"keycam-bench-sensor-{seed}".encode()).digest()
+    show = Progress("sensor", f"{dataset} {profile}", progress)
+    show.step("keying")
     prov = build_keyed_model(model_path, secret, "bench-sensor", profile,
                              calib_frames=default_calibration_frames(net))
     models = {"keyed_int8": TFLiteModel(prov.tflite_int8), "keyed_float": TFLiteModel(prov.tflite_float),
@@ -73,8 +74,8 @@ def run_sensor_bench(dataset: str, read_noise: list[float], bits: list[int], lim
     fiber = FiberOptics() if optics else None
     cells = [(r, b) for b in bits for r in read_noise]
     results = []
-    with click.progressbar(cells, label="sensor grid", file=sys.stderr,
-                           show_pos=True, hidden=not progress) as bar:
+    with show.bar(cells, f"read noise x ADC bits grid, {len(cells)} cells of {len(images)} frames "
+                         f"x {len(MODELS)} models") as bar:
         for r, b in bar:
             model = SensorModel(read_noise=r, bits=b, shot_noise=shot_noise, full_well=full_well,
                                 seed=seed, optics=fiber)

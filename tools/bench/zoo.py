@@ -15,12 +15,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-import click
 import numpy as np
 
 from edge.errors import ConfigError
 from edge.runtime import TFLiteModel
-from tools.bench.common import latency_ms, predict_labels
+from tools.bench.common import Progress, latency_ms, predict_labels
 from tools.bench.keyed import prepare_bench
 from tools.face import data as face_data
 from tools.face.dlib_ref import cached_dlib_embeddings, dlib_available, dlib_scores
@@ -34,11 +33,6 @@ from tools.zoo_train import fashion32
 MODELS_DIR = Path(__file__).resolve().parents[2] / "out" / "models"
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "models"
 FACE_CALIBRATION = 256
-
-
-def _echo(progress: bool, msg: str) -> None:
-    if progress:
-        click.echo(msg, err=True)
 
 
 def zoo_model_path(name: str, workdir: Path) -> tuple[Path, bool]:
@@ -75,17 +69,20 @@ def run_allconv_bench(profile: str, limit: int | None, progress: bool = True) ->
         images, labels = fashion32("test", limit)
         calib_imgs, _ = fashion32("train", 200)
         plain, calib = hwc_to_plain(images), hwc_to_plain(calib_imgs)
-        _echo(progress, "measuring keying cost in a fresh process ...")
+        show = Progress("keyed", f"allconv32 {profile}", progress)
+        show.step("keying cost in a fresh process")
         cost = measure_keying_cost(onnx_path, profile)
-        _echo(progress, f"keying cost: {cost['total_s']:.2f} s, peak RSS {cost['peak_rss_mb']:.0f} MB; provisioning ...")
+        show.step(f"keying (took {cost['total_s']:.2f} s, peak RSS {cost['peak_rss_mb']:.0f} MB in its own process)")
         b = prepare_bench(net, onnx_path, profile, calib, images, plain)
         prov, wrong, models, inputs = b.prov, b.wrong, b.models, b.inputs
-        pred = {name: predict_labels(m, inputs[name], name, progress) for name, m in models.items()}
+        pred = {name: predict_labels(m, inputs[name], f"accuracy {name}", show) for name, m in models.items()}
         acc = {name: float(np.mean(p == labels)) for name, p in pred.items()}
         acc_wrong = float(np.mean(predict_labels(models["keyed_int8"], adc8(wrong.sensor.apply(plain)),
-                                                 "wrong key", progress) == labels))
+                                                 "accuracy, another device's key", show) == labels))
         plain_u8 = adc8(plain)
-        acc_raw = float(np.mean(predict_labels(models["keyed_int8"], plain_u8, "plain frames", progress) == labels))
+        acc_raw = float(np.mean(predict_labels(models["keyed_int8"], plain_u8, "accuracy, plain frames into keyed",
+                                               show) == labels))
+        show.step(f"latency int8 / keyed int8 / keyed float, {3 * min(100, len(images))} frames each")
         lat = latency_ms({k: models[k] for k in ("int8_unkeyed", "keyed_int8", "keyed_float")}, inputs,
                          rounds=3, per_round=min(100, len(images)))
     full = projected_cost(net, "full")
@@ -104,10 +101,9 @@ def run_allconv_bench(profile: str, limit: int | None, progress: bool = True) ->
         "provision_total_s": prov.report["total_s"]}
 
 
-def _embed(model: TFLiteModel, frames: np.ndarray, decode=None, desc: str = "", progress: bool = True) -> np.ndarray:
+def _embed(model: TFLiteModel, frames: np.ndarray, decode, desc: str, show: Progress) -> np.ndarray:
     out = np.empty((len(frames), model.interpreter.get_output_details()[0]["shape"][-1]))
-    with click.progressbar(range(len(frames)), label=desc, file=sys.stderr,
-                           hidden=not progress) as bar:
+    with show.bar(range(len(frames)), f"embeddings {desc}, {len(frames)} frames") as bar:
         for i in bar:
             out[i] = model.invoke(frames[i])
     return decode(out) if decode is not None else out
@@ -130,26 +126,29 @@ def run_face_bench(profile: str, limit: int | None, progress: bool = True, with_
     pick = np.random.default_rng(0).choice(len(train_imgs), FACE_CALIBRATION, replace=False)
     calib = upsample(train_imgs[pick]).reshape(FACE_CALIBRATION, -1).astype(np.float64) / 255.0
     plain = hwc_to_plain(images)
-    _echo(progress, "measuring keying cost in a fresh process ...")
+    show = Progress("keyed", f"face112 {profile}", progress)
+    show.step("keying cost in a fresh process")
     cost = measure_keying_cost(onnx_path, profile)
+    show.step("keying (output-encrypted)")
     b = prepare_bench(net, onnx_path, profile, calib, images, plain, encrypt=True)
     prov, wrong, models, inputs, keyed_frames = b.prov, b.wrong, b.models, b.inputs, b.keyed_frames
     decode = prov.keyset.output.apply_inverse           # at the key holder
-    emb = {name: _embed(m, inputs[name], decode if name.startswith("keyed") else None, name, progress)
+    emb = {name: _embed(m, inputs[name], decode if name.startswith("keyed") else None, name, show)
            for name, m in models.items()}
-    emb["wrong_key"] = _embed(models["keyed_int8"], adc8(wrong.sensor.apply(plain)), decode, "wrong key", progress)
-    emb["raw_on_keyed"] = _embed(models["keyed_int8"], adc8(plain), decode, "plain frames", progress)
-    emb["undecoded"] = _embed(models["keyed_int8"], keyed_frames, None, "no output key", progress)
+    emb["wrong_key"] = _embed(models["keyed_int8"], adc8(wrong.sensor.apply(plain)), decode,
+                              "keyed int8, another device's key", show)
+    emb["raw_on_keyed"] = _embed(models["keyed_int8"], adc8(plain), decode, "keyed int8, plain frames", show)
+    emb["undecoded"] = _embed(models["keyed_int8"], keyed_frames, None, "keyed int8, no output key", show)
     ver = {name: verification_metrics(cosine_scores(e, index), pairs.same, pairs.fold) for name, e in emb.items()}
     if with_dlib and dlib_available():
-        _echo(progress, "dlib reference matcher ...")
-        demb, found = cached_dlib_embeddings(pairs.images[all_used], MODELS_DIR.parent / "cache",
-                                             lambda m: _echo(progress, m))
+        show.step("dlib reference matcher")
+        demb, found = cached_dlib_embeddings(pairs.images[all_used], MODELS_DIR.parent / "cache", show.step)
         ver["dlib_reference"] = {**verification_metrics(dlib_scores(demb[np.searchsorted(all_used, used)], index),
                                                         pairs.same, pairs.fold),
                                  "faces_detected": found, "images": int(len(all_used))}
     float_dec = decisions(cosine_scores(emb["float"], index), pairs.fold, ver["float"]["thresholds"])
     keyed_dec = decisions(cosine_scores(emb["keyed_float"], index), pairs.fold, ver["float"]["thresholds"])
+    show.step(f"latency int8 / keyed int8 / keyed float, {3 * min(100, len(images))} frames each")
     lat = latency_ms({k: models[k] for k in ("int8_unkeyed", "keyed_int8", "keyed_float")}, inputs,
                      rounds=3, per_round=min(100, len(images)))
     return {
