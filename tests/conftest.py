@@ -13,6 +13,7 @@ tests marked `emulator_only` (fault injection) skip on real hardware.
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 import yaml
@@ -127,3 +128,11 @@ def camera(hil_env):
     cam = make_camera(dict(hil_env["camera"])) if hil_env and hil_env.get("camera") else ReplayCamera("samples")
     with cam:
         yield cam
+
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_restored():
+    """Ctrl-C handling as a fresh process has it: a command run in-process (CliRunner) may ignore SIGINT
+    once it has committed (keys provision), and programs the next test starts would inherit that."""
+    yield
+    signal.signal(signal.SIGINT, signal.default_int_handler)
