@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -44,11 +45,22 @@ def json_option(dest: str = "json_dest", required: bool = False, default: str | 
     return decorate
 
 
+def strict_json(value: Any) -> Any:
+    """`value` with every NaN or infinity (an undefined metric) replaced by null, so it is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def emit_json(dest: str | None, data: Any) -> None:
     """Deliver `data` as the command's JSON result to `dest` (see `json_option`); None does nothing."""
     if dest is None:
         return
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    text = json.dumps(strict_json(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
     if dest == JSON_STDOUT:
         ctx = click.get_current_context(silent=True)
         out = ctx.meta.get(_STDOUT_KEY, sys.stdout) if ctx is not None else sys.stdout

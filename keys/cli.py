@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from deploy.manifest import BundleError, check_device_id
 from deploy.signing import SignatureError, decode_public, encode_public, raw_private, raw_public
+from edge.cli_options import emit_json, json_option
 from edge.errors import ConfigError, KeycamError
 from keys import audit
 from keys.keystore import STORES, store_class
@@ -101,8 +102,10 @@ def _device_arg(value: str) -> str:
         raise click.BadParameter(str(exc)) from exc
 
 
-def _emit(data, as_json: bool, text: str) -> None:
-    click.echo(json.dumps(data, indent=1, sort_keys=True) if as_json else text)
+def _emit(data, json_dest: str | None, text: str) -> None:
+    """The human `text`, and `data` as the command's JSON result where --json asks for it."""
+    click.echo(text)
+    emit_json(json_dest, data)
 
 
 # ---- provisioning -----------------------------------------------------------------------------------
@@ -158,9 +161,10 @@ def init(**params) -> None:
 @click.option("--device-pubkey", help="the device's X25519 public key (base64, or @FILE); "
               "default: generate a pair whose private half leaves the vault with the first `keys export`")
 @_canary_options
+@json_option()
 @vault_options
 def provision(device, model, profile, output_encryption, faceplate, hardware, config_path, device_pubkey,
-              canary_frames, canary_dataset, **params) -> None:
+              canary_frames, canary_dataset, json_dest, **params) -> None:
     """Create DEVICE's key set, key and quantize MODEL for it, record it all in the vault.
 
     The keyed model is stored sealed to the device's key; its canary frames are computed now."""
@@ -181,8 +185,11 @@ def provision(device, model, profile, output_encryption, faceplate, hardware, co
         vault.devices[device] = record
         audit.record(vault, "provision", device, key_fingerprint=gen["key_fingerprint"], profile=profile,
                      model_id=gen["model_id"], faceplate=faceplate)
-    click.echo(f"provisioned {device}: key set {gen['key_fingerprint'][:16]}, model {gen['model_id']}, "
-               f"profile {profile}")
+    _emit({"device_id": device, "state": "active", "generation": gen["generation"], "profile": profile,
+           "key_fingerprint": gen["key_fingerprint"], "sensor_fingerprint": gen["sensor_fingerprint"],
+           "model_id": gen["model_id"], "hardware": hardware, "faceplate": faceplate,
+           "vault": str(params["vault_path"])}, json_dest,
+          f"provisioned {device}: key set {gen['key_fingerprint'][:16]}, model {gen['model_id']}, profile {profile}")
 
 
 def _summary(dev: dict) -> dict:
@@ -196,9 +203,9 @@ def _summary(dev: dict) -> dict:
 
 
 @keys.command(name="list")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @vault_options
-def list_(as_json, **params) -> None:
+def list_(json_dest, **params) -> None:
     """List provisioned devices."""
     vault = open_vault(params)
     rows = [_summary(d) for _, d in sorted(vault.devices.items())]
@@ -206,7 +213,7 @@ def list_(as_json, **params) -> None:
     lines += [f"{r['device_id']:16} {r['state']:8} {r['profile']:7} {(r['active'] or '-')[:16]:17} "
               f"{(r['pending'] or '-')[:16]:17} {r['hardware']}{'' if r['faceplate'] else ' (no faceplate)'}"
               for r in rows]
-    _emit(rows, as_json, "\n".join(lines) if rows else "no devices provisioned")
+    _emit(rows, json_dest, "\n".join(lines) if rows else "no devices provisioned")
 
 
 _SECRET_FIELDS = ("secret", "keyset", "model_sealed", "canary", "model_int8")
@@ -215,9 +222,9 @@ _SECRET_FIELDS = ("secret", "keyset", "model_sealed", "canary", "model_int8")
 @keys.command()
 @click.argument("device")
 @click.option("--reveal", is_flag=True, help="also print the secrets (device secret, key set, device key)")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @vault_options
-def show(device, reveal, as_json, **params) -> None:
+def show(device, reveal, json_dest, **params) -> None:
     """Fingerprints and metadata of DEVICE (no secrets unless --reveal)."""
     if reveal:  # revealing secrets is itself an audited action
         with edit_vault(params) as vault:
@@ -247,7 +254,7 @@ def show(device, reveal, as_json, **params) -> None:
             lines.append(f"    secret  {g['secret_hex']}")
     if reveal and private:
         lines.append(f"  device private key {private}")
-    _emit(dev, as_json, "\n".join(lines))
+    _emit(dev, json_dest, "\n".join(lines))
 
 
 @keys.command()
@@ -256,8 +263,9 @@ def show(device, reveal, as_json, **params) -> None:
               help="new base model (default: the one recorded at provisioning)")
 @click.option("--profile", type=click.Choice(PROFILES), help="default: the current profile")
 @_canary_options
+@json_option()
 @vault_options
-def rotate(device, model, profile, canary_frames, canary_dataset, **params) -> None:
+def rotate(device, model, profile, canary_frames, canary_dataset, json_dest, **params) -> None:
     """New key set and keyed model for DEVICE; the old one stays active until a deploy confirms it."""
     with edit_vault(params) as vault:
         dev = vault.require_usable(device)
@@ -273,29 +281,34 @@ def rotate(device, model, profile, canary_frames, canary_dataset, **params) -> N
         dev["generations"].append(gen)
         dev["model_source"] = model_source(model)
         audit.record(vault, "rotate", device, pending=gen["key_fingerprint"], active=current["key_fingerprint"])
-    click.echo(f"{device}: new key set {gen['key_fingerprint'][:16]} is pending; "
-               f"{current['key_fingerprint'][:16]} stays active until a deploy confirms the new one")
+    _emit({"device_id": device, "generation": gen["generation"], "profile": gen["profile"],
+           "pending": gen["key_fingerprint"], "active": current["key_fingerprint"], "model_id": gen["model_id"]},
+          json_dest, f"{device}: new key set {gen['key_fingerprint'][:16]} is pending; "
+                     f"{current['key_fingerprint'][:16]} stays active until a deploy confirms the new one")
 
 
 @keys.command()
 @click.argument("device")
 @click.option("--fingerprint", help="key set to confirm (default: the pending one)")
+@json_option()
 @vault_options
-def confirm(device, fingerprint, **params) -> None:
+def confirm(device, fingerprint, json_dest, **params) -> None:
     """Make DEVICE's pending key set active (`deploy push --vault` does this after a healthy install)."""
     with edit_vault(params) as vault:
         fp = fingerprint or vault.generation(device, state="pending")["key_fingerprint"]
         changed = vault.confirm(device, fp)
         if changed:
             audit.record(vault, "confirm", device, key_fingerprint=fp)
-    click.echo(f"{device}: key set {fp[:16]} is {'now' if changed else 'already'} active")
+    _emit({"device_id": device, "active": fp, "changed": changed}, json_dest,
+          f"{device}: key set {fp[:16]} is {'now' if changed else 'already'} active")
 
 
 @keys.command()
 @click.argument("device")
 @click.option("--reason", default="", help="recorded in the audit log")
+@json_option()
 @vault_options
-def revoke(device, reason, **params) -> None:
+def revoke(device, reason, json_dest, **params) -> None:
     """Revoke DEVICE: no bundle or export can be made for it any more."""
     with edit_vault(params) as vault:
         dev = vault.device(device)
@@ -305,7 +318,8 @@ def revoke(device, reason, **params) -> None:
         for g in dev["generations"]:
             g["state"] = "revoked"
         audit.record(vault, "revoke", device, reason=reason)
-    click.echo(f"{device}: revoked")
+    _emit({"device_id": device, "state": "revoked", "revoked": dev["revoked"], "reason": reason}, json_dest,
+          f"{device}: revoked")
 
 
 def _generation_by_fingerprint(vault: Vault) -> dict[str, tuple[str, dict]]:
@@ -484,15 +498,15 @@ def export(device, out, keyset, store, tpm_tcti, new_device_key, mender_rootfs, 
 
 
 @keys.command(name="audit")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @vault_options
-def audit_(as_json, **params) -> None:
+def audit_(json_dest, **params) -> None:
     """Print the audit log and check that it is intact (exit 1 if it was altered)."""
     vault = open_vault(params)
     entries, problems = audit.read(vault)
     text = "\n".join(f"{e['seq']:5} {e['ts']} {e['user']:10} {e['action']:10} {e['device'] or '-'}"
                      f" {json.dumps(e['details'], sort_keys=True)}" for e in entries)
-    _emit({"entries": entries, "problems": problems}, as_json,
+    _emit({"entries": entries, "problems": problems}, json_dest,
           (text or "audit log is empty") + "".join(f"\nPROBLEM: {p}" for p in problems))
     if problems:
         raise click.ClickException(f"the audit log has {len(problems)} problem(s)")

@@ -1,19 +1,18 @@
 """`keycam attack`: structure, plaintext, inversion, reuse, model-file, support-only, frames-only, all."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from tools.bench.common import write_json
+from edge.cli_options import JSON_STDOUT, emit_json, json_option
 from tools.bench.keyed import SHIPPED_MODELS
 from tools.keying.profiles import DEFAULT_PROFILE
 
 _dataset = click.option("--dataset", type=click.Choice(sorted(SHIPPED_MODELS)), default="mnist", show_default=True)
 _limit = click.option("--limit", type=click.IntRange(10), default=500, show_default=True,
                       help="Test frames to attack and score.")
-_json = click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results as JSON.")
+_json = json_option("json_path")
 _frames = click.option("--frames", "frames", default="1000,10000", show_default=True,
                        callback=lambda ctx, param, value: _counts(value),
                        help="Comma-separated numbers of captured keyed frames (test split) for the frames-only "
@@ -50,8 +49,12 @@ def _single(name: str, dataset: str, profile: str, limit: int, json_path: str | 
     else:
         from tools.attacks.reuse import run_reuse as fn
     result, _ = fn(target)
-    click.echo(json.dumps({"dataset": dataset, "profile": profile, name: result}, indent=2))
-    write_json(json_path, {"dataset": dataset, "profile": profile, name: result})
+    _deliver({"dataset": dataset, "profile": profile, name: result}, json_path)
+
+
+def _deliver(report: dict, json_path: str | None) -> None:
+    """A single attack's report: JSON on stdout, or where --json says."""
+    emit_json(json_path or JSON_STDOUT, report)
 
 
 def _command(name: str, doc: str):
@@ -80,8 +83,7 @@ def _from_suite(name: str, dataset: str, profile: str, limit: int, frames: tuple
     attack_ = next(a for a in ATTACKS if a.name == name)
     result, _ = attack_.run(build_target(dataset, profile, limit=limit), Budget(frames=frames) if frames else Budget())
     report = {"dataset": dataset, "profile": profile, name: result}
-    click.echo(json.dumps(report, indent=2))
-    write_json(json_path, report)
+    _deliver(report, json_path)
 
 
 @attack.command(name="model-file")
@@ -121,17 +123,16 @@ def frames_only(dataset: str, profile: str, frames: tuple[int, ...], public: int
     describe(profile)
     result, _ = run_frames_only(build_target(dataset, profile, limit=10), frames, public)
     report = {"dataset": dataset, "profile": profile, "frames_only": result}
-    click.echo(json.dumps(report, indent=2))
-    write_json(json_path, report)
+    _deliver(report, json_path)
 
 
 @attack.command(name="all")
 @_dataset
 @_limit
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), required=True, help="Write the report as JSON.")
+@json_option("json_path", required=True)
 @click.option("--profiles", default=None, help="Comma-separated profiles (default: every profile with a pixel-level sensor key).")
 @click.option("--png-dir", type=click.Path(file_okay=False), default=None,
-              help="Where the montages go (default: next to the JSON file).")
+              help="Where the montages go (default: next to the JSON file; with JSON on stdout: here).")
 @_frames
 @click.option("--fast", is_flag=True, help="Tiny budgets (smoke test; numbers are not meaningful).")
 def all_(dataset: str, limit: int, json_path: str, profiles: str | None, png_dir: str | None,
@@ -142,4 +143,4 @@ def all_(dataset: str, limit: int, json_path: str, profiles: str | None, png_dir
     report = run_all(dataset, names, limit, Path(png_dir) if png_dir else Path(json_path).resolve().parent,
                      Budget(fast, frames))
     print_report(report)
-    write_json(json_path, report)
+    emit_json(json_path, report)

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import click
 import numpy as np
 
+from edge.cli_options import json_option
 from edge.datasets import load_dataset
 from edge.errors import ConfigError
 from keys.generate import KeyConfig
@@ -164,7 +165,7 @@ def run_frontier(datasets: list[str], specs: list[str], frame_counts: list[int],
               help="Test frames for the accuracy and latency side of each point.")
 @click.option("--public", type=click.IntRange(100), default=10000, show_default=True,
               help="Public training images the attacker correlates against.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), required=True)
+@json_option("json_path", required=True)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="PNG: recognised vs latency.")
 def keyfrontier(datasets, specs, frame_counts, limit, public, json_path, plot_path) -> None:
     """Frames-only recognition vs latency and size of each sensor-key profile."""

@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from edge.cli_options import json_option
 from edge.datasets import load_dataset
 from edge.errors import ConfigError
 from edge.runtime import TFLiteModel
@@ -143,7 +144,7 @@ def write_plot(result: dict, path: str | Path) -> None:
 @click.option("--full-well", type=float, default=10000.0, show_default=True, help="Electrons at full scale.")
 @click.option("--optics", is_flag=True, help="Add the simulated fiber-bundle optics in front of the key.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the key secret and the noise.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default="bench-sensor.json", show_default=True)
+@json_option("json_path", default="bench-sensor.json")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default="bench-sensor.png", show_default=True)
 def sensor(dataset: str, model_path: str | None, profile: str, limit: int, read_noise: str, bits: str,
            shot_noise: bool, full_well: float, optics: bool, seed: int, json_path: str, plot_path: str) -> None:

@@ -7,20 +7,10 @@ from pathlib import Path
 
 import click
 
+from edge.cli_options import emit_json, json_option
 from tools.san.model_io import DEFAULT_MODEL
 
 FACES_HELP = "folder with the LFW .npz files (default: $KEYCAM_FACES_DIR or ../shared/data/faces)"
-
-
-def _json_safe(value):
-    """NaN (an undefined metric, e.g. no pair of a group) becomes null so the file is strict JSON."""
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _threads() -> None:
@@ -72,10 +62,9 @@ def train(out: Path, faces_dir: Path | None, members: int, epochs: int, pretrain
 @san.command("eval")
 @click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_MODEL, show_default=True,
               help="SAN ensemble weights")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="where to write the metrics")
+@json_option("json_path", required=True)
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="where the montage / plot / table go (default: the JSON file's folder)")
+              help="where the montage / plot / table go (default: the JSON file's folder; with JSON on stdout: here)")
 @click.option("--faces-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=FACES_HELP)
 @_cache_dir
 @click.option("--no-cache", is_flag=True, help="recompute every unseen-model output")
@@ -85,7 +74,7 @@ def train(out: Path, faces_dir: Path | None, members: int, epochs: int, pretrain
 @click.option("--opinion-epochs", type=click.IntRange(0, 200), default=12, show_default=True,
               help="epochs of the two second-opinion gender CNNs trained here (independent, adapted to the "
                    "SAN's outputs); 0 skips them")
-def eval_(model: Path, json_path: Path, out_dir: Path | None, faces_dir: Path | None, cache_dir: Path,
+def eval_(model: Path, json_path: str, out_dir: Path | None, faces_dir: Path | None, cache_dir: Path,
           no_cache: bool, limit: int | None, member_matcher: bool, seed: int, opinion_epochs: int) -> None:
     """Evaluate a SAN ensemble on UNSEEN gender classifier / face matcher and held-out LFW people."""
     _threads()
@@ -98,10 +87,9 @@ def eval_(model: Path, json_path: Path, out_dir: Path | None, faces_dir: Path | 
                       opinion_epochs, log=click.echo)
     faces, outputs, selected, deployed = report.pop("_montage_inputs")
     report["model"] = str(model)
-    out_dir = out_dir or json_path.parent
+    out_dir = out_dir or Path(json_path).resolve().parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(_json_safe(report), indent=2, sort_keys=True, allow_nan=False))
+    emit_json(json_path, report)
     montage(faces, outputs, selected, out_dir / "san_montage.png", deployed)
     privacy_utility_plot(report, out_dir / "san_privacy_utility.png")
     table = markdown_table(report)
@@ -110,7 +98,7 @@ def eval_(model: Path, json_path: Path, out_dir: Path | None, faces_dir: Path | 
     keys = ["gender_bacc_orig", "gender_bacc_op", "verif_acc_orig", "verif_acc_op", "tmr_fmr1e-2_orig",
             "tmr_fmr1e-2_op", "ssim_op"]
     click.echo("headline: " + ", ".join(f"{k} {report[k]:.3f}" for k in keys))
-    click.echo(f"targets: {report['targets']}; wrote {json_path}, {out_dir}/san_montage.png, "
+    click.echo(f"targets: {report['targets']}; wrote {out_dir}/san_montage.png, "
                f"{out_dir}/san_privacy_utility.png, {out_dir}/san_table.md")
 
 
