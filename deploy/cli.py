@@ -15,7 +15,7 @@ from deploy import fleet
 from deploy.bundle import verify_bundle
 from deploy.inventory import Entry, load_inventory, select
 from deploy.signing import decode_public
-from edge.cli_options import emit_json, json_option
+from edge.cli_options import JSON_STDOUT, emit_json, emit_result, json_option
 from edge.errors import ConfigError, KeycamError
 from keys import audit
 from keys.cli import PASSPHRASE_ENV, edit_vault, open_vault, vault_options
@@ -38,12 +38,11 @@ def _entries(inventory: Path | None, limit: tuple[str, ...], target: str | None,
     return [Entry(device or "", target, None, {"python": python} if python else {})]
 
 
-def _print_results(results: list[dict]) -> None:
-    for r in results:
-        extra = r.get("reason") or (f"slot {r['slot']}" if r.get("slot") else "")
-        versions = (f"bundle {r.get('version') or '-'}" if r["status"] in ("refused", "failed", "skipped", "interrupted")
-                    else f"{r.get('from_version') or '-'} -> {r.get('version') or '-'}")   # no transition
-        click.echo(f"{r['device']:16} {r['status']:17} {versions}  {extra}")
+def _result_line(r: dict) -> str:
+    extra = r.get("reason") or (f"slot {r['slot']}" if r.get("slot") else "")
+    versions = (f"bundle {r.get('version') or '-'}" if r["status"] in ("refused", "failed", "skipped", "interrupted")
+                else f"{r.get('from_version') or '-'} -> {r.get('version') or '-'}")   # no transition
+    return f"{r['device']:16} {r['status']:17} {versions}  {extra}"
 
 
 _PUBKEY = click.option("--pubkey", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -129,13 +128,13 @@ def build(device, version, min_version, keyset, hardware, out, canary_frames, he
 def verify(bundle, pubkey, json_dest, **params) -> None:
     """Check BUNDLE's signature and every file's sha256 (nothing is unpacked)."""
     manifest = verify_bundle(bundle, _trusted(pubkey, params))
-    emit_json(json_dest, json.loads(manifest.to_bytes()))
-    click.echo(f"OK {bundle}: device {manifest.device_id}, version {manifest.version} "
-               f"(min {manifest.minimum_version}), hardware {', '.join(manifest.compatible)}, "
-               f"{len(manifest.files)} files verified, signed by {manifest.signing_key_id}")
-    for name, spec in sorted(manifest.files.items()):
-        sealed = " (sealed to the device)" if name in manifest.secrets else ""
-        click.echo(f"  {spec['sha256'][:16]} {spec['size']:>9}  {name}{sealed}")
+    lines = [f"OK {bundle}: device {manifest.device_id}, version {manifest.version} "
+             f"(min {manifest.minimum_version}), hardware {', '.join(manifest.compatible)}, "
+             f"{len(manifest.files)} files verified, signed by {manifest.signing_key_id}"]
+    lines += [f"  {spec['sha256'][:16]} {spec['size']:>9}  {name}"
+              f"{' (sealed to the device)' if name in manifest.secrets else ''}"
+              for name, spec in sorted(manifest.files.items())]
+    emit_result(json_dest, json.loads(manifest.to_bytes()), "\n".join(lines))
 
 
 @deploy.command()
@@ -170,7 +169,8 @@ def push(inventory, limit, target, python, json_dest, bundle, bundles, canary, d
                 audit.record(vault, "confirm", device_id, key_fingerprint=fingerprint, by="deploy push")
 
     def progress(result: dict) -> None:
-        _print_results([result])
+        if json_dest != JSON_STDOUT:
+            click.echo(_result_line(result))
 
     try:
         results = fleet.push(entries, lambda e: fleet.find_bundle(e, bundles, trusted), trusted, canary,
@@ -214,6 +214,15 @@ def _reconcile(results: list[dict], params: dict) -> None:
                 click.echo(f"{device}: runs pending key set {fp[:16]}; now active in the vault", err=True)
 
 
+def _status_line(r: dict) -> str:
+    if not r["ok"]:
+        return f"{r['device']:16} ERROR {r['error']}"
+    slots = ", ".join(f"{s}={v['version'] or '-'}" for s, v in sorted(r["slots"].items()))
+    return (f"{r['device_id']:16} version {r['version'] or '-'} slot {r['committed'] or '-'} "
+            f"(current {r['current'] or '-'}; {slots}) min {r['min_version']} "
+            f"service {'up' if r['service_up'] else 'down' if r['service_up'] is False else 'n/a'}")
+
+
 @deploy.command()
 @_targets
 @vault_options
@@ -224,15 +233,7 @@ def status(inventory, limit, target, python, json_dest, **params) -> None:
     device already runs is confirmed there."""
     results = _each(_entries(inventory, limit, target, None, python), "status")
     _reconcile(results, params)
-    for r in results:
-        if not r["ok"]:
-            click.echo(f"{r['device']:16} ERROR {r['error']}")
-            continue
-        slots = ", ".join(f"{s}={v['version'] or '-'}" for s, v in sorted(r["slots"].items()))
-        click.echo(f"{r['device_id']:16} version {r['version'] or '-'} slot {r['committed'] or '-'} "
-                   f"(current {r['current'] or '-'}; {slots}) min {r['min_version']} "
-                   f"service {'up' if r['service_up'] else 'down' if r['service_up'] is False else 'n/a'}")
-    emit_json(json_dest, results)
+    emit_result(json_dest, results, "\n".join(_status_line(r) for r in results))
     if not all(r["ok"] for r in results):
         raise click.ClickException("some devices could not be queried")
 
@@ -244,9 +245,8 @@ def rollback(inventory, limit, target, python, json_dest, no_service) -> None:
     """Switch devices back to their previous slot (health-checked)."""
     args = ("rollback",) + (("--no-service",) if no_service else ())
     results = _each(_entries(inventory, limit, target, None, python), *args)
-    for r in results:
-        click.echo(f"{r['device']:16} " + (f"now on slot {r['committed']} version {r['version']}" if r["ok"]
-                                            else f"FAILED {r.get('error') or r.get('reason')}"))
-    emit_json(json_dest, results)
+    emit_result(json_dest, results, "\n".join(
+        f"{r['device']:16} " + (f"now on slot {r['committed']} version {r['version']}" if r["ok"]
+                                else f"FAILED {r.get('error') or r.get('reason')}") for r in results))
     if not all(r["ok"] for r in results):
         raise click.ClickException("rollback failed on some devices")

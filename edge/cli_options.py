@@ -45,6 +45,13 @@ def json_option(dest: str = "json_dest", required: bool = False, default: str | 
     return decorate
 
 
+def emit_result(dest: str | None, data: Any, text: str) -> None:
+    """A result that `text` only renders for people: the text, unless --json prints `data` on stdout."""
+    if dest != JSON_STDOUT:
+        click.echo(text)
+    emit_json(dest, data)
+
+
 def strict_json(value: Any) -> Any:
     """`value` with every NaN or infinity (an undefined metric) replaced by null, so it is strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):

@@ -5,7 +5,7 @@ import time
 
 import click
 
-from edge.cli_options import emit_json, json_option
+from edge.cli_options import emit_result, json_option
 from edge.errors import ConfigError
 
 @click.group()
@@ -81,9 +81,7 @@ def _run_action(ctx: click.Context, json_dest: str | None, action) -> None:
 
     with SerialFaceplate(**ctx.obj) as fp:
         result = action(fp)
-    for key, value in result.items():
-        click.echo(f"{key:13s} {value}")
-    emit_json(json_dest, result)
+    emit_result(json_dest, result, "\n".join(f"{key:13s} {value}" for key, value in result.items()))
 
 
 @faceplate.command()
@@ -149,8 +147,6 @@ def camera(source: str, frames: int, fps: float | None, timeout: float, json_des
         report = {"source": source, "frames": frames, "shape": list(cam.frame_shape), "dropped": cam.dropped,
                   "fps": round(frames / elapsed, 2) if elapsed > 0 else None, "min": lo, "max": hi,
                   "last_seq": frame.seq, "exposure_us": frame.exposure_us, "analog_gain": frame.analog_gain}
-    for key, value in report.items():
-        click.echo(f"{key:12s} {value}")
-    emit_json(json_dest, report)
+    emit_result(json_dest, report, "\n".join(f"{key:12s} {value}" for key, value in report.items()))
 
 

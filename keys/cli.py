@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from deploy.manifest import BundleError, check_device_id
 from deploy.signing import SignatureError, decode_public, encode_public, raw_private, raw_public
-from edge.cli_options import emit_json, json_option
+from edge.cli_options import emit_result, json_option
 from edge.errors import ConfigError, KeycamError
 from keys import audit
 from keys.keystore import STORES, store_class
@@ -102,12 +102,6 @@ def _device_arg(value: str) -> str:
         raise click.BadParameter(str(exc)) from exc
 
 
-def _emit(data, json_dest: str | None, text: str) -> None:
-    """The human `text`, and `data` as the command's JSON result where --json asks for it."""
-    click.echo(text)
-    emit_json(json_dest, data)
-
-
 # ---- provisioning -----------------------------------------------------------------------------------
 def _device_public(text: str | None) -> tuple[str, str | None]:
     """(public b64, private b64 or None): the device's own key, or a fresh pair held until export."""
@@ -185,11 +179,11 @@ def provision(device, model, profile, output_encryption, faceplate, hardware, co
         vault.devices[device] = record
         audit.record(vault, "provision", device, key_fingerprint=gen["key_fingerprint"], profile=profile,
                      model_id=gen["model_id"], faceplate=faceplate)
-    _emit({"device_id": device, "state": "active", "generation": gen["generation"], "profile": profile,
-           "key_fingerprint": gen["key_fingerprint"], "sensor_fingerprint": gen["sensor_fingerprint"],
-           "model_id": gen["model_id"], "hardware": hardware, "faceplate": faceplate,
-           "vault": str(params["vault_path"])}, json_dest,
-          f"provisioned {device}: key set {gen['key_fingerprint'][:16]}, model {gen['model_id']}, profile {profile}")
+    emit_result(json_dest, {"device_id": device, "state": "active", "generation": gen["generation"],
+                            "profile": profile, "key_fingerprint": gen["key_fingerprint"],
+                            "sensor_fingerprint": gen["sensor_fingerprint"], "model_id": gen["model_id"],
+                            "hardware": hardware, "faceplate": faceplate, "vault": str(params["vault_path"])},
+                f"provisioned {device}: key set {gen['key_fingerprint'][:16]}, model {gen['model_id']}, profile {profile}")
 
 
 def _summary(dev: dict) -> dict:
@@ -213,7 +207,7 @@ def list_(json_dest, **params) -> None:
     lines += [f"{r['device_id']:16} {r['state']:8} {r['profile']:7} {(r['active'] or '-')[:16]:17} "
               f"{(r['pending'] or '-')[:16]:17} {r['hardware']}{'' if r['faceplate'] else ' (no faceplate)'}"
               for r in rows]
-    _emit(rows, json_dest, "\n".join(lines) if rows else "no devices provisioned")
+    emit_result(json_dest, rows, "\n".join(lines) if rows else "no devices provisioned")
 
 
 _SECRET_FIELDS = ("secret", "keyset", "model_sealed", "canary", "model_int8")
@@ -254,7 +248,7 @@ def show(device, reveal, json_dest, **params) -> None:
             lines.append(f"    secret  {g['secret_hex']}")
     if reveal and private:
         lines.append(f"  device private key {private}")
-    _emit(dev, json_dest, "\n".join(lines))
+    emit_result(json_dest, dev, "\n".join(lines))
 
 
 @keys.command()
@@ -281,10 +275,11 @@ def rotate(device, model, profile, canary_frames, canary_dataset, json_dest, **p
         dev["generations"].append(gen)
         dev["model_source"] = model_source(model)
         audit.record(vault, "rotate", device, pending=gen["key_fingerprint"], active=current["key_fingerprint"])
-    _emit({"device_id": device, "generation": gen["generation"], "profile": gen["profile"],
-           "pending": gen["key_fingerprint"], "active": current["key_fingerprint"], "model_id": gen["model_id"]},
-          json_dest, f"{device}: new key set {gen['key_fingerprint'][:16]} is pending; "
-                     f"{current['key_fingerprint'][:16]} stays active until a deploy confirms the new one")
+    emit_result(json_dest, {"device_id": device, "generation": gen["generation"], "profile": gen["profile"],
+                            "pending": gen["key_fingerprint"], "active": current["key_fingerprint"],
+                            "model_id": gen["model_id"]},
+                f"{device}: new key set {gen['key_fingerprint'][:16]} is pending; "
+                f"{current['key_fingerprint'][:16]} stays active until a deploy confirms the new one")
 
 
 @keys.command()
@@ -299,8 +294,8 @@ def confirm(device, fingerprint, json_dest, **params) -> None:
         changed = vault.confirm(device, fp)
         if changed:
             audit.record(vault, "confirm", device, key_fingerprint=fp)
-    _emit({"device_id": device, "active": fp, "changed": changed}, json_dest,
-          f"{device}: key set {fp[:16]} is {'now' if changed else 'already'} active")
+    emit_result(json_dest, {"device_id": device, "active": fp, "changed": changed},
+                f"{device}: key set {fp[:16]} is {'now' if changed else 'already'} active")
 
 
 @keys.command()
@@ -318,8 +313,8 @@ def revoke(device, reason, json_dest, **params) -> None:
         for g in dev["generations"]:
             g["state"] = "revoked"
         audit.record(vault, "revoke", device, reason=reason)
-    _emit({"device_id": device, "state": "revoked", "revoked": dev["revoked"], "reason": reason}, json_dest,
-          f"{device}: revoked")
+    emit_result(json_dest, {"device_id": device, "state": "revoked", "revoked": dev["revoked"], "reason": reason},
+                f"{device}: revoked")
 
 
 def _generation_by_fingerprint(vault: Vault) -> dict[str, tuple[str, dict]]:
@@ -506,7 +501,7 @@ def audit_(json_dest, **params) -> None:
     entries, problems = audit.read(vault)
     text = "\n".join(f"{e['seq']:5} {e['ts']} {e['user']:10} {e['action']:10} {e['device'] or '-'}"
                      f" {json.dumps(e['details'], sort_keys=True)}" for e in entries)
-    _emit({"entries": entries, "problems": problems}, json_dest,
-          (text or "audit log is empty") + "".join(f"\nPROBLEM: {p}" for p in problems))
+    emit_result(json_dest, {"entries": entries, "problems": problems},
+                (text or "audit log is empty") + "".join(f"\nPROBLEM: {p}" for p in problems))
     if problems:
         raise click.ClickException(f"the audit log has {len(problems)} problem(s)")
