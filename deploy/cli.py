@@ -87,7 +87,12 @@ def deploy() -> None:
 def build(device, version, min_version, keyset, hardware, out, canary_frames, health_timeout,
           config_path, mender_artifact, json_dest, **params) -> None:
     """Build DEVICE's signed bundle from the vault (model, sensor key and canary sealed to the device;
-    with --mender also its Mender artifact)."""
+    with --mender also its Mender artifact).
+
+    \b
+    Example:
+      keycam deploy build cam-01 --version 1.0.0 --out bundles/ --json
+    """
     from deploy import builder  # host-only heavy imports (scipy)
     from deploy.payload import load_template
     template = load_template(config_path) if config_path else None
@@ -126,7 +131,12 @@ def build(device, version, min_version, keyset, hardware, out, canary_frames, he
 @json_option()
 @vault_options
 def verify(bundle, pubkey, json_dest, **params) -> None:
-    """Check BUNDLE's signature and every file's sha256 (nothing is unpacked)."""
+    """Check BUNDLE's signature and every file's sha256 (nothing is unpacked).
+
+    \b
+    Example:
+      keycam deploy verify bundles/cam-01-1.0.0.bundle --json
+    """
     manifest = verify_bundle(bundle, _trusted(pubkey, params))
     lines = [f"OK {bundle}: device {manifest.device_id}, version {manifest.version} "
              f"(min {manifest.minimum_version}), hardware {', '.join(manifest.compatible)}, "
@@ -151,7 +161,13 @@ def verify(bundle, pubkey, json_dest, **params) -> None:
 @vault_options
 def push(inventory, limit, target, python, json_dest, bundle, bundles, canary, dry_run, no_service, pubkey,
          **params) -> None:
-    """Install bundles on devices (health-checked; each device rolls back on failure)."""
+    """Install bundles on devices (health-checked; each device rolls back on failure).
+
+    \b
+    Example:
+      keycam deploy push --target dir:/media/sd/var/lib/keycam --bundle bundles/cam-01-1.0.0.bundle --no-service
+      keycam deploy push --inventory fleet.yaml --bundles bundles/ --canary 1 --json
+    """
     trusted = _trusted(pubkey, params)
     device = None
     if target is not None:
@@ -230,7 +246,12 @@ def status(inventory, limit, target, python, json_dest, **params) -> None:
     """Identity, committed/current slot, versions and service state of devices.
 
     With a vault (and its passphrase in a file or $KEYCAM_VAULT_PASSPHRASE) a pending key set that a
-    device already runs is confirmed there."""
+    device already runs is confirmed there.
+
+    \b
+    Example:
+      keycam deploy status --inventory fleet.yaml --json
+    """
     results = _each(_entries(inventory, limit, target, None, python), "status")
     _reconcile(results, params)
     emit_result(json_dest, results, "\n".join(_status_line(r) for r in results))
@@ -242,7 +263,12 @@ def status(inventory, limit, target, python, json_dest, **params) -> None:
 @_targets
 @click.option("--no-service", is_flag=True)
 def rollback(inventory, limit, target, python, json_dest, no_service) -> None:
-    """Switch devices back to their previous slot (health-checked)."""
+    """Switch devices back to their previous slot (health-checked).
+
+    \b
+    Example:
+      keycam deploy rollback --inventory fleet.yaml --limit cam-01
+    """
     args = ("rollback",) + (("--no-service",) if no_service else ())
     results = _each(_entries(inventory, limit, target, None, python), *args)
     emit_result(json_dest, results, "\n".join(

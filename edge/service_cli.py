@@ -37,6 +37,10 @@ def run(config_path: str, frames: int | None, metrics_port: int | None, summary_
 
     Records go to the configured sinks (stdout: JSON lines); logs and the summary go to stderr.
     SIGTERM/SIGINT drain the pipeline, flush the sinks and exit 0; SIGHUP checks for a new model.
+
+    \b
+    Example:
+      keycam run --config examples/sim-device.yaml --frames 1000
     """
     import dataclasses
 

@@ -41,7 +41,12 @@ def emulate_faceplate(faceplates: str, unit: str, firmware: str, start_slot: int
                       stall_timeout: float, port: str | None, link: str | None, drop: float, garble: float,
                       noise: float, delay: float, delay_rate: float, stuck: bool, disconnect_after: int | None,
                       only: str, seed: int, verbose: bool) -> None:
-    """Emulate the actuator firmware on a pty; prints the device path, runs until Ctrl-C."""
+    """Emulate the actuator firmware on a pty; prints the device path, runs until Ctrl-C.
+
+    \b
+    Example:
+      keycam hw emulate-faceplate --link /tmp/keycam-faceplate
+    """
     from hardware.faceplate_emulator import LinkFaults, run
     from hardware.faceplate_firmware import FirmwareConfig
 
@@ -88,7 +93,12 @@ def _run_action(ctx: click.Context, json_dest: str | None, action) -> None:
 @json_option()
 @click.pass_context
 def status(ctx: click.Context, json_dest: str | None) -> None:
-    """Print position, engagement, motion and error state, with the actuator's identity."""
+    """Print position, engagement, motion and error state, with the actuator's identity.
+
+    \b
+    Example:
+      keycam hw faceplate --port /dev/ttyUSB0 status --json
+    """
     _run_action(ctx, json_dest, lambda fp: {**fp.identify(), **fp.status()})
 
 
@@ -96,7 +106,12 @@ def status(ctx: click.Context, json_dest: str | None) -> None:
 @json_option()
 @click.pass_context
 def home(ctx: click.Context, json_dest: str | None) -> None:
-    """Drive to the home position (0) and wait until done."""
+    """Drive to the home position (0) and wait until done.
+
+    \b
+    Example:
+      keycam hw faceplate --port /dev/ttyUSB0 home
+    """
     _run_action(ctx, json_dest, lambda fp: fp.home())
 
 
@@ -105,7 +120,12 @@ def home(ctx: click.Context, json_dest: str | None) -> None:
 @json_option()
 @click.pass_context
 def move(ctx: click.Context, position: int, json_dest: str | None) -> None:
-    """Move the turret to slot POSITION and wait until there."""
+    """Move the turret to slot POSITION and wait until there.
+
+    \b
+    Example:
+      keycam hw faceplate --port /tmp/keycam-faceplate move 2 --json
+    """
     _run_action(ctx, json_dest, lambda fp: fp.move(position))
 
 
@@ -113,7 +133,12 @@ def move(ctx: click.Context, position: int, json_dest: str | None) -> None:
 @json_option()
 @click.pass_context
 def engage(ctx: click.Context, json_dest: str | None) -> None:
-    """Clamp the current faceplate into the optical path."""
+    """Clamp the current faceplate into the optical path.
+
+    \b
+    Example:
+      keycam hw faceplate --port /tmp/keycam-faceplate engage --json
+    """
     _run_action(ctx, json_dest, lambda fp: fp.engage())
 
 
@@ -121,7 +146,12 @@ def engage(ctx: click.Context, json_dest: str | None) -> None:
 @json_option()
 @click.pass_context
 def disengage(ctx: click.Context, json_dest: str | None) -> None:
-    """Release the faceplate clamp."""
+    """Release the faceplate clamp.
+
+    \b
+    Example:
+      keycam hw faceplate --port /tmp/keycam-faceplate disengage
+    """
     _run_action(ctx, json_dest, lambda fp: fp.disengage())
 
 
@@ -133,7 +163,12 @@ def disengage(ctx: click.Context, json_dest: str | None) -> None:
 @click.option("--timeout", type=float, default=2.0, show_default=True, help="Seconds to wait per frame.")
 @json_option()
 def camera(source: str, frames: int, fps: float | None, timeout: float, json_dest: str | None) -> None:
-    """Read some frames from a camera and report shape, rate, drops and intensity range."""
+    """Read some frames from a camera and report shape, rate, drops and intensity range.
+
+    \b
+    Example:
+      keycam hw camera --source samples --frames 20 --json
+    """
     from hardware.camera import make_camera
 
     config = {"type": "picamera2"} if source == "picamera2" else {"type": "replay", "source": source, "fps": fps}

@@ -130,7 +130,12 @@ def keys() -> None:
 @keys.command()
 @vault_options
 def init(**params) -> None:
-    """Create a new vault (and its Ed25519 bundle-signing key)."""
+    """Create a new vault (and its Ed25519 bundle-signing key).
+
+    \b
+    Example:
+      keycam keys init --vault ~/.keycam/vault.kcv
+    """
     vault = Vault.create(params["vault_path"], _passphrase(params, confirm=True))
     audit.record(vault, "init", None, signing_key_id=vault.data["signing"]["key_id"])
     vault.save()
@@ -161,7 +166,12 @@ def provision(device, model, profile, output_encryption, faceplate, hardware, co
               canary_frames, canary_dataset, json_dest, **params) -> None:
     """Create DEVICE's key set, key and quantize MODEL for it, record it all in the vault.
 
-    The keyed model is stored sealed to the device's key; its canary frames are computed now."""
+    The keyed model is stored sealed to the device's key; its canary frames are computed now.
+
+    \b
+    Example:
+      keycam keys provision cam-01 --model tools/models/lenet_fashion.onnx --profile stem --config cam-01.yaml
+    """
     from deploy.payload import check_template
     public, private = _device_public(device_pubkey)
     template = check_template(config_path, device, faceplate) if config_path else None
@@ -200,7 +210,12 @@ def _summary(dev: dict) -> dict:
 @json_option()
 @vault_options
 def list_(json_dest, **params) -> None:
-    """List provisioned devices."""
+    """List provisioned devices.
+
+    \b
+    Example:
+      keycam keys list --json
+    """
     vault = open_vault(params)
     rows = [_summary(d) for _, d in sorted(vault.devices.items())]
     lines = [f"{'DEVICE':16} {'STATE':8} {'PROFILE':7} {'ACTIVE KEY':17} {'PENDING KEY':17} HW"]
@@ -219,7 +234,12 @@ _SECRET_FIELDS = ("secret", "keyset", "model_sealed", "canary", "model_int8")
 @json_option()
 @vault_options
 def show(device, reveal, json_dest, **params) -> None:
-    """Fingerprints and metadata of DEVICE (no secrets unless --reveal)."""
+    """Fingerprints and metadata of DEVICE (no secrets unless --reveal).
+
+    \b
+    Example:
+      keycam keys show cam-01 --json
+    """
     if reveal:  # revealing secrets is itself an audited action
         with edit_vault(params) as vault:
             dev = json.loads(json.dumps(vault.device(device)))
@@ -260,7 +280,12 @@ def show(device, reveal, json_dest, **params) -> None:
 @json_option()
 @vault_options
 def rotate(device, model, profile, canary_frames, canary_dataset, json_dest, **params) -> None:
-    """New key set and keyed model for DEVICE; the old one stays active until a deploy confirms it."""
+    """New key set and keyed model for DEVICE; the old one stays active until a deploy confirms it.
+
+    \b
+    Example:
+      keycam keys rotate cam-01
+    """
     with edit_vault(params) as vault:
         dev = vault.require_usable(device)
         if any(g["state"] == "pending" for g in dev["generations"]):
@@ -288,7 +313,12 @@ def rotate(device, model, profile, canary_frames, canary_dataset, json_dest, **p
 @json_option()
 @vault_options
 def confirm(device, fingerprint, json_dest, **params) -> None:
-    """Make DEVICE's pending key set active (`deploy push --vault` does this after a healthy install)."""
+    """Make DEVICE's pending key set active (`deploy push --vault` does this after a healthy install).
+
+    \b
+    Example:
+      keycam keys confirm cam-01
+    """
     with edit_vault(params) as vault:
         fp = fingerprint or vault.generation(device, state="pending")["key_fingerprint"]
         changed = vault.confirm(device, fp)
@@ -304,7 +334,12 @@ def confirm(device, fingerprint, json_dest, **params) -> None:
 @json_option()
 @vault_options
 def revoke(device, reason, json_dest, **params) -> None:
-    """Revoke DEVICE: no bundle or export can be made for it any more."""
+    """Revoke DEVICE: no bundle or export can be made for it any more.
+
+    \b
+    Example:
+      keycam keys revoke cam-01 --reason 'camera stolen' --json
+    """
     with edit_vault(params) as vault:
         dev = vault.device(device)
         if dev["state"] == "revoked":
@@ -329,7 +364,12 @@ def _generation_by_fingerprint(vault: Vault) -> dict[str, tuple[str, dict]]:
 def decode(records, device, top_k, **params) -> None:
     """Turn output-encrypted prediction records (JSON lines) back into labels, one JSON line each.
 
-    Records without encrypted_logits (alarms, stats) pass through unchanged."""
+    Records without encrypted_logits (alarms, stats) pass through unchanged.
+
+    \b
+    Example:
+      keycam keys decode records.jsonl --device cam-01 --top-k 3
+    """
     from edge.egress import decode_encrypted_logits
     from keys.keyset import KeySet
     vault = open_vault(params)
@@ -436,7 +476,12 @@ def _reseal_models(dev: dict, new_public: str) -> None:
 def export(device, out, keyset, store, tpm_tcti, new_device_key, mender_rootfs, clear_model, **params) -> None:
     """Write what DEVICE needs: sealed keyed model, config, sealed sensor key (no faceplate only), identity.
 
-    Re-exporting to the same root keeps the device's key pair."""
+    Re-exporting to the same root keeps the device's key pair.
+
+    \b
+    Example:
+      keycam keys export cam-01 --out /media/sd/var/lib/keycam
+    """
     from deploy.device import DeviceRoot
     from deploy.payload import CONFIG, IDENTITY_FROM_ROOT, MODEL, SENSOR_KEY, render_config
     from edge.atomic import atomic_write
@@ -496,7 +541,12 @@ def export(device, out, keyset, store, tpm_tcti, new_device_key, mender_rootfs, 
 @json_option()
 @vault_options
 def audit_(json_dest, **params) -> None:
-    """Print the audit log and check that it is intact (exit 1 if it was altered)."""
+    """Print the audit log and check that it is intact (exit 1 if it was altered).
+
+    \b
+    Example:
+      keycam keys audit --json
+    """
     vault = open_vault(params)
     entries, problems = audit.read(vault)
     text = "\n".join(f"{e['seq']:5} {e['ts']} {e['user']:10} {e['action']:10} {e['device'] or '-'}"

@@ -58,7 +58,8 @@ def _deliver(report: dict, json_path: str | None) -> None:
 
 
 def _command(name: str, doc: str):
-    @attack.command(name=name, help=doc)
+    example = f"keycam attack {name} --dataset mnist --profile stem --limit 200 --json"
+    @attack.command(name=name, help=f"{doc}\n\n\b\nExample:\n  {example}")
     @_dataset
     @_profile
     @_limit
@@ -92,7 +93,12 @@ def _from_suite(name: str, dataset: str, profile: str, limit: int, frames: tuple
 @_limit
 @_json
 def model_file(dataset: str, profile: str, limit: int, json_path: str | None) -> None:
-    """Recover the sensor key A0 from the keyed .tflite's values; decrypt frames with it."""
+    """Recover the sensor key A0 from the keyed .tflite's values; decrypt frames with it.
+
+    \b
+    Example:
+      keycam attack model-file --dataset fashion --profile mix15 --json
+    """
     _from_suite("model_file", dataset, profile, limit, None, json_path)
 
 
@@ -104,7 +110,12 @@ def model_file(dataset: str, profile: str, limit: int, json_path: str | None) ->
               help="Captured keyed frames (test split) for the unmix step.")
 @_json
 def support_only(dataset: str, profile: str, limit: int, frames: int, json_path: str | None) -> None:
-    """Recover the pixel arrangement from the keyed .tflite's sparsity pattern alone, then unmix captured frames."""
+    """Recover the pixel arrangement from the keyed .tflite's sparsity pattern alone, then unmix captured frames.
+
+    \b
+    Example:
+      keycam attack support-only --dataset mnist --profile scatter4 --frames 1000 --json out.json
+    """
     _from_suite("support_only", dataset, profile, limit, (frames,), json_path)
 
 
@@ -116,7 +127,12 @@ def support_only(dataset: str, profile: str, limit: int, frames: int, json_path:
               help="Public training images the attacker correlates (default: the whole training split).")
 @_json
 def frames_only(dataset: str, profile: str, frames: tuple[int, ...], public: int | None, json_path: str | None) -> None:
-    """Rebuild frames from N captured keyed frames and public images alone (no model): correlation graph matching."""
+    """Rebuild frames from N captured keyed frames and public images alone (no model): correlation graph matching.
+
+    \b
+    Example:
+      keycam attack frames-only --dataset mnist --profile mix15 --frames 1000,10000 --json
+    """
     from tools.attacks.frames_only import run_frames_only
     from tools.attacks.suite import describe
     from tools.attacks.target import build_target
@@ -137,7 +153,12 @@ def frames_only(dataset: str, profile: str, frames: tuple[int, ...], public: int
 @click.option("--fast", is_flag=True, help="Tiny budgets (smoke test; numbers are not meaningful).")
 def all_(dataset: str, limit: int, json_path: str, profiles: str | None, png_dir: str | None,
          frames: tuple[int, ...], fast: bool) -> None:
-    """Every attack against every key profile: the profile x attack table."""
+    """Every attack against every key profile: the profile x attack table.
+
+    \b
+    Example:
+      keycam attack all --dataset mnist --profiles stem,mix15 --limit 200 --json results/attacks.json
+    """
     from tools.attacks.suite import Budget, all_profiles, print_report, run_all
     names = [p.strip() for p in profiles.split(",") if p.strip()] if profiles else all_profiles()
     report = run_all(dataset, names, limit, Path(png_dir) if png_dir else Path(json_path).resolve().parent,

@@ -134,7 +134,12 @@ def check_targets(r: dict) -> list[str]:
               help="ONNX base model (default: the shipped one for the dataset), or a zoo model: allconv32, face112.")
 @json_option("json_path")
 def keyed(dataset: str, profile: str | None, limit: int | None, model_path: str | None, json_path: str | None) -> None:
-    """Keyed vs unkeyed: accuracy, wrong-key/raw-frame accuracy, size, latency, keying time."""
+    """Keyed vs unkeyed: accuracy, wrong-key/raw-frame accuracy, size, latency, keying time.
+
+    \b
+    Example:
+      keycam bench keyed --dataset fashion --profile stem --limit 1000 --json bench.json
+    """
     if model_path in ZOO:
         _zoo(model_path, profile or ZOO_PROFILES[model_path], limit, json_path)
         return

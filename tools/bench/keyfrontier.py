@@ -168,7 +168,12 @@ def run_frontier(datasets: list[str], specs: list[str], frame_counts: list[int],
 @json_option("json_path", required=True)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="PNG: recognised vs latency.")
 def keyfrontier(datasets, specs, frame_counts, limit, public, json_path, plot_path) -> None:
-    """Frames-only recognition vs latency and size of each sensor-key profile."""
+    """Frames-only recognition vs latency and size of each sensor-key profile.
+
+    \b
+    Example:
+      keycam bench keyfrontier --point mix15 --point mix7x1 --frames 1000 --json frontier.json
+    """
     points = run_frontier(list(datasets), list(specs), list(frame_counts), limit, public, default_attack())
     for p in points:
         attacks = ", ".join(f"N={f.frames}: {f.recognised:.2f} / SSIM {f.ssim:.2f} (blank {f.ssim_blank:.2f})"

@@ -183,7 +183,12 @@ def plot(results: list[dict], path: str | Path) -> Path:
 @click.option("--png", "png_path", type=click.Path(dir_okay=False), default=None, help="Write the plot as PNG.")
 @click.option("--no-keyed", is_flag=True, help="Skip the keyed model's point (faster).")
 def necessity(datasets, weights, steps, train_limit, limit, json_path, png_path, no_keyed) -> None:
-    """Learned degradation (SSIM-penalised, adversarial) vs the keyed model: accuracy vs SSIM."""
+    """Learned degradation (SSIM-penalised, adversarial) vs the keyed model: accuracy vs SSIM.
+
+    \b
+    Example:
+      keycam bench necessity --dataset mnist --steps 50 --json necessity.json --png necessity.png
+    """
     try:
         ws = tuple(float(w) for w in weights.split(",") if w.strip())
     except ValueError as exc:

@@ -79,7 +79,12 @@ def bench_config(cfg, camera_fps: float | None, sink: str):
               help="discard: guard-check and count records; config: the config's own sinks.")
 @json_option("json_path")
 def pipeline(config_path: str, frames: int, camera_fps: float | None, sink: str, json_path: str | None) -> None:
-    """End-to-end pipeline throughput, per-stage latency and RSS on a replay camera."""
+    """End-to-end pipeline throughput, per-stage latency and RSS on a replay camera.
+
+    \b
+    Example:
+      keycam bench pipeline --config examples/sim-device.yaml --frames 2000 --json
+    """
     from edge.config import load_config
     from edge.errors import ConfigError
     from edge.service import Service

@@ -148,7 +148,12 @@ def write_plot(result: dict, path: str | Path) -> None:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default="bench-sensor.png", show_default=True)
 def sensor(dataset: str, model_path: str | None, profile: str, limit: int, read_noise: str, bits: str,
            shot_noise: bool, full_well: float, optics: bool, seed: int, json_path: str, plot_path: str) -> None:
-    """Keyed-model accuracy vs read noise and ADC bits (table, JSON and PNG plot)."""
+    """Keyed-model accuracy vs read noise and ADC bits (table, JSON and PNG plot).
+
+    \b
+    Example:
+      keycam bench sensor --dataset mnist --bits 4,8 --json sensor.json --plot sensor.png
+    """
     noise = _floats(read_noise, "--read-noise")
     depths = [int(b) for b in _floats(bits, "--bits")]
     if any(r < 0 for r in noise) or any(not 1 <= b <= 16 for b in depths):

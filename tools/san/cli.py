@@ -45,7 +45,12 @@ _cache_dir = click.option("--cache-dir", type=click.Path(file_okay=False, path_t
               help="weight of the identity (matcher feature) term")
 def train(out: Path, faces_dir: Path | None, members: int, epochs: int, pretrain_epochs: int,
           steps_per_epoch: int, seed: int, limit: int | None, adversary: str, w_keep: float) -> None:
-    """Train auxiliary models and the SAN ensemble on the LFW train split, then save it."""
+    """Train auxiliary models and the SAN ensemble on the LFW train split, then save it.
+
+    \b
+    Example:
+      keycam san train --out san.pt --members 3 --epochs 5
+    """
     _threads()
     from tools.san.model_io import save_ensemble
     from tools.san.train import COMMITTED_SAN, TrainConfig, train_ensemble
@@ -76,7 +81,12 @@ def train(out: Path, faces_dir: Path | None, members: int, epochs: int, pretrain
                    "SAN's outputs); 0 skips them")
 def eval_(model: Path, json_path: str, out_dir: Path | None, faces_dir: Path | None, cache_dir: Path,
           no_cache: bool, limit: int | None, member_matcher: bool, seed: int, opinion_epochs: int) -> None:
-    """Evaluate a SAN ensemble on UNSEEN gender classifier / face matcher and held-out LFW people."""
+    """Evaluate a SAN ensemble on UNSEEN gender classifier / face matcher and held-out LFW people.
+
+    \b
+    Example:
+      keycam san eval --limit 200 --json results/san.json
+    """
     _threads()
     from tools.san.evaluate import evaluate
     from tools.san.model_io import load_ensemble
@@ -114,7 +124,12 @@ def eval_(model: Path, json_path: str, out_dir: Path | None, faces_dir: Path | N
 @click.option("--write", is_flag=True, help="store the chosen change form and operating point in the model file")
 def strength(model: Path, faces_dir: Path | None, cache_dir: Path, change: str, per_gender: bool,
              write: bool) -> None:
-    """Sweep the perturbation strength on the 64x64 test split and choose the operating point (unseen models)."""
+    """Sweep the perturbation strength on the 64x64 test split and choose the operating point (unseen models).
+
+    \b
+    Example:
+      keycam san strength --change differential --write
+    """
     _threads()
     from tools.san.evaluate import calibrate_strength
     from tools.san.model_io import load_ensemble, save_ensemble
@@ -167,7 +182,12 @@ def export(model: Path, member: int | None, report: Path | None, gender: str, si
            out: Path | None, tflite_path: Path | None, as_float: bool, key_path: Path | None,
            faces_dir: Path | None, calib: int, check: int) -> None:
     """Export one SAN member as a stage (face crop in, deployed output out): ONNX (--out) and/or TFLite
-    (--tflite)."""
+    (--tflite).
+
+    \b
+    Example:
+      keycam san export --gender female --out san_female.onnx --tflite san_female.tflite
+    """
     _threads()
     from tools.san.errors import SanModelError
     from tools.san.export import make_stage
