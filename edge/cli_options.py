@@ -1,9 +1,10 @@
 """The one `--json` convention of every keycam command, shared by the device and host CLIs.
 
 `--json` alone (or `--json -`) prints the command's machine-readable result on stdout; the command's
-human text then goes to stderr. `--json PATH` (same as `--json-out PATH`) writes the result to PATH
-(atomically) and keeps the human text on stdout. A bare `--json` consumes the next word if it is not an
-option, so put it after the arguments or before another option: `keycam deploy verify B.bundle --json`.
+human text then goes to stderr or is left out. `--json PATH` (same as `--json-out PATH`) writes the
+result to PATH (atomically) and keeps the human text on stdout. A bare `--json` consumes the next word
+if it is not an option, so put it after the arguments or before another option:
+`keycam deploy verify B.bundle --json`.
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from edge.atomic import atomic_write
 
 JSON_STDOUT = "-"
 _STDOUT_KEY = "keycam.json_stdout"
-JSON_HELP = ("machine-readable result: --json alone prints JSON on stdout (human text goes to stderr); "
-             "--json PATH (= --json-out PATH) writes it to PATH")
+JSON_HELP = ("machine-readable result: --json alone prints JSON on stdout (human text goes to stderr or is "
+             "left out); --json PATH (= --json-out PATH) writes it to PATH")
 
 
 def json_option(dest: str = "json_dest", required: bool = False, default: str | None = None,
