@@ -39,6 +39,7 @@ def _entries(inventory: Path | None, limit: tuple[str, ...], target: str | None,
 
 
 def _result_line(r: dict) -> str:
+    """One push result for people: device, status, version transition, reason or slot."""
     extra = r.get("reason") or (f"slot {r['slot']}" if r.get("slot") else "")
     versions = (f"bundle {r.get('version') or '-'}" if r["status"] in ("refused", "failed", "skipped", "interrupted")
                 else f"{r.get('from_version') or '-'} -> {r.get('version') or '-'}")   # no transition
@@ -231,6 +232,7 @@ def _reconcile(results: list[dict], params: dict) -> None:
 
 
 def _status_line(r: dict) -> str:
+    """One device's status for people: version, slots, minimum version, service state."""
     if not r["ok"]:
         return f"{r['device']:16} ERROR {r['error']}"
     slots = ", ".join(f"{s}={v['version'] or '-'}" for s, v in sorted(r["slots"].items()))

@@ -8,6 +8,7 @@ import click
 from edge.cli_options import emit_result, json_option
 from edge.errors import ConfigError
 
+
 @click.group()
 def hw() -> None:
     """Hardware: faceplate actuator, its emulator, camera."""
