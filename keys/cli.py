@@ -193,7 +193,8 @@ def provision(device, model, profile, output_encryption, faceplate, hardware, co
                             "profile": profile, "key_fingerprint": gen["key_fingerprint"],
                             "sensor_fingerprint": gen["sensor_fingerprint"], "model_id": gen["model_id"],
                             "hardware": hardware, "faceplate": faceplate, "vault": str(params["vault_path"])},
-                f"provisioned {device}: key set {gen['key_fingerprint'][:16]}, model {gen['model_id']}, profile {profile}")
+                f"provisioned {device}: key set {gen['key_fingerprint'][:16]}, model {gen['model_id']}, "
+                f"profile {profile}")
 
 
 def _summary(dev: dict) -> dict:

@@ -144,6 +144,7 @@ def test_bench_pipeline_json_on_stdout_and_in_a_file(tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["frames"] == 100 and res.stderr.strip()     # the table went to stderr
     out = tmp_path / "sub" / "bench.json"
-    res = CliRunner().invoke(cli, ["bench", "pipeline", "--config", str(cfg), "--frames", "100", "--json-out", str(out)])
+    res = CliRunner().invoke(cli, ["bench", "pipeline", "--config", str(cfg), "--frames", "100",
+                                   "--json-out", str(out)])
     assert res.exit_code == 0, res.output
     assert json.loads(out.read_text())["frames"] == 100 and res.stdout.strip()  # the table stays on stdout
