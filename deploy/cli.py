@@ -15,6 +15,7 @@ from deploy import fleet
 from deploy.bundle import verify_bundle
 from deploy.inventory import Entry, load_inventory, select
 from deploy.signing import decode_public
+from edge.cli_options import JSON_STDOUT, emit_json, emit_result, json_option
 from edge.errors import ConfigError, KeycamError
 from keys import audit
 from keys.cli import PASSPHRASE_ENV, edit_vault, open_vault, vault_options
@@ -37,15 +38,12 @@ def _entries(inventory: Path | None, limit: tuple[str, ...], target: str | None,
     return [Entry(device or "", target, None, {"python": python} if python else {})]
 
 
-def _print_results(results: list[dict], as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(results, indent=1, sort_keys=True))
-        return
-    for r in results:
-        extra = r.get("reason") or (f"slot {r['slot']}" if r.get("slot") else "")
-        versions = (f"bundle {r.get('version') or '-'}" if r["status"] in ("refused", "failed", "skipped", "interrupted")
-                    else f"{r.get('from_version') or '-'} -> {r.get('version') or '-'}")   # no transition
-        click.echo(f"{r['device']:16} {r['status']:17} {versions}  {extra}")
+def _result_line(r: dict) -> str:
+    """One push result for people: device, status, version transition, reason or slot."""
+    extra = r.get("reason") or (f"slot {r['slot']}" if r.get("slot") else "")
+    versions = (f"bundle {r.get('version') or '-'}" if r["status"] in ("refused", "failed", "skipped", "interrupted")
+                else f"{r.get('from_version') or '-'} -> {r.get('version') or '-'}")   # no transition
+    return f"{r['device']:16} {r['status']:17} {versions}  {extra}"
 
 
 _PUBKEY = click.option("--pubkey", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -54,7 +52,7 @@ _TARGETS = [click.option("--inventory", type=click.Path(exists=True, dir_okay=Fa
             click.option("--limit", multiple=True, help="only these devices (comma-separated, repeatable)"),
             click.option("--target", help="one device: dir:PATH or ssh://[user@]host[:port]/root"),
             click.option("--python", help="device python for --target (ssh default: python3)"),
-            click.option("--json", "as_json", is_flag=True, help="machine-readable output")]
+            json_option()]
 
 
 def _targets(func):
@@ -85,11 +83,17 @@ def deploy() -> None:
 @click.option("--mender", "mender_artifact", is_flag=True,
               help="also write a signed Mender artifact <device>-<version>.mender beside the bundle "
                    "(see deploy/MENDER.md)")
+@json_option()
 @vault_options
 def build(device, version, min_version, keyset, hardware, out, canary_frames, health_timeout,
-          config_path, mender_artifact, **params) -> None:
+          config_path, mender_artifact, json_dest, **params) -> None:
     """Build DEVICE's signed bundle from the vault (model, sensor key and canary sealed to the device;
-    with --mender also its Mender artifact)."""
+    with --mender also its Mender artifact).
+
+    \b
+    Example:
+      keycam deploy build cam-01 --version 1.0.0 --out bundles/ --json
+    """
     from deploy import builder  # host-only heavy imports (scipy)
     from deploy.payload import load_template
     template = load_template(config_path) if config_path else None
@@ -114,25 +118,34 @@ def build(device, version, min_version, keyset, hardware, out, canary_frames, he
     if mender_artifact:
         click.echo(f"built {artifact}: Mender artifact {mender.artifact_name(manifest)}, module type "
                    f"{mender.MODULE_TYPE}, device types {', '.join(manifest.compatible)}, verify key {pub}")
+    emit_json(json_dest, {"device_id": device, "version": version, "min_version": min_version,
+                          "key_fingerprint": manifest.keys["key_fingerprint"], "bundle": str(path),
+                          "files": sorted(manifest.files), "signing_key_id": manifest.signing_key_id,
+                          "compatible": list(manifest.compatible),
+                          "mender_artifact": str(artifact) if mender_artifact else None,
+                          "mender_verify_key": str(pub) if mender_artifact else None})
 
 
 @deploy.command()
 @click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @_PUBKEY
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @vault_options
-def verify(bundle, pubkey, as_json, **params) -> None:
-    """Check BUNDLE's signature and every file's sha256 (nothing is unpacked)."""
+def verify(bundle, pubkey, json_dest, **params) -> None:
+    """Check BUNDLE's signature and every file's sha256 (nothing is unpacked).
+
+    \b
+    Example:
+      keycam deploy verify bundles/cam-01-1.0.0.bundle --json
+    """
     manifest = verify_bundle(bundle, _trusted(pubkey, params))
-    if as_json:
-        click.echo(manifest.to_bytes().decode())
-        return
-    click.echo(f"OK {bundle}: device {manifest.device_id}, version {manifest.version} "
-               f"(min {manifest.minimum_version}), hardware {', '.join(manifest.compatible)}, "
-               f"{len(manifest.files)} files verified, signed by {manifest.signing_key_id}")
-    for name, spec in sorted(manifest.files.items()):
-        sealed = " (sealed to the device)" if name in manifest.secrets else ""
-        click.echo(f"  {spec['sha256'][:16]} {spec['size']:>9}  {name}{sealed}")
+    lines = [f"OK {bundle}: device {manifest.device_id}, version {manifest.version} "
+             f"(min {manifest.minimum_version}), hardware {', '.join(manifest.compatible)}, "
+             f"{len(manifest.files)} files verified, signed by {manifest.signing_key_id}"]
+    lines += [f"  {spec['sha256'][:16]} {spec['size']:>9}  {name}"
+              f"{' (sealed to the device)' if name in manifest.secrets else ''}"
+              for name, spec in sorted(manifest.files.items())]
+    emit_result(json_dest, json.loads(manifest.to_bytes()), "\n".join(lines))
 
 
 @deploy.command()
@@ -147,9 +160,15 @@ def verify(bundle, pubkey, as_json, **params) -> None:
 @click.option("--no-service", is_flag=True, help="do not restart/check the service (first flash)")
 @_PUBKEY
 @vault_options
-def push(inventory, limit, target, python, as_json, bundle, bundles, canary, dry_run, no_service, pubkey,
+def push(inventory, limit, target, python, json_dest, bundle, bundles, canary, dry_run, no_service, pubkey,
          **params) -> None:
-    """Install bundles on devices (health-checked; each device rolls back on failure)."""
+    """Install bundles on devices (health-checked; each device rolls back on failure).
+
+    \b
+    Example:
+      keycam deploy push --target dir:/media/sd/var/lib/keycam --bundle bundles/cam-01-1.0.0.bundle --no-service
+      keycam deploy push --inventory fleet.yaml --bundles bundles/ --canary 1 --json
+    """
     trusted = _trusted(pubkey, params)
     device = None
     if target is not None:
@@ -167,19 +186,17 @@ def push(inventory, limit, target, python, as_json, bundle, bundles, canary, dry
                 audit.record(vault, "confirm", device_id, key_fingerprint=fingerprint, by="deploy push")
 
     def progress(result: dict) -> None:
-        if not as_json:
-            _print_results([result], False)
+        if json_dest != JSON_STDOUT:
+            click.echo(_result_line(result))
 
     try:
         results = fleet.push(entries, lambda e: fleet.find_bundle(e, bundles, trusted), trusted, canary,
                              dry_run, not no_service, None if pubkey or dry_run else confirm_in_vault, progress)
     except fleet.PushInterrupted as exc:
-        if as_json:
-            _print_results(exc.results, True)
+        emit_json(json_dest, exc.results)
         click.echo(f"Error: {exc}", err=True)
         raise SystemExit(130) from None
-    if as_json:
-        _print_results(results, True)
+    emit_json(json_dest, results)
     failed = [r["device"] for r in results if not r["ok"]]
     if failed:
         raise click.ClickException(f"{len(failed)} of {len(results)} device(s) not deployed: {', '.join(failed)}")
@@ -214,27 +231,32 @@ def _reconcile(results: list[dict], params: dict) -> None:
                 click.echo(f"{device}: runs pending key set {fp[:16]}; now active in the vault", err=True)
 
 
+def _status_line(r: dict) -> str:
+    """One device's status for people: version, slots, minimum version, service state."""
+    if not r["ok"]:
+        return f"{r['device']:16} ERROR {r['error']}"
+    slots = ", ".join(f"{s}={v['version'] or '-'}" for s, v in sorted(r["slots"].items()))
+    return (f"{r['device_id']:16} version {r['version'] or '-'} slot {r['committed'] or '-'} "
+            f"(current {r['current'] or '-'}; {slots}) min {r['min_version']} "
+            f"service {'up' if r['service_up'] else 'down' if r['service_up'] is False else 'n/a'}")
+
+
 @deploy.command()
 @_targets
 @vault_options
-def status(inventory, limit, target, python, as_json, **params) -> None:
+def status(inventory, limit, target, python, json_dest, **params) -> None:
     """Identity, committed/current slot, versions and service state of devices.
 
     With a vault (and its passphrase in a file or $KEYCAM_VAULT_PASSPHRASE) a pending key set that a
-    device already runs is confirmed there."""
+    device already runs is confirmed there.
+
+    \b
+    Example:
+      keycam deploy status --inventory fleet.yaml --json
+    """
     results = _each(_entries(inventory, limit, target, None, python), "status")
     _reconcile(results, params)
-    if as_json:
-        click.echo(json.dumps(results, indent=1, sort_keys=True))
-    else:
-        for r in results:
-            if not r["ok"]:
-                click.echo(f"{r['device']:16} ERROR {r['error']}")
-                continue
-            slots = ", ".join(f"{s}={v['version'] or '-'}" for s, v in sorted(r["slots"].items()))
-            click.echo(f"{r['device_id']:16} version {r['version'] or '-'} slot {r['committed'] or '-'} "
-                       f"(current {r['current'] or '-'}; {slots}) min {r['min_version']} "
-                       f"service {'up' if r['service_up'] else 'down' if r['service_up'] is False else 'n/a'}")
+    emit_result(json_dest, results, "\n".join(_status_line(r) for r in results))
     if not all(r["ok"] for r in results):
         raise click.ClickException("some devices could not be queried")
 
@@ -242,15 +264,17 @@ def status(inventory, limit, target, python, as_json, **params) -> None:
 @deploy.command()
 @_targets
 @click.option("--no-service", is_flag=True)
-def rollback(inventory, limit, target, python, as_json, no_service) -> None:
-    """Switch devices back to their previous slot (health-checked)."""
+def rollback(inventory, limit, target, python, json_dest, no_service) -> None:
+    """Switch devices back to their previous slot (health-checked).
+
+    \b
+    Example:
+      keycam deploy rollback --inventory fleet.yaml --limit cam-01
+    """
     args = ("rollback",) + (("--no-service",) if no_service else ())
     results = _each(_entries(inventory, limit, target, None, python), *args)
-    if as_json:
-        click.echo(json.dumps(results, indent=1, sort_keys=True))
-    else:
-        for r in results:
-            click.echo(f"{r['device']:16} " + (f"now on slot {r['committed']} version {r['version']}" if r["ok"]
-                                                else f"FAILED {r.get('error') or r.get('reason')}"))
+    emit_result(json_dest, results, "\n".join(
+        f"{r['device']:16} " + (f"now on slot {r['committed']} version {r['version']}" if r["ok"]
+                                else f"FAILED {r.get('error') or r.get('reason')}") for r in results))
     if not all(r["ok"] for r in results):
         raise click.ClickException("rollback failed on some devices")

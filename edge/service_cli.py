@@ -47,7 +47,9 @@ def run(config_path: str, frames: int | None, metrics_port: int | None, summary_
     stdout pipe, a serial write error, a full MQTT buffer): the summary counts them per sink;
     1 for errors (one line).
 
-    Example: keycam run --config examples/sim-device.yaml --frames 300 --summary-json run.json
+    
+    Example:
+      keycam run --config examples/sim-device.yaml --frames 1000
     """
     import dataclasses
 

@@ -1,14 +1,12 @@
 """`keycam hw`: drive the faceplate actuator, run its emulator, probe a camera."""
 from __future__ import annotations
 
-import json
 import time
 
 import click
 
+from edge.cli_options import emit_result, json_option
 from edge.errors import ConfigError
-
-_json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 
 
 @click.group()
@@ -44,7 +42,12 @@ def emulate_faceplate(faceplates: str, unit: str, firmware: str, start_slot: int
                       stall_timeout: float, port: str | None, link: str | None, drop: float, garble: float,
                       noise: float, delay: float, delay_rate: float, stuck: bool, disconnect_after: int | None,
                       only: str, seed: int, verbose: bool) -> None:
-    """Emulate the actuator firmware on a pty; prints the device path, runs until Ctrl-C."""
+    """Emulate the actuator firmware on a pty; prints the device path, runs until Ctrl-C.
+
+    \b
+    Example:
+      keycam hw emulate-faceplate --link /tmp/keycam-faceplate
+    """
     from hardware.faceplate_emulator import LinkFaults, run
     from hardware.faceplate_firmware import FirmwareConfig
 
@@ -79,57 +82,78 @@ def faceplate(ctx: click.Context, port: str, baudrate: int, timeout: float, retr
     ctx.obj = dict(port=port, baudrate=baudrate, timeout=timeout, retries=retries, move_timeout=move_timeout)
 
 
-def _run_action(ctx: click.Context, as_json: bool, action) -> None:
+def _run_action(ctx: click.Context, json_dest: str | None, action) -> None:
     from hardware.faceplate import SerialFaceplate
 
     with SerialFaceplate(**ctx.obj) as fp:
         result = action(fp)
-    if as_json:
-        click.echo(json.dumps(result, sort_keys=True))
-    else:
-        for key, value in result.items():
-            click.echo(f"{key:13s} {value}")
+    emit_result(json_dest, result, "\n".join(f"{key:13s} {value}" for key, value in result.items()))
 
 
 @faceplate.command()
-@_json_option
+@json_option()
 @click.pass_context
-def status(ctx: click.Context, as_json: bool) -> None:
-    """Print position, engagement, motion and error state, with the actuator's identity."""
-    _run_action(ctx, as_json, lambda fp: {**fp.identify(), **fp.status()})
+def status(ctx: click.Context, json_dest: str | None) -> None:
+    """Print position, engagement, motion and error state, with the actuator's identity.
+
+    \b
+    Example:
+      keycam hw faceplate --port /dev/ttyUSB0 status --json
+    """
+    _run_action(ctx, json_dest, lambda fp: {**fp.identify(), **fp.status()})
 
 
 @faceplate.command()
-@_json_option
+@json_option()
 @click.pass_context
-def home(ctx: click.Context, as_json: bool) -> None:
-    """Drive to the home position (0) and wait until done."""
-    _run_action(ctx, as_json, lambda fp: fp.home())
+def home(ctx: click.Context, json_dest: str | None) -> None:
+    """Drive to the home position (0) and wait until done.
+
+    \b
+    Example:
+      keycam hw faceplate --port /dev/ttyUSB0 home
+    """
+    _run_action(ctx, json_dest, lambda fp: fp.home())
 
 
 @faceplate.command()
 @click.argument("position", type=click.IntRange(min=0))
-@_json_option
+@json_option()
 @click.pass_context
-def move(ctx: click.Context, position: int, as_json: bool) -> None:
-    """Move the turret to slot POSITION and wait until there."""
-    _run_action(ctx, as_json, lambda fp: fp.move(position))
+def move(ctx: click.Context, position: int, json_dest: str | None) -> None:
+    """Move the turret to slot POSITION and wait until there.
+
+    \b
+    Example:
+      keycam hw faceplate --port /tmp/keycam-faceplate move 2 --json
+    """
+    _run_action(ctx, json_dest, lambda fp: fp.move(position))
 
 
 @faceplate.command()
-@_json_option
+@json_option()
 @click.pass_context
-def engage(ctx: click.Context, as_json: bool) -> None:
-    """Clamp the current faceplate into the optical path."""
-    _run_action(ctx, as_json, lambda fp: fp.engage())
+def engage(ctx: click.Context, json_dest: str | None) -> None:
+    """Clamp the current faceplate into the optical path.
+
+    \b
+    Example:
+      keycam hw faceplate --port /tmp/keycam-faceplate engage --json
+    """
+    _run_action(ctx, json_dest, lambda fp: fp.engage())
 
 
 @faceplate.command()
-@_json_option
+@json_option()
 @click.pass_context
-def disengage(ctx: click.Context, as_json: bool) -> None:
-    """Release the faceplate clamp."""
-    _run_action(ctx, as_json, lambda fp: fp.disengage())
+def disengage(ctx: click.Context, json_dest: str | None) -> None:
+    """Release the faceplate clamp.
+
+    \b
+    Example:
+      keycam hw faceplate --port /tmp/keycam-faceplate disengage
+    """
+    _run_action(ctx, json_dest, lambda fp: fp.disengage())
 
 
 @hw.command()
@@ -138,9 +162,14 @@ def disengage(ctx: click.Context, as_json: bool) -> None:
 @click.option("--frames", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--fps", type=float, default=None, help="Replay frame rate (default: as fast as possible).")
 @click.option("--timeout", type=float, default=2.0, show_default=True, help="Seconds to wait per frame.")
-@_json_option
-def camera(source: str, frames: int, fps: float | None, timeout: float, as_json: bool) -> None:
-    """Read some frames from a camera and report shape, rate, drops and intensity range."""
+@json_option()
+def camera(source: str, frames: int, fps: float | None, timeout: float, json_dest: str | None) -> None:
+    """Read some frames from a camera and report shape, rate, drops and intensity range.
+
+    \b
+    Example:
+      keycam hw camera --source samples --frames 20 --json
+    """
     from hardware.camera import make_camera
 
     config = {"type": "picamera2"} if source == "picamera2" else {"type": "replay", "source": source, "fps": fps}
@@ -154,10 +183,6 @@ def camera(source: str, frames: int, fps: float | None, timeout: float, as_json:
         report = {"source": source, "frames": frames, "shape": list(cam.frame_shape), "dropped": cam.dropped,
                   "fps": round(frames / elapsed, 2) if elapsed > 0 else None, "min": lo, "max": hi,
                   "last_seq": frame.seq, "exposure_us": frame.exposure_us, "analog_gain": frame.analog_gain}
-    if as_json:
-        click.echo(json.dumps(report, sort_keys=True))
-    else:
-        for key, value in report.items():
-            click.echo(f"{key:12s} {value}")
+    emit_result(json_dest, report, "\n".join(f"{key:12s} {value}" for key, value in report.items()))
 
 

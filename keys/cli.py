@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from deploy.manifest import BundleError, check_device_id
 from deploy.signing import SignatureError, decode_public, encode_public, raw_private, raw_public
+from edge.cli_options import emit_result, json_option
 from edge.errors import ConfigError, KeycamError
 from keys import audit
 from keys.keystore import STORES, store_class
@@ -101,10 +102,6 @@ def _device_arg(value: str) -> str:
         raise click.BadParameter(str(exc)) from exc
 
 
-def _emit(data, as_json: bool, text: str) -> None:
-    click.echo(json.dumps(data, indent=1, sort_keys=True) if as_json else text)
-
-
 # ---- provisioning -----------------------------------------------------------------------------------
 def _device_public(text: str | None) -> tuple[str, str | None]:
     """(public b64, private b64 or None): the device's own key, or a fresh pair held until export."""
@@ -133,7 +130,12 @@ def keys() -> None:
 @keys.command()
 @vault_options
 def init(**params) -> None:
-    """Create a new vault (and its Ed25519 bundle-signing key)."""
+    """Create a new vault (and its Ed25519 bundle-signing key).
+
+    \b
+    Example:
+      keycam keys init --vault ~/.keycam/vault.kcv
+    """
     vault = Vault.create(params["vault_path"], _passphrase(params, confirm=True))
     audit.record(vault, "init", None, signing_key_id=vault.data["signing"]["key_id"])
     vault.save()
@@ -158,15 +160,21 @@ def init(**params) -> None:
 @click.option("--device-pubkey", help="the device's X25519 public key (base64, or @FILE); "
               "default: generate a pair whose private half leaves the vault with the first `keys export`")
 @_canary_options
+@json_option()
 @vault_options
 def provision(device, model, profile, output_encryption, faceplate, hardware, config_path, device_pubkey,
-              canary_frames, canary_dataset, **params) -> None:
+              canary_frames, canary_dataset, json_dest, **params) -> None:
     """Create DEVICE's key set, key and quantize MODEL for it, record it all in the vault.
 
     The keyed model is stored sealed to the device's key; its canary frames are computed now.
     Ctrl-C before the vault is saved changes nothing (exit 130); once the save begins the provision is
     finished and reported: the "provisioned" line is printed last and the command exits 0, whatever
-    interrupt arrives after that point."""
+    interrupt arrives after that point.
+
+    
+    Example:
+      keycam keys provision cam-01 --model tools/models/lenet_fashion.onnx --profile stem --config cam-01.yaml
+    """
     import signal
 
     from deploy.payload import check_template
@@ -196,8 +204,12 @@ def provision(device, model, profile, output_encryption, faceplate, hardware, co
         raise
     if os.environ.get("KEYCAM_PROVISION_INTERRUPT_AT") == "committed":   # fault-test hook
         os.kill(os.getpid(), signal.SIGINT)
-    click.echo(f"provisioned {device}: key set {gen['key_fingerprint'][:16]}, model {gen['model_id']}, "
-               f"profile {profile}")
+    emit_result(json_dest, {"device_id": device, "state": "active", "generation": gen["generation"],
+                            "profile": profile, "key_fingerprint": gen["key_fingerprint"],
+                            "sensor_fingerprint": gen["sensor_fingerprint"], "model_id": gen["model_id"],
+                            "hardware": hardware, "faceplate": faceplate, "vault": str(params["vault_path"])},
+                f"provisioned {device}: key set {gen['key_fingerprint'][:16]}, model {gen['model_id']}, "
+                f"profile {profile}")
 
 
 def _summary(dev: dict) -> dict:
@@ -211,17 +223,22 @@ def _summary(dev: dict) -> dict:
 
 
 @keys.command(name="list")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @vault_options
-def list_(as_json, **params) -> None:
-    """List provisioned devices."""
+def list_(json_dest, **params) -> None:
+    """List provisioned devices.
+
+    \b
+    Example:
+      keycam keys list --json
+    """
     vault = open_vault(params)
     rows = [_summary(d) for _, d in sorted(vault.devices.items())]
     lines = [f"{'DEVICE':16} {'STATE':8} {'PROFILE':7} {'ACTIVE KEY':17} {'PENDING KEY':17} HW"]
     lines += [f"{r['device_id']:16} {r['state']:8} {r['profile']:7} {(r['active'] or '-')[:16]:17} "
               f"{(r['pending'] or '-')[:16]:17} {r['hardware']}{'' if r['faceplate'] else ' (no faceplate)'}"
               for r in rows]
-    _emit(rows, as_json, "\n".join(lines) if rows else "no devices provisioned")
+    emit_result(json_dest, rows, "\n".join(lines) if rows else "no devices provisioned")
 
 
 _SECRET_FIELDS = ("secret", "keyset", "model_sealed", "canary", "model_int8")
@@ -230,10 +247,15 @@ _SECRET_FIELDS = ("secret", "keyset", "model_sealed", "canary", "model_int8")
 @keys.command()
 @click.argument("device")
 @click.option("--reveal", is_flag=True, help="also print the secrets (device secret, key set, device key)")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @vault_options
-def show(device, reveal, as_json, **params) -> None:
-    """Fingerprints and metadata of DEVICE (no secrets unless --reveal)."""
+def show(device, reveal, json_dest, **params) -> None:
+    """Fingerprints and metadata of DEVICE (no secrets unless --reveal).
+
+    \b
+    Example:
+      keycam keys show cam-01 --json
+    """
     if reveal:  # revealing secrets is itself an audited action
         with edit_vault(params) as vault:
             dev = json.loads(json.dumps(vault.device(device)))
@@ -262,7 +284,7 @@ def show(device, reveal, as_json, **params) -> None:
             lines.append(f"    secret  {g['secret_hex']}")
     if reveal and private:
         lines.append(f"  device private key {private}")
-    _emit(dev, as_json, "\n".join(lines))
+    emit_result(json_dest, dev, "\n".join(lines))
 
 
 @keys.command()
@@ -271,9 +293,15 @@ def show(device, reveal, as_json, **params) -> None:
               help="new base model (default: the one recorded at provisioning)")
 @click.option("--profile", type=click.Choice(PROFILES), help="default: the current profile")
 @_canary_options
+@json_option()
 @vault_options
-def rotate(device, model, profile, canary_frames, canary_dataset, **params) -> None:
-    """New key set and keyed model for DEVICE; the old one stays active until a deploy confirms it."""
+def rotate(device, model, profile, canary_frames, canary_dataset, json_dest, **params) -> None:
+    """New key set and keyed model for DEVICE; the old one stays active until a deploy confirms it.
+
+    \b
+    Example:
+      keycam keys rotate cam-01
+    """
     with edit_vault(params) as vault:
         dev = vault.require_usable(device)
         if any(g["state"] == "pending" for g in dev["generations"]):
@@ -288,30 +316,46 @@ def rotate(device, model, profile, canary_frames, canary_dataset, **params) -> N
         dev["generations"].append(gen)
         dev["model_source"] = model_source(model)
         audit.record(vault, "rotate", device, pending=gen["key_fingerprint"], active=current["key_fingerprint"])
-    click.echo(f"{device}: new key set {gen['key_fingerprint'][:16]} is pending; "
-               f"{current['key_fingerprint'][:16]} stays active until a deploy confirms the new one")
+    emit_result(json_dest, {"device_id": device, "generation": gen["generation"], "profile": gen["profile"],
+                            "pending": gen["key_fingerprint"], "active": current["key_fingerprint"],
+                            "model_id": gen["model_id"]},
+                f"{device}: new key set {gen['key_fingerprint'][:16]} is pending; "
+                f"{current['key_fingerprint'][:16]} stays active until a deploy confirms the new one")
 
 
 @keys.command()
 @click.argument("device")
 @click.option("--fingerprint", help="key set to confirm (default: the pending one)")
+@json_option()
 @vault_options
-def confirm(device, fingerprint, **params) -> None:
-    """Make DEVICE's pending key set active (`deploy push --vault` does this after a healthy install)."""
+def confirm(device, fingerprint, json_dest, **params) -> None:
+    """Make DEVICE's pending key set active (`deploy push --vault` does this after a healthy install).
+
+    \b
+    Example:
+      keycam keys confirm cam-01
+    """
     with edit_vault(params) as vault:
         fp = fingerprint or vault.generation(device, state="pending")["key_fingerprint"]
         changed = vault.confirm(device, fp)
         if changed:
             audit.record(vault, "confirm", device, key_fingerprint=fp)
-    click.echo(f"{device}: key set {fp[:16]} is {'now' if changed else 'already'} active")
+    emit_result(json_dest, {"device_id": device, "active": fp, "changed": changed},
+                f"{device}: key set {fp[:16]} is {'now' if changed else 'already'} active")
 
 
 @keys.command()
 @click.argument("device")
 @click.option("--reason", default="", help="recorded in the audit log")
+@json_option()
 @vault_options
-def revoke(device, reason, **params) -> None:
-    """Revoke DEVICE: no bundle or export can be made for it any more."""
+def revoke(device, reason, json_dest, **params) -> None:
+    """Revoke DEVICE: no bundle or export can be made for it any more.
+
+    \b
+    Example:
+      keycam keys revoke cam-01 --reason 'camera stolen' --json
+    """
     with edit_vault(params) as vault:
         dev = vault.device(device)
         if dev["state"] == "revoked":
@@ -320,7 +364,8 @@ def revoke(device, reason, **params) -> None:
         for g in dev["generations"]:
             g["state"] = "revoked"
         audit.record(vault, "revoke", device, reason=reason)
-    click.echo(f"{device}: revoked")
+    emit_result(json_dest, {"device_id": device, "state": "revoked", "revoked": dev["revoked"], "reason": reason},
+                f"{device}: revoked")
 
 
 def _generation_by_fingerprint(vault: Vault) -> dict[str, tuple[str, dict]]:
@@ -335,7 +380,12 @@ def _generation_by_fingerprint(vault: Vault) -> dict[str, tuple[str, dict]]:
 def decode(records, device, top_k, **params) -> None:
     """Turn output-encrypted prediction records (JSON lines) back into labels, one JSON line each.
 
-    Records without encrypted_logits (alarms, stats) pass through unchanged."""
+    Records without encrypted_logits (alarms, stats) pass through unchanged.
+
+    \b
+    Example:
+      keycam keys decode records.jsonl --device cam-01 --top-k 3
+    """
     from edge.egress import decode_encrypted_logits
     from keys.keyset import KeySet
     vault = open_vault(params)
@@ -442,7 +492,12 @@ def _reseal_models(dev: dict, new_public: str) -> None:
 def export(device, out, keyset, store, tpm_tcti, new_device_key, mender_rootfs, clear_model, **params) -> None:
     """Write what DEVICE needs: sealed keyed model, config, sealed sensor key (no faceplate only), identity.
 
-    Re-exporting to the same root keeps the device's key pair."""
+    Re-exporting to the same root keeps the device's key pair.
+
+    \b
+    Example:
+      keycam keys export cam-01 --out /media/sd/var/lib/keycam
+    """
     from deploy.device import DeviceRoot
     from deploy.payload import CONFIG, IDENTITY_FROM_ROOT, MODEL, SENSOR_KEY, render_config
     from edge.atomic import atomic_write
@@ -499,15 +554,20 @@ def export(device, out, keyset, store, tpm_tcti, new_device_key, mender_rootfs, 
 
 
 @keys.command(name="audit")
-@click.option("--json", "as_json", is_flag=True)
+@json_option()
 @vault_options
-def audit_(as_json, **params) -> None:
-    """Print the audit log and check that it is intact (exit 1 if it was altered)."""
+def audit_(json_dest, **params) -> None:
+    """Print the audit log and check that it is intact (exit 1 if it was altered).
+
+    \b
+    Example:
+      keycam keys audit --json
+    """
     vault = open_vault(params)
     entries, problems = audit.read(vault)
     text = "\n".join(f"{e['seq']:5} {e['ts']} {e['user']:10} {e['action']:10} {e['device'] or '-'}"
                      f" {json.dumps(e['details'], sort_keys=True)}" for e in entries)
-    _emit({"entries": entries, "problems": problems}, as_json,
-          (text or "audit log is empty") + "".join(f"\nPROBLEM: {p}" for p in problems))
+    emit_result(json_dest, {"entries": entries, "problems": problems},
+                (text or "audit log is empty") + "".join(f"\nPROBLEM: {p}" for p in problems))
     if problems:
         raise click.ClickException(f"the audit log has {len(problems)} problem(s)")

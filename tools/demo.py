@@ -31,7 +31,12 @@ from tools.montage import save_montage
 @click.option("--out", "out_png", type=click.Path(dir_okay=False), default="keycam-demo.png", show_default=True,
               help="Montage PNG of plain vs keyed frames.")
 def demo(profile: str, n_frames: int | None, show: int, out_png: str) -> None:
-    """Key the shipped model for a throwaway simulated device and classify the shipped frames."""
+    """Key the shipped model for a throwaway simulated device and classify the shipped frames.
+
+    \b
+    Example:
+      keycam demo --profile stem --frames 100 --out demo.png
+    """
     images, labels = load_samples(n_frames)
     click.echo(f"1/4 provisioning a throwaway simulated device (profile {profile}) ...")
     prov = build_keyed_model(shipped_model("fashion"), os.urandom(32), "demo-sim", profile, float_model=False)

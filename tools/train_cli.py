@@ -18,7 +18,12 @@ from edge.errors import KeycamError
 @click.option("--threads", type=click.IntRange(1, 64), default=1, show_default=True, help="PyTorch CPU threads.")
 def train(dataset: str, out_path: str, epochs: int, limit: int | None, seed: int, data_dir: str | None,
           threads: int) -> None:
-    """Train LeNet-with-average-pool and export it as ONNX (needs the `train` extra: PyTorch)."""
+    """Train LeNet-with-average-pool and export it as ONNX (needs the `train` extra: PyTorch).
+
+    \b
+    Example:
+      keycam train --dataset fashion --out model.onnx --epochs 3
+    """
     try:
         import torch  # noqa: F401
     except ImportError as exc:

@@ -7,7 +7,7 @@ import json
 from click.testing import CliRunner
 from deploy_testkit import deploy, local
 
-from deploy.cli import _print_results, deploy as deploy_group
+from deploy.cli import _result_line, deploy as deploy_group
 
 
 def test_a_second_rollback_refuses_to_move_forward(device_root, bundles):
@@ -19,14 +19,12 @@ def test_a_second_rollback_refuses_to_move_forward(device_root, bundles):
     assert json.loads((device_root / "state.json").read_text())["version"] == "1.0.0"
 
 
-def test_refused_push_shows_no_version_transition(capsys):
-    _print_results([{"device": "cam-01", "status": "refused", "ok": False, "version": "1.0.0",
-                     "from_version": None, "reason": "downgrade refused"}], False)
-    line = capsys.readouterr().out
+def test_refused_push_shows_no_version_transition():
+    line = _result_line({"device": "cam-01", "status": "refused", "ok": False, "version": "1.0.0",
+                         "from_version": None, "reason": "downgrade refused"})
     assert "- ->" not in line and "bundle 1.0.0" in line
-    _print_results([{"device": "cam-01", "status": "installed", "ok": True, "version": "2.0.0",
-                     "from_version": "1.0.0", "slot": "b"}], False)
-    assert "1.0.0 -> 2.0.0" in capsys.readouterr().out
+    assert "1.0.0 -> 2.0.0" in _result_line({"device": "cam-01", "status": "installed", "ok": True,
+                                              "version": "2.0.0", "from_version": "1.0.0", "slot": "b"})
 
 
 def test_status_error_names_the_target_not_a_question_mark(tmp_path):

@@ -1,7 +1,6 @@
 """Shared benchmark helpers: progress lines, predictions, side-by-side latency, tables and JSON output."""
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -12,6 +11,7 @@ from typing import ContextManager, Iterable, TypeVar
 import click
 import numpy as np
 
+from edge.cli_options import emit_json
 from edge.runtime import TFLiteModel
 
 T = TypeVar("T")
@@ -83,6 +83,5 @@ def print_table(rows: list[tuple[str, str]], title: str) -> None:
 
 
 def write_json(path: str | Path | None, data: dict) -> None:
-    if path:
-        Path(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-        click.echo(f"wrote {path}")
+    """Deliver a benchmark's result per the --json convention (edge.cli_options)."""
+    emit_json(None if path is None else str(path), data)

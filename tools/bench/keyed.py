@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import click
 import numpy as np
 
+from edge.cli_options import json_option
 from edge.datasets import load_dataset
 from edge.errors import ConfigError
 from edge.runtime import TFLiteModel
@@ -136,9 +137,14 @@ def check_targets(r: dict) -> list[str]:
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use the first N test frames (default all).")
 @click.option("--model", "model_path", default=None,
               help="ONNX base model (default: the shipped one for the dataset), or a zoo model: allconv32, face112.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results as JSON.")
+@json_option("json_path")
 def keyed(dataset: str, profile: str | None, limit: int | None, model_path: str | None, json_path: str | None) -> None:
-    """Keyed vs unkeyed: accuracy, wrong-key/raw-frame accuracy, size, latency, keying time."""
+    """Keyed vs unkeyed: accuracy, wrong-key/raw-frame accuracy, size, latency, keying time.
+
+    \b
+    Example:
+      keycam bench keyed --dataset fashion --profile stem --limit 1000 --json bench.json
+    """
     if model_path in ZOO:
         _zoo(model_path, profile or ZOO_PROFILES[model_path], limit, json_path)
         return

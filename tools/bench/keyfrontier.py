@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import click
 import numpy as np
 
+from edge.cli_options import json_option
 from edge.datasets import load_dataset
 from edge.errors import ConfigError
 from keys.generate import KeyConfig
@@ -164,10 +165,15 @@ def run_frontier(datasets: list[str], specs: list[str], frame_counts: list[int],
               help="Test frames for the accuracy and latency side of each point.")
 @click.option("--public", type=click.IntRange(100), default=10000, show_default=True,
               help="Public training images the attacker correlates against.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), required=True)
+@json_option("json_path", required=True)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="PNG: recognised vs latency.")
 def keyfrontier(datasets, specs, frame_counts, limit, public, json_path, plot_path) -> None:
-    """Frames-only recognition vs latency and size of each sensor-key profile."""
+    """Frames-only recognition vs latency and size of each sensor-key profile.
+
+    \b
+    Example:
+      keycam bench keyfrontier --point mix15 --point mix7x1 --frames 1000 --json frontier.json
+    """
     points = run_frontier(list(datasets), list(specs), list(frame_counts), limit, public, default_attack())
     for p in points:
         attacks = ", ".join(f"N={f.frames}: {f.recognised:.2f} / SSIM {f.ssim:.2f} (blank {f.ssim_blank:.2f})"

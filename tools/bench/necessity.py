@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from edge.cli_options import json_option
 from edge.datasets import load_dataset
 from tools.bench.common import Progress, print_table, write_json
 from tools.bench.keyed import SHIPPED_MODELS
@@ -179,11 +180,16 @@ def plot(results: list[dict], path: str | Path) -> Path:
 @click.option("--steps", type=click.IntRange(10), default=200, show_default=True, help="Training steps per weight.")
 @click.option("--train-limit", type=click.IntRange(100), default=3000, show_default=True)
 @click.option("--limit", type=click.IntRange(10), default=1000, show_default=True, help="Test frames.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results as JSON.")
+@json_option("json_path")
 @click.option("--png", "png_path", type=click.Path(dir_okay=False), default=None, help="Write the plot as PNG.")
 @click.option("--no-keyed", is_flag=True, help="Skip the keyed model's point (faster).")
 def necessity(datasets, weights, steps, train_limit, limit, json_path, png_path, no_keyed) -> None:
-    """Learned degradation (SSIM-penalised, adversarial) vs the keyed model: accuracy vs SSIM."""
+    """Learned degradation (SSIM-penalised, adversarial) vs the keyed model: accuracy vs SSIM.
+
+    \b
+    Example:
+      keycam bench necessity --dataset mnist --steps 50 --json necessity.json --png necessity.png
+    """
     try:
         ws = tuple(float(w) for w in weights.split(",") if w.strip())
     except ValueError as exc:

@@ -16,6 +16,7 @@ import time
 
 import click
 
+from edge.cli_options import json_option
 from tools.bench.common import Progress, print_table, write_json
 
 
@@ -77,9 +78,14 @@ def bench_config(cfg, camera_fps: float | None, sink: str):
               help="Replay at this frame rate (drops counted); default: as fast as the pipeline goes.")
 @click.option("--sink", type=click.Choice(["discard", "config"]), default="discard", show_default=True,
               help="discard: guard-check and count records; config: the config's own sinks.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write results here.")
+@json_option("json_path")
 def pipeline(config_path: str, frames: int, camera_fps: float | None, sink: str, json_path: str | None) -> None:
-    """End-to-end pipeline throughput, per-stage latency and RSS on a replay camera."""
+    """End-to-end pipeline throughput, per-stage latency and RSS on a replay camera.
+
+    \b
+    Example:
+      keycam bench pipeline --config examples/sim-device.yaml --frames 2000 --json
+    """
     from edge.config import load_config
     from edge.errors import ConfigError
     from edge.service import Service

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from edge.cli_options import json_option
 from edge.datasets import load_dataset
 from edge.errors import ConfigError
 from edge.runtime import TFLiteModel
@@ -144,11 +145,16 @@ def write_plot(result: dict, path: str | Path) -> None:
 @click.option("--full-well", type=float, default=10000.0, show_default=True, help="Electrons at full scale.")
 @click.option("--optics", is_flag=True, help="Add the simulated fiber-bundle optics in front of the key.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the key secret and the noise.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default="bench-sensor.json", show_default=True)
+@json_option("json_path", default="bench-sensor.json")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default="bench-sensor.png", show_default=True)
 def sensor(dataset: str, model_path: str | None, profile: str, limit: int, read_noise: str, bits: str,
            shot_noise: bool, full_well: float, optics: bool, seed: int, json_path: str, plot_path: str) -> None:
-    """Keyed-model accuracy vs read noise and ADC bits (table, JSON and PNG plot)."""
+    """Keyed-model accuracy vs read noise and ADC bits (table, JSON and PNG plot).
+
+    \b
+    Example:
+      keycam bench sensor --dataset mnist --bits 4,8 --json sensor.json --plot sensor.png
+    """
     noise = _floats(read_noise, "--read-noise")
     depths = [int(b) for b in _floats(bits, "--bits")]
     if any(r < 0 for r in noise) or any(not 1 <= b <= 16 for b in depths):

@@ -7,20 +7,10 @@ from pathlib import Path
 
 import click
 
+from edge.cli_options import emit_json, json_option
 from tools.san.model_io import DEFAULT_MODEL
 
 FACES_HELP = "folder with the LFW .npz files (default: $KEYCAM_FACES_DIR or ../shared/data/faces)"
-
-
-def _json_safe(value):
-    """NaN (an undefined metric, e.g. no pair of a group) becomes null so the file is strict JSON."""
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _threads() -> None:
@@ -55,7 +45,12 @@ _cache_dir = click.option("--cache-dir", type=click.Path(file_okay=False, path_t
               help="weight of the identity (matcher feature) term")
 def train(out: Path, faces_dir: Path | None, members: int, epochs: int, pretrain_epochs: int,
           steps_per_epoch: int, seed: int, limit: int | None, adversary: str, w_keep: float) -> None:
-    """Train auxiliary models and the SAN ensemble on the LFW train split, then save it."""
+    """Train auxiliary models and the SAN ensemble on the LFW train split, then save it.
+
+    \b
+    Example:
+      keycam san train --out san.pt --members 3 --epochs 5
+    """
     _threads()
     from tools.san.model_io import save_ensemble
     from tools.san.train import COMMITTED_SAN, TrainConfig, train_ensemble
@@ -72,10 +67,9 @@ def train(out: Path, faces_dir: Path | None, members: int, epochs: int, pretrain
 @san.command("eval")
 @click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_MODEL, show_default=True,
               help="SAN ensemble weights")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="where to write the metrics")
+@json_option("json_path", required=True)
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="where the montage / plot / table go (default: the JSON file's folder)")
+              help="where the montage / plot / table go (default: the JSON file's folder; with JSON on stdout: here)")
 @click.option("--faces-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=FACES_HELP)
 @_cache_dir
 @click.option("--no-cache", is_flag=True, help="recompute every unseen-model output")
@@ -85,9 +79,14 @@ def train(out: Path, faces_dir: Path | None, members: int, epochs: int, pretrain
 @click.option("--opinion-epochs", type=click.IntRange(0, 200), default=12, show_default=True,
               help="epochs of the two second-opinion gender CNNs trained here (independent, adapted to the "
                    "SAN's outputs); 0 skips them")
-def eval_(model: Path, json_path: Path, out_dir: Path | None, faces_dir: Path | None, cache_dir: Path,
+def eval_(model: Path, json_path: str, out_dir: Path | None, faces_dir: Path | None, cache_dir: Path,
           no_cache: bool, limit: int | None, member_matcher: bool, seed: int, opinion_epochs: int) -> None:
-    """Evaluate a SAN ensemble on UNSEEN gender classifier / face matcher and held-out LFW people."""
+    """Evaluate a SAN ensemble on UNSEEN gender classifier / face matcher and held-out LFW people.
+
+    \b
+    Example:
+      keycam san eval --limit 200 --json results/san.json
+    """
     _threads()
     from tools.san.evaluate import evaluate
     from tools.san.model_io import load_ensemble
@@ -98,10 +97,9 @@ def eval_(model: Path, json_path: Path, out_dir: Path | None, faces_dir: Path | 
                       opinion_epochs, log=click.echo)
     faces, outputs, selected, deployed = report.pop("_montage_inputs")
     report["model"] = str(model)
-    out_dir = out_dir or json_path.parent
+    out_dir = out_dir or Path(json_path).resolve().parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(_json_safe(report), indent=2, sort_keys=True, allow_nan=False))
+    emit_json(json_path, report)
     montage(faces, outputs, selected, out_dir / "san_montage.png", deployed)
     privacy_utility_plot(report, out_dir / "san_privacy_utility.png")
     table = markdown_table(report)
@@ -110,7 +108,7 @@ def eval_(model: Path, json_path: Path, out_dir: Path | None, faces_dir: Path | 
     keys = ["gender_bacc_orig", "gender_bacc_op", "verif_acc_orig", "verif_acc_op", "tmr_fmr1e-2_orig",
             "tmr_fmr1e-2_op", "ssim_op"]
     click.echo("headline: " + ", ".join(f"{k} {report[k]:.3f}" for k in keys))
-    click.echo(f"targets: {report['targets']}; wrote {json_path}, {out_dir}/san_montage.png, "
+    click.echo(f"targets: {report['targets']}; wrote {out_dir}/san_montage.png, "
                f"{out_dir}/san_privacy_utility.png, {out_dir}/san_table.md")
 
 
@@ -126,7 +124,12 @@ def eval_(model: Path, json_path: Path, out_dir: Path | None, faces_dir: Path | 
 @click.option("--write", is_flag=True, help="store the chosen change form and operating point in the model file")
 def strength(model: Path, faces_dir: Path | None, cache_dir: Path, change: str, per_gender: bool,
              write: bool) -> None:
-    """Sweep the perturbation strength on the 64x64 test split and choose the operating point (unseen models)."""
+    """Sweep the perturbation strength on the 64x64 test split and choose the operating point (unseen models).
+
+    \b
+    Example:
+      keycam san strength --change differential --write
+    """
     _threads()
     from tools.san.evaluate import calibrate_strength
     from tools.san.model_io import load_ensemble, save_ensemble
@@ -179,7 +182,12 @@ def export(model: Path, member: int | None, report: Path | None, gender: str, si
            out: Path | None, tflite_path: Path | None, as_float: bool, key_path: Path | None,
            faces_dir: Path | None, calib: int, check: int) -> None:
     """Export one SAN member as a stage (face crop in, deployed output out): ONNX (--out) and/or TFLite
-    (--tflite)."""
+    (--tflite).
+
+    \b
+    Example:
+      keycam san export --gender female --out san_female.onnx --tflite san_female.tflite
+    """
     _threads()
     from tools.san.errors import SanModelError
     from tools.san.export import make_stage
