@@ -1,9 +1,12 @@
 """Fixtures for the core (keys, keying, TFLite) tests: small real networks built as ONNX files."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
+import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 SECRET = bytes(range(32))
@@ -74,3 +77,17 @@ def build_small_cnn(path, rng):
 def frames(rng):
     """Plain float frames in [0, 1] for the small CNN."""
     return rng.uniform(0, 1, (16, 1, 12, 12))
+
+
+@pytest.fixture
+def sim_config(tmp_path) -> Path:
+    """examples/sim-device.yaml with absolute file paths, an ephemeral metrics port and a discard sink."""
+    root = Path(__file__).resolve().parents[2]
+    doc = yaml.safe_load((root / "examples" / "sim-device.yaml").read_text())
+    doc["key_stage"]["sensor_key"] = str(root / "examples" / "sim-device" / "sensor.key")
+    doc["model"]["path"] = str(root / "examples" / "sim-device" / "model.tflite")
+    doc["metrics"]["port"] = 0
+    doc["sinks"] = [{"type": "discard"}]
+    cfg = tmp_path / "device.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    return cfg

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from edge.cli import level_from
 
@@ -37,14 +36,8 @@ def test_no_tflite_runtime_line_in_command_output():
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_global_verbosity_reaches_the_service_logs(tmp_path):
-    doc = yaml.safe_load((ROOT / "examples" / "sim-device.yaml").read_text())
-    doc["key_stage"]["sensor_key"] = str(ROOT / "examples" / "sim-device" / "sensor.key")
-    doc["model"]["path"] = str(ROOT / "examples" / "sim-device" / "model.tflite")
-    doc["metrics"]["port"] = 0
-    doc["sinks"] = [{"type": "discard"}]
-    cfg = tmp_path / "device.yaml"
-    cfg.write_text(yaml.safe_dump(doc))
+def test_global_verbosity_reaches_the_service_logs(sim_config):
+    cfg = sim_config
     loud = keycam("-v", "run", "--config", str(cfg), "--frames", "5")
     assert loud.returncode == 0 and "metrics on http://127.0.0.1:" in loud.stderr, loud.stderr
     quiet = keycam("--log-level", "error", "run", "--config", str(cfg), "--frames", "5")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 import pytest
-import yaml
 from click.testing import CliRunner
 
 from edge.cli import cli
@@ -132,14 +131,8 @@ def test_keys_and_deploy_results_as_json(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_bench_pipeline_json_on_stdout_and_in_a_file(tmp_path):
-    doc = yaml.safe_load((ROOT / "examples" / "sim-device.yaml").read_text())
-    doc["key_stage"]["sensor_key"] = str(ROOT / "examples" / "sim-device" / "sensor.key")
-    doc["model"]["path"] = str(ROOT / "examples" / "sim-device" / "model.tflite")
-    doc["metrics"]["port"] = 0
-    doc["sinks"] = [{"type": "discard"}]
-    cfg = tmp_path / "device.yaml"
-    cfg.write_text(yaml.safe_dump(doc))
+def test_bench_pipeline_json_on_stdout_and_in_a_file(sim_config, tmp_path):
+    cfg = sim_config
     res = CliRunner().invoke(cli, ["bench", "pipeline", "--config", str(cfg), "--frames", "100", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["frames"] == 100 and res.stderr.strip()     # the table went to stderr
