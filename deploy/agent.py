@@ -69,6 +69,11 @@ def _manifest_of(slot_dir: Path) -> Manifest | None:
         return None
 
 
+def _manifest_digest(manifest: Manifest) -> str:
+    """What state.json records of the committed bundle (so the same bundle is recognised again)."""
+    return hashlib.sha256(manifest.to_bytes()).hexdigest()
+
+
 def _version_of(slot_dir: Path) -> str | None:
     manifest = _manifest_of(slot_dir)
     return manifest.version if manifest else None
@@ -192,7 +197,7 @@ class Agent:
             # a rollback leaves nothing to roll back to: a second one would move forward again
             state.update(committed=slot, version=manifest.version, trying=None,
                          previous=old if action == "install" else None,
-                         min_version=floor, manifest_sha256=hashlib.sha256(manifest.to_bytes()).hexdigest())
+                         min_version=floor, manifest_sha256=_manifest_digest(manifest))
             state["history"].append({"at": _now(), "event": f"{action} committed", "slot": slot,
                                      "version": manifest.version})
             self.dev.save_state(state)
@@ -275,7 +280,7 @@ class Agent:
         self._recover(state, cfg)
         manifest = verify_bundle(bundle, self.dev.trusted_signing_key())
         _crash_point("verified")
-        if state.get("manifest_sha256") == hashlib.sha256(manifest.to_bytes()).hexdigest():
+        if state.get("manifest_sha256") == _manifest_digest(manifest):
             return {"ok": True, "already_installed": True, "action": "install", "device_id": manifest.device_id,
                     "version": manifest.version, "from_version": state["version"], "slot": state["committed"],
                     "committed": state["committed"], "health": {"ok": True, "reason": "already committed"}}
