@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from edge.errors import KeycamError
-from hardware.errors import KeyStageError
+from hardware.errors import KeyStageClosed, KeyStageError
 from hardware.preadc import PreADCStage, SensorModel, adc, dequantize
 
 
@@ -118,7 +118,7 @@ class SimulatedKeyStage(KeyStage):
     def __call__(self, image: np.ndarray) -> np.ndarray:
         stage = self._stage
         if stage is None:
-            raise KeyStageError("sensor key not loaded or not matching the model: refusing to digitise")
+            raise KeyStageClosed("sensor key not loaded or not matching the model: refusing to digitise")
         return _as_model_input(stage(image), self.sensor_model.bits)
 
 

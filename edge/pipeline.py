@@ -26,6 +26,7 @@ from edge.errors import ModelError
 from edge.keystage import KeyStage
 from edge.metrics import Metrics
 from edge.runtime import TFLiteModel
+from hardware.errors import KeyStageClosed
 from edge.sinks.base import Sink, SinkError
 
 log = logging.getLogger("keycam.pipeline")
@@ -227,6 +228,9 @@ class Pipeline:
                 t0 = time.perf_counter()
                 try:
                     keyed = ctx.key_stage(frame.image)
+                except KeyStageClosed:                 # a failed check the supervisor is closing the gate for
+                    m.drop("fail_closed")
+                    continue
                 except Exception as exc:  # noqa: BLE001 - any key-stage failure must close the gate
                     m.drop("key_stage_error")
                     self.on_key_error(exc)

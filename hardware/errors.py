@@ -28,6 +28,10 @@ class KeyStageError(KeycamError):
     """The pre-ADC key stage cannot key a frame (no key, size mismatch, bad input)."""
 
 
+class KeyStageClosed(KeyStageError):
+    """The stage's last check failed; whoever ran the check reports why, the frame is only dropped."""
+
+
 class FaceplateError(KeycamError):
     """Base class for faceplate actuator failures."""
 

@@ -42,19 +42,19 @@ def test_push_over_ssh_then_status_and_rollback(sshd, template_root, bundles, fl
         inv = _inventory(tmp_path, sshd, {"cam-01": root})
         dry = _push(fleet_vault, "--inventory", inv, "--bundles", str(bundles["2.0.0"].parent), "--dry-run", "--json")
         assert dry.exit_code == 0, dry.output
-        planned = json.loads(dry.output)[0]
+        planned = json.loads(dry.stdout)[0]
         assert (planned["status"], planned["from_version"], planned["version"]) == ("planned", "1.0.0", "3.0.0")
         assert json.loads((root / "state.json").read_text())["version"] == "1.0.0", "dry run changed nothing"
 
         res = _push(fleet_vault, "--inventory", inv, "--json", "--bundles", str(bundles["2.0.0"].parent))
         assert res.exit_code == 0, res.output
-        result = json.loads(res.output)[0]
+        result = json.loads(res.stdout)[0]
         assert result["status"] == "installed" and result["version"] == "3.0.0", result
         assert result["target"].startswith("ssh://") and result["health"]["ok"]
 
         st = CliRunner().invoke(deploy, ["status", "--inventory", inv, "--json"])
         assert st.exit_code == 0, st.output
-        status = json.loads(st.output)[0]
+        status = json.loads(st.stdout)[0]
         assert (status["committed"], status["version"], status["service_up"]) == ("b", "3.0.0", True)
         rb = CliRunner().invoke(deploy, ["rollback", "--inventory", inv, "--json"])
         assert rb.exit_code != 0 and "below the minimum version 3.0.0" in rb.output

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from edge_testkit import MOSQUITTO, SIM_DIR, Broker, CollectSink
+from edge_testkit import MOSQUITTO, SIM_DIR, Broker, CollectSink, Running
 
 
 @pytest.fixture
@@ -58,3 +58,11 @@ def collect(monkeypatch) -> CollectSink:
     sink = CollectSink()
     monkeypatch.setattr("edge.service.make_sink", lambda spec: sink)
     return sink
+
+
+@pytest.fixture(autouse=True)
+def stop_leftover_services():
+    """Stop any service a failed test left running (it would log into the tests after it)."""
+    yield
+    while Running.live:
+        Running.live.pop().service.request_stop()

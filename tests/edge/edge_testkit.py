@@ -177,7 +177,12 @@ class CollectSink(Sink):
 
 
 class Running:
-    """A Service running in a background thread (signals are the main thread's business)."""
+    """A Service running in a background thread (signals are the main thread's business).
+
+    Every instance is remembered in `live` until stopped, so a test that fails before `stop()` does
+    not leave a service logging into later tests (the `stop_leftover_services` fixture stops it)."""
+
+    live: set[Running] = set()
 
     def __init__(self, config, max_frames=None):
         cfg = config if isinstance(config, DeviceConfig) else load_config(config)
@@ -185,6 +190,7 @@ class Running:
         self.summary: dict | None = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
+        Running.live.add(self)
         self.thread.start()
 
     def _run(self) -> None:
@@ -196,6 +202,7 @@ class Running:
     def stop(self, timeout: float = 20) -> dict:
         self.service.request_stop()
         self.thread.join(timeout)
+        Running.live.discard(self)
         assert not self.thread.is_alive(), "service did not stop"
         if self.error:
             raise self.error

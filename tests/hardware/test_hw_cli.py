@@ -20,12 +20,12 @@ def test_faceplate_commands_human_and_json_output():
     with EmulatorProcess(["--faceplates", "FP-A,FP-B"]) as emu:
         out = run("faceplate", "--port", emu.port, "home")
         assert out.exit_code == 0 and "position      0" in out.output
-        moved = json.loads(run("faceplate", "--port", emu.port, "move", "1", "--json").output)
+        moved = json.loads(run("faceplate", "--port", emu.port, "move", "1", "--json").stdout)
         assert moved["position"] == 1 and moved["faceplate_id"] == "FP-B"
-        assert json.loads(run("faceplate", "--port", emu.port, "engage", "--json").output)["engaged"]
+        assert json.loads(run("faceplate", "--port", emu.port, "engage", "--json").stdout)["engaged"]
         refused = run("faceplate", "--port", emu.port, "move", "0")
         assert refused.exit_code != 0 and "ENGAGED" in refused.output and "Traceback" not in refused.output
-        status = json.loads(run("faceplate", "--port", emu.port, "status", "--json").output)
+        status = json.loads(run("faceplate", "--port", emu.port, "status", "--json").stdout)
         assert status["slots"] == 2 and status["engaged"] is True
         assert run("faceplate", "--port", emu.port, "move", "-1").exit_code == 2   # rejected by click
 
@@ -42,7 +42,7 @@ def test_emulator_rejects_bad_fault_settings():
 
 def test_camera_probe_reports_frames_and_drops():
     out = run("camera", "--frames", "5", "--json")
-    report = json.loads(out.output)
+    report = json.loads(out.stdout)
     assert report["shape"] == [28, 28] and report["frames"] == 5 and report["dropped"] == 0
     missing = run("camera", "--source", "picamera2")
     assert missing.exit_code == 1 and "picamera2 is not available" in missing.output

@@ -67,7 +67,7 @@ def test_show_hides_secrets_unless_revealed(vault_path):
     assert "private" not in run(vault_path, "show", "cam-enc", "--json").output
     revealed = run(vault_path, "show", "cam-enc", "--reveal")
     assert revealed.exit_code == 0 and secret in revealed.output
-    log = json.loads(run(vault_path, "audit", "--json").output)
+    log = json.loads(run(vault_path, "audit", "--json").stdout)
     assert log["entries"][-1]["action"] == "reveal" and log["problems"] == []
 
 
@@ -162,7 +162,7 @@ def test_export_for_a_device_without_faceplate(vault_path, tmp_path):
     # the first card now holds a key the vault no longer records: re-export there is refused
     stale = run(vault_path, "export", "cam-enc", "--out", str(out))
     assert stale.exit_code != 0 and "belongs to another key pair" in stale.output
-    log = json.loads(run(vault_path, "audit", "--json").output)["entries"]
+    log = json.loads(run(vault_path, "audit", "--json").stdout)["entries"]
     assert [e["action"] for e in log[-4:]] == ["export", "export", "device-key", "export"]
 
 
@@ -174,7 +174,7 @@ def test_research_export_writes_clear_files_only_when_asked(vault_path, tmp_path
     assert (out / "model.tflite").read_bytes()[4:8] == b"TFL3"
     from edge.config import load_config
     assert load_config(out / "device.yaml").identity is None
-    log = json.loads(run(vault_path, "audit", "--json").output)["entries"]
+    log = json.loads(run(vault_path, "audit", "--json").stdout)["entries"]
     assert log[-1]["details"]["clear_model"] is True
 
 
@@ -206,9 +206,9 @@ def test_rotate_confirm_and_revoke(vault_path):
     for args in (["rotate", "cam-enc"], ["export", "cam-enc", "--out", "/tmp/never"]):
         res = run(vault_path, *args)
         assert res.exit_code != 0 and "revoked" in res.output
-    listed = json.loads(run(vault_path, "list", "--json").output)
+    listed = json.loads(run(vault_path, "list", "--json").stdout)
     assert listed[0]["state"] == "revoked" and listed[0]["active"] is None
-    actions = [e["action"] for e in json.loads(run(vault_path, "audit", "--json").output)["entries"]]
+    actions = [e["action"] for e in json.loads(run(vault_path, "audit", "--json").stdout)["entries"]]
     assert actions[-3:] == ["rotate", "confirm", "revoke"]
 
 
