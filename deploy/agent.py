@@ -31,15 +31,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
+from base.atomic import fsync_dir
+from base.clock import now_iso
+from base.errors import KeycamError
+from base.signing import public_key_id
 from deploy.bundle import CHUNK, extract, verify_bundle
 from deploy.device import SLOTS, DeviceRoot, ServiceConfig, tree_digest
 from deploy.manifest import MANIFEST, BundleError, Manifest, parse_version
-from deploy.signing import public_key_id
-from edge.atomic import fsync_dir
-from edge.errors import KeycamError
 from keys.sealing import SealedFileError, context_for, unseal
 
 CRASH_ENV = "KEYCAM_AGENT_CRASH_AT"
@@ -49,10 +51,6 @@ STEPS = ("verified", "extracting", "extracted", "marked", "switched", "restarted
 
 class AgentError(KeycamError):
     """The agent refused or could not complete an operation; the committed slot is untouched."""
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _crash_point(step: str) -> None:
@@ -160,7 +158,7 @@ class Agent:
         self.dev.switch(committed)
         problem = self._restart(cfg) if committed else None
         state["trying"] = None
-        event = {"at": _now(), "event": "recovered", "slot": committed,
+        event = {"at": now_iso(), "event": "recovered", "slot": committed,
                  "interrupted": interrupted, "restart_problem": problem}
         state["history"].append(event)
         self.dev.save_state(state)
@@ -177,7 +175,7 @@ class Agent:
     # ---- activation (shared by install and rollback) --------------------------------------------
     def _activate(self, state: dict, slot: str, manifest: Manifest, cfg: ServiceConfig, action: str) -> dict:
         old, old_version = state["committed"], state["version"]
-        state["trying"] = {"slot": slot, "version": manifest.version, "action": action, "since": _now()}
+        state["trying"] = {"slot": slot, "version": manifest.version, "action": action, "since": now_iso()}
         self.dev.save_state(state)
         _crash_point("marked")
         try:
@@ -198,7 +196,7 @@ class Agent:
             state.update(committed=slot, version=manifest.version, trying=None,
                          previous=old if action == "install" else None,
                          min_version=floor, manifest_sha256=_manifest_digest(manifest))
-            state["history"].append({"at": _now(), "event": f"{action} committed", "slot": slot,
+            state["history"].append({"at": now_iso(), "event": f"{action} committed", "slot": slot,
                                      "version": manifest.version})
             self.dev.save_state(state)
             _crash_point("committed")
@@ -206,7 +204,7 @@ class Agent:
         self.dev.switch(old)
         restart_problem = self._restart(cfg) if old else None
         state["trying"] = None
-        state["history"].append({"at": _now(), "event": f"{action} rolled back", "slot": slot,
+        state["history"].append({"at": now_iso(), "event": f"{action} rolled back", "slot": slot,
                                  "version": manifest.version, "reason": verdict.get("reason")})
         self.dev.save_state(state)
         return {"ok": False, "rolled_back_to": old, "reason": verdict.get("reason"),

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from base.clock import now_iso
+from base.errors import ConfigError
+from base.signing import public_key_id
 from deploy.bundle import write_bundle
 from deploy.health import load_canary, save_canary
 from deploy.manifest import Manifest, parse_version
 from deploy.payload import CANARY, CONFIG, MODEL, SENSOR_KEY, render_config
-from edge.errors import ConfigError
 from keys.generations import sealed_model
 from keys.keyset import KeySet
-from keys.sealing import ROLE_CANARY, ROLE_MODEL, ROLE_SENSOR_KEY, SEAL_ALG, context_for, public_key_id, seal
-from keys.vault import Vault, VaultError, b64d, now_iso
+from keys.sealing import ROLE_CANARY, ROLE_MODEL, ROLE_SENSOR_KEY, SEAL_ALG, context_for, seal
+from keys.vault import Vault, VaultError, b64d
 
 
 def _canary(gen: dict, device_id: str, count: int | None) -> tuple[bytes, int]:

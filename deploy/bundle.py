@@ -10,12 +10,12 @@ import hashlib
 import io
 import os
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
+from base.atomic import atomic_output
+from base.signing import public_key_id, sign, verify
 from deploy.manifest import MANIFEST, MAX_MANIFEST_BYTES, SIGNATURE, BundleError, Manifest
-from deploy.signing import public_key_id, sign, verify
-from edge.atomic import atomic_output
 
 CHUNK = 1 << 16
 

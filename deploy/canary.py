@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from base.errors import ConfigError
 from edge.datasets import load_dataset, load_samples
-from edge.errors import ConfigError
 from edge.runtime import TFLiteModel
 
 CANDIDATE_FACTOR = 4

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import click
 
+from base.cli import JSON_STDOUT, KeycamGroup, emit_json, emit_result, json_option
+from base.errors import ConfigError, KeycamError
+from base.signing import decode_public
 from deploy import fleet
 from deploy.bundle import verify_bundle
 from deploy.inventory import Entry, load_inventory, select
-from deploy.signing import decode_public
-from edge.cli_options import JSON_STDOUT, emit_json, emit_result, json_option
-from edge.errors import ConfigError, KeycamError
 from keys import audit
 from keys.cli import PASSPHRASE_ENV, edit_vault, open_vault, vault_options
 from keys.vault import b64d
@@ -61,7 +61,7 @@ def _targets(func):
     return func
 
 
-@click.group()
+@click.group(cls=KeycamGroup)
 def deploy() -> None:
     """Signed bundles, A/B slots on devices, health-checked installs, rollback."""
 

@@ -24,10 +24,11 @@ from pathlib import Path
 import yaml
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from deploy.manifest import DEVICE_ID, BundleError, check_device_id
-from deploy.signing import decode_public, encode_public, raw_private, raw_public
-from edge.atomic import atomic_write, fsync_dir
-from edge.errors import ConfigError
+from base.atomic import atomic_write, fsync_dir
+from base.errors import ConfigError
+from base.ids import check_id
+from base.signing import decode_public, encode_public, raw_private, raw_public
+from deploy.manifest import BundleError, check_device_id
 from keys.keystore import key_present, open_store, store_class
 
 SLOTS = ("a", "b")
@@ -118,8 +119,7 @@ class DeviceRoot:
         """Create identity/ (keeping an existing device key unless `device_key` is given, which goes into
         key store `store`); return the device public key (base64)."""
         check_device_id(device_id)
-        if not hardware or not DEVICE_ID.match(hardware):
-            raise ConfigError(f"invalid hardware name {hardware!r}")
+        check_id(hardware, "hardware name")
         decode_public(signing_pub, "signing public key")
         self.identity_dir.mkdir(parents=True, exist_ok=True)
         if device_key is None and not key_present(self.identity_dir):

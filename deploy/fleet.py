@@ -4,13 +4,13 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
+from base.errors import KeycamError
 from deploy.bundle import read_manifest, verify_bundle
 from deploy.inventory import Entry
 from deploy.manifest import BundleError, parse_version
-from edge.errors import KeycamError
 
 Confirm = Callable[[str, str], None]
 Resolve = Callable[[Entry], Path]

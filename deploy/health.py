@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from base.errors import KeycamError
 from deploy.manifest import MANIFEST, Manifest
-from edge.errors import KeycamError
 from keys.device_files import DeviceFiles
 from keys.sealing import ROLE_CANARY, ROLE_MODEL, ROLE_SENSOR_KEY
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import yaml
 
+from base.errors import ConfigError
 from deploy.manifest import BundleError, check_device_id
 from deploy.transport import Transport, TransportError, parse_target
-from edge.errors import ConfigError
 
 OPTIONS = {"python": str, "identity_file": str, "known_hosts": str, "user": str, "port": int,
            "timeout_s": (int, float), "connect_timeout_s": int}

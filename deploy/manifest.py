@@ -5,7 +5,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from edge.errors import KeycamError
+from base.errors import KeycamError
+from base.ids import check_id
 
 FORMAT = "keycam-bundle"
 FORMAT_VERSION = 1
@@ -14,7 +15,6 @@ SIGNATURE = "manifest.sig"
 MAX_MANIFEST_BYTES = 1 << 20
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _VERSION = re.compile(r"^\d+(\.\d+){0,3}$")
-DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class BundleError(KeycamError):
@@ -30,9 +30,8 @@ def parse_version(text: str) -> tuple[int, ...]:
 
 
 def check_device_id(device_id: str) -> str:
-    if not isinstance(device_id, str) or not DEVICE_ID.match(device_id):
-        raise BundleError(f"invalid device id {device_id!r}: letters, digits, '.', '_', '-' (max 64)")
-    return device_id
+    """`device_id` if it follows the one id rule (base.ids), else BundleError."""
+    return check_id(device_id, "device id", BundleError)
 
 
 @dataclass
@@ -54,7 +53,7 @@ class Manifest:
         return json.dumps(doc, sort_keys=True, indent=1).encode()
 
     @classmethod
-    def from_bytes(cls, blob: bytes) -> "Manifest":
+    def from_bytes(cls, blob: bytes) -> Manifest:
         """Parse and validate; every malformed field raises BundleError."""
         try:
             doc = json.loads(blob)

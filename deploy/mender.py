@@ -25,10 +25,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from base.atomic import atomic_write
+from base.errors import KeycamError
 from deploy.device import DeviceRoot
 from deploy.manifest import Manifest
-from edge.atomic import atomic_write
-from edge.errors import KeycamError
 
 MODULE_TYPE = "keycam"
 ARTIFACT_SUFFIX = ".mender"
@@ -65,7 +65,8 @@ def public_key_path(vault_path: Path) -> Path:
 
 def mender_key(vault) -> MenderKey:
     """The vault's Mender signing key, created on first use (the caller saves the vault)."""
-    from keys.vault import b64d, b64e, now_iso
+    from base.clock import now_iso
+    from keys.vault import b64d, b64e
     entry = vault.data.get(VAULT_ENTRY)
     created = entry is None
     if created:

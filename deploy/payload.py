@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import copy
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import yaml
 
-from edge.errors import ConfigError
+from base.errors import ConfigError
 
 MODEL, CANARY, CONFIG, SENSOR_KEY = "model.tflite", "canary.npz", "device.yaml", "sensor.key"
 IDENTITY_FROM_SLOT, IDENTITY_FROM_ROOT = "../../identity", "identity"

@@ -29,9 +29,9 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from base.errors import KeycamError
 from deploy.agent import Agent
 from deploy.manifest import MANIFEST, Manifest
-from edge.errors import KeycamError
 
 RECORD = "keycam-install.json"
 BUNDLE_SUFFIX = ".bundle"

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from edge.errors import ConfigError
+from base.errors import ConfigError
+from base.ids import ID_RULE, is_valid_id
 
 
 class FilePath(str):
@@ -157,8 +158,7 @@ _CHECKS: dict[tuple[type, str], tuple] = {
     (MqttSinkConfig, "reconnect_max_s"): _POSITIVE,
     (MqttSinkConfig, "topic"): (lambda v: v and not set(v) & set("#+\0"),
                                 "must be a non-empty topic without wildcards"),
-    (DeviceConfig, "device_id"): (lambda v: 0 < len(v) <= 64 and v.isprintable() and " " not in v,
-                                  "must be 1..64 printable characters without spaces"),
+    (DeviceConfig, "device_id"): (is_valid_id, f"must be {ID_RULE}"),
 }
 
 

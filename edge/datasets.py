@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import ConfigError
+from base.errors import ConfigError
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 SAMPLES_FILE = PACKAGE_DATA / "fashion_samples.npz"

@@ -23,7 +23,8 @@ from typing import NoReturn
 
 import numpy as np
 
-from edge.errors import KeycamError
+from base.errors import KeycamError
+from base.ids import check_id
 
 HARD_MAX_RECORD_BYTES = 8192   # no configuration can raise these
 HARD_MAX_TOP_K = 10
@@ -31,7 +32,6 @@ HARD_MAX_LOGITS = 1024
 MAX_ABS_LOGIT = 1e9
 _TS_RANGE = (946_684_800.0, 4_102_444_800.0)   # 2000-01-01 .. 2100-01-01 UTC
 _MAX_COUNT = 2 ** 53
-_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _FP_RE = re.compile(r"[0-9a-f]{64}")
 STAGES = ("capture", "key", "infer", "egress")
 ALARM_REASONS = frozenset({
@@ -68,8 +68,7 @@ class OutputPolicy:
     outputs_are_probabilities: bool | None = None   # None: unknown, decided per output vector
 
     def __post_init__(self):
-        if not _ID_RE.fullmatch(self.model_id):
-            raise EgressRefused(f"model id {self.model_id!r} is not a short identifier ([A-Za-z0-9._:-], <= 64)")
+        check_id(self.model_id, "model id", EgressRefused)
         for name in ("key_fingerprint", "sensor_fingerprint"):
             if not _FP_RE.fullmatch(getattr(self, name)):
                 raise EgressRefused(f"{name} must be 64 lowercase hex characters (sha256)")

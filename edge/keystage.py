@@ -12,13 +12,13 @@ Two kinds:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from edge.errors import KeycamError
+from base.errors import KeycamError
 from hardware.errors import KeyStageClosed, KeyStageError
 from hardware.preadc import PreADCStage, SensorModel, adc, dequantize
 

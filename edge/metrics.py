@@ -13,8 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
+from base.errors import ConfigError
 from edge.egress import STAGES
-from edge.errors import ConfigError
 
 QUANTILES = (0.5, 0.99)
 

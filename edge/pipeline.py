@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from base.errors import ModelError
 from edge.egress import EgressGuard, EgressRefused, OutputPolicy, prediction_record
-from edge.errors import ModelError
 from edge.keystage import KeyStage
 from edge.metrics import Metrics
 from edge.runtime import TFLiteModel
-from hardware.errors import KeyStageClosed
 from edge.sinks.base import Sink, SinkError
+from hardware.errors import KeyStageClosed
 
 log = logging.getLogger("keycam.pipeline")
 _END = object()   # sentinel that drains the stages in order

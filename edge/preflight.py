@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from edge.errors import ConfigError
+from base.errors import ConfigError
 from edge.keystage import Health, SimulatedKeyStage
 from edge.pipeline import ModelContext
 

@@ -12,12 +12,12 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from edge.errors import ModelError
+from base.errors import ModelError
 
 try:  # LiteRT is the maintained runtime; tflite_runtime 2.14 is the last of its line.
     from ai_edge_litert.interpreter import Interpreter, OpResolverType

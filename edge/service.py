@@ -11,14 +11,14 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
 
+from base.errors import ConfigError, KeycamError, ModelError
 from edge.config import DeviceConfig
 from edge.datasets import labels_for
 from edge.egress import STAGES, EgressGuard, OutputPolicy
-from edge.errors import ConfigError, KeycamError, ModelError
 from edge.keystage import FaceplateKeyStage, Health, KeyStage, SimulatedKeyStage
 from edge.metrics import Metrics, MetricsServer
 from edge.pipeline import ModelContext, Pipeline, PreprocessStage

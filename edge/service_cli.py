@@ -47,16 +47,15 @@ def run(config_path: str, frames: int | None, metrics_port: int | None, summary_
     stdout pipe, a serial write error, a full MQTT buffer): the summary counts them per sink;
     1 for errors (one line).
 
-    
+    \b
     Example:
       keycam run --config examples/sim-device.yaml --frames 1000
     """
     import dataclasses
 
+    from base.cli import configure_logging
     from edge.config import load_config
     from edge.service import Service
-
-    from edge.cli import configure_logging
     root = logging.getLogger()       # the root group's --log-level/-v/-q set it up; `run -v` adds to that
     level = root.getEffectiveLevel() if root.handlers else logging.WARNING
     if verbose:                      # `run -v` only adds output: it must not undo `keycam -q`

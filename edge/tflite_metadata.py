@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from edge.errors import ModelError
+from base.errors import ModelError
 
 
 def extract_metadata(model_bytes: bytes, name: str) -> dict:

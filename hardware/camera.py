@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import ConfigError
-from hardware.errors import (CameraDisconnected, CameraEndOfStream, CameraError, CameraFrameError,
-                             CameraTimeout)
+from base.errors import ConfigError
+from hardware.errors import CameraDisconnected, CameraEndOfStream, CameraError, CameraFrameError, CameraTimeout
 
 __all__ = ["Frame", "Camera", "ReplayCamera", "ReplayFaults", "Picamera2Camera", "make_camera", "camera_config",
            "CameraError", "CameraTimeout", "CameraDisconnected", "CameraFrameError", "CameraEndOfStream"]
@@ -64,11 +63,7 @@ class Camera(ABC):
         """Frames the sensor captured that were never delivered by read()."""
         return self._dropped
 
-    @property
-    def is_open(self) -> bool:
-        return self._opened
-
-    def open(self) -> "Camera":
+    def open(self) -> Camera:
         """Start streaming (idempotent)."""
         if not self._opened:
             self._open()
@@ -81,7 +76,7 @@ class Camera(ABC):
             self._opened = False
             self._close()
 
-    def __enter__(self) -> "Camera":
+    def __enter__(self) -> Camera:
         return self.open()
 
     def __exit__(self, *exc) -> None:
@@ -135,7 +130,7 @@ class ReplayFaults:
                 raise ConfigError(f"{key} must be a non-negative integer, got {value!r}")
 
     @classmethod
-    def from_dict(cls, data: dict, where: str = "camera.faults") -> "ReplayFaults":
+    def from_dict(cls, data: dict, where: str = "camera.faults") -> ReplayFaults:
         """Build from a config mapping: unknown keys and wrong types are a ConfigError."""
         from edge.config import parse_section
         return parse_section(data, cls, where)
@@ -400,7 +395,7 @@ class Picamera2Camera(Camera):
             cam.start()
         except CameraError:
             raise
-        except Exception as exc:  # noqa: BLE001 - libcamera raises many types; all mean "no camera"
+        except Exception as exc:
             raise CameraError(f"cannot start Raspberry Pi camera {self.index}: {exc}") from exc
         self._cam, self._last_ts, self._seq = cam, None, -1
 
@@ -426,7 +421,7 @@ class Picamera2Camera(Camera):
             request = self._cam.capture_request(wait=timeout)
         except TimeoutError as exc:
             raise CameraTimeout(f"Raspberry Pi camera {self.index} delivered no frame within {timeout}s") from exc
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._opened = False
             raise CameraDisconnected(f"Raspberry Pi camera {self.index} failed mid-stream: {exc}") from exc
         try:

@@ -5,11 +5,11 @@ import time
 
 import click
 
-from edge.cli_options import emit_result, json_option
-from edge.errors import ConfigError
+from base.cli import KeycamGroup, emit_result, json_option
+from base.errors import ConfigError
 
 
-@click.group()
+@click.group(cls=KeycamGroup)
 def hw() -> None:
     """Hardware: faceplate actuator, its emulator, camera."""
 

@@ -1,7 +1,7 @@
 """Errors raised by the hardware layer; all are KeycamError subclasses with actionable messages."""
 from __future__ import annotations
 
-from edge.errors import KeycamError
+from base.errors import KeycamError
 
 
 class CameraError(KeycamError):

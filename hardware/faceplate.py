@@ -11,9 +11,15 @@ import termios
 import time
 from collections import Counter
 
-from hardware.errors import (FaceplateCommandError, FaceplateDisconnected, FaceplateError,
-                             FaceplateMismatch, FaceplateMotorError, FaceplateProtocolError,
-                             FaceplateTimeout)
+from hardware.errors import (
+    FaceplateCommandError,
+    FaceplateDisconnected,
+    FaceplateError,
+    FaceplateMismatch,
+    FaceplateMotorError,
+    FaceplateProtocolError,
+    FaceplateTimeout,
+)
 from hardware.faceplate_firmware import EMPTY_SLOT
 from hardware.protocol import ERROR_CODES, MAX_LINE, RETRYABLE_ERRORS, FrameError, Reply, decode_reply, encode_request
 
@@ -57,7 +63,7 @@ class SerialFaceplate:
         except Exception:   # noqa: BLE001 - the link may already be gone; closing must not fail
             pass
 
-    def __enter__(self) -> "SerialFaceplate":
+    def __enter__(self) -> SerialFaceplate:
         return self
 
     def __exit__(self, *exc) -> None:

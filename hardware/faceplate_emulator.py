@@ -162,7 +162,7 @@ class EmulatorProcess:
         self.port = ""
         self.log = ""          # the emulator's stderr (its -v trace), available after stop()
 
-    def __enter__(self) -> "EmulatorProcess":
+    def __enter__(self) -> EmulatorProcess:
         cmd = [sys.executable, "-m", "hardware.faceplate_emulator", *self.args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      cwd=Path(__file__).resolve().parents[1])
@@ -174,10 +174,6 @@ class EmulatorProcess:
                                  f"{self.log.strip()[-500:]}")
         self.port = line
         return self
-
-    def alive(self) -> bool:
-        """True while the emulator process runs."""
-        return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
         """Terminate the emulator (SIGTERM, then SIGKILL after 5 s)."""
@@ -229,6 +225,6 @@ def run(config: FirmwareConfig, faults: LinkFaults, port: str | None = None, lin
 
 
 if __name__ == "__main__":
-    from edge.cli import cli
+    from hardware.cli import hw
 
-    cli(["hw", "emulate-faceplate", *sys.argv[1:]], prog_name="keycam")
+    hw(["emulate-faceplate", *sys.argv[1:]], prog_name="keycam hw")

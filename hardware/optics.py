@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
-from edge.errors import ConfigError
+from base.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class FiberOptics:
             raise ConfigError("fiber optics: blur_sigma, jitter >= 0 and transmission in (0, 1] required")
 
     @classmethod
-    def from_dict(cls, data: dict, where: str = "optics") -> "FiberOptics":
+    def from_dict(cls, data: dict, where: str = "optics") -> FiberOptics:
         """Build from a config mapping: unknown keys, wrong types and ranges are a ConfigError."""
         from edge.config import parse_section
         return parse_section(data, cls, where)

@@ -8,7 +8,8 @@ The lead's key generator normalises A0 so [0, 1] maps into [0, 1]: the ADC never
 frame. In hardware each factor is light transport before the ADC: the mixing (non-negative rows summing
 to 1) a faceplate whose output fibres each collect light from several scattered input positions (fused
 fan-in couplers) or a coded amplitude mask; the permutation the fibres' routing; the gains per-fibre ND
-attenuation; the bias stray light / dark offset. The raw frame and every analog intermediate stay local to __call__; only ADC codes leave.
+attenuation; the bias stray light / dark offset. The raw frame and every analog intermediate stay local to
+__call__; only ADC codes leave.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.errors import ConfigError
+from base.errors import ConfigError
 from hardware.errors import KeyStageError
 from hardware.optics import FiberOptics
 
@@ -80,7 +81,7 @@ class SensorModel:
             raise ConfigError(f"sensor adc_gain must be > 0, got {self.adc_gain}")
 
     @classmethod
-    def from_dict(cls, data: dict, where: str = "sensor") -> "SensorModel":
+    def from_dict(cls, data: dict, where: str = "sensor") -> SensorModel:
         """Build from a device-config mapping (optics as a nested mapping): unknown keys, wrong types
         and out-of-range values are a ConfigError naming the key (edge.config.parse_section)."""
         from edge.config import parse_section

@@ -17,18 +17,14 @@ import hashlib
 import hmac
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from edge.atomic import write_error
-from edge.errors import KeycamError
-from keys.vault import Vault, b64d, b64e, now_iso
+from base.atomic import write_error
+from base.clock import now_iso
+from keys.vault import Vault, b64d, b64e
 
 GENESIS = "0" * 64
-
-
-class AuditError(KeycamError):
-    """The audit log is unreadable or has been altered."""
 
 
 def audit_path(vault_path: Path) -> Path:

@@ -11,20 +11,21 @@ import functools
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import click
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from base.cli import KeycamGroup, emit_result, json_option
+from base.clock import now_iso
+from base.errors import ConfigError
+from base.signing import SignatureError, decode_public, encode_public, raw_private, raw_public
 from deploy.manifest import BundleError, check_device_id
-from deploy.signing import SignatureError, decode_public, encode_public, raw_private, raw_public
-from edge.cli_options import emit_result, json_option
-from edge.errors import ConfigError, KeycamError
 from keys import audit
-from keys.keystore import STORES, store_class
 from keys.generations import CANARY_FRAMES, migrate_clear_models, model_source, new_generation
-from keys.vault import Vault, VaultError, b64d, b64e, now_iso
+from keys.keystore import STORES, store_class
+from keys.vault import Vault, VaultError, b64d, b64e
 from tools.keying.profiles import DEFAULT_PROFILE, PROFILES
 
 DEFAULT_VAULT = Path("~/.keycam/vault.kcv")
@@ -72,10 +73,7 @@ def vault_options(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         kwargs["vault_path"] = kwargs["vault_path"].expanduser()
-        try:
-            return func(*args, **kwargs)
-        except KeycamError as exc:
-            raise click.ClickException(str(exc)) from exc
+        return func(*args, **kwargs)
     return wrapper
 
 
@@ -122,7 +120,7 @@ def _canary_options(func):
                         help="canary frames kept in the vault for the on-device health check")(func)
 
 
-@click.group()
+@click.group(cls=KeycamGroup)
 def keys() -> None:
     """Per-device keys in an encrypted vault: provision, rotate, revoke, decode, export."""
 
@@ -171,7 +169,7 @@ def provision(device, model, profile, output_encryption, faceplate, hardware, co
     finished and reported: the "provisioned" line is printed last and the command exits 0, whatever
     interrupt arrives after that point.
 
-    
+    \b
     Example:
       keycam keys provision cam-01 --model tools/models/lenet_fashion.onnx --profile stem --config cam-01.yaml
     """
@@ -435,8 +433,8 @@ def _device_key_for_export(dev: dict, root, new_key: bool, store: str | None) ->
 
     Re-export to a root that holds the vault's device key keeps it; the vault's own copy of the private
     key (until the first export) goes to a root without a key; anything else needs --new-device-key."""
+    from base.signing import public_key_id
     from keys.keystore import key_present, open_store
-    from keys.sealing import public_key_id
     device, vault_id = dev["device_id"], public_key_id(b64d(dev["device_public"], "device_public"))
     if new_key:
         key = X25519PrivateKey.generate()
@@ -498,9 +496,9 @@ def export(device, out, keyset, store, tpm_tcti, new_device_key, mender_rootfs, 
     Example:
       keycam keys export cam-01 --out /media/sd/var/lib/keycam
     """
+    from base.atomic import atomic_write
     from deploy.device import DeviceRoot
     from deploy.payload import CONFIG, IDENTITY_FROM_ROOT, MODEL, SENSOR_KEY, render_config
-    from edge.atomic import atomic_write
     from keys.generations import sealed_model
     from keys.keyset import KeySet
     from keys.sealing import ROLE_MODEL, ROLE_SENSOR_KEY, context_for, seal, unseal

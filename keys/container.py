@@ -13,7 +13,7 @@ import struct
 
 import numpy as np
 
-from edge.errors import KeycamError
+from base.errors import KeycamError
 
 FORMAT_VERSION = 1
 _ALLOWED_DTYPES = {"<f8", "<f4", "<i8", "<i4", "|u1", "|i1", "<u2"}

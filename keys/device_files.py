@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from edge.errors import ConfigError
+from base.errors import ConfigError
 from keys.sealing import SealedFileError, context_for, is_sealed, unseal
 
 

@@ -44,6 +44,6 @@ class Drbg:
         """A uniformly random permutation of range(n) (ties among 64-bit draws are negligible)."""
         return np.argsort(self._u64(n), kind="stable").astype(np.int64)
 
-    def child(self, label: str) -> "Drbg":
+    def child(self, label: str) -> Drbg:
         """An independent stream for a sub-component, derived from this stream."""
         return Drbg(self.bytes(SECRET_BYTES), label)

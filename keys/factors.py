@@ -300,10 +300,6 @@ class Key:
         return self.apply(np.zeros(self.size))
 
     @property
-    def is_affine(self) -> bool:
-        return any(isinstance(f, Bias) for f in self.factors)
-
-    @property
     def is_positive_generalized_permutation(self) -> bool:
         """True when the key commutes with ReLU / LeakyReLU (positive diagonal x permutation)."""
         return all(isinstance(f, (Permutation, Gain, ChannelGenPerm)) for f in self.factors)
@@ -315,7 +311,7 @@ class Key:
         return pack(KEY_MAGIC, header, arrays)
 
     @classmethod
-    def from_bytes(cls, blob: bytes, what: str = "key file") -> "Key":
+    def from_bytes(cls, blob: bytes, what: str = "key file") -> Key:
         """Parse `to_bytes` output; corrupted or truncated input raises KeyFileError."""
         header, arrays = unpack(KEY_MAGIC, blob, what)
         try:

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import click
 
-from edge.errors import ConfigError
-from keys.sealing import ROLE_MODEL, context_for, public_key_id, recipient_key_id, seal
-from keys.vault import Vault, VaultError, b64d, b64e, now_iso
+from base.clock import now_iso
+from base.errors import ConfigError
+from base.signing import public_key_id
+from keys.sealing import ROLE_MODEL, context_for, recipient_key_id, seal
+from keys.vault import Vault, VaultError, b64d, b64e
 
 CANARY_FRAMES = 16
 

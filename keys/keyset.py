@@ -1,24 +1,18 @@
 """A device key set: every key for one device and one model, derived from one 256-bit secret."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from edge.atomic import atomic_write
+from base.atomic import atomic_write
 from keys.container import KeyFileError, fingerprint, pack, unpack
 from keys.factors import Key
 
 KEYSET_MAGIC = b"KCAMKSET"
 
-__all__ = ["KeySet", "KeyFileError", "new_secret"]
-
-
-def new_secret() -> bytes:
-    """A fresh 256-bit device secret from the operating system's CSPRNG."""
-    return os.urandom(32)
+__all__ = ["KeySet", "KeyFileError"]
 
 
 @dataclass
@@ -43,7 +37,7 @@ class KeySet:
         return pack(KEYSET_MAGIC, header, {k: np.frombuffer(v, dtype=np.uint8) for k, v in keys.items()})
 
     @classmethod
-    def from_bytes(cls, blob: bytes, what: str = "key set file") -> "KeySet":
+    def from_bytes(cls, blob: bytes, what: str = "key set file") -> KeySet:
         """Parse `to_bytes` output; corrupted or truncated input raises KeyFileError."""
         header, arrays = unpack(KEYSET_MAGIC, blob, what)
         try:
@@ -59,7 +53,7 @@ class KeySet:
         atomic_write(path, self.to_bytes(), 0o600)
 
     @classmethod
-    def load(cls, path: str | Path) -> "KeySet":
+    def load(cls, path: str | Path) -> KeySet:
         path = Path(path)
         if not path.is_file():
             raise KeyFileError(f"key set file not found: {path}")

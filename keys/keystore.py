@@ -16,8 +16,8 @@ from typing import ClassVar
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from edge.atomic import atomic_write
-from edge.errors import ConfigError
+from base.atomic import atomic_write
+from base.errors import ConfigError
 
 STORE_FILE = "keystore.json"
 KEY_FILE = "device.key"
@@ -32,7 +32,7 @@ class DeviceKeyStore(ABC):
 
     @classmethod
     @abstractmethod
-    def create(cls, identity_dir: Path, raw_private: bytes, **options) -> "DeviceKeyStore":
+    def create(cls, identity_dir: Path, raw_private: bytes, **options) -> DeviceKeyStore:
         """Store `raw_private` (32 bytes) in this store under `identity_dir`; record it in keystore.json."""
 
     @classmethod
@@ -42,7 +42,7 @@ class DeviceKeyStore(ABC):
 
     @classmethod
     @abstractmethod
-    def open(cls, identity_dir: Path, meta: dict) -> "DeviceKeyStore":
+    def open(cls, identity_dir: Path, meta: dict) -> DeviceKeyStore:
         """The store described by `meta` (the parsed keystore.json)."""
 
     @abstractmethod
@@ -69,7 +69,7 @@ class FileKeyStore(DeviceKeyStore):
     name = "file"
 
     @classmethod
-    def create(cls, identity_dir: Path, raw_private: bytes, **options) -> "FileKeyStore":
+    def create(cls, identity_dir: Path, raw_private: bytes, **options) -> FileKeyStore:
         if options:
             raise ConfigError(f"the file key store takes no options (got {', '.join(sorted(options))})")
         store = cls(identity_dir)
@@ -79,7 +79,7 @@ class FileKeyStore(DeviceKeyStore):
         return store
 
     @classmethod
-    def open(cls, identity_dir: Path, meta: dict) -> "FileKeyStore":
+    def open(cls, identity_dir: Path, meta: dict) -> FileKeyStore:
         return cls(identity_dir)
 
     def private_bytes(self) -> bytes:

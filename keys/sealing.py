@@ -13,18 +13,17 @@ Imports only `cryptography` (device and host side share it; no deploy/ import).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from edge.errors import KeycamError
+from base.errors import KeycamError
+from base.signing import public_key_id, raw_public
 
 MAGIC = b"KCAMSEAL"
 VERSION = 1
@@ -32,28 +31,10 @@ SEAL_ALG = "X25519-HKDF-SHA256-AES256GCM"
 ROLE_MODEL, ROLE_SENSOR_KEY, ROLE_CANARY, ROLE_PREPROCESS = "model", "sensor-key", "canary", "preprocess"
 _FIXED = len(MAGIC) + 1 + 8 + 2
 _TAIL = 32 + 12 + 16
-_RAW = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 class SealedFileError(KeycamError):
     """A sealed file is clear, foreign, truncated, altered, or sealed to another device key."""
-
-
-def raw_private(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                             serialization.NoEncryption())
-
-
-def raw_public(key) -> bytes:
-    """Raw 32-byte public key of a private or public Ed25519/X25519 key."""
-    pub = key.public_key() if hasattr(key, "public_key") else key
-    return pub.public_bytes(*_RAW)
-
-
-def public_key_id(pub) -> str:
-    """Short id of a public key (object or raw bytes): first 16 hex digits of SHA-256 of its raw bytes."""
-    raw = pub if isinstance(pub, bytes) else raw_public(pub)
-    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def context_for(device_id: str, role: str) -> str:

@@ -33,8 +33,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from edge.atomic import atomic_write
-from edge.errors import ConfigError, KeycamError, KeyError_
+from base.atomic import atomic_write
+from base.errors import ConfigError, KeycamError
 from keys.keystore import KEY_FILE, STORE_FILE, DeviceKeyStore
 
 SEALED_FILE = "device.tpm2"
@@ -170,7 +170,7 @@ class Tpm2Params:
     hash: str = NAME_HASH
 
     @classmethod
-    def from_meta(cls, meta: dict, path: Path) -> "Tpm2Params":
+    def from_meta(cls, meta: dict, path: Path) -> Tpm2Params:
         try:
             params = cls(**{k: v for k, v in meta.items() if k != "store"})
         except TypeError as exc:
@@ -201,12 +201,12 @@ class Tpm2KeyStore(DeviceKeyStore):
         return {**super().metadata(), **asdict(self.params)}
 
     @classmethod
-    def create(cls, identity_dir: Path, raw_private: bytes, tcti: str | None = None) -> "Tpm2KeyStore":
+    def create(cls, identity_dir: Path, raw_private: bytes, tcti: str | None = None) -> Tpm2KeyStore:
         """Seal `raw_private` to the TPM at `tcti` (default: default_tcti()) and check that it unseals to
         the same bytes; only then write identity/device.tpm2, record the store, and remove a clear
         identity/device.key left by the file store."""
         if len(raw_private) != KEY_BYTES:
-            raise KeyError_(f"a device private key is {KEY_BYTES} bytes, got {len(raw_private)}")
+            raise TpmError(f"a device private key is {KEY_BYTES} bytes, got {len(raw_private)}")
         store = cls(identity_dir, Tpm2Params(_check_tcti(tcti or default_tcti())))
         problem = tpm_problem(store.params.tcti)
         if problem:
@@ -230,7 +230,7 @@ class Tpm2KeyStore(DeviceKeyStore):
         return tpm_problem(tcti)
 
     @classmethod
-    def open(cls, identity_dir: Path, meta: dict) -> "Tpm2KeyStore":
+    def open(cls, identity_dir: Path, meta: dict) -> Tpm2KeyStore:
         return cls(identity_dir, Tpm2Params.from_meta(meta, Path(identity_dir) / STORE_FILE))
 
     def private_bytes(self) -> bytes:
@@ -254,7 +254,7 @@ def _split_sealed(path: Path) -> tuple[bytes, bytes]:
     try:
         blob = path.read_bytes()
     except FileNotFoundError as exc:
-        raise KeyError_(f"the TPM-sealed device key {path} is missing; export the device again") from exc
+        raise TpmError(f"the TPM-sealed device key {path} is missing; export the device again") from exc
     parts, rest = [], blob
     for _ in range(2):
         size = int.from_bytes(rest[:2], "big") + 2
@@ -263,6 +263,6 @@ def _split_sealed(path: Path) -> tuple[bytes, bytes]:
         parts.append(rest[:size])
         rest = rest[size:]
     if len(parts) != 2 or rest:
-        raise KeyError_(f"the TPM-sealed device key {path} is damaged ({len(blob)} bytes are not a public "
+        raise TpmError(f"the TPM-sealed device key {path} is damaged ({len(blob)} bytes are not a public "
                         f"and a private area); export the device again")
     return parts[0], parts[1]

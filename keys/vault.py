@@ -21,19 +21,19 @@ import hashlib
 import hmac
 import json
 import os
-import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from deploy.signing import public_key_id, raw_private, raw_public
-from edge.atomic import atomic_write
-from edge.errors import KeycamError
+from base.atomic import atomic_write
+from base.clock import now_iso
+from base.errors import KeycamError
+from base.signing import public_key_id, raw_private, raw_public
 
 FORMAT = "keycam-vault"
 VERSION = 2
@@ -60,10 +60,6 @@ def b64d(text: str, what: str) -> bytes:
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (ValueError, AttributeError) as exc:
         raise VaultError(f"vault field {what} is not valid base64") from exc
-
-
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 # Accepted scrypt parameters. scrypt needs 128 * n * r bytes of memory and time proportional to
@@ -145,7 +141,7 @@ class Vault:
 
     # ---- file level -------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | Path, passphrase: str) -> "Vault":
+    def create(cls, path: str | Path, passphrase: str) -> Vault:
         """Create a new vault with a fresh bundle-signing key; refuses to overwrite one."""
         path = Path(path)
         if path.exists():
@@ -163,7 +159,7 @@ class Vault:
         return vault
 
     @classmethod
-    def open(cls, path: str | Path, passphrase: str) -> "Vault":
+    def open(cls, path: str | Path, passphrase: str) -> Vault:
         """Decrypt the vault at `path`; a wrong passphrase or any tampering raises VaultError."""
         path = Path(path)
         if not path.is_file():
@@ -227,7 +223,7 @@ class Vault:
 
     @classmethod
     @contextlib.contextmanager
-    def edit(cls, path: str | Path, passphrase: str) -> Iterator["Vault"]:
+    def edit(cls, path: str | Path, passphrase: str) -> Iterator[Vault]:
         """Open under an exclusive lock and save on normal exit (nothing is written on error: neither
         the vault nor the audit entries queued during the edit)."""
         path = Path(path)

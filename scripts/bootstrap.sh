@@ -35,4 +35,8 @@ echo "== pip install -e .[$extras]"
 if [ "$task" = demo ]; then
     exec .venv/bin/keycam demo "$@"
 fi
+echo "== lint-imports (layers and the device contract, setup.cfg [importlinter])"
+.venv/bin/lint-imports --no-cache
+echo "== ruff check (rules in pyproject.toml)"
+.venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"

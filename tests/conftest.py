@@ -59,7 +59,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     for item in items:
         if "emulator_only" in item.keywords:
-            item.add_marker(pytest.mark.skip(reason="needs the simulators (fault injection, emulator CLI): skipped on real hardware"))
+            item.add_marker(pytest.mark.skip(
+                reason="needs the simulators (fault injection, emulator CLI): skipped on real hardware"))
         for part in _PARTS:
             if part in item.keywords and not env.get(part):
                 item.add_marker(pytest.mark.skip(reason=f"HIL environment has no {part}"))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from edge.cli import LazyGroup
+from base.cli import LazyGroup
 
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "keyed": ("tools.bench.keyed:keyed", "Accuracy, size and latency of keyed vs unkeyed models."),

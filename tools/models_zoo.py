@@ -65,6 +65,7 @@ def input_shape(name: str, tiny: bool = False) -> tuple[int, int, int]:
 def export_random(name: str, path: str | Path, seed: int = 0, tiny: bool = False, meta: dict | None = None) -> Path:
     """Export a randomly initialised zoo model to ONNX (enough for keying cost and timing)."""
     import torch
+
     from tools.train import export_onnx
     torch.manual_seed(seed)
     model = build(name, tiny)

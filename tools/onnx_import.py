@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import ModelError
+from base.errors import ModelError
 from tools.ir import Activation, AvgPool, Conv, Dense, Flatten, Network, Softmax, output_shape
 
 MIN_OPSET = 13

@@ -5,7 +5,7 @@ import time
 
 import click
 
-from edge.errors import KeycamError
+from base.errors import KeycamError
 
 
 @click.command()

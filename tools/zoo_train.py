@@ -26,6 +26,7 @@ def train_allconv32(out: str | Path, minutes: float = 12.0, batch: int = 64, lr:
     """Adam with a cosine schedule over the wall-time budget; returns the test accuracy (first 2,000 frames)."""
     import torch
     import torch.nn.functional as F
+
     from tools.models_zoo import allconv32
     from tools.train import export_onnx
     torch.set_num_threads(1)

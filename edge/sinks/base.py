@@ -5,8 +5,8 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 
+from base.errors import KeycamError
 from edge.egress import EgressRefused, GuardedRecord
-from edge.errors import KeycamError
 
 log = logging.getLogger("keycam.sinks")
 

@@ -37,6 +37,7 @@ def test_penalty_makes_frames_less_intelligible():
 
 def test_plot_and_cli_validation(tmp_path):
     from click.testing import CliRunner
+
     from tools.bench.necessity import necessity
     curve = [{"weight": w, "accuracy": a, "ssim_degraded": s, "ssim_attacker": s} for w, a, s in
              ((0.0, 0.98, 0.9), (1.0, 0.9, 0.5), (4.0, 0.7, 0.2))]

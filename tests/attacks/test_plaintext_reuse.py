@@ -3,8 +3,16 @@ from __future__ import annotations
 
 import pytest
 
-from tools.attacks.plaintext import (affine_truth, binary_probes, fit_affine, from_binary, from_impulses,
-                                     impulse_probes, relative_error, run_plaintext)
+from tools.attacks.plaintext import (
+    affine_truth,
+    binary_probes,
+    fit_affine,
+    from_binary,
+    from_impulses,
+    impulse_probes,
+    relative_error,
+    run_plaintext,
+)
 from tools.attacks.reuse import deployed_accuracies
 from tools.attacks.target import AttackError
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edge.cli import cli
+from keycam.cli import cli
 from tools.attacks import suite
 from tools.attacks.suite import ATTACKS, Attack, Budget, run_all, table_rows
 from tools.attacks.target import AttackError

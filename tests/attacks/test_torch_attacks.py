@@ -40,7 +40,7 @@ def test_decoder_with_the_victims_key_beats_one_with_another_key(full_target):
 
 
 def test_attack_all_writes_the_report_and_figures(tmp_path):
-    from edge.cli import cli
+    from keycam.cli import cli
     out = tmp_path / "report.json"
     res = CliRunner().invoke(cli, ["attack", "all", "--json", str(out), "--limit", "20", "--profiles", "stem",
                                     "--fast"])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from edge.cli import cli
+from keycam.cli import cli
 
 
 def _progress_lines(stderr: str) -> list[str]:

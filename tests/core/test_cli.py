@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edge.cli import cli
-from tools.keying.provision import build_keyed_model
-from tools.bench.keyed import shipped_model
-from edge.runtime import TFLiteModel
 from edge.datasets import load_samples
+from edge.runtime import TFLiteModel
+from keycam.cli import cli
+from tools.bench.keyed import shipped_model
+from tools.keying.provision import build_keyed_model
 
 BENCH_FIELDS = {"dataset", "profile", "n", "acc_float", "acc_int8_unkeyed", "acc_keyed_float", "agree_keyed_float",
                 "acc_keyed_int8", "acc_wrong_key", "acc_raw_on_keyed", "size_bytes", "latency_ms", "keying_s",

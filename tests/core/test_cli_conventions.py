@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from edge.cli import level_from
+from base.cli import level_from
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def keycam(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from edge.cli import main; main()", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-c", "from keycam.cli import main; main()", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
 

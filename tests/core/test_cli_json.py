@@ -9,8 +9,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from edge.cli import cli
-from edge.cli_options import JSON_STDOUT, json_option
+from base.cli import JSON_STDOUT, json_option
+from keycam.cli import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "tools" / "models" / "lenet_mnist.onnx"
@@ -71,7 +71,7 @@ def test_every_json_option_is_the_shared_one(name):
 @click.option("--n", type=int, default=1)
 @json_option()
 def _probe(word, n, json_dest):
-    from edge.cli_options import emit_json
+    from base.cli import emit_json
     click.echo(f"human {word} {n}")
     emit_json(json_dest, {"word": word, "n": n})
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.errors import ConfigError
+from base.errors import ConfigError
 from tools.bench.keyfrontier import FrontierPoint, plot_frontier, profile_from_spec, run_frontier
 
 

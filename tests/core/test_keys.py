@@ -6,10 +6,18 @@ import pytest
 
 from keys.container import KeyFileError
 from keys.drbg import Drbg
-from keys.factors import Key
-from keys.factors import TileMix
-from keys.generate import (KeyConfig, channel_layer_key, hierarchical_permutation, multiplex_matrix, output_key,
-                           row_condition, s_matrix, sensor_key, spatial_layer_key)
+from keys.factors import Key, TileMix
+from keys.generate import (
+    KeyConfig,
+    channel_layer_key,
+    hierarchical_permutation,
+    multiplex_matrix,
+    output_key,
+    row_condition,
+    s_matrix,
+    sensor_key,
+    spatial_layer_key,
+)
 from keys.keyset import KeySet
 
 SECRET = bytes(range(32))

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
-from deploy_testkit import (PASSPHRASE, Sshd, base_model, deploy, local, service, write_agent_config)
+from deploy_testkit import PASSPHRASE, Sshd, base_model, deploy, local, service, write_agent_config
 
 from deploy import builder
 from keys.cli import keys

@@ -109,7 +109,7 @@ class Sshd:
         self.known_hosts = workdir / "known_hosts"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Sshd":
+    def start(self) -> Sshd:
         for key in (self.host_key, self.user_key):
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30)
         (self.dir / "authorized_keys").write_text(Path(f"{self.user_key}.pub").read_text())

@@ -10,12 +10,12 @@ import tarfile
 
 import numpy as np
 import pytest
-from deploy_testkit import (assert_still_running, deploy, init_root, local, rebundle, service, snapshot)
+from deploy_testkit import assert_still_running, deploy, init_root, local, rebundle, service, snapshot
 
+from base.signing import raw_public
 from deploy.agent import STEPS
 from deploy.device import DeviceRoot, tree_digest
 from deploy.health import load_canary, save_canary
-from deploy.signing import raw_public
 from keys.keyset import KeySet
 from keys.sealing import ROLE_CANARY, ROLE_MODEL, ROLE_SENSOR_KEY, context_for, is_sealed, seal, unseal
 from keys.vault import b64d

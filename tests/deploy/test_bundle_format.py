@@ -9,13 +9,13 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from base.errors import ConfigError
+from base.signing import SignatureError, raw_public
 from deploy.bundle import extract, read_manifest, verify_bundle, write_bundle
 from deploy.device import load_service_config
 from deploy.inventory import load_inventory, select
 from deploy.manifest import BundleError, Manifest, parse_version
-from deploy.signing import SignatureError, raw_public
 from keys.sealing import SealedFileError, seal, unseal
-from edge.errors import ConfigError
 
 KEY = Ed25519PrivateKey.generate()
 PUB = raw_public(KEY)

@@ -21,14 +21,22 @@ from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
-from deploy_testkit import (PASSPHRASE, REPO, assert_still_running, init_root, rebundle, service, snapshot,
-                            vault_public_hex)
+from deploy_testkit import (
+    PASSPHRASE,
+    REPO,
+    assert_still_running,
+    init_root,
+    rebundle,
+    service,
+    snapshot,
+    vault_public_hex,
+)
 
+from base.signing import raw_public
 from deploy import mender
 from deploy.bundle import read_manifest
-from deploy.device import DeviceRoot
-from deploy.signing import raw_public
 from deploy.cli import deploy as deploy_cli
+from deploy.device import DeviceRoot
 from deploy.health import load_canary, save_canary
 from keys.sealing import ROLE_CANARY, context_for, seal, unseal
 from keys.vault import Vault

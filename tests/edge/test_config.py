@@ -5,8 +5,8 @@ import pytest
 import yaml
 from edge_testkit import SIM_YAML, write_config
 
+from base.errors import ConfigError
 from edge.config import MqttSinkConfig, load_config
-from edge.errors import ConfigError
 
 
 def test_shipped_example_loads_with_paths_resolved_next_to_it():
@@ -49,7 +49,8 @@ def test_faceplate_mqtt_example_is_schema_valid_apart_from_device_paths(tmp_path
     ({"sinks": [{"type": "mqtt", "topic": "t", "buffer": 0}]}, r"sinks\[0\].buffer: must be 1..1000000"),
     ({"sinks": [{"type": "serial"}]}, r"sinks\[0\].port: required key is missing"),
     ({"sinks": [{"type": "stdout", "colour": True}]}, r"sinks\[0\]: unknown key colour"),
-    ({"device_id": "has space"}, r"device_id: must be 1..64 printable"),
+    ({"device_id": "has space"}, r"device_id: must be 1..64 of letters"),
+    ({"device_id": "cam/01"}, r"device_id: must be 1..64 of letters"),    # one id rule: provisioning refuses it too
     ({"camera": {"type": None}}, r"camera.type: required"),
 ])
 def test_each_mistake_is_one_clear_error(tmp_path, device_dir, sections, message):

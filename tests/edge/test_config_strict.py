@@ -10,9 +10,9 @@ import yaml
 from click.testing import CliRunner
 from edge_testkit import ROOT, SIM_YAML, write_config
 
-from edge.cli import cli
+from base.errors import ConfigError
 from edge.config import load_config
-from edge.errors import ConfigError
+from keycam.cli import cli
 
 
 @pytest.mark.parametrize("sections, message", [
@@ -42,7 +42,7 @@ def test_hardware_sections_are_strictly_validated_on_load(tmp_path, device_dir, 
 
 def test_keycam_run_with_a_bad_camera_value_is_one_line_not_a_traceback(tmp_path, device_dir):
     cfg = write_config(tmp_path, device_dir, camera={"fps": "fast"})
-    proc = subprocess.run([sys.executable, "-c", "from edge.cli import main; main()", "run", "--config", str(cfg),
+    proc = subprocess.run([sys.executable, "-c", "from keycam.cli import main; main()", "run", "--config", str(cfg),
                            "--frames", "5"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr

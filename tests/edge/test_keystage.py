@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.errors import ConfigError
+from base.errors import ConfigError
 from edge.keystage import FaceplateKeyStage, SimulatedKeyStage, load_sensor_key
 from edge.runtime import TFLiteModel
 from hardware.errors import KeyStageError

@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from edge.errors import ConfigError
+from base.errors import ConfigError
 from edge.metrics import LatencyWindow, Metrics, MetricsServer, RateMeter
 
 

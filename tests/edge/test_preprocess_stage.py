@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from edge_testkit import Running, write_config
 
+from base.errors import ConfigError, ModelError
 from edge.config import load_config
-from edge.errors import ConfigError, ModelError
 from edge.keystage import load_sensor_key
 from edge.service import Service
 from keys.factors import Key, Permutation

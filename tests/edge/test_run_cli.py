@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from edge_testkit import ROOT, SIM_YAML, write_config
 
-KEYCAM = [sys.executable, "-c", "from edge.cli import main; main()"]
+KEYCAM = [sys.executable, "-c", "from keycam.cli import main; main()"]
 
 
 def _run(args: list[str], **kw) -> subprocess.Popen:

@@ -174,7 +174,7 @@ def test_output_encryption_only_encrypted_logits_leave_and_the_key_holder_decode
 
 
 def test_startup_errors_are_clear_and_leave_nothing_running(tmp_path, device_dir):
-    from edge.errors import ModelError
+    from base.errors import ModelError
     from hardware.errors import CameraError
     no_camera = dataclasses.replace(load_config(write_config(tmp_path, device_dir)),
                                     camera={"type": "picamera2", "size": [28, 28]})

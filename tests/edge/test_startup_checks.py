@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from edge_testkit import ROOT, Running, wait_until, write_config
 
-from edge.errors import ConfigError
+from base.errors import ConfigError
 from edge.keystage import SimulatedKeyStage
 from hardware.errors import KeyStageError
 from keys.drbg import Drbg
@@ -18,7 +18,7 @@ from keys.generate import KeyConfig, sensor_key
 
 
 def _run(cfg, *extra):
-    return subprocess.run([sys.executable, "-c", "from edge.cli import main; main()", "run", "--config", str(cfg),
+    return subprocess.run([sys.executable, "-c", "from keycam.cli import main; main()", "run", "--config", str(cfg),
                            "--frames", "50", *extra], capture_output=True, text=True, timeout=90, cwd=ROOT)
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from edge.cli import cli
+from keycam.cli import cli
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 

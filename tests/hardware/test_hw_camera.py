@@ -9,11 +9,10 @@ import types
 import numpy as np
 import pytest
 
+from base.errors import ConfigError
 from edge.datasets import load_samples
-from edge.errors import ConfigError
-from hardware.camera import (Picamera2Camera, ReplayCamera, ReplayFaults, box_downsample, make_camera)
-from hardware.errors import (CameraDisconnected, CameraEndOfStream, CameraError, CameraFrameError,
-                             CameraTimeout)
+from hardware.camera import Picamera2Camera, ReplayCamera, ReplayFaults, box_downsample, make_camera
+from hardware.errors import CameraDisconnected, CameraEndOfStream, CameraError, CameraFrameError, CameraTimeout
 
 pytestmark = pytest.mark.timeout(30)
 

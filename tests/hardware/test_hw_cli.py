@@ -6,8 +6,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from edge.cli import cli
 from hardware.faceplate_emulator import EmulatorProcess
+from keycam.cli import cli
 
 pytestmark = pytest.mark.timeout(60)
 

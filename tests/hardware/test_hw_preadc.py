@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from base.errors import ConfigError
 from edge.datasets import load_samples
-from edge.errors import ConfigError
 from hardware.preadc import FiberOptics, KeyStageError, PreADCStage, SensorModel, adc, dequantize
 from keys.drbg import Drbg
 from keys.generate import KeyConfig, sensor_key

@@ -5,8 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hardware.protocol import (ERROR_BY_NAME, FrameError, crc16, decode, decode_reply, encode_reply,
-                               encode_request)
+from hardware.protocol import ERROR_BY_NAME, FrameError, crc16, decode, decode_reply, encode_reply, encode_request
 
 
 def test_crc16_ccitt_false_check_value():

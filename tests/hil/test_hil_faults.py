@@ -10,8 +10,13 @@ import time
 
 import pytest
 
-from hardware.errors import (FaceplateCommandError, FaceplateDisconnected, FaceplateMotorError,
-                             FaceplateProtocolError, FaceplateTimeout)
+from hardware.errors import (
+    FaceplateCommandError,
+    FaceplateDisconnected,
+    FaceplateMotorError,
+    FaceplateProtocolError,
+    FaceplateTimeout,
+)
 from hardware.faceplate import SerialFaceplate
 
 pytestmark = [pytest.mark.faceplate, pytest.mark.emulator_only, pytest.mark.timeout(30)]

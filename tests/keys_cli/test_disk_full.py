@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edge.cli import cli
+from keycam.cli import cli
 
 REPO = Path(__file__).resolve().parents[2]
 FASHION = REPO / "tools" / "models" / "lenet_fashion.onnx"

@@ -124,7 +124,7 @@ def test_export_for_a_device_without_faceplate(vault_path, tmp_path):
     from deploy.device import DeviceRoot
     key = DeviceRoot(out).device_key()
     # model and sensor key are sealed to the device: only its key opens them, into memory
-    for name, role in (("sensor.key", ROLE_SENSOR_KEY), ("model.tflite", ROLE_MODEL)):
+    for name, _role in (("sensor.key", ROLE_SENSOR_KEY), ("model.tflite", ROLE_MODEL)):
         assert is_sealed((out / name).read_bytes()) and (os.stat(out / name).st_mode & 0o777) == 0o600
     sealed_sensor = (out / "sensor.key").read_bytes()
     assert unseal(key, sealed_sensor, context_for("cam-enc", ROLE_SENSOR_KEY)) == ks.sensor.to_bytes()
@@ -136,7 +136,7 @@ def test_export_for_a_device_without_faceplate(vault_path, tmp_path):
     # the device's private key left the vault with that export: it now lives only on the device
     dev = Vault.open(vault_path, PASS).device("cam-enc")
     assert "device_private" not in dev
-    from deploy.signing import encode_public, raw_public
+    from base.signing import encode_public, raw_public
     assert encode_public(raw_public(key)) == dev["device_public"]
     ident = json.loads((out / "identity" / "device.json").read_text())
     assert ident == {"device_id": "cam-enc", "hardware": "pi5", "device_public": dev["device_public"]}

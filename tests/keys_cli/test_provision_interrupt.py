@@ -15,7 +15,7 @@ from keys.vault import Vault
 REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "tools" / "models" / "lenet_mnist.onnx"
 PASS = "provision-interrupt-pass"
-KEYCAM = [sys.executable, "-c", "from edge.cli import main; main()"]
+KEYCAM = [sys.executable, "-c", "from keycam.cli import main; main()"]
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from swtpm_kit import soft_tpms, two_free_ports
 
-from edge.errors import ConfigError, KeyError_
+from base.errors import ConfigError
 from keys import tpm2_store
 from keys.keystore import KEY_FILE, STORE_FILE, FileKeyStore, open_store
 from keys.tpm2_store import SEALED_FILE, TOOLS_MISSING, Tpm2KeyStore, TpmError, tpm_problem
@@ -180,13 +180,13 @@ def test_a_damaged_sealed_key_is_one_clear_line(soft_tpm, tmp_path):
         open_store(identity).private_bytes()
     _one_line(exc)
     sealed.write_bytes(blob[:-1])
-    with pytest.raises(KeyError_, match="is damaged"):
+    with pytest.raises(TpmError, match="is damaged"):
         open_store(identity).private_bytes()
     sealed.unlink()
-    with pytest.raises(KeyError_, match="is missing"):
+    with pytest.raises(TpmError, match="is missing"):
         open_store(identity).private_bytes()
 
 
 def test_only_a_32_byte_key_is_sealed(tmp_path):
-    with pytest.raises(KeyError_, match="32 bytes, got 31"):
+    with pytest.raises(TpmError, match="32 bytes, got 31"):
         Tpm2KeyStore.create(tmp_path, os.urandom(31), tcti="swtpm:host=127.0.0.1,port=1")

@@ -117,7 +117,7 @@ def test_metrics():
 def test_cli_errors(tmp_path):
     from click.testing import CliRunner
 
-    from edge.cli import cli
+    from keycam.cli import cli
 
     result = CliRunner().invoke(cli, ["san", "eval", "--model", str(tmp_path / "none.pt"), "--json",
                                       str(tmp_path / "r.json")])
@@ -151,7 +151,7 @@ def test_onnx_stage_matches_perturb(tiny_ensemble, tmp_path):
 
 
 def test_mean_adversary_option():
-    from edge.errors import ConfigError
+    from base.errors import ConfigError
     from tools.san.train import COMMITTED_SAN, MeanLogits, TrainConfig, train_ensemble
 
     with pytest.raises(ConfigError, match="adversary must be one of"):

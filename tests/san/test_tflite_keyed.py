@@ -76,12 +76,12 @@ def int8(setup):
 
 
 def test_keyed_stage_equals_the_key_of_the_plain_stage(setup):
-    from edge.errors import ModelError
-    from tools.san.export import make_stage
-    from tools.san.tflite_export import write_san_tflite
+    from base.errors import ModelError
     from edge.pipeline import PreprocessStage
     from edge.runtime import TFLiteModel
+    from tools.san.export import make_stage
     from tools.san.tflite_check import compare_keyed, compare_with_torch, key_frame
+    from tools.san.tflite_export import write_san_tflite
     from tools.san.tflite_keyed import write_keyed_san_tflite
 
     ensemble, stage, faces, key, plain, keyed = setup
@@ -179,8 +179,8 @@ def test_working_size_stage_has_no_pool_or_upsample_layer(setup, int8):
 def test_cli_export_keyed(tmp_path):
     from click.testing import CliRunner
 
-    from edge.cli import cli
     from edge.runtime import TFLiteModel
+    from keycam.cli import cli
     from keys.factors import Gain, Key, Permutation
 
     (tmp_path / "k.key").write_bytes(_perm_key(3).to_bytes())

@@ -71,7 +71,7 @@ def test_eval_cli_writes_the_report(tmp_path):
 
     from click.testing import CliRunner
 
-    from edge.cli import cli
+    from keycam.cli import cli
 
     out = tmp_path / "eval.json"
     result = CliRunner().invoke(cli, ["san", "eval", "--limit", "24", "--opinion-epochs", "1", "--json", str(out),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from edge.cli import cli
+from keycam.cli import cli
 
 
 def test_unknown_model_is_one_clear_line(tmp_path):

@@ -63,7 +63,7 @@ def test_lfw_loaders_give_identity_disjoint_train_and_view2_folds(lfw_available)
 
 
 def test_missing_lfw_folder_is_a_clear_error(tmp_path):
-    from edge.errors import ConfigError
+    from base.errors import ConfigError
     with pytest.raises(ConfigError, match="LFW file not found"):
         face_data.view2_pairs(tmp_path)
 

@@ -6,6 +6,8 @@ import pytest
 import scipy.sparse as sp
 
 from edge.runtime import TFLiteModel
+from keys.drbg import Drbg
+from keys.generate import KeyConfig
 from tests.scale.conftest import SECRET
 from tools.ir import Conv, Dense, Gather
 from tools.keying.cost import measure, projected_cost
@@ -13,8 +15,6 @@ from tools.keying.keyed import KeyingError, derive_keyset, key_network, logits_o
 from tools.keying.patchkey import patch_groups, patch_permutation, patch_sensor_key, within_patch_index
 from tools.keying.provision import adc8
 from tools.tflite.writer import block16_layout, write_tflite
-from keys.drbg import Drbg
-from keys.generate import KeyConfig
 
 
 def _frames(net, n=24, seed=0):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from edge.errors import ModelError
+from base.errors import ModelError
 from edge.runtime import TFLiteModel
 from tools.tflite.builder import GraphBuilder, quant_params
 from tools.tflite.sparse_int8 import ell_form, regrouped_ell_form, sparse_int8_layer

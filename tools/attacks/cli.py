@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from edge.cli_options import JSON_STDOUT, emit_json, json_option
+from base.cli import JSON_STDOUT, KeycamGroup, emit_json, json_option
 from tools.bench.keyed import SHIPPED_MODELS
 from tools.keying.profiles import DEFAULT_PROFILE
 
@@ -30,7 +30,7 @@ def _counts(text: str) -> tuple[int, ...]:
     return counts
 
 
-@click.group()
+@click.group(cls=KeycamGroup)
 def attack() -> None:
     """Attacks on keyed models and frames (privacy evaluation)."""
 

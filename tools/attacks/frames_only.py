@@ -16,8 +16,8 @@ The victim's key is used only to score the result (pixels placed exactly).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import click
 import numpy as np

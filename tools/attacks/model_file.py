@@ -64,7 +64,7 @@ class RecoveredKey:
     resolved: int                     # cells whose row of A0^-1 was pinned down exactly
     guessed: np.ndarray               # keyed pixels whose row is a guess (their group's mean)
 
-    def relabel(self, mapping: np.ndarray) -> "RecoveredKey":
+    def relabel(self, mapping: np.ndarray) -> RecoveredKey:
         """The same key with plain position p moved to mapping[p]."""
         lin = self.linear.tocoo()
         moved = sp.csr_matrix((lin.data, (lin.row, mapping[lin.col])), shape=lin.shape)

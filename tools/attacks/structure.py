@@ -75,7 +75,8 @@ def recover_arrangement(w: sp.csr_matrix, h: int, wd: int) -> tuple[np.ndarray, 
     """Estimated plain position of every keyed pixel (up to grid symmetry), how it was found, and the
     groups of pixels the attack cannot tell apart.
 
-    Pixel level when every column has its own support. Otherwise the attack hypothesises square t x t tiles (smallest t dividing the frame that holds the largest group), merges groups into tiles and lays
+    Pixel level when every column has its own support. Otherwise the attack hypothesises square t x t tiles
+    (smallest t dividing the frame that holds the largest group), merges groups into tiles and lays
     the tiles out; positions inside a tile are a guess (row-major order of the columns).
     """
     n = h * wd

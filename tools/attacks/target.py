@@ -7,8 +7,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from base.errors import KeycamError
 from edge.datasets import load_dataset
-from edge.errors import KeycamError
 from keys.keyset import KeySet
 from tools.bench.keyed import SHIPPED_MODELS, shipped_model
 from tools.ir import Network, forward

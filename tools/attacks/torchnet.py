@@ -97,7 +97,7 @@ class TorchNet(nn.Module):
     def forward(self, x):
         return self.body(x.reshape((len(x),) + self.input_shape))
 
-    def reset(self) -> "TorchNet":
+    def reset(self) -> TorchNet:
         """Re-initialise every parameter (the from-scratch baseline)."""
         for m in self.modules():
             if m is not self and hasattr(m, "reset_parameters"):

@@ -4,14 +4,16 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ContextManager, Iterable, TypeVar
+from typing import TypeVar
 
 import click
 import numpy as np
 
-from edge.cli_options import emit_json
+from base.cli import emit_json
 from edge.runtime import TFLiteModel
 
 T = TypeVar("T")
@@ -35,7 +37,7 @@ class Progress:
         if self.enabled:
             click.echo(f"{self.label(step)} ...", err=True)
 
-    def bar(self, items: Iterable[T], step: str, length: int | None = None) -> ContextManager[Iterable[T]]:
+    def bar(self, items: Iterable[T], step: str, length: int | None = None) -> AbstractContextManager[Iterable[T]]:
         """A progress bar over `items` labelled with `step` (hidden when disabled)."""
         return click.progressbar(items, length=length, label=self.label(step), file=sys.stderr, show_pos=True,
                                  hidden=not self.enabled)
@@ -83,5 +85,5 @@ def print_table(rows: list[tuple[str, str]], title: str) -> None:
 
 
 def write_json(path: str | Path | None, data: dict) -> None:
-    """Deliver a benchmark's result per the --json convention (edge.cli_options)."""
+    """Deliver a benchmark's result per the --json convention (base.cli)."""
     emit_json(None if path is None else str(path), data)

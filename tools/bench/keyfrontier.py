@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass
 import click
 import numpy as np
 
-from edge.cli_options import json_option
+from base.cli import json_option
+from base.errors import ConfigError
 from edge.datasets import load_dataset
-from edge.errors import ConfigError
 from keys.generate import KeyConfig
 from tools.attacks.metrics import ssim
 from tools.bench.common import Progress, write_json

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from edge.cli_options import json_option
+from base.cli import json_option
 from edge.datasets import load_dataset
 from tools.bench.common import Progress, print_table, write_json
 from tools.bench.keyed import SHIPPED_MODELS

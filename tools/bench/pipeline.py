@@ -16,7 +16,7 @@ import time
 
 import click
 
-from edge.cli_options import json_option
+from base.cli import json_option
 from tools.bench.common import Progress, print_table, write_json
 
 
@@ -86,8 +86,8 @@ def pipeline(config_path: str, frames: int, camera_fps: float | None, sink: str,
     Example:
       keycam bench pipeline --config examples/sim-device.yaml --frames 2000 --json
     """
+    from base.errors import ConfigError
     from edge.config import load_config
-    from edge.errors import ConfigError
     from edge.service import Service
 
     cfg = load_config(config_path)

@@ -15,9 +15,9 @@ from pathlib import Path
 import click
 import numpy as np
 
-from edge.cli_options import json_option
+from base.cli import json_option
+from base.errors import ConfigError
 from edge.datasets import load_dataset
-from edge.errors import ConfigError
 from edge.runtime import TFLiteModel
 from hardware.preadc import FiberOptics, PreADCStage, SensorModel, dequantize
 from keys.factors import Key

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import ConfigError
+from base.errors import ConfigError
 from edge.runtime import TFLiteModel
 from tools.bench.common import Progress, latency_ms, predict_labels
 from tools.bench.keyed import prepare_bench

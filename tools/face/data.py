@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import ConfigError
+from base.errors import ConfigError
 
 FACES_ENV = "KEYCAM_FACES_DIR"
 TRAIN_FILE = "lfw_dfunneled_64_rgb.npz"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import ConfigError
+from base.errors import ConfigError
 
 
 def dlib_available() -> bool:

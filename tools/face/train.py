@@ -45,6 +45,7 @@ def train_face112(out: str | Path, minutes: float = 20.0, batch: int = 64, lr: f
     """Train with a CosFace head until `minutes` of wall time, export the embedder to `out`."""
     import torch
     import torch.nn.functional as F
+
     from tools.models_zoo import build, input_shape
     from tools.train import export_onnx
     torch.set_num_threads(1)

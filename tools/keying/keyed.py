@@ -9,13 +9,24 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from edge.errors import KeycamError
+from base.errors import KeycamError
 from keys.drbg import Drbg
 from keys.factors import Bias, ChannelGenPerm, Gain, Key, Permutation
 from keys.generate import channel_layer_key, output_key, sensor_key, spatial_layer_key
 from keys.keyset import KeySet
-from tools.ir import (LINEAR, AvgPool, Conv, Dense, Flatten, Network, Softmax, Unflatten,
-                      conv_matrix, forward, pool_matrix)
+from tools.ir import (
+    LINEAR,
+    AvgPool,
+    Conv,
+    Dense,
+    Flatten,
+    Network,
+    Softmax,
+    Unflatten,
+    conv_matrix,
+    forward,
+    pool_matrix,
+)
 from tools.keying.patchkey import gather_stem, patch_sensor_key, patch_size
 from tools.keying.profiles import Profile, get_profile
 

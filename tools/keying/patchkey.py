@@ -10,7 +10,8 @@ The keyed stem is then a GATHER plus a 1x1 convolution, both int8 and nearly as 
 stem (the GATHER moves whole pixels, C bytes at a time). The GATHER brings every patch back to its
 grid position in one secret within-patch order tau (the order of patch 0's slot), and the
 convolution's weights W[:, tau] / gain absorb tau, the gains and the offsets. What the .tflite
-reveals: the patch arrangement and each slot's shuffle relative to tau, in clear. The sparsity pattern of the keyed stem as one matrix W1 A0^-1 reveals the same
+reveals: the patch arrangement and each slot's shuffle relative to tau, in clear. The sparsity pattern of the
+keyed stem as one matrix W1 A0^-1 reveals the same
 (its rows are the patches, and matching weight columns across slots gives the relative shuffles),
 so the GATHER form gives nothing away that the matrix form kept; the secret left is tau, the t
 gains and offsets. Trade-off: patches stay whole, so the keyed frame is a jigsaw of scrambled

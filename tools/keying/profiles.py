@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edge.errors import ConfigError
+from base.errors import ConfigError
 from keys.generate import KeyConfig
 
 
@@ -57,7 +57,7 @@ PROFILES: dict[str, Profile] = {
 DEFAULT_PROFILE = "mix15"    # the model is sealed: chosen against the frames-only attack at <= 2x unkeyed int8 cost
 
 
-def get_profile(name: "str | Profile") -> Profile:
+def get_profile(name: str | Profile) -> Profile:
     """Look up a profile by name with a clear error (a Profile passes through)."""
     if isinstance(name, Profile):
         return name

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from base.errors import ConfigError, KeycamError
 from edge.datasets import load_dataset, load_samples
-from edge.errors import ConfigError, KeycamError
 from hardware.preadc import adc
 from keys.keyset import KeySet
 from tools.ir import Network

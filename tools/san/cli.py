@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from edge.cli_options import emit_json, json_option
+from base.cli import KeycamGroup, emit_json, json_option
 from tools.san.model_io import DEFAULT_MODEL
 
 FACES_HELP = "folder with the LFW .npz files (default: $KEYCAM_FACES_DIR or ../shared/data/faces)"
@@ -19,7 +19,7 @@ def _threads() -> None:
     torch.set_num_threads(1)
 
 
-@click.group()
+@click.group(cls=KeycamGroup)
 def san() -> None:
     """Semi-adversarial networks: perturb faces so unseen gender classifiers fail but matchers still match."""
 

@@ -37,7 +37,7 @@ class FaceSet:
     def __len__(self) -> int:
         return len(self.images)
 
-    def subset(self, keep: np.ndarray) -> "FaceSet":
+    def subset(self, keep: np.ndarray) -> FaceSet:
         """The images selected by boolean mask `keep`; only pairs with both images kept survive (re-indexed)."""
         return _subset({"images": self.images, "gender": self.gender, "identity": self.identity,
                         "pair_idx": self.pair_idx, "pair_same": self.pair_same, "fold": self.fold}, keep)

@@ -1,7 +1,7 @@
 """Errors of the SAN tools, all KeycamError subclasses so the CLI prints one actionable line."""
 from __future__ import annotations
 
-from edge.errors import ConfigError, KeycamError, ModelError
+from base.errors import ConfigError, KeycamError, ModelError
 
 
 class FaceDataError(ConfigError):

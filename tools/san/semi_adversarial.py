@@ -20,11 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from edge.errors import ConfigError
+from base.errors import ConfigError
 from tools.san.augment import augment, check_names
 from tools.san.data import balanced_epoch
 from tools.san.nets import PrototypeAutoencoder
-
 
 PIXEL_LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
 

@@ -42,7 +42,7 @@ class StrengthOutcomes:
     emb: np.ndarray              # (A, N, 128) dlib descriptors (NaN for images in no pair)
     ssim: np.ndarray             # (A, N) to the original
 
-    def subset(self, keep: np.ndarray) -> "StrengthOutcomes":
+    def subset(self, keep: np.ndarray) -> StrengthOutcomes:
         """The outcomes of the images selected by boolean mask `keep` (as FaceSet.subset selects them)."""
         return StrengthOutcomes(self.alphas, self.gender_pred[:, keep], self.emb[:, keep], self.ssim[:, keep])
 

@@ -52,8 +52,14 @@ from tools.san.nets import LEAK
 from tools.san.tflite_export import LOGISTIC_QUANT, OUTPUT_QUANT, prototype_constants
 from tools.tflite.builder import GraphBuilder, builtin_options, quant_params
 from tools.tflite.sparse_int8 import sparse_int8_layer, support_ids
-from tools.tflite.writer import (INPUT_QUANT, SPARSE_FC_VERSION, act_quant, const_quant, hwc_to_chw_order,
-                                 sparse_weight_tensor)
+from tools.tflite.writer import (
+    INPUT_QUANT,
+    SPARSE_FC_VERSION,
+    act_quant,
+    const_quant,
+    hwc_to_chw_order,
+    sparse_weight_tensor,
+)
 
 INT8_GAIN_RANGE = (0.5, 2.0)   # hidden gains of the int8 stage: KeyConfig's; [0.25, 4] triples the int8 error (README)
 
@@ -181,12 +187,13 @@ def grouped_permutation(rng: Drbg, groups: np.ndarray) -> np.ndarray:
     return shuffled[np.argsort(rank[groups[shuffled]], kind="stable")]
 
 
-def derive_unit_keys(secret: bytes, chain: list[Layer], config: KeyConfig = KeyConfig()) -> dict[str, UnitKey]:
+def derive_unit_keys(secret: bytes, chain: list[Layer], config: KeyConfig | None = None) -> dict[str, UnitKey]:
     """Output keys of every hidden layer (positive generalized permutations over all units) and the
     head's permutation P_s ('head'), from a 256-bit secret. The permutation keeps the units that read the same
     inputs (the channels of one position of a conv) together, in a random order: the sparsity pattern shows
     which units those are anyway, and the int8 lowering then gathers their inputs once (sparse_int8)."""
     root = Drbg(secret, "san-stage/unit-keys")
+    config = config or KeyConfig()
     keys = {}
     for layer in chain:
         n = layer.weight.shape[0]

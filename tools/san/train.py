@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge.errors import ConfigError
+from base.errors import ConfigError
 from tools.san.augment import check_names
 from tools.san.aux_models import predict, train_binary_classifier, train_face_embedder
 from tools.san.data import downsample, load_faces64, prototypes, to_float

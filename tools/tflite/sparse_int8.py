@@ -38,7 +38,7 @@ import numpy as np
 import scipy.sparse as sp
 from ai_edge_litert import schema_py_generated as fb
 
-from edge.errors import ModelError
+from base.errors import ModelError
 from tools.tflite.builder import GraphBuilder, builtin_options, quant_params
 from tools.tflite.writer import weight_quant
 

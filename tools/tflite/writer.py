@@ -18,8 +18,8 @@ import numpy as np
 import scipy.sparse as sp
 from ai_edge_litert import schema_py_generated as fb
 
-from edge.errors import ModelError
-from tools.ir import (Activation, AvgPool, Conv, Dense, Flatten, Gather, Network, Softmax, Unflatten, forward)
+from base.errors import ModelError
+from tools.ir import Activation, AvgPool, Conv, Dense, Flatten, Gather, Network, Softmax, Unflatten, forward
 from tools.tflite.builder import GraphBuilder, builtin_options, quant_params
 
 INPUT_QUANT = (1.0 / 255.0, -128)     # uint8 ADC counts c map exactly to int8 c - 128
@@ -237,7 +237,7 @@ class _Lowering:
         ell = sp.issparse(w) and self.int8 and self.sparse_ell and fused == "none" and layer.act == "none"
         blocks = block16_layout(sp.csr_matrix(w)) if sp.issparse(w) and self.int8 and not ell else None
         if ell:
-            from tools.tflite.sparse_int8 import sparse_int8_layer    # it imports this module's weight_quant
+            from tools.tflite.sparse_int8 import sparse_int8_layer  # it imports this module's weight_quant
             cur = self._quantized(cur, name)
             quant = act_quant(plo, phi)
             index = sparse_int8_layer(self.g, cur.index, cur.quant, w, b, quant, name, regroup=True)

@@ -11,7 +11,3 @@ class ConfigError(KeycamError):
 
 class ModelError(KeycamError):
     """A model file is missing, malformed or unsupported."""
-
-
-class KeyError_(KeycamError):
-    """A key or key file is invalid, corrupted or does not match."""

@@ -1,4 +1,5 @@
-"""The one `--json` convention of every keycam command, shared by the device and host CLIs.
+"""The conventions every keycam command shares: errors as one line (KeycamGroup), subcommands
+imported on first use (LazyGroup), logging options, and the one `--json` option.
 
 `--json` alone (or `--json -`) prints the command's machine-readable result on stdout; the command's
 human text then goes to stderr or is left out. `--json PATH` (same as `--json-out PATH`) writes the
@@ -9,22 +10,85 @@ if it is not an option, so put it after the arguments or before another option:
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
+import importlib
 import json
+import logging
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
-from edge.atomic import atomic_write
+from base.atomic import atomic_write, write_error
+from base.errors import KeycamError
 
 JSON_STDOUT = "-"
 _STDOUT_KEY = "keycam.json_stdout"
 JSON_HELP = ("machine-readable result: --json alone prints JSON on stdout (human text goes to stderr or is "
              "left out); --json PATH (= --json-out PATH) writes it to PATH")
 
+
+
+class KeycamGroup(click.Group):
+    """A click group that turns a KeycamError (and a full disk) into one clear line and exit status 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeycamError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except OSError as exc:           # a write outside base.atomic that hit a full disk: still one line
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise click.ClickException(str(write_error(exc.filename or "a file", exc))) from exc
+
+
+class LazyGroup(KeycamGroup):
+    """A click group that imports a subcommand's module on first use."""
+
+    def __init__(self, *args, lazy: dict[str, tuple[str, str]] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            module_name, attr = self.lazy[name][0].split(":")
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as exc:
+                raise click.ClickException(
+                    f"'keycam {name}' is not available: module {exc.name!r} is missing "
+                    "(install the matching extra, see README)") from exc
+            return getattr(module, attr)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """List subcommands from the static table, without importing them."""
+        rows = [(name, self.lazy[name][1]) for name in sorted(self.lazy)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+
+
+def level_from(name: str, verbose: int, quiet: int) -> int:
+    """The logging level from --log-level, moved down one step per -v and up one per -q."""
+    index = LOG_LEVELS.index(name) - verbose + quiet
+    return getattr(logging, LOG_LEVELS[max(0, min(index, len(LOG_LEVELS) - 1))].upper())
+
+
+def configure_logging(level: int) -> None:
+    """Send every command's log records to stderr at `level` (replacing an earlier setup)."""
+    logging.basicConfig(stream=sys.stderr, format=LOG_FORMAT, level=level, force=True)
 
 def json_option(dest: str = "json_dest", required: bool = False, default: str | None = None,
                 help: str = JSON_HELP) -> Callable[[Callable], Callable]:

@@ -8,10 +8,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
-from edge.errors import KeycamError
+from base.errors import KeycamError
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 

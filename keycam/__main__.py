@@ -1,0 +1,4 @@
+"""`python -m keycam ...` is the `keycam` command."""
+from keycam.cli import main
+
+main()
