@@ -5,9 +5,9 @@
 #   scripts/arm64-check.sh [pi4|pi5 ...]        (default: both; needs root for chroot and mounts)
 #   KEYCAM_SHARED=DIR: the project's shared data folder when it is not ../shared
 # The rootfs is built once with mmdebstrap and cached in $KEYCAM_ARM64_CACHE (default
-# /var/cache/keycam-arm64), keyed by suite and package list. Each CPU gets a clean copy of the
-# committed tree (git archive HEAD). Prints one pass/fail line per CPU and a total; exits non-zero if
-# any CPU failed. When the machine cannot run arm64 binaries (no root, no binfmt_misc) it prints
+# /var/cache/keycam-arm64), keyed by suite and package list. One clean copy of the committed tree
+# (git archive HEAD) is installed once and shared by the CPUs. Prints one pass/fail line per CPU and
+# a total; exits non-zero if any CPU failed. When the machine cannot run arm64 binaries (no root, no binfmt_misc) it prints
 # "arm64 check skipped: <reason>" and exits 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -116,11 +116,6 @@ run_cpu() {  # name -> $cpu_status: exit status of the demo and the device tests
     cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
     cp -L /etc/resolv.conf "$rootfs/etc/resolv.conf"
 
-    # A clean checkout of what is committed, with ../shared beside it as in CI.
-    rm -rf "$rootfs/src"
-    mkdir -p "$rootfs/src/keycam" "$rootfs/src/shared"
-    git -C "$repo" archive HEAD | tar -x -C "$rootfs/src/keycam"
-
     mnt -t proc proc "$rootfs/proc"
     mnt --bind /sys "$rootfs/sys"
     mnt --bind /dev "$rootfs/dev"
@@ -139,8 +134,14 @@ run_cpu() {  # name -> $cpu_status: exit status of the demo and the device tests
             .venv/bin/python -m pytest -q -p no:cacheprovider "$@"' arm64-check "${DEVICE_TESTS[@]}" \
         || cpu_status=$?
     cleanup
-    rm -rf "$rootfs/src"
 }
+
+# One clean checkout of what is committed (../shared beside it, as in CI) for all CPUs: the first CPU
+# creates its .venv, the next ones find everything installed and only run the demo and the tests.
+rm -rf "$rootfs/src"
+mkdir -p "$rootfs/src/keycam" "$rootfs/src/shared"
+git -C "$repo" archive HEAD | tar -x -C "$rootfs/src/keycam"
+trap 'cleanup; rm -rf "$rootfs/src"' EXIT
 
 failed=0
 results=()
