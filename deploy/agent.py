@@ -352,6 +352,18 @@ class Agent:
         return {"ok": True, "path": str(final), "size": got}
 
     # ---- status ---------------------------------------------------------------------------------
+    def check_committed(self, slot: str, version: str) -> dict:
+        """Health-check `slot` again if it is still the committed, running slot at `version` (Mender's
+        ArtifactCommit): {"ok": False, "reason": ...} when it is not, or when it is unhealthy."""
+        with self._locked():
+            state = self.dev.load_state()
+            if (state["committed"], state["version"], self.dev.current_slot()) != (slot, version, slot):
+                return {"ok": False, "reason": f"slot {slot} ({version}) is no longer the running, committed slot"}
+            manifest = _manifest_of(self.dev.slot_dir(slot))
+            if manifest is None:
+                return {"ok": False, "reason": f"slot {slot} has no manifest"}
+            return self._health(slot, manifest, self.dev.service_config())
+
     def status(self) -> dict:
         with self._locked():
             state = self.dev.load_state()

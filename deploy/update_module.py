@@ -31,7 +31,6 @@ from pathlib import Path
 
 from base.errors import KeycamError
 from deploy.agent import Agent
-from deploy.manifest import MANIFEST, Manifest
 
 RECORD = "keycam-install.json"
 BUNDLE_SUFFIX = ".bundle"
@@ -99,12 +98,7 @@ def artifact_commit(agent: Agent, files_dir: Path) -> str:
         raise UpdateModuleError("ArtifactCommit without a successful ArtifactInstall in this deployment")
     if record.slot is None:
         return "nothing to commit: the bundle was already installed"
-    status = _still_installed(agent, record)
-    if status is None or status["current"] != record.slot:
-        raise UpdateModuleError(f"slot {record.slot} ({record.version}) is no longer the running slot")
-    slot_dir = agent.dev.slot_dir(record.slot)
-    manifest = Manifest.from_bytes((slot_dir / MANIFEST).read_bytes())
-    verdict = agent._health(record.slot, manifest, agent.dev.service_config())
+    verdict = agent.check_committed(record.slot, record.version)
     if not verdict["ok"]:
         raise UpdateModuleError(f"health check of slot {record.slot} ({record.version}) failed: "
                                 f"{verdict.get('reason')}")

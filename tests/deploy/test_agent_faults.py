@@ -13,7 +13,7 @@ import pytest
 from deploy_testkit import assert_still_running, deploy, init_root, local, rebundle, service, snapshot
 
 from base.signing import raw_public
-from deploy.agent import STEPS
+from deploy.agent import STEPS, Agent
 from deploy.device import DeviceRoot, tree_digest
 from deploy.health import load_canary, save_canary
 from keys.keyset import KeySet
@@ -258,3 +258,13 @@ def test_rollback_target_is_forgotten_once_overwritten(device_root, bundles, fle
     (device_root / "fail_start").unlink()
     rb = t.agent("rollback")
     assert not rb["ok"] and "no previous slot" in rb["error"]
+
+
+def test_check_committed_refuses_a_slot_that_is_not_the_running_committed_one(device_root, bundles):
+    """Mender's ArtifactCommit re-checks only the slot this deployment installed, while it still runs."""
+    assert deploy(local(device_root), bundles["2.0.0"])["ok"]
+    agent = Agent(device_root)
+    assert agent.check_committed("b", "2.0.0")["ok"]
+    for slot, version in (("a", "2.0.0"), ("b", "9.9.9")):
+        verdict = agent.check_committed(slot, version)
+        assert not verdict["ok"] and "no longer the running, committed slot" in verdict["reason"]
