@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from edge_testkit import TOPIC, Running, Subscriber, wait_until, write_config
 
-from edge.datasets import labels_for, load_samples
 from edge.keystage import load_sensor_key
+from edge.labels import labels_for
+from hardware.camera.samples import load_samples
 
 
 @pytest.mark.timeout(120)
