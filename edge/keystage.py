@@ -8,6 +8,7 @@ Two kinds:
   the actuator answers, reports no fault, and the expected faceplate id is engaged. The stage then only
   digitises (ADC) the already keyed frame.
 `check()` never raises: it returns a `Health` whose `reason` is an alarm reason of edge.egress.
+Each kind has its `key_stage:` config class beside it, registered in KEY_STAGES (type -> config, factory).
 """
 from __future__ import annotations
 
