@@ -160,21 +160,12 @@ class Registry(Generic[T]):
         return self.build(self.parse(data, where, base), *args)
 
 
-def _type_name(hint: object) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-             dict: "a mapping", list: "a list", FilePath: "a file path", DirPath: "a directory path"}
-    if isinstance(hint, types.UnionType):
-        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(hint))
-    return names.get(hint, getattr(hint, "__name__", str(hint)))
-
-
-_SCALARS: dict[object, Callable[[object], bool]] = {
-    bool: lambda v: isinstance(v, bool),
-    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
-    str: lambda v: isinstance(v, str),
-    dict: lambda v: isinstance(v, dict),
-    list: lambda v: isinstance(v, list),
+# scalar type -> (what the error message calls it, the check)
+_SCALARS: dict[object, tuple[str, Callable[[object], bool]]] = {
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    float: ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)),
+    str: ("a string", lambda v: isinstance(v, str)),
 }
 
 
@@ -198,8 +189,9 @@ def _coerce(value: object, hint: object, where: str, base: Path) -> object:
         return parse_section(value, hint, where, base)
     if hasattr(hint, "from_config"):
         return hint.from_config(value, where, base)
-    if not _SCALARS[hint](value):
-        raise ConfigError(f"{where}: expected {_type_name(hint)}, got {value!r}")
+    what, ok = _SCALARS[hint]
+    if not ok(value):
+        raise ConfigError(f"{where}: expected {what}, got {value!r}")
     return float(value) if hint is float else value
 
 
@@ -212,7 +204,7 @@ def parse_section(data: object, cls: type[T], where: str, base: Path = Path(".")
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     unknown = sorted(set(map(str, data)) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+        raise ConfigError(f"{where + ': ' if where else ''}unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
                           f"(allowed: {', '.join(fields)})")
     values = {}
     for name, f in fields.items():

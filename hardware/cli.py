@@ -176,7 +176,7 @@ def camera(source: str, frames: int, fps: float | None, timeout: float, json_des
     config = {"type": "picamera2"} if source == "picamera2" else {"type": "replay", "source": source, "fps": fps}
     start = time.monotonic()
     lo, hi = float("inf"), float("-inf")
-    with CAMERAS.create(config, "--source", base=Path.cwd()) as cam:
+    with CAMERAS.create(config, "camera", base=Path.cwd()) as cam:
         for _ in range(frames):
             frame = cam.read(timeout)
             lo, hi = min(lo, float(frame.image.min())), max(hi, float(frame.image.max()))
