@@ -9,12 +9,11 @@ then reproduce those outputs: a wrong key, a corrupted model or a broken runtime
 """
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 
 from base.errors import ConfigError
-from edge.datasets import load_dataset, load_samples
 from edge.runtime import TFLiteModel
 
 CANDIDATE_FACTOR = 4
@@ -32,29 +31,17 @@ def key_frames(sensor_key, frames: np.ndarray) -> np.ndarray:
     return adc(sensor_key.apply(flat)).reshape(frames.shape)
 
 
-def plain_frames(dataset: str | None, count: int, source: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Plain uint8 test frames and labels: from an .npz (frames, labels), or the model's dataset."""
-    if source is not None:
-        try:
-            with np.load(source, allow_pickle=False) as data:
-                return data["frames"][:count], data["labels"][:count]
-        except (OSError, ValueError, KeyError) as exc:
-            raise ConfigError(f"canary source {source} must be an .npz with 'frames' and 'labels': {exc}") from exc
-    if dataset in (None, "", "fashion", "fashion_mnist", "fashion-mnist"):
-        return load_samples(limit=count)
-    return load_dataset(dataset, "test", limit=count)
-
-
-def make_canary(model_bytes: bytes, keyset, count: int = 16, source: Path | None = None,
-                dataset: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def make_canary(model_bytes: bytes, keyset, plain_frames: Callable[[str | None, int], tuple[np.ndarray, np.ndarray]],
+                count: int = 16, dataset: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Return (keyed uint8 frames, expected output class) for `count` frames the model gets right.
 
-    Plain frames come from `source` (.npz), else `dataset`, else the dataset named in the model's metadata.
+    `plain_frames(dataset, n)` gives n plain uint8 test frames and labels (host side:
+    tools.datasets.plain_frames) of `dataset`, else of the dataset named in the model's metadata.
     """
     if count < 1:
         raise ConfigError("canary count must be at least 1")
     model = TFLiteModel(model_bytes)
-    frames, labels = plain_frames(dataset or model.metadata.get("dataset"), count * CANDIDATE_FACTOR, source)
+    frames, labels = plain_frames(dataset or model.metadata.get("dataset"), count * CANDIDATE_FACTOR)
     keyed = key_frames(keyset.sensor, frames).reshape((len(frames),) + tuple(frames.shape[1:]))
     outputs = model.predict(keyed)
     raw = np.argmax(outputs, axis=1)

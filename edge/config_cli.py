@@ -18,7 +18,7 @@ def check_device(path: str | Path) -> str:
     cfg = load_config(path)
     ctx = Service(cfg).load_context()
     try:
-        shape = make_camera(dict(cfg.camera)).frame_shape
+        shape = make_camera(cfg.camera).frame_shape
         health = check_pairing(ctx, shape)
     finally:
         ctx.key_stage.close()

@@ -8,6 +8,7 @@ Two kinds:
   the actuator answers, reports no fault, and the expected faceplate id is engaged. The stage then only
   digitises (ADC) the already keyed frame.
 `check()` never raises: it returns a `Health` whose `reason` is an alarm reason of edge.egress.
+Each kind has its `key_stage:` config class beside it, registered in KEY_STAGES (type -> config, factory).
 """
 from __future__ import annotations
 
@@ -19,8 +20,51 @@ from pathlib import Path
 import numpy as np
 
 from base.errors import KeycamError
+from base.schema import POSITIVE, FieldError, FilePath, Registry, Section, setting
 from hardware.errors import KeyStageClosed, KeyStageError
 from hardware.preadc import PreADCStage, SensorModel, adc, dequantize
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyStageConfig(Section):
+    """What every `key_stage:` section has: its type, the health check period and the fail-closed
+    retry back-off (initial, doubling to max)."""
+
+    type: str
+    health_interval_s: float = setting(1.0, rule=POSITIVE)   # how often the key stage is re-checked while running
+    retry_initial_s: float = setting(0.5, rule=POSITIVE)
+    retry_max_s: float = setting(30.0, rule=POSITIVE)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.retry_max_s < self.retry_initial_s:
+            raise FieldError("retry_max_s", "must be >= retry_initial_s")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulatedKeyStageConfig(KeyStageConfig):
+    """`key_stage: {type: simulated}`: the simulated pre-ADC stage with the device's sensor key file."""
+
+    sensor_key: FilePath                     # keys.factors.Key (or a KeySet whose sensor key is used)
+    sensor: SensorModel = setting(default_factory=SensorModel)    # noise, ADC and optics parameters
+
+
+@dataclass(frozen=True, kw_only=True)
+class FaceplateKeyStageConfig(KeyStageConfig):
+    """`key_stage: {type: faceplate}`: a physical faceplate on a serial actuator."""
+
+    port: str                                # serial port of the actuator
+    expected_id: str                         # id of the faceplate that must be engaged
+    baudrate: int = setting(115200, rule=POSITIVE)
+
+
+@dataclass(frozen=True)
+class KeyStageContext:
+    """What building a key stage needs beside its config: the model's sensor fingerprint and how to
+    read the (possibly sealed) sensor key file."""
+
+    expected_fingerprint: str
+    read: Callable[[Path], bytes] = Path.read_bytes
 
 
 @dataclass(frozen=True)
@@ -44,6 +88,7 @@ class KeyStage(ABC):
     """Keys (or checks the keying of) raw frames and digitises them."""
 
     kind = "key stage"
+    per_model = True          # False: one instance serves every model generation (one physical actuator)
 
     @abstractmethod
     def check(self) -> Health:
@@ -80,15 +125,20 @@ class SimulatedKeyStage(KeyStage):
 
     kind = "simulated"
 
-    def __init__(self, sensor_key_path: str | Path, expected_fingerprint: str, sensor: dict | None = None,
+    def __init__(self, sensor_key_path: str | Path, expected_fingerprint: str, sensor: SensorModel | None = None,
                  read: Callable[[Path], bytes] = Path.read_bytes):
         """`read` returns the key file's clear bytes (the service opens sealed files with it)."""
         self.path = Path(sensor_key_path)
         self.expected = expected_fingerprint
         self.read = read
-        self.sensor_model = SensorModel.from_dict(dict(sensor or {}), "key_stage.sensor")
+        self.sensor_model = sensor if sensor is not None else SensorModel()
         self._stage: PreADCStage | None = None
         self.fingerprint = ""
+
+    @classmethod
+    def from_config(cls, cfg: SimulatedKeyStageConfig, ctx: KeyStageContext) -> SimulatedKeyStage:
+        """The stage a validated `key_stage:` section of type simulated describes."""
+        return cls(cfg.sensor_key, ctx.expected_fingerprint, cfg.sensor, read=ctx.read)
 
     @property
     def key_size(self) -> int | None:
@@ -126,11 +176,17 @@ class FaceplateKeyStage(KeyStage):
     """A physical faceplate on a serial actuator; frames arrive optically keyed and are only digitised."""
 
     kind = "faceplate"
+    per_model = False
 
     def __init__(self, port: str, expected_id: str, baudrate: int = 115200, bits: int = 8):
         self.port, self.expected_id, self.baudrate, self.bits = port, expected_id, baudrate, bits
         self._faceplate = None
         self._healthy = False
+
+    @classmethod
+    def from_config(cls, cfg: FaceplateKeyStageConfig, ctx: KeyStageContext) -> FaceplateKeyStage:
+        """The stage a validated `key_stage:` section of type faceplate describes."""
+        return cls(cfg.port, cfg.expected_id, cfg.baudrate)
 
     def actuator(self):
         """The actuator driver (hardware.faceplate.SerialFaceplate), opening the port if needed."""
@@ -171,3 +227,8 @@ class FaceplateKeyStage(KeyStage):
         if self._faceplate is not None:
             self._faceplate.close()
             self._faceplate = None
+
+
+KEY_STAGES: Registry[KeyStage] = Registry("key stage")
+KEY_STAGES.register("simulated", SimulatedKeyStageConfig, SimulatedKeyStage.from_config)
+KEY_STAGES.register("faceplate", FaceplateKeyStageConfig, FaceplateKeyStage.from_config)

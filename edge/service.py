@@ -12,19 +12,20 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from base.errors import ConfigError, KeycamError, ModelError
 from edge.config import DeviceConfig
-from edge.datasets import labels_for
 from edge.egress import STAGES, EgressGuard, OutputPolicy
-from edge.keystage import FaceplateKeyStage, Health, KeyStage, SimulatedKeyStage
+from edge.keystage import KEY_STAGES, Health, KeyStage, KeyStageContext, SimulatedKeyStageConfig
+from edge.labels import labels_for
 from edge.metrics import Metrics, MetricsServer
 from edge.pipeline import ModelContext, Pipeline, PreprocessStage
 from edge.preflight import check_pairing
 from edge.runtime import TFLiteModel
 from edge.sinks import Sink, make_sink
+from hardware.camera import Camera, make_camera
 from keys.device_files import DeviceFiles
 from keys.sealing import ROLE_MODEL, ROLE_PREPROCESS, ROLE_SENSOR_KEY
 
@@ -127,17 +128,17 @@ class Service:
     # -- building -----------------------------------------------------------------------------------
     def _watched_files(self) -> list[Path]:
         ks, pre = self.cfg.key_stage, self.cfg.preprocess
-        return ([Path(self.cfg.model.path)] + ([Path(ks.sensor_key)] if ks.type == "simulated" else [])
+        return ([Path(self.cfg.model.path)] + ([Path(ks.sensor_key)] if isinstance(ks, SimulatedKeyStageConfig) else [])
                 + ([Path(pre.path)] if pre is not None else []))
 
     def _key_stage(self, policy: OutputPolicy) -> KeyStage:
-        ks = self.cfg.key_stage
-        if ks.type == "simulated":
-            return SimulatedKeyStage(ks.sensor_key, policy.sensor_fingerprint, ks.sensor,
-                                     read=lambda path: self.files.read(path, ROLE_SENSOR_KEY))
-        if self._shared_stage is None:    # one actuator, shared by every model generation
-            self._shared_stage = FaceplateKeyStage(ks.port, ks.expected_id, ks.baudrate)
-        return self._shared_stage
+        if self._shared_stage is not None:     # one actuator, shared by every model generation
+            return self._shared_stage
+        stage = KEY_STAGES.build(self.cfg.key_stage, KeyStageContext(
+            policy.sensor_fingerprint, read=lambda path: self.files.read(path, ROLE_SENSOR_KEY)))
+        if not stage.per_model:
+            self._shared_stage = stage
+        return stage
 
     def _load_model(self, path: str, role: str, num_threads: int) -> TFLiteModel:
         """A model file opened into memory (sealed files are decrypted there, never to disk)."""
@@ -167,10 +168,9 @@ class Service:
         self._generation += 1
         return ModelContext(self._generation, model, self._key_stage(policy), EgressGuard(policy), files, pre)
 
-    def _make_camera(self):
-        from hardware.camera import make_camera
+    def _make_camera(self) -> Camera:
         try:
-            return make_camera(dict(self.cfg.camera))
+            return make_camera(self.cfg.camera)
         except ConfigError as exc:
             raise ConfigError(f"{self.cfg.source}: camera: {exc}") from exc
 
@@ -310,7 +310,7 @@ class Service:
         self._set_info(ctx)
         self.camera = self._make_camera()
         for sink_cfg in cfg.sinks:
-            self.sinks.append(make_sink(asdict(sink_cfg)))
+            self.sinks.append(make_sink(sink_cfg))
         self.metrics.sink_stats = lambda: {f"{s.name}{i}" if i else s.name: s.stats()
                                            for i, s in enumerate(self.sinks)}
         if cfg.metrics.enabled:

@@ -1,6 +1,7 @@
 """keycam hardware layer: the physical parts and their faithful simulations.
 
-camera.py            Camera interface, ReplayCamera, Picamera2Camera (raw, linear), make_camera
+camera/              Camera interface (base), ReplayCamera (replay, idx, samples), Picamera2Camera
+                     (raspberrypi: raw, linear), the CAMERAS registry and make_camera
 faceplate.py         SerialFaceplate: host driver of the faceplate actuator (PROTOCOL.md)
 protocol.py          the actuator's line protocol (framing, CRC-16, error codes)
 faceplate_firmware.py / faceplate_emulator.py   the actuator firmware and its pty emulator with faults

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 
@@ -170,12 +171,12 @@ def camera(source: str, frames: int, fps: float | None, timeout: float, json_des
     Example:
       keycam hw camera --source samples --frames 20 --json
     """
-    from hardware.camera import make_camera
+    from hardware.camera import CAMERAS
 
     config = {"type": "picamera2"} if source == "picamera2" else {"type": "replay", "source": source, "fps": fps}
     start = time.monotonic()
     lo, hi = float("inf"), float("-inf")
-    with make_camera(config) as cam:
+    with CAMERAS.create(config, "camera", base=Path.cwd()) as cam:
         for _ in range(frames):
             frame = cam.read(timeout)
             lo, hi = min(lo, float(frame.image.min())), max(hi, float(frame.image.max()))

@@ -15,35 +15,22 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
-from base.errors import ConfigError
+from base.schema import NON_NEGATIVE, POSITIVE, Rule, Section, setting
 
 
 @dataclass(frozen=True)
-class FiberOptics:
+class FiberOptics(Section):
     """Geometry and losses of a coherent fiber bundle; lengths in supersampled sub-pixels."""
 
-    supersample: int = 4          # sub-pixels per sensor pixel and axis
-    core_pitch: float = 4.0       # distance between neighbouring core centres
-    core_radius: float = 1.6      # light-guiding core radius (the rest of each cell is cladding)
-    crosstalk: float = 0.05       # fraction of a core's light leaking into each neighbouring core
-    blur_sigma: float = 1.0       # Gaussian blur of the output face onto the sensor (0: none)
-    jitter: float = 0.0           # max random offset of each core centre
-    transmission: float = 1.0     # mean response to a uniform white frame
+    supersample: int = setting(4, rule=Rule(lambda v: v >= 1, "must be >= 1"))   # sub-pixels per sensor pixel and axis
+    core_pitch: float = setting(4.0, rule=POSITIVE)       # distance between neighbouring core centres
+    core_radius: float = setting(1.6, rule=POSITIVE)      # light-guiding core radius (the rest of each cell is cladding)
+    crosstalk: float = setting(0.05, rule=Rule(lambda v: 0 <= v < 1 / 6, "must be in [0, 1/6) (6 neighbours)"))
+    # crosstalk: fraction of a core's light leaking into each neighbouring core
+    blur_sigma: float = setting(1.0, rule=NON_NEGATIVE)   # Gaussian blur of the output face onto the sensor (0: none)
+    jitter: float = setting(0.0, rule=NON_NEGATIVE)       # max random offset of each core centre
+    transmission: float = setting(1.0, rule=Rule(lambda v: 0 < v <= 1, "must be in (0, 1]"))  # mean response to white
     seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.supersample < 1 or self.core_pitch <= 0 or self.core_radius <= 0:
-            raise ConfigError("fiber optics: supersample >= 1, core_pitch > 0 and core_radius > 0 required")
-        if not 0 <= self.crosstalk < 1 / 6:
-            raise ConfigError(f"fiber optics: crosstalk must be in [0, 1/6) (6 neighbours), got {self.crosstalk}")
-        if self.blur_sigma < 0 or self.jitter < 0 or not 0 < self.transmission <= 1:
-            raise ConfigError("fiber optics: blur_sigma, jitter >= 0 and transmission in (0, 1] required")
-
-    @classmethod
-    def from_dict(cls, data: dict, where: str = "optics") -> FiberOptics:
-        """Build from a config mapping: unknown keys, wrong types and ranges are a ConfigError."""
-        from edge.config import parse_section
-        return parse_section(data, cls, where)
 
     def matrix(self, shape: tuple[int, int]) -> sp.csr_matrix:
         """The (H*W, H*W) operator mapping a flattened frame to the sensor behind the bundle."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from base.errors import ConfigError
+from base.schema import POSITIVE, Rule, Section, setting
 from hardware.errors import KeyStageError
 from hardware.optics import FiberOptics
 
@@ -44,7 +45,7 @@ def dequantize(codes: np.ndarray, bits: int) -> np.ndarray:
 
 
 @dataclass
-class SensorModel:
+class SensorModel(Section):
     """Noise and ADC parameters. Signal levels are fractions of ADC full scale (1.0 = full well).
 
     read_noise: RMS Gaussian read noise as a fraction of full scale (1 LSB at 8 bits = 1/255 ~ 0.0039);
@@ -58,34 +59,15 @@ class SensorModel:
     optics: optional FiberOptics applied before the key (or after it, with optics_after_key).
     """
 
-    read_noise: float = 0.0
+    read_noise: float = setting(0.0, rule=Rule(lambda v: v >= 0, "must be >= 0 (fraction of full scale)"))
     shot_noise: bool = False
-    full_well: float = 10000.0
-    dark_offset: float = 0.0
-    bits: int = 8
-    adc_gain: float = 1.0
+    full_well: float = setting(10000.0, rule=Rule(lambda v: v > 0, "must be > 0 electrons"))
+    dark_offset: float = setting(0.0, rule=Rule(lambda v: 0 <= v < 1, "must be in [0, 1) of full scale"))
+    bits: int = setting(8, rule=Rule(lambda v: isinstance(v, int) and 1 <= v <= 16, "must be an integer in 1..16"))
+    adc_gain: float = setting(1.0, rule=POSITIVE)
     seed: int = 0
     optics: FiberOptics | None = None
     optics_after_key: bool = False
-
-    def __post_init__(self) -> None:
-        if not np.isfinite(self.read_noise) or self.read_noise < 0:
-            raise ConfigError(f"sensor read_noise must be >= 0 (fraction of full scale), got {self.read_noise}")
-        if not self.full_well > 0:
-            raise ConfigError(f"sensor full_well must be > 0 electrons, got {self.full_well}")
-        if not 0 <= self.dark_offset < 1:
-            raise ConfigError(f"sensor dark_offset must be in [0, 1) of full scale, got {self.dark_offset}")
-        if not isinstance(self.bits, int) or not 1 <= self.bits <= 16:
-            raise ConfigError(f"sensor bits must be an integer in 1..16, got {self.bits!r}")
-        if not self.adc_gain > 0:
-            raise ConfigError(f"sensor adc_gain must be > 0, got {self.adc_gain}")
-
-    @classmethod
-    def from_dict(cls, data: dict, where: str = "sensor") -> SensorModel:
-        """Build from a device-config mapping (optics as a nested mapping): unknown keys, wrong types
-        and out-of-range values are a ConfigError naming the key (edge.config.parse_section)."""
-        from edge.config import parse_section
-        return parse_section(data, cls, where)
 
 
 @dataclass

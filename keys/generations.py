@@ -33,7 +33,8 @@ def _canary(model: bytes, keyset, count: int, dataset: str | None) -> str:
     """Keyed canary frames and the classes the clear model gives them (.npz, base64)."""
     from deploy.canary import make_canary
     from deploy.health import save_canary
-    frames, expected = make_canary(model, keyset, count, dataset=dataset)
+    from tools.datasets import plain_frames
+    frames, expected = make_canary(model, keyset, plain_frames, count, dataset=dataset)
     return b64e(save_canary(frames, expected))
 
 

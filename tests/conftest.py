@@ -124,9 +124,9 @@ def faceplate(hil_env, faceplate_port):
 @pytest.fixture
 def camera(hil_env):
     """An open camera: the real one from the environment, else a ReplayCamera on the shipped samples."""
-    from hardware.camera import ReplayCamera, make_camera
+    from hardware.camera import CAMERAS, ReplayCamera
 
-    cam = make_camera(dict(hil_env["camera"])) if hil_env and hil_env.get("camera") else ReplayCamera("samples")
+    cam = CAMERAS.create(hil_env["camera"], "camera") if hil_env and hil_env.get("camera") else ReplayCamera("samples")
     with cam:
         yield cam
 

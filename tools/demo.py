@@ -15,8 +15,8 @@ import time
 import click
 import numpy as np
 
-from edge.datasets import load_samples
 from edge.runtime import TFLiteModel
+from hardware.camera.samples import load_samples
 from hardware.preadc import PreADCStage, SensorModel
 from tools.bench.keyed import shipped_model
 from tools.keying.profiles import DEFAULT_PROFILE

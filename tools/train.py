@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.datasets import load_dataset
+from tools.datasets import load_dataset
 
 
 def lenet(in_channels: int = 1, classes: int = 10, size: int = 28):

@@ -28,7 +28,7 @@ def train(dataset: str, out_path: str, epochs: int, limit: int | None, seed: int
         import torch  # noqa: F401
     except ImportError as exc:
         raise KeycamError("keycam train needs PyTorch: pip install -e '.[train]'") from exc
-    from edge.datasets import labels_for
+    from edge.labels import labels_for
     from tools.train import export_onnx, train_lenet
     start = time.perf_counter()
     model, acc = train_lenet(dataset, epochs=epochs, limit=limit, seed=seed, data_dir=data_dir, threads=threads)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.datasets import labels_for, load_dataset
+from edge.labels import labels_for
+from tools.datasets import load_dataset
 
 
 def fashion32(split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,21 @@
-"""Record sinks: stdout, serial, MQTT, and a counting discard sink for benchmarks."""
+"""Record sinks: stdout, serial, MQTT, and a counting discard sink for benchmarks, each with its
+config class, built from a device config's `sinks:` entries through one registry."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from base.schema import Registry, Section
 from edge.sinks.base import Sink, SinkError
+from edge.sinks.mqtt import MqttSink, MqttSinkConfig
+from edge.sinks.serial import SerialSink, SerialSinkConfig
+from edge.sinks.stdout import StdoutSink, StdoutSinkConfig
+
+
+@dataclass(frozen=True)
+class DiscardSinkConfig(Section):
+    """`{type: discard}`: no options."""
+
+    type: str
 
 
 class DiscardSink(Sink):
@@ -13,22 +27,18 @@ class DiscardSink(Sink):
         self._count(sent=1)
 
 
-def make_sink(spec: dict) -> Sink:
-    """Build one sink from a validated config entry ({'type': 'stdout'|'serial'|'mqtt'|'discard', ...})."""
-    options = {k: v for k, v in spec.items() if k != "type"}
-    kind = spec["type"]
-    if kind == "stdout":
-        from edge.sinks.stdout import StdoutSink
-        return StdoutSink()
-    if kind == "serial":
-        from edge.sinks.serial import SerialSink
-        return SerialSink(**options)
-    if kind == "mqtt":
-        from edge.sinks.mqtt import MqttSink
-        return MqttSink(**options)
-    if kind == "discard":
-        return DiscardSink()
-    raise SinkError(f"unknown sink type {kind!r}")
+SINKS: Registry[Sink] = Registry("sink")
+SINKS.register("stdout", StdoutSinkConfig, StdoutSink.from_config)
+SINKS.register("serial", SerialSinkConfig, SerialSink.from_config)
+SINKS.register("mqtt", MqttSinkConfig, MqttSink.from_config)
+SINKS.register("discard", DiscardSinkConfig, lambda cfg: DiscardSink())
+SinkConfig = StdoutSinkConfig | SerialSinkConfig | MqttSinkConfig | DiscardSinkConfig
 
 
-__all__ = ["DiscardSink", "Sink", "SinkError", "make_sink"]
+def make_sink(config: SinkConfig) -> Sink:
+    """Build the sink a validated `sinks:` entry describes (see SINKS.parse)."""
+    return SINKS.build(config)
+
+
+__all__ = ["SINKS", "DiscardSink", "DiscardSinkConfig", "MqttSinkConfig", "SerialSinkConfig", "Sink", "SinkConfig",
+           "SinkError", "StdoutSinkConfig", "make_sink"]

@@ -8,11 +8,33 @@ not queued and is counted in `lost`, never dropped silently.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 
+from base.schema import POSITIVE, FilePath, Rule, Section, between, setting
 from edge.sinks.base import Sink, SinkError
+
+
+@dataclass(frozen=True, kw_only=True)
+class MqttSinkConfig(Section):
+    """`{type: mqtt, topic: ...}`: QoS 1 records to a broker, buffered while it is away."""
+
+    type: str
+    topic: str = setting(rule=Rule(lambda v: v and not set(v) & set("#+\0"),
+                                   "must be a non-empty topic without wildcards"))
+    host: str = "127.0.0.1"
+    port: int = setting(1883, rule=between(1, 65535))
+    client_id: str | None = None
+    buffer: int = setting(1000, rule=between(1, 1_000_000))   # records kept while the broker is away; beyond: lost
+    keepalive: int = setting(30, rule=between(5, 3600))
+    reconnect_min_s: int = setting(1, rule=POSITIVE)
+    reconnect_max_s: int = setting(30, rule=POSITIVE)
+    username: str | None = None
+    password: str | None = None
+    tls_ca: FilePath | None = None
 
 
 class MqttSink(Sink):
@@ -51,6 +73,11 @@ class MqttSink(Sink):
         except (OSError, ValueError) as exc:
             raise SinkError(f"mqtt sink: bad broker address {host}:{port}: {exc}") from exc
         self.client.loop_start()
+
+    @classmethod
+    def from_config(cls, cfg: MqttSinkConfig) -> MqttSink:
+        """The sink a validated mqtt sink entry describes."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "type"})
 
     # paho callbacks (run in paho's network thread)
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:

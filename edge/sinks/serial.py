@@ -2,8 +2,20 @@
 from __future__ import annotations
 
 import termios
+from dataclasses import dataclass
 
+from base.schema import POSITIVE, Section, setting
 from edge.sinks.base import Sink, SinkError
+
+
+@dataclass(frozen=True, kw_only=True)
+class SerialSinkConfig(Section):
+    """`{type: serial, port: ...}`: JSON lines over a UART."""
+
+    type: str
+    port: str
+    baudrate: int = setting(115200, rule=POSITIVE)
+    write_timeout: float = setting(1.0, rule=POSITIVE)
 
 
 class SerialSink(Sink):
@@ -19,6 +31,11 @@ class SerialSink(Sink):
         except (serial.SerialException, ValueError) as exc:
             raise SinkError(f"serial sink: cannot open {port!r}: {exc}") from exc
         self._serial_error = serial.SerialException
+
+    @classmethod
+    def from_config(cls, cfg: SerialSinkConfig) -> SerialSink:
+        """The sink a validated serial sink entry describes."""
+        return cls(cfg.port, baudrate=cfg.baudrate, write_timeout=cfg.write_timeout)
 
     def _send(self, payload: bytes) -> None:
         try:

@@ -3,9 +3,18 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from typing import BinaryIO
 
+from base.schema import Section
 from edge.sinks.base import Sink, SinkError
+
+
+@dataclass(frozen=True)
+class StdoutSinkConfig(Section):
+    """`{type: stdout}`: no options."""
+
+    type: str
 
 
 class StdoutSink(Sink):
@@ -20,6 +29,11 @@ class StdoutSink(Sink):
     def __init__(self, stream: BinaryIO | None = None):
         super().__init__()
         self.stream = stream if stream is not None else sys.stdout.buffer
+
+    @classmethod
+    def from_config(cls, cfg: StdoutSinkConfig) -> StdoutSink:
+        """A sink writing to this process's stdout."""
+        return cls()
 
     def _send(self, payload: bytes) -> None:
         try:

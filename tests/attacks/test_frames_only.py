@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.datasets import load_dataset
 from tools.attacks.frames_only import FAST_STARTS, Starts, attack_frames, correlation, run_frames_only, spectral_match
 from tools.attacks.metrics import similarity
 from tools.attacks.target import AttackError
+from tools.datasets import load_dataset
 from tools.keying.provision import adc8
 
 SHAPE = (14, 14)

@@ -21,7 +21,7 @@ def test_torch_ssim_matches_numpy_ssim():
 
 
 def test_penalty_makes_frames_less_intelligible():
-    from edge.datasets import load_dataset
+    from tools.datasets import load_dataset
     torch.set_num_threads(1)
     images, labels = load_dataset("mnist", "train", limit=400)
     x = torch.tensor(images[:300, None] / 255.0, dtype=torch.float32)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edge.datasets import load_samples
 from edge.runtime import TFLiteModel
+from hardware.camera.samples import load_samples
 from keycam.cli import cli
 from tools.bench.keyed import shipped_model
 from tools.keying.provision import build_keyed_model

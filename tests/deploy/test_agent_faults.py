@@ -218,7 +218,8 @@ def test_canary_frames_are_keyed(bundles, fleet_vault, template_root):
     with tarfile.open(bundles["1.0.0"]) as tar:
         blob = tar.extractfile("canary.npz").read()
     frames, _ = load_canary(unseal(DeviceRoot(template_root).device_key(), blob, CANARY_CONTEXT))
-    from deploy.canary import key_frames, plain_frames
+    from deploy.canary import key_frames
+    from tools.datasets import plain_frames
     plain, _ = plain_frames(fleet_vault.dataset, 32)
     gen = fleet_vault.vault.generation("cam-01")
     sensor = KeySet.from_bytes(b64d(gen["keyset"], "keyset")).sensor

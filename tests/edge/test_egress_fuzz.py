@@ -9,8 +9,8 @@ from edge_testkit import LABELS, guard, top_k_record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.datasets import load_samples
 from edge.egress import EgressRefused
+from hardware.camera.samples import load_samples
 from keys.drbg import Drbg
 from keys.generate import KeyConfig, sensor_key
 

@@ -65,7 +65,8 @@ def _run(config, collect, frames: int) -> list[dict]:
 
 @pytest.mark.timeout(90)
 def test_stage_runs_before_the_model_and_keeps_its_predictions(tmp_path, staged, collect):
-    from edge.datasets import labels_for, load_samples
+    from edge.labels import labels_for
+    from hardware.camera.samples import load_samples
 
     device, a_path, stage_path, _, _ = staged
     plain = _run(write_config(tmp_path, device), collect, 200)

@@ -12,9 +12,9 @@ import pytest
 from edge_testkit import SIM_DIR, Running, wait_until, write_config
 
 from edge.config import load_config
-from edge.datasets import load_samples
 from edge.runtime import TFLiteModel
 from edge.service import Service
+from hardware.camera.samples import load_samples
 from keys.drbg import Drbg
 from keys.generate import KeyConfig, sensor_key
 
@@ -27,7 +27,7 @@ def _accuracy(predictions: list[dict]) -> float:
 
 
 def _label_names() -> tuple:
-    from edge.datasets import labels_for
+    from edge.labels import labels_for
     return labels_for("fashion")
 
 
@@ -175,9 +175,10 @@ def test_output_encryption_only_encrypted_logits_leave_and_the_key_holder_decode
 
 def test_startup_errors_are_clear_and_leave_nothing_running(tmp_path, device_dir):
     from base.errors import ModelError
+    from hardware.camera import Picamera2Config
     from hardware.errors import CameraError
     no_camera = dataclasses.replace(load_config(write_config(tmp_path, device_dir)),
-                                    camera={"type": "picamera2", "size": [28, 28]})
+                                    camera=Picamera2Config(type="picamera2", size=[28, 28]))
     with pytest.raises(CameraError, match="picamera2"):      # no Raspberry Pi camera on this machine
         Service(no_camera, max_frames=1).run()
     bad_model = load_config(write_config(tmp_path, device_dir, model={"path": str(device_dir / "sensor.key")}))

@@ -6,10 +6,12 @@ import signal
 
 import numpy as np
 import pytest
+import yaml
 from edge_testkit import TOPIC, Running, Subscriber, wait_until, write_config
 
-from edge.datasets import labels_for, load_samples
 from edge.keystage import load_sensor_key
+from edge.labels import labels_for
+from hardware.camera.samples import load_samples
 
 
 @pytest.mark.timeout(120)
@@ -50,9 +52,11 @@ def test_faceplate_device_predicts_while_engaged_and_fails_closed_when_the_actua
         with SerialFaceplate(emu.port) as actuator:
             actuator.home()
             actuator.engage()
-        cfg = write_config(tmp_path, device_dir, camera={"source": str(frames)},
-                           key_stage={"type": "faceplate", "sensor_key": None, "port": emu.port,
-                                      "expected_id": "FP-0001"})
+        cfg = write_config(tmp_path, device_dir, camera={"source": str(frames)})
+        doc = yaml.safe_load(cfg.read_text())              # the simulated stage's keys do not apply
+        timing = {k: v for k, v in doc["key_stage"].items() if k.endswith("_s")}
+        doc["key_stage"] = {"type": "faceplate", "port": emu.port, "expected_id": "FP-0001", **timing}
+        cfg.write_text(yaml.safe_dump(doc))
         run = Running(cfg)
         assert wait_until(lambda: len(collect.of("prediction")) >= 300, 30)
         emu.stop()                                          # the actuator disappears

@@ -10,8 +10,9 @@ import tty
 import pytest
 from edge_testkit import guard, top_k_record
 
+from base.errors import ConfigError
 from edge.egress import EgressRefused
-from edge.sinks import DiscardSink, SinkError, make_sink
+from edge.sinks import SINKS, DiscardSink, SinkError, StdoutSinkConfig, make_sink
 from edge.sinks.serial import SerialSink
 from edge.sinks.stdout import StdoutSink
 
@@ -80,11 +81,13 @@ def test_serial_sink_bad_port_is_a_clear_error(tmp_path):
         SerialSink(str(tmp_path / "no-such-tty"))
 
 
-def test_make_sink():
-    assert isinstance(make_sink({"type": "discard"}), DiscardSink)
-    assert isinstance(make_sink({"type": "stdout"}), StdoutSink)
-    with pytest.raises(SinkError, match="unknown sink type"):
-        make_sink({"type": "carrier-pigeon"})
+def test_sink_registry():
+    assert isinstance(SINKS.create({"type": "discard"}, "sinks[0]"), DiscardSink)
+    assert isinstance(make_sink(StdoutSinkConfig(type="stdout")), StdoutSink)
+    with pytest.raises(ConfigError, match=r"sinks\[0\].type: unknown sink type 'carrier-pigeon'"):
+        SINKS.create({"type": "carrier-pigeon"}, "sinks[0]")
+    with pytest.raises(ConfigError, match="not a sink config"):
+        make_sink({"type": "stdout"})                            # an unvalidated mapping is refused
 
 
 def test_serial_sink_counts_writes_to_a_gone_port_and_warns_once(caplog):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from base.errors import ConfigError
-from edge.datasets import load_samples
-from hardware.camera import Picamera2Camera, ReplayCamera, ReplayFaults, box_downsample, make_camera
+from hardware.camera import CAMERAS, Picamera2Camera, ReplayCamera, ReplayFaults, box_downsample
+from hardware.camera.samples import load_samples
 from hardware.errors import CameraDisconnected, CameraEndOfStream, CameraError, CameraFrameError, CameraTimeout
 
 pytestmark = pytest.mark.timeout(30)
@@ -135,17 +135,27 @@ def test_npz_without_images_and_empty_folder(tmp_path):
         ReplayCamera(tmp_path)
 
 
-def test_make_camera_validates_the_config():
-    cam = make_camera({"type": "replay", "source": "samples", "fps": 30, "limit": 10,
-                       "faults": {"stall_after": 5}})
+def test_camera_registry_validates_the_config(tmp_path):
+    cam = CAMERAS.create({"type": "replay", "source": "samples", "fps": 30, "limit": 10,
+                          "faults": {"stall_after": 5}}, "camera")
     assert isinstance(cam, ReplayCamera) and cam.fps == 30 and len(cam.images) == 10
-    assert isinstance(make_camera({"type": "picamera2", "size": [32, 24]}), Picamera2Camera)
-    for bad, match in (({"type": "webcam"}, "unknown"), ({"type": "replay"}, "source"),
-                       ({"source": "samples", "colour": 1}, "unknown key colour"),
-                       ({"source": "samples", "faults": {"stall_after": -1}}, "non-negative"),
-                       ({"type": "picamera2", "size": "big"}, "size"), ("samples", "mapping")):
+    assert isinstance(CAMERAS.create({"type": "picamera2", "size": [32, 24]}, "camera"), Picamera2Camera)
+    for bad, match in (({"type": "webcam"}, "camera.type: unknown camera type 'webcam'"),
+                       ({"type": "replay"}, "camera.source: required key is missing"),
+                       ({"source": "samples"}, "camera.type: required key is missing"),
+                       ({"type": "replay", "source": "samples", "colour": 1}, "camera: unknown key colour"),
+                       ({"type": "replay", "source": "samples", "faults": {"stall_after": -1}},
+                        r"camera.faults.stall_after: must be >= 0"),
+                       ({"type": "picamera2", "size": "big"}, "camera.size: expected a list"),
+                       ({"type": "picamera2", "size": [28]}, r"camera.size: must be \[width, height\]"),
+                       ({"type": "picamera2", "size": [28, 0]}, r"camera.size: must be \[width, height\] >= 1"),
+                       ({"type": "picamera2", "buffer_count": 99}, "camera.buffer_count: must be 1..32"),
+                       ({"type": "picamera2", "analog_gain": 0}, "camera.analog_gain: must be > 0"),
+                       ("samples", "camera: expected a mapping")):
         with pytest.raises(ConfigError, match=match):
-            make_camera(bad)
+            CAMERAS.create(bad, "camera")
+    rel = CAMERAS.parse({"type": "replay", "source": "frames"}, "camera", base=tmp_path)
+    assert rel.source == str(tmp_path / "frames")               # resolved against the config's folder
 
 
 def test_picamera2_off_pi_fails_with_an_actionable_error(monkeypatch):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from base.errors import ConfigError
-from edge.datasets import load_samples
+from base.schema import parse_section
+from hardware.camera.samples import load_samples
 from hardware.preadc import FiberOptics, KeyStageError, PreADCStage, SensorModel, adc, dequantize
 from keys.drbg import Drbg
 from keys.generate import KeyConfig, sensor_key
@@ -119,13 +120,21 @@ def test_missing_key_fails_closed(frame):
         PreADCStage(None, SensorModel())(frame)
 
 
-def test_sensor_model_validation_and_from_dict():
-    model = SensorModel.from_dict({"read_noise": 0.01, "bits": 10, "optics": {"crosstalk": 0.02}})
+def test_sensor_model_validation_and_parsing():
+    model = parse_section({"read_noise": 0.01, "bits": 10, "optics": {"crosstalk": 0.02}}, SensorModel, "sensor")
     assert model.bits == 10 and model.optics == FiberOptics(crosstalk=0.02)
-    for bad in ({"read_noise": -1}, {"bits": 0}, {"bits": 17}, {"full_well": 0}, {"dark_offset": 1.0},
-                {"adc_gain": 0}, {"colour": True}, {"optics": {"crosstalk": 0.5}}, {"optics": {"zoom": 2}}):
-        with pytest.raises(ConfigError):
-            SensorModel.from_dict(bad)
+    for bad, match in (({"read_noise": -1}, "sensor.read_noise: must be >= 0"), ({"bits": 0}, "sensor.bits"),
+                       ({"bits": 17}, "sensor.bits"), ({"full_well": 0}, "sensor.full_well"),
+                       ({"dark_offset": 1.0}, "sensor.dark_offset"), ({"adc_gain": 0}, "sensor.adc_gain"),
+                       ({"colour": True}, "sensor: unknown key colour"),
+                       ({"optics": {"crosstalk": 0.5}}, "sensor.optics.crosstalk"),
+                       ({"optics": {"zoom": 2}}, "sensor.optics: unknown key zoom")):
+        with pytest.raises(ConfigError, match=match):
+            parse_section(bad, SensorModel, "sensor")
+    with pytest.raises(ConfigError, match="bits: must be an integer in 1..16"):   # direct construction too
+        SensorModel(bits=0)
+    with pytest.raises(ConfigError, match="transmission: must be in"):
+        FiberOptics(transmission=0)
 
 
 def test_fiber_optics_conserves_light_and_degrades_gracefully(frame):

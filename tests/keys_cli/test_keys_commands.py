@@ -10,12 +10,13 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from edge.datasets import load_dataset, load_samples
 from edge.runtime import TFLiteModel
+from hardware.camera.samples import load_samples
 from keys.cli import keys
 from keys.keyset import KeySet
 from keys.sealing import ROLE_MODEL, ROLE_SENSOR_KEY, context_for, is_sealed, unseal
 from keys.vault import Vault, b64d
+from tools.datasets import load_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 PASS = "keys-cli-test-pass"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.datasets import load_dataset
+from tools.datasets import load_dataset
 
 pytestmark = pytest.mark.torch
 

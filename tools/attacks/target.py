@@ -8,9 +8,9 @@ from functools import lru_cache
 import numpy as np
 
 from base.errors import KeycamError
-from edge.datasets import load_dataset
 from keys.keyset import KeySet
 from tools.bench.keyed import SHIPPED_MODELS, shipped_model
+from tools.datasets import load_dataset
 from tools.ir import Network, forward
 from tools.keying.keyed import derive_keyset, key_network
 from tools.keying.provision import adc8, build_keyed_model

@@ -9,10 +9,10 @@ import numpy as np
 
 from base.cli import json_option
 from base.errors import ConfigError
-from edge.datasets import load_dataset
 from edge.runtime import TFLiteModel
 from keys.keyset import KeySet
 from tools.bench.common import LATENCY_FRAMES, Progress, latency_ms, predict_labels, print_table, write_json
+from tools.datasets import load_dataset
 from tools.ir import forward
 from tools.keying.keyed import derive_keyset
 from tools.keying.profiles import DEFAULT_PROFILE, Profile, get_profile

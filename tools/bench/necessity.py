@@ -16,9 +16,9 @@ import click
 import numpy as np
 
 from base.cli import json_option
-from edge.datasets import load_dataset
 from tools.bench.common import Progress, print_table, write_json
 from tools.bench.keyed import SHIPPED_MODELS
+from tools.datasets import load_dataset
 
 DEFAULT_WEIGHTS = (0.0, 1.0, 4.0)
 

@@ -61,8 +61,8 @@ class RssSampler:
 
 def bench_config(cfg, camera_fps: float | None, sink: str):
     """The device config as benchmarked: no metrics server, stats, hot-swap polling; discard sink."""
-    from edge.config import DiscardSinkConfig
-    camera = {**cfg.camera, "fps": camera_fps}
+    from edge.sinks import DiscardSinkConfig
+    camera = dataclasses.replace(cfg.camera, fps=camera_fps)
     pipeline = dataclasses.replace(cfg.pipeline, drop_when_full=camera_fps is not None, stats_interval_s=0.0)
     return dataclasses.replace(
         cfg, camera=camera, pipeline=pipeline, metrics=dataclasses.replace(cfg.metrics, enabled=False),
@@ -91,8 +91,8 @@ def pipeline(config_path: str, frames: int, camera_fps: float | None, sink: str,
     from edge.service import Service
 
     cfg = load_config(config_path)
-    if cfg.camera.get("type") != "replay":
-        raise ConfigError(f"{config_path}: bench pipeline needs a replay camera, not {cfg.camera.get('type')!r}")
+    if cfg.camera.type != "replay":
+        raise ConfigError(f"{config_path}: bench pipeline needs a replay camera, not {cfg.camera.type!r}")
     service = Service(bench_config(cfg, camera_fps, sink), max_frames=frames, latency_window=frames)
     show = Progress("pipeline", str(config_path))
     show.step(f"running {frames} frames "

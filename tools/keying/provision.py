@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from base.errors import ConfigError, KeycamError
-from edge.datasets import load_dataset, load_samples
+from hardware.camera.samples import load_samples
 from hardware.preadc import adc
 from keys.keyset import KeySet
+from tools.datasets import load_dataset
 from tools.ir import Network
 from tools.keying.keyed import derive_keyset, key_network, model_id_of, verify_keyed
 from tools.keying.profiles import DEFAULT_PROFILE, Profile, get_profile
