@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from base.errors import KeycamError
-from hardware.errors import KeyStageClosed, KeyStageError
+from hardware.errors import FaceplateError, KeyStageClosed, KeyStageError
+from hardware.faceplate_state import WRONG_ID
 from hardware.preadc import PreADCStage, SensorModel, adc, dequantize
 
 
@@ -145,20 +146,15 @@ class FaceplateKeyStage(KeyStage):
         return health
 
     def _check(self) -> Health:
-        from hardware.errors import FaceplateError
         try:
             state = self.actuator().status()
         except FaceplateError as exc:
             self.close()
             return Health(False, "faceplate_unreachable", str(exc))
-        if state.get("error") or state.get("moving"):
-            return Health(False, "faceplate_not_engaged",
-                          f"actuator {'moving' if state.get('moving') else 'fault ' + str(state.get('error'))}")
-        if state.get("faceplate_id") != self.expected_id:
-            return Health(False, "faceplate_wrong_id",
-                          f"faceplate {state.get('faceplate_id') or 'none'} fitted, expected {self.expected_id}")
-        if not state.get("engaged"):
-            return Health(False, "faceplate_not_engaged", f"faceplate {self.expected_id} is not engaged")
+        problems = state.problems(self.expected_id)
+        if problems:
+            reason = "faceplate_wrong_id" if problems[0].kind == WRONG_ID else "faceplate_not_engaged"
+            return Health(False, reason, "; ".join(p.message for p in problems))
         return HEALTHY
 
     def __call__(self, image: np.ndarray) -> np.ndarray:

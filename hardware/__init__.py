@@ -2,7 +2,8 @@
 
 camera.py            Camera interface, ReplayCamera, Picamera2Camera (raw, linear), make_camera
 faceplate.py         SerialFaceplate: host driver of the faceplate actuator (PROTOCOL.md)
-protocol.py          the actuator's line protocol (framing, CRC-16, error codes)
+protocol.py          the actuator's line protocol (framing, CRC-16, commands, error codes, EMPTY_SLOT)
+faceplate_state.py   FaceplateStatus / FaceplateIdentity records and the one faceplate check, problems()
 faceplate_firmware.py / faceplate_emulator.py   the actuator firmware and its pty emulator with faults
 preadc.py, optics.py simulated pre-ADC stage: fiber optics, sensor key A0, noise, ADC
 cli.py               `keycam hw`

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
 import click
 
@@ -83,10 +84,14 @@ def faceplate(ctx: click.Context, port: str, baudrate: int, timeout: float, retr
 
 
 def _run_action(ctx: click.Context, json_dest: str | None, action) -> None:
+    """Run `action(faceplate)` and print the record(s) it returns, merged into one mapping."""
     from hardware.faceplate import SerialFaceplate
 
     with SerialFaceplate(**ctx.obj) as fp:
-        result = action(fp)
+        records = action(fp)
+    result = {}
+    for record in records if isinstance(records, tuple) else (records,):
+        result.update(asdict(record))
     emit_result(json_dest, result, "\n".join(f"{key:13s} {value}" for key, value in result.items()))
 
 
@@ -100,7 +105,7 @@ def status(ctx: click.Context, json_dest: str | None) -> None:
     Example:
       keycam hw faceplate --port /dev/ttyUSB0 status --json
     """
-    _run_action(ctx, json_dest, lambda fp: {**fp.identify(), **fp.status()})
+    _run_action(ctx, json_dest, lambda fp: (fp.identify(), fp.status()))
 
 
 @faceplate.command()
