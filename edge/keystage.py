@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from base.errors import KeycamError
+from hardware.digitise import model_input
 from hardware.errors import FaceplateError, KeyStageClosed, KeyStageError
 from hardware.faceplate_state import WRONG_ID
-from hardware.preadc import PreADCStage, SensorModel, adc, dequantize
+from hardware.preadc import PreADCStage, SensorModel, adc
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,6 @@ class Health:
 
 
 HEALTHY = Health(True)
-
-
-def _as_model_input(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Full-range 8-bit codes go to the model as they are; any other depth is rescaled to float [0, 1]."""
-    return codes if bits == 8 else dequantize(codes, bits)
 
 
 class KeyStage(ABC):
@@ -120,7 +116,7 @@ class SimulatedKeyStage(KeyStage):
         stage = self._stage
         if stage is None:
             raise KeyStageClosed("sensor key not loaded or not matching the model: refusing to digitise")
-        return _as_model_input(stage(image), self.sensor_model.bits)
+        return model_input(stage(image), self.sensor_model.bits)
 
 
 class FaceplateKeyStage(KeyStage):
@@ -160,7 +156,7 @@ class FaceplateKeyStage(KeyStage):
     def __call__(self, image: np.ndarray) -> np.ndarray:
         if not self._healthy:
             raise KeyStageError("faceplate not verified engaged: refusing to digitise")
-        return _as_model_input(adc(image, self.bits), self.bits)
+        return model_input(adc(image, self.bits), self.bits)
 
     def close(self) -> None:
         self._healthy = False
