@@ -17,7 +17,7 @@ FEMALE, MALE, NEUTRAL = 0, 1, 2
 
 
 def default_faces_dir() -> Path:
-    """$KEYCAM_FACES_DIR, else ../shared/data/faces beside the repository root."""
+    """$KEYCAM_FACES_DIR, else the research data folder beside the repository (README, Data)."""
     env = os.environ.get(FACES_ENV)
     if env:
         return Path(env)
