@@ -8,6 +8,7 @@ import click
 
 from base.cli import KeycamGroup, emit_result, json_option
 from base.errors import ConfigError
+from hardware.protocol import EMPTY_SLOT
 
 
 @click.group(cls=KeycamGroup)
@@ -16,8 +17,8 @@ def hw() -> None:
 
 
 @hw.command("emulate-faceplate")
-@click.option("--faceplates", default="FP-0001,FP-0002,FP-0003,-", show_default=True,
-              help="Comma-separated faceplate id per turret slot; '-' marks an empty slot.")
+@click.option("--faceplates", default=f"FP-0001,FP-0002,FP-0003,{EMPTY_SLOT}", show_default=True,
+              help=f"Comma-separated faceplate id per turret slot; '{EMPTY_SLOT}' marks an empty slot.")
 @click.option("--unit", default="ACT-EMU-01", show_default=True, help="Actuator unit id.")
 @click.option("--firmware", default="1.2.0", show_default=True, help="Reported firmware version.")
 @click.option("--start-slot", type=int, default=None, help="Physical slot at power-up [default: the last].")

@@ -23,8 +23,7 @@ from hardware.errors import (
 from hardware.faceplate_state import FaceplateIdentity, FaceplateStatus
 from hardware.protocol import ERROR_CODES, MAX_LINE, RETRYABLE_ERRORS, FrameError, Reply, decode_reply, encode_request
 
-__all__ = ["SerialFaceplate", "FaceplateError", "FaceplateTimeout", "FaceplateProtocolError",
-           "FaceplateCommandError", "FaceplateMotorError", "FaceplateDisconnected", "FaceplateMismatch"]
+__all__ = ["SerialFaceplate"]
 
 
 def _serial():
