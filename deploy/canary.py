@@ -15,20 +15,14 @@ import numpy as np
 
 from base.errors import ConfigError
 from edge.runtime import TFLiteModel
+from hardware.digitise import key_and_digitise
 
 CANDIDATE_FACTOR = 4
 
 
-def adc(values: np.ndarray) -> np.ndarray:
-    """The 8-bit ADC: intensities in [0, 1] to counts 0..255."""
-    return np.clip(np.rint(np.asarray(values) * 255.0), 0, 255).astype(np.uint8)
-
-
 def key_frames(sensor_key, frames: np.ndarray) -> np.ndarray:
-    """uint8 plain frames (N, H, W) -> uint8 keyed frames: ADC(A0 x) per flattened frame."""
-    frames = np.asarray(frames)
-    flat = frames.reshape(len(frames), -1).astype(np.float64) / 255.0
-    return adc(sensor_key.apply(flat)).reshape(frames.shape)
+    """uint8 plain frames (N, H, W[, C]) -> uint8 keyed frames as the device's 8-bit sensor delivers them."""
+    return key_and_digitise(sensor_key, np.asarray(frames).astype(np.float64) / 255.0)
 
 
 def make_canary(model_bytes: bytes, keyset, plain_frames: Callable[[str | None, int], tuple[np.ndarray, np.ndarray]],
@@ -42,7 +36,7 @@ def make_canary(model_bytes: bytes, keyset, plain_frames: Callable[[str | None, 
         raise ConfigError("canary count must be at least 1")
     model = TFLiteModel(model_bytes)
     frames, labels = plain_frames(dataset or model.metadata.get("dataset"), count * CANDIDATE_FACTOR)
-    keyed = key_frames(keyset.sensor, frames).reshape((len(frames),) + tuple(frames.shape[1:]))
+    keyed = key_frames(keyset.sensor, frames)
     outputs = model.predict(keyed)
     raw = np.argmax(outputs, axis=1)
     decoded = np.argmax(keyset.output.apply_inverse(outputs), axis=1) if keyset.output is not None else raw

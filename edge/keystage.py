@@ -21,8 +21,10 @@ import numpy as np
 
 from base.errors import KeycamError
 from base.schema import POSITIVE, FieldError, FilePath, Registry, Section, setting
-from hardware.errors import KeyStageClosed, KeyStageError
-from hardware.preadc import PreADCStage, SensorModel, adc, dequantize
+from hardware.digitise import model_input
+from hardware.errors import FaceplateError, KeyStageClosed, KeyStageError
+from hardware.faceplate_state import WRONG_ID
+from hardware.preadc import PreADCStage, SensorModel, adc
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,11 +79,6 @@ class Health:
 
 
 HEALTHY = Health(True)
-
-
-def _as_model_input(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Full-range 8-bit codes go to the model as they are; any other depth is rescaled to float [0, 1]."""
-    return codes if bits == 8 else dequantize(codes, bits)
 
 
 class KeyStage(ABC):
@@ -169,7 +166,7 @@ class SimulatedKeyStage(KeyStage):
         stage = self._stage
         if stage is None:
             raise KeyStageClosed("sensor key not loaded or not matching the model: refusing to digitise")
-        return _as_model_input(stage(image), self.sensor_model.bits)
+        return model_input(stage(image), self.sensor_model.bits)
 
 
 class FaceplateKeyStage(KeyStage):
@@ -201,26 +198,21 @@ class FaceplateKeyStage(KeyStage):
         return health
 
     def _check(self) -> Health:
-        from hardware.errors import FaceplateError
         try:
             state = self.actuator().status()
         except FaceplateError as exc:
             self.close()
             return Health(False, "faceplate_unreachable", str(exc))
-        if state.get("error") or state.get("moving"):
-            return Health(False, "faceplate_not_engaged",
-                          f"actuator {'moving' if state.get('moving') else 'fault ' + str(state.get('error'))}")
-        if state.get("faceplate_id") != self.expected_id:
-            return Health(False, "faceplate_wrong_id",
-                          f"faceplate {state.get('faceplate_id') or 'none'} fitted, expected {self.expected_id}")
-        if not state.get("engaged"):
-            return Health(False, "faceplate_not_engaged", f"faceplate {self.expected_id} is not engaged")
+        problems = state.problems(self.expected_id)
+        if problems:
+            reason = "faceplate_wrong_id" if problems[0].kind == WRONG_ID else "faceplate_not_engaged"
+            return Health(False, reason, "; ".join(p.message for p in problems))
         return HEALTHY
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         if not self._healthy:
             raise KeyStageError("faceplate not verified engaged: refusing to digitise")
-        return _as_model_input(adc(image, self.bits), self.bits)
+        return model_input(adc(image, self.bits), self.bits)
 
     def close(self) -> None:
         self._healthy = False

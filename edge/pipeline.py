@@ -28,6 +28,7 @@ from edge.metrics import Metrics
 from edge.runtime import TFLiteModel
 from edge.sinks.base import Sink, SinkError
 from hardware.errors import KeyStageClosed
+from hardware.preadc import quantise
 
 log = logging.getLogger("keycam.pipeline")
 _END = object()   # sentinel that drains the stages in order
@@ -62,8 +63,7 @@ class PreprocessStage:
 
     def __call__(self, keyed: np.ndarray) -> np.ndarray:
         """One keyed frame in; the stage's output as uint8 codes (its outputs are in [0, 1])."""
-        out = self.model.invoke(keyed)
-        return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+        return quantise(self.model.invoke(keyed))
 
 
 @dataclass

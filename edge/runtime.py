@@ -1,4 +1,4 @@
-"""Thin wrapper around the TFLite interpreter (ai_edge_litert, falling back to tflite_runtime).
+"""Thin wrapper around the TFLite interpreter (ai_edge_litert, the device extra's runtime).
 
 `TFLiteModel` takes uint8 ADC frames (or float frames in [0, 1]) and returns float outputs: it owns
 the conversion into the model's input type and out of its output quantisation, so every caller
@@ -16,18 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from base.errors import ModelError
 
-try:  # LiteRT is the maintained runtime; tflite_runtime 2.14 is the last of its line.
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-    RUNTIME_NAME = "ai_edge_litert"
-except ImportError:  # pragma: no cover - exercised only where LiteRT has no wheel
-    try:
-        from tflite_runtime.interpreter import Interpreter, OpResolverType
-        RUNTIME_NAME = "tflite_runtime"
-    except ImportError as exc:
-        raise ImportError("no TFLite interpreter: pip install ai-edge-litert (or tflite-runtime)") from exc
+RUNTIME_NAME = "ai_edge_litert"   # the one runtime (model metadata is read with its flatbuffer schema too)
 
 METADATA_NAME = "keycam"
 # printed by the C++ runtime straight to file descriptor 2 for every interpreter; no setting turns it off

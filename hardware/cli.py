@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import click
 
 from base.cli import KeycamGroup, emit_result, json_option
 from base.errors import ConfigError
+from hardware.protocol import EMPTY_SLOT
 
 
 @click.group(cls=KeycamGroup)
@@ -16,8 +18,8 @@ def hw() -> None:
 
 
 @hw.command("emulate-faceplate")
-@click.option("--faceplates", default="FP-0001,FP-0002,FP-0003,-", show_default=True,
-              help="Comma-separated faceplate id per turret slot; '-' marks an empty slot.")
+@click.option("--faceplates", default=f"FP-0001,FP-0002,FP-0003,{EMPTY_SLOT}", show_default=True,
+              help=f"Comma-separated faceplate id per turret slot; '{EMPTY_SLOT}' marks an empty slot.")
 @click.option("--unit", default="ACT-EMU-01", show_default=True, help="Actuator unit id.")
 @click.option("--firmware", default="1.2.0", show_default=True, help="Reported firmware version.")
 @click.option("--start-slot", type=int, default=None, help="Physical slot at power-up [default: the last].")
@@ -84,10 +86,14 @@ def faceplate(ctx: click.Context, port: str, baudrate: int, timeout: float, retr
 
 
 def _run_action(ctx: click.Context, json_dest: str | None, action) -> None:
+    """Run `action(faceplate)` and print the record(s) it returns, merged into one mapping."""
     from hardware.faceplate import SerialFaceplate
 
     with SerialFaceplate(**ctx.obj) as fp:
-        result = action(fp)
+        records = action(fp)
+    result = {}
+    for record in records if isinstance(records, tuple) else (records,):
+        result.update(asdict(record))
     emit_result(json_dest, result, "\n".join(f"{key:13s} {value}" for key, value in result.items()))
 
 
@@ -101,7 +107,7 @@ def status(ctx: click.Context, json_dest: str | None) -> None:
     Example:
       keycam hw faceplate --port /dev/ttyUSB0 status --json
     """
-    _run_action(ctx, json_dest, lambda fp: {**fp.identify(), **fp.status()})
+    _run_action(ctx, json_dest, lambda fp: (fp.identify(), fp.status()))
 
 
 @faceplate.command()

@@ -20,11 +20,10 @@ from hardware.errors import (
     FaceplateProtocolError,
     FaceplateTimeout,
 )
-from hardware.faceplate_firmware import EMPTY_SLOT
+from hardware.faceplate_state import FaceplateIdentity, FaceplateStatus
 from hardware.protocol import ERROR_CODES, MAX_LINE, RETRYABLE_ERRORS, FrameError, Reply, decode_reply, encode_request
 
-__all__ = ["SerialFaceplate", "FaceplateError", "FaceplateTimeout", "FaceplateProtocolError",
-           "FaceplateCommandError", "FaceplateMotorError", "FaceplateDisconnected", "FaceplateMismatch"]
+__all__ = ["SerialFaceplate"]
 
 
 def _serial():
@@ -147,86 +146,57 @@ class SerialFaceplate:
                                      f"after {attempts} attempts: {summary}")
 
     # -- commands -----------------------------------------------------------------------------
-    def identify(self) -> dict:
+    def identify(self) -> FaceplateIdentity:
         """Actuator unit id, firmware version, number of slots and the faceplate in the light path."""
-        f = self.request("ID").fields
-        return {"unit": f.get("unit"), "firmware": f.get("fw"), "slots": _int(f, "slots"),
-                "faceplate_id": _faceplate(f.get("id"))}
+        return FaceplateIdentity.from_fields(self.request("ID").fields)
 
-    def status(self) -> dict:
-        """Current state: faceplate_id, firmware, position, engaged, moving, homed, error, error_code."""
-        return _status(self.request("STAT").fields)
+    def status(self) -> FaceplateStatus:
+        """Current state: faceplate id, firmware, position, engaged, moving, homed, error."""
+        return FaceplateStatus.from_fields(self.request("STAT").fields)
 
-    def home(self, wait: bool = True) -> dict:
+    def home(self, wait: bool = True) -> FaceplateStatus:
         """Drive to the home switch (position 0); with wait, block until done or fail."""
-        state = _status(self.request("HOME").fields)
+        state = FaceplateStatus.from_fields(self.request("HOME").fields)
         return self._wait_motion(0) if wait else state
 
-    def move(self, position: int, wait: bool = True) -> dict:
+    def move(self, position: int, wait: bool = True) -> FaceplateStatus:
         """Move the turret to slot `position`; with wait, block until there or fail."""
         if isinstance(position, bool) or not isinstance(position, int) or position < 0:
             raise FaceplateError(f"faceplate position must be a non-negative integer, got {position!r}")
-        state = _status(self.request("MOVE", position).fields)
+        state = FaceplateStatus.from_fields(self.request("MOVE", position).fields)
         return self._wait_motion(position) if wait else state
 
-    def engage(self) -> dict:
+    def engage(self) -> FaceplateStatus:
         """Clamp the faceplate at the current slot into the optical path."""
-        return _status(self.request("ENGAGE").fields)
+        return FaceplateStatus.from_fields(self.request("ENGAGE").fields)
 
-    def disengage(self) -> dict:
+    def disengage(self) -> FaceplateStatus:
         """Release the clamp so the turret can move."""
-        return _status(self.request("DISENGAGE").fields)
+        return FaceplateStatus.from_fields(self.request("DISENGAGE").fields)
 
-    def verify(self, expected_id: str, position: int | None = None) -> dict:
+    def verify(self, expected_id: str, position: int | None = None) -> FaceplateStatus:
         """Fail closed unless faceplate `expected_id` is engaged (at `position`, if given) without fault."""
         state = self.status()
-        problems = []
-        if state["faceplate_id"] != expected_id:
-            problems.append(f"faceplate {state['faceplate_id'] or 'none'} is fitted, the configuration expects {expected_id}")
-        if position is not None and state["position"] != position:
-            problems.append(f"turret at position {state['position']}, expected {position}")
-        if not state["engaged"]:
-            problems.append("faceplate is not engaged")
-        if state["moving"] or state["error"]:
-            problems.append(f"actuator is {'moving' if state['moving'] else 'in error ' + str(state['error'])}")
+        problems = state.problems(expected_id, position)
         if problems:
-            raise FaceplateMismatch("faceplate check failed, refusing to capture: " + "; ".join(problems))
+            raise FaceplateMismatch("faceplate check failed, refusing to capture: "
+                                    + "; ".join(p.message for p in problems))
         return state
 
-    def _wait_motion(self, target: int) -> dict:
+    def _wait_motion(self, target: int) -> FaceplateStatus:
         deadline = time.monotonic() + self.move_timeout
         while True:
             state = self.status()
-            if state["error"]:
+            if state.error:
                 raise FaceplateMotorError(
-                    f"faceplate motor reported {state['error']} moving to position {target} "
-                    f"(now at {state['position']}): check the turret for obstructions, then home it")
-            if not state["moving"]:
-                if state["position"] != target:
-                    raise FaceplateMotorError(f"faceplate motor stopped at position {state['position']}, "
+                    f"faceplate motor reported {state.error} moving to position {target} "
+                    f"(now at {state.position}): check the turret for obstructions, then home it")
+            if not state.moving:
+                if state.position != target:
+                    raise FaceplateMotorError(f"faceplate motor stopped at position {state.position}, "
                                               f"not at target {target}")
                 return state
             if time.monotonic() >= deadline:
                 raise FaceplateTimeout(f"faceplate motor did not reach position {target} within "
                                        f"{self.move_timeout}s (still moving)")
             time.sleep(self.poll_interval)
-
-
-def _int(fields: dict[str, str], key: str) -> int:
-    try:
-        return int(fields[key])
-    except (KeyError, ValueError):
-        raise FaceplateProtocolError(f"actuator reply lacks an integer {key!r} field: {fields}") from None
-
-
-def _faceplate(value: str | None) -> str | None:
-    return None if value in (None, EMPTY_SLOT) else value
-
-
-def _status(fields: dict[str, str]) -> dict:
-    position = _int(fields, "pos")
-    code = _int(fields, "err")
-    return {"faceplate_id": _faceplate(fields.get("id")), "firmware": fields.get("fw"),
-            "position": None if position < 0 else position, "engaged": _int(fields, "eng") == 1,
-            "moving": _int(fields, "mov") == 1, "homed": _int(fields, "homed") == 1,
-            "error": ERROR_CODES.get(code, (f"E{code}",))[0] if code else None, "error_code": code}

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hardware.protocol import ERROR_BY_NAME, FrameError, decode, encode_reply
-
-EMPTY_SLOT = "-"
-_MUTATING = frozenset({"HOME", "MOVE", "ENGAGE", "DISENGAGE"})
+from hardware.protocol import COMMAND_ARGS, EMPTY_SLOT, ERROR_BY_NAME, MUTATING_COMMANDS, FrameError, decode, encode_reply
 
 
 @dataclass
@@ -83,7 +80,7 @@ class Firmware:
                 "eng": int(self.engaged), "mov": int(self.moving), "homed": int(self.homed), "err": self.error}
 
     def faceplate_id(self) -> str:
-        """Id of the faceplate in the optical path, '-' while unknown (moving, not homed, empty slot)."""
+        """Id of the faceplate in the optical path, EMPTY_SLOT while unknown (moving, not homed, empty slot)."""
         if self.moving or not self.homed:
             return EMPTY_SLOT
         return self.cfg.faceplates[self.slot]
@@ -104,11 +101,11 @@ class Firmware:
             return encode_reply(msg.seq, error=ERROR_BY_NAME["FRAME"])
         command = msg.tokens[0]
         last = self._last
-        if (command in _MUTATING and last and last[:2] == (msg.seq, msg.tokens)
+        if (command in MUTATING_COMMANDS and last and last[:2] == (msg.seq, msg.tokens)
                 and now - last[3] <= self.cfg.dedupe_window):
             return last[2]                                # retransmission: answer again, run once
         reply = self._execute(msg.seq, command, msg.tokens[1:], now)
-        if command in _MUTATING:
+        if command in MUTATING_COMMANDS:
             self._last = (msg.seq, msg.tokens, reply, now)
         return reply
 
@@ -116,10 +113,9 @@ class Firmware:
         def err(name: str, **fields: object) -> bytes:
             return encode_reply(seq, fields or None, error=ERROR_BY_NAME[name])
 
-        expected_args = {"MOVE": 1}.get(command, 0)
-        if command not in ("ID", "HOME", "MOVE", "STAT", "ENGAGE", "DISENGAGE"):
+        if command not in COMMAND_ARGS:
             return err("UNKNOWN")
-        if len(args) != expected_args:
+        if len(args) != COMMAND_ARGS[command]:
             return err("ARG")
         if command == "ID":
             return encode_reply(seq, {"unit": self.cfg.unit, "fw": self.cfg.firmware,

@@ -22,21 +22,23 @@ from base.schema import POSITIVE, Rule, Section, setting
 from hardware.errors import KeyStageError
 from hardware.optics import FiberOptics
 
-__all__ = ["SensorModel", "PreADCStage", "KeyStageError", "adc", "dequantize", "FiberOptics"]
+__all__ = ["SensorModel", "PreADCStage", "KeyStageError", "adc", "quantise", "dequantize", "FiberOptics"]
+
+
+def quantise(values: np.ndarray, bits: int = 8) -> np.ndarray:
+    """Values in [0, 1] to codes: round(clip(values, 0, 1) * (2**bits - 1)), computed in the values' own
+    float precision (float32 model outputs stay float32). Returns uint8 for bits <= 8, uint16 for 9..16 bits."""
+    if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 16:
+        raise ConfigError(f"ADC bits must be an integer in 1..16, got {bits!r}")
+    levels = (1 << int(bits)) - 1
+    return np.rint(np.clip(values, 0.0, 1.0) * levels).astype(np.uint8 if bits <= 8 else np.uint16)
 
 
 def adc(values: np.ndarray, bits: int = 8, gain: float = 1.0, full_scale: float = 1.0) -> np.ndarray:
-    """Quantise analog values: code = round(clip(values * gain / full_scale, 0, 1) * (2**bits - 1)).
-
-    Returns uint8 for bits <= 8, uint16 for 9..16 bits.
-    """
-    if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 16:
-        raise ConfigError(f"ADC bits must be an integer in 1..16, got {bits!r}")
+    """The sensor's ADC on analog values (in float64): code = quantise(values * gain / full_scale, bits)."""
     if not gain > 0 or not full_scale > 0:
         raise ConfigError(f"ADC gain and full scale must be > 0, got gain={gain}, full_scale={full_scale}")
-    levels = (1 << int(bits)) - 1
-    scaled = np.clip(np.asarray(values, dtype=np.float64) * (gain / full_scale), 0.0, 1.0)
-    return np.rint(scaled * levels).astype(np.uint8 if bits <= 8 else np.uint16)
+    return quantise(np.asarray(values, dtype=np.float64) * (gain / full_scale), bits)
 
 
 def dequantize(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -87,34 +89,48 @@ class PreADCStage:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Key one frame (float (H, W) or (H, W, C) in [0, 1]); returns uint8/uint16 codes, same shape."""
+        x = self._check(image, "frame", (2, 3))
+        return self._digitise(x[None])[0]
+
+    def key_batch(self, frames: np.ndarray) -> np.ndarray:
+        """Key a batch of frames as __call__ keys each: float (N, H, W), (N, H, W, C), or (N, D) vectors
+        already in the key's C, H, W order, in [0, 1]; returns uint8/uint16 codes, same shape."""
+        return self._digitise(self._check(frames, "batch", (2, 3, 4)))
+
+    def _digitise(self, frames: np.ndarray) -> np.ndarray:
+        """Frames with a leading batch axis -> codes: optics, key, noise and ADC on each frame's key-order vector."""
         key = self.sensor_key
         if key is None:
             raise KeyStageError("no sensor key is loaded: refusing to digitise an unkeyed frame")
-        x = self._check(image)
-        if key.size != x.size:
-            raise KeyStageError(f"sensor key is for frames of {key.size} values but the frame {x.shape} has "
-                                f"{x.size}: the key does not belong to this camera configuration")
-        chw = x.reshape(x.shape[0], x.shape[1], -1).transpose(2, 0, 1)        # key order is C, H, W
-        vec = chw.reshape(-1).astype(np.float64)
-        optics = self._optics_matrix(x.shape[:2], chw.shape[0]) if self.model.optics else None
+        vectors, channels = _to_key_order(frames)
+        if key.size != vectors.shape[1]:
+            raise KeyStageError(f"sensor key is for frames of {key.size} values but the frame {frames.shape[1:]} has "
+                                f"{vectors.shape[1]}: the key does not belong to this camera configuration")
+        vec = (vectors[0] if len(vectors) == 1 else vectors).astype(np.float64)   # one frame keys as a vector
+        optics = None
+        if self.model.optics:
+            if frames.ndim == 2:
+                raise KeyStageError("the optics model needs frames (N, H, W[, C]), not flat vectors")
+            optics = self._optics_matrix(frames.shape[1:3], channels)
         if optics is not None and not self.model.optics_after_key:
-            vec = optics @ vec
+            vec = _sparse_apply(optics, vec)
         vec = np.asarray(key.apply(vec), dtype=np.float64)
         if optics is not None and self.model.optics_after_key:
-            vec = optics @ vec
+            vec = _sparse_apply(optics, vec)
         codes = adc(self._noise(vec), self.model.bits, self.model.adc_gain)
-        return codes.reshape(chw.shape).transpose(1, 2, 0).reshape(x.shape)
+        return _from_key_order(codes.reshape(vectors.shape), frames.shape)
 
-    def _check(self, image: np.ndarray) -> np.ndarray:
-        if not isinstance(image, np.ndarray) or not np.issubdtype(image.dtype, np.floating):
-            kind = image.dtype if isinstance(image, np.ndarray) else type(image).__name__
+    def _check(self, frames: np.ndarray, what: str, ndims: tuple[int, ...]) -> np.ndarray:
+        if not isinstance(frames, np.ndarray) or not np.issubdtype(frames.dtype, np.floating):
+            kind = frames.dtype if isinstance(frames, np.ndarray) else type(frames).__name__
             raise KeyStageError(f"the pre-ADC stage takes float linear intensities, got {kind}")
-        if image.ndim not in (2, 3) or image.size == 0:
-            raise KeyStageError(f"frame must have shape (H, W) or (H, W, C), got {image.shape}")
-        lo, hi = float(image.min()), float(image.max())
+        if frames.ndim not in ndims or frames.size == 0:
+            shapes = {2: "(H, W)", 3: "(H, W, C)"} if what == "frame" else {2: "(N, D)", 3: "(N, H, W)", 4: "(N, H, W, C)"}
+            raise KeyStageError(f"{what} must have shape {' or '.join(shapes[n] for n in ndims)}, got {frames.shape}")
+        lo, hi = float(frames.min()), float(frames.max())
         if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1e-6 or hi > 1 + 1e-6:
             raise KeyStageError(f"frame intensities must lie in [0, 1], got [{lo}, {hi}]")
-        return image
+        return frames
 
     def _optics_matrix(self, hw: tuple[int, int], channels: int):
         import scipy.sparse as sp
@@ -133,3 +149,25 @@ class PreADCStage:
         if m.read_noise:
             signal = signal + rng.normal(0.0, m.read_noise, signal.shape)
         return signal
+
+
+def _to_key_order(frames: np.ndarray) -> tuple[np.ndarray, int]:
+    """Frames (N, H, W[, C]) -> (N, C*H*W) vectors in the key's C, H, W order, and C; (N, D) stays as it is."""
+    if frames.ndim == 2:
+        return frames, 1
+    n, h, w = frames.shape[:3]
+    chw = frames.reshape(n, h, w, -1).transpose(0, 3, 1, 2)
+    return chw.reshape(n, -1), chw.shape[1]
+
+
+def _from_key_order(vectors: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of _to_key_order: (N, C*H*W) vectors back to frames of `shape`."""
+    if len(shape) == 2:
+        return vectors
+    n, h, w = shape[:3]
+    return vectors.reshape(n, -1, h, w).transpose(0, 2, 3, 1).reshape(shape)
+
+
+def _sparse_apply(matrix, vec: np.ndarray) -> np.ndarray:
+    """A sparse operator on one vector (D,) or on each row of (N, D)."""
+    return matrix @ vec if vec.ndim == 1 else (matrix @ vec.T).T

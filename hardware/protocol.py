@@ -14,7 +14,11 @@ from dataclasses import dataclass, field
 MAX_LINE = 120
 REQUEST_START = b"@"
 REPLY_START = b"#"
-COMMANDS = ("ID", "HOME", "MOVE", "STAT", "ENGAGE", "DISENGAGE")
+# the command set: command -> number of arguments it takes
+COMMAND_ARGS: dict[str, int] = {"ID": 0, "HOME": 0, "MOVE": 1, "STAT": 0, "ENGAGE": 0, "DISENGAGE": 0}
+# commands that change the actuator's state: a retransmission of one runs once (PROTOCOL.md, Reliability)
+MUTATING_COMMANDS = frozenset({"HOME", "MOVE", "ENGAGE", "DISENGAGE"})
+EMPTY_SLOT = "-"             # the `id` field while no faceplate is known to be in the light path
 
 # error code -> (name, meaning); shared by the firmware emulator and the host driver
 ERROR_CODES: dict[int, tuple[str, str]] = {

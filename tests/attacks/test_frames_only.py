@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from hardware.preadc import adc
 from tools.attacks.frames_only import FAST_STARTS, Starts, attack_frames, correlation, run_frames_only, spectral_match
 from tools.attacks.metrics import similarity
 from tools.attacks.target import AttackError
 from tools.datasets import load_dataset
-from tools.keying.provision import adc8
 
 SHAPE = (14, 14)
 STARTS = Starts(eigen=(4, 8), random=1, maxiter=20)
@@ -25,7 +25,7 @@ def small_mnist():
 def _permutation_key(n: int, seed: int = 1):
     rng = np.random.default_rng(seed)
     perm, gain, bias = rng.permutation(n), rng.uniform(0.4, 0.9, n), rng.uniform(0.0, 0.1, n)
-    return (lambda x: adc8(gain * x[:, perm] + bias)), perm
+    return (lambda x: adc(gain * x[:, perm] + bias)), perm
 
 
 def _mixing_key(n: int, terms: int = 8, seed: int = 2):
@@ -35,7 +35,7 @@ def _mixing_key(n: int, terms: int = 8, seed: int = 2):
     for i in range(n):
         m[i, rng.choice(n, terms, replace=False)] = rng.uniform(0.5, 1.0, terms)
     m /= m.sum(axis=1, keepdims=True)
-    return lambda x: adc8(x @ m.T), m.argmax(axis=1)
+    return lambda x: adc(x @ m.T), m.argmax(axis=1)
 
 
 def test_correlation_zeroes_constant_pixels_and_the_diagonal():

@@ -32,8 +32,8 @@ def test_shipped_model_keyed_for_a_device_classifies_samples():
     prov = build_keyed_model(shipped_model("fashion"), bytes(range(32)), "dev-a", "full", float_model=False,
                              calib_frames=load_samples(100)[0])
     images, labels = load_samples()
-    from tools.keying.provision import adc8
-    keyed = adc8(prov.keyset.sensor.apply(images.reshape(len(images), -1) / 255.0))
+    from hardware.digitise import key_and_digitise
+    keyed = key_and_digitise(prov.keyset.sensor, images.reshape(len(images), -1) / 255.0)
     model = TFLiteModel(prov.tflite_int8)
     acc = np.mean(model.predict(keyed).argmax(1) == labels)
     assert acc > 0.8

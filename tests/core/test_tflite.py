@@ -6,11 +6,11 @@ import pytest
 from ai_edge_litert import schema_py_generated as fb
 
 from edge.runtime import TFLiteModel
+from hardware.digitise import key_and_digitise
 from keys.factors import ChannelGenPerm, Permutation
 from tests.core.conftest import SECRET
 from tools.ir import Conv, Dense, forward
 from tools.keying.keyed import derive_keyset, key_network
-from tools.keying.provision import adc8
 from tools.onnx_import import load_onnx
 from tools.tflite.writer import write_tflite
 
@@ -40,7 +40,7 @@ def test_int8_tracks_float(small_cnn, rng, profile, encrypt):
     x = rng.uniform(size=(300, 144))
     if profile:
         ks = derive_keyset(SECRET, "d", "m", net, profile, encrypt)
-        net, x = key_network(net, ks), adc8(ks.sensor.apply(x)) / 255.0
+        net, x = key_network(net, ks), key_and_digitise(ks.sensor, x) / 255.0
     blob, report = write_tflite(net, int8=True, calib=x[:200], sparse_ell=profile == "mix15")
     model = TFLiteModel(blob)
     assert model.input_dtype == np.int8
@@ -113,7 +113,7 @@ def test_no_key_and_no_original_weight_in_clear(small_cnn, rng, profile, int8):
     net = load_onnx(small_cnn)
     ks = derive_keyset(SECRET, "d", "m", net, profile)
     keyed = key_network(net, ks)
-    x = adc8(ks.sensor.apply(rng.uniform(size=(100, 144)))) / 255.0
+    x = key_and_digitise(ks.sensor, rng.uniform(size=(100, 144))) / 255.0
     blob, _ = write_tflite(keyed, int8=int8, calib=x, sparse_ell=profile == "mix15")
     assert leaks(blob, net, ks) == []
     # the check can fail: the unkeyed model and a model storing the key both trip it

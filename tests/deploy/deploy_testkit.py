@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import yaml
+from netkit import free_port
 
 from deploy.bundle import read_manifest, write_bundle
 from deploy.device import DeviceRoot, tree_digest
@@ -89,12 +90,6 @@ def assert_still_running(root: Path, snap: dict) -> None:
 
 def local(root: Path, **env: str) -> DirTransport:
     return DirTransport(root=str(root), env=dict(env), timeout_s=120)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Sshd:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import yaml
+from netkit import free_port
 
 from edge.config import DeviceConfig, load_config
 from edge.egress import EgressGuard, OutputPolicy
@@ -24,12 +25,6 @@ SIM_YAML = ROOT / "examples" / "sim-device.yaml"
 SIM_DIR = ROOT / "examples" / "sim-device"
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.02) -> bool:

@@ -21,21 +21,21 @@ def keycam(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
 
 def test_identify_and_status_describe_the_actuator(faceplate):
     ident = faceplate.identify()
-    assert ident["firmware"] and ident["unit"] and ident["slots"] >= 1
+    assert ident.firmware and ident.unit and ident.slots >= 1
     state = faceplate.status()
-    assert set(state) >= {"faceplate_id", "firmware", "position", "engaged", "moving", "error"}
-    assert state["firmware"] == ident["firmware"]
+    assert isinstance(state.engaged, bool) and isinstance(state.moving, bool) and state.error_code >= 0
+    assert state.firmware == ident.firmware
 
 
 def test_home_move_engage_verify_disengage(faceplate, faceplate_expected):
     faceplate.disengage()
-    assert faceplate.home()["position"] == 0
+    assert faceplate.home().position == 0
     target = faceplate_expected["position"]
     state = faceplate.move(target)
-    assert state["position"] == target and not state["moving"] and state["error"] is None
-    assert faceplate.engage()["engaged"]
+    assert state.position == target and not state.moving and state.error is None
+    assert faceplate.engage().engaged
     verified = faceplate.verify(faceplate_expected["faceplate_id"], target)
-    assert verified["faceplate_id"] == faceplate_expected["faceplate_id"]
+    assert verified.faceplate_id == faceplate_expected["faceplate_id"]
     with pytest.raises(FaceplateCommandError, match="ENGAGED"):
         faceplate.move(target)                     # the clamp must be released before any motion
     faceplate.disengage()
@@ -58,7 +58,7 @@ def test_wrong_faceplate_fails_closed(faceplate, faceplate_expected):
 def test_out_of_range_move_is_refused(faceplate):
     faceplate.disengage()
     faceplate.home()
-    slots = faceplate.identify()["slots"]
+    slots = faceplate.identify().slots
     with pytest.raises(FaceplateCommandError, match="RANGE") as info:
         faceplate.move(slots)
     assert info.value.name == "RANGE"

@@ -55,8 +55,8 @@ def test_some_replies_dropped_are_recovered_by_retries(emulated_faceplate):
     emu = emulated_faceplate("--drop", "0.3", "--seed", "3")
     with connect(emu.port, retries=8) as fp, Bounded(10.0):
         fp.home()
-        assert fp.move(2)["position"] == 2
-        assert fp.status()["position"] == 2
+        assert fp.move(2).position == 2
+        assert fp.status().position == 2
         assert fp.stats["retries"] >= 1
 
 
@@ -67,7 +67,7 @@ def test_dropped_reply_to_a_move_does_not_run_it_twice(emulated_faceplate):
     with connect(emu.port, retries=8) as fp, Bounded(10.0):
         fp.home()
         for target in (3, 1, 2, 0, 3):
-            assert fp.move(target)["position"] == target
+            assert fp.move(target).position == target
         assert fp.stats["retries"] >= 1
     emu.stop()
     assert "fault: drop b'#" in emu.log and "BUSY" not in emu.log
@@ -84,9 +84,9 @@ def test_always_garbled_replies_give_a_protocol_error(emulated_faceplate):
 def test_sometimes_garbled_replies_are_retried(emulated_faceplate):
     emu = emulated_faceplate("--garble", "0.4", "--seed", "5")
     with connect(emu.port, retries=8) as fp, Bounded(10.0):
-        assert fp.identify()["slots"] == 4
+        assert fp.identify().slots == 4
         for _ in range(5):
-            assert fp.status()["firmware"] == "1.2.0"
+            assert fp.status().firmware == "1.2.0"
         assert fp.stats["corrupt"] >= 1
 
 
@@ -94,7 +94,7 @@ def test_line_noise_before_replies_is_skipped_without_retries(emulated_faceplate
     emu = emulated_faceplate("--noise", "1", "--seed", "2")
     with connect(emu.port) as fp, Bounded(5.0):
         fp.home()
-        assert fp.move(1)["position"] == 1
+        assert fp.move(1).position == 1
         assert fp.stats["retries"] == 0
 
 
@@ -102,15 +102,15 @@ def test_garbage_sent_to_the_actuator_is_resynchronised(emulated_faceplate):
     emu = emulated_faceplate()
     with connect(emu.port) as fp, Bounded(3.0):
         fp._ser.write(b"\x00\xffjunk @7 MOVE")              # a half line of noise on the host side
-        assert fp.status()["error"] is None
+        assert fp.status().error is None
         fp._ser.write(b"@01 MOVE 1*0000\n")                 # a whole frame with a bad CRC
-        assert fp.identify()["firmware"] == "1.2.0"
+        assert fp.identify().firmware == "1.2.0"
 
 
 def test_slow_replies_within_the_timeout_succeed(emulated_faceplate):
     emu = emulated_faceplate("--delay", "0.1")
     with connect(emu.port, timeout=0.5) as fp, Bounded(3.0):
-        assert fp.status()["firmware"] == "1.2.0"
+        assert fp.status().firmware == "1.2.0"
         assert fp.stats["retries"] == 0
 
 
@@ -125,7 +125,7 @@ def test_occasionally_late_replies_are_recovered(emulated_faceplate):
     emu = emulated_faceplate("--delay", "0.3", "--delay-rate", "0.5", "--seed", "4")
     with connect(emu.port, timeout=0.2, retries=8) as fp, Bounded(15.0):
         fp.home()
-        assert fp.move(2)["position"] == 2
+        assert fp.move(2).position == 2
 
 
 def test_stuck_motor_is_reported_as_a_motor_error(emulated_faceplate):
@@ -133,7 +133,7 @@ def test_stuck_motor_is_reported_as_a_motor_error(emulated_faceplate):
     with connect(emu.port) as fp, Bounded(3.0):
         with pytest.raises(FaceplateMotorError, match="STALL"):
             fp.home()
-        assert fp.status()["error"] == "STALL"
+        assert fp.status().error == "STALL"
         with pytest.raises(FaceplateCommandError, match="NOT_HOMED"):
             fp.engage()                                    # never clamps a faceplate at an unknown slot
 
@@ -189,7 +189,7 @@ def test_emulator_on_a_socat_pty_pair(tmp_path, emulated_faceplate):
         assert emu.port == str(a)
         with connect(str(b), retries=8) as fp, Bounded(10.0):
             fp.home()
-            assert fp.move(1)["faceplate_id"] == "FP-0002"
+            assert fp.move(1).faceplate_id == "FP-0002"
     finally:
         socat.terminate()
         socat.wait(5)

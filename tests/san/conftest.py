@@ -1,4 +1,5 @@
-"""Shared fixtures of the SAN tests: torch single-threaded, the real LFW / MNIST slices from ../shared/data."""
+"""Shared fixtures of the SAN tests: torch single-threaded, the real LFW / MNIST slices from the research data
+folder (README, Data)."""
 from __future__ import annotations
 
 import pytest

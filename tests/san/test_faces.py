@@ -1,5 +1,5 @@
-"""SAN on a slice of the real LFW data (../shared/data/faces/lfw_dfunneled_64_rgb.npz and
-lfw_dfunneled_112_rgb_pairs.npz): prototypes, balanced sampling, a tiny two-member training run,
+"""SAN on a slice of the real LFW data (lfw_dfunneled_64_rgb.npz and lfw_dfunneled_112_rgb_pairs.npz in the
+research data folder, README: Data): prototypes, balanced sampling, a tiny two-member training run,
 the weights file round trip and the full-size perturbation."""
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 MSE pixel loss: with L1 the autoencoder collapses to the all-black median on MNIST backgrounds.
 
-Reads ../shared/data/mnist (real MNIST); 2,000 training digits, a few hundred steps in all.
+Reads real MNIST from the research data folder (README, Data); 2,000 training digits, a few hundred steps in all.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Face verification protocol, LFW loaders (read in place from ../shared/data/faces) and a tiny training run."""
+"""Face verification protocol, LFW loaders (read in place from the research data folder, README: Data) and a tiny training run."""
 from __future__ import annotations
 
 import numpy as np

@@ -6,6 +6,8 @@ import pytest
 import scipy.sparse as sp
 
 from edge.runtime import TFLiteModel
+from hardware.digitise import key_and_digitise
+from hardware.preadc import adc
 from keys.drbg import Drbg
 from keys.generate import KeyConfig
 from tests.scale.conftest import SECRET
@@ -13,7 +15,6 @@ from tools.ir import Conv, Dense, Gather
 from tools.keying.cost import measure, projected_cost
 from tools.keying.keyed import KeyingError, derive_keyset, key_network, logits_of, verify_keyed
 from tools.keying.patchkey import patch_groups, patch_permutation, patch_sensor_key, within_patch_index
-from tools.keying.provision import adc8
 from tools.tflite.writer import block16_layout, write_tflite
 
 
@@ -30,11 +31,11 @@ def test_tiny_zoo_models_key_exactly_and_run_in_int8(tiny_nets, name, profile):
     keyed = key_network(net, ks)
     x = _frames(net)
     assert verify_keyed(net, keyed, ks, x[:4]) < 1e-9
-    blob, ops = write_tflite(keyed, int8=True, calib=adc8(ks.sensor.apply(x)) / 255.0)
-    got = TFLiteModel(blob).predict(adc8(ks.sensor.apply(x[:6])))
+    blob, ops = write_tflite(keyed, int8=True, calib=key_and_digitise(ks.sensor, x) / 255.0)
+    got = TFLiteModel(blob).predict(key_and_digitise(ks.sensor, x[:6]))
     if encrypt:
         got = ks.output.apply_inverse(got)
-    want = logits_of(net, adc8(x[:6]) / 255.0) if encrypt else None
+    want = logits_of(net, adc(x[:6]) / 255.0) if encrypt else None
     if want is not None:
         assert np.max(np.abs(got - want)) < 0.1 * np.max(np.abs(want))
     else:   # softmax output
@@ -48,7 +49,7 @@ def test_tiny_zoo_models_key_exactly_and_run_in_int8(tiny_nets, name, profile):
 
 def _softmax_ref(net, x):
     from tools.ir import forward
-    return forward(net, adc8(x) / 255.0)
+    return forward(net, adc(x) / 255.0)
 
 
 def test_patch_key_is_a_permutation_aligned_to_patches():
@@ -64,7 +65,7 @@ def test_patch_key_is_a_permutation_aligned_to_patches():
 def test_stem_patch_keys_the_stem_as_gather_plus_conv_and_stays_small(tiny_nets):
     net = tiny_nets["face112"]
     x = _frames(net)
-    plain = len(write_tflite(net, int8=True, calib=adc8(x) / 255)[0])
+    plain = len(write_tflite(net, int8=True, calib=adc(x) / 255)[0])
     sizes = {}
     for profile in ("stem", "stem-patch"):
         ks = derive_keyset(SECRET, "d", "m", net, profile)
@@ -77,7 +78,7 @@ def test_stem_patch_keys_the_stem_as_gather_plus_conv_and_stays_small(tiny_nets)
             assert not np.array_equal(gather.index, np.argsort(perm))             # ... but not the key in clear
         else:
             assert isinstance(keyed.layers[0], Dense) and keyed.layers[0].sparse
-        sizes[profile] = len(write_tflite(keyed, int8=True, calib=adc8(ks.sensor.apply(x)) / 255)[0])
+        sizes[profile] = len(write_tflite(keyed, int8=True, calib=key_and_digitise(ks.sensor, x) / 255)[0])
     n = int(np.prod(net.input_shape))
     assert sizes["stem-patch"] < sizes["stem"]
     assert sizes["stem-patch"] - plain < 4 * n + 4096             # the int32 gather indices, little else

@@ -26,13 +26,13 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
 from edge.runtime import TFLiteModel
+from hardware.preadc import adc
 from tools.attacks.grid import LayoutFailed, adjacency, cover_cells, layout, symmetries, windows
 from tools.attacks.metrics import similarity
 from tools.attacks.structure import MIN_SHARED_WINDOWS, column_groups
 from tools.attacks.target import AttackError, Target
 from tools.attacks.tflite_read import SparseLayer, first_int8_map, sparse_layers
 from tools.bench.common import predict_labels
-from tools.keying.provision import adc8
 from tools.tflite.sparse_int8 import support_ids
 
 RADIUS = 1                  # the public architecture's stem is a 3x3 'same' convolution
@@ -364,7 +364,7 @@ def orient(key: RecoveredKey, target: Target, h: int, w: int) -> tuple[Recovered
     scored = []
     for m in symmetries(h, w):
         cand = key.relabel(m)
-        acc = float(np.mean(predict_labels(model, adc8(cand.apply(x)), "orientation", False) == y))
+        acc = float(np.mean(predict_labels(model, adc(cand.apply(x)), "orientation", False) == y))
         scored.append((acc, cand))
     acc, best = max(scored, key=lambda s: s[0])
     return best, acc

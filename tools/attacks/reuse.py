@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from edge.runtime import TFLiteModel
+from hardware.preadc import adc
 from tools.attacks.target import AttackError, Target
 from tools.bench.common import predict_labels
 
@@ -21,7 +22,7 @@ def deployed_accuracies(target: Target) -> dict[str, float]:
     """The keyed int8 .tflite on its own keyed frames, on plain frames and on another device's keyed frames."""
     model = TFLiteModel(target.tflite_int8)
     acc = lambda frames, desc: float(np.mean(predict_labels(model, frames, desc, False) == target.labels))  # noqa: E731
-    plain_u8 = np.round(target.plain * 255).astype(np.uint8)
+    plain_u8 = adc(target.plain)
     return {"acc_keyed_int8": acc(target.keyed(target.plain), "keyed"), "acc_plain_frames": acc(plain_u8, "plain"),
             "acc_other_key": acc(target.keyed(target.plain, target.other), "other key")}
 

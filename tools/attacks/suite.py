@@ -10,6 +10,7 @@ import click
 import numpy as np
 
 from edge.runtime import TFLiteModel
+from hardware.preadc import adc
 from tools.attacks.frames_only import DEFAULT_FRAMES, FAST_STARTS, Starts, run_frames_only
 from tools.attacks.metrics import similarity
 from tools.attacks.plaintext import run_plaintext
@@ -24,7 +25,7 @@ MONTAGE_FRAMES = 8
 
 
 def _u8(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    return np.round(np.clip(np.asarray(x, dtype=np.float64).reshape((-1,) + shape), 0, 1) * 255).astype(np.uint8)
+    return adc(np.asarray(x).reshape((-1,) + shape))
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,14 @@ from functools import lru_cache
 import numpy as np
 
 from base.errors import KeycamError
+from hardware.digitise import key_and_digitise
+from hardware.preadc import SensorModel
 from keys.keyset import KeySet
 from tools.bench.keyed import SHIPPED_MODELS, shipped_model
 from tools.datasets import load_dataset
 from tools.ir import Network, forward
 from tools.keying.keyed import derive_keyset, key_network
-from tools.keying.provision import adc8, build_keyed_model
+from tools.keying.provision import build_keyed_model
 from tools.onnx_import import load_onnx
 
 CALIBRATION_FRAMES = 200
@@ -67,10 +69,7 @@ class Target:
               seed: int = 0) -> np.ndarray:
         """Keyed uint8 frames as the sensor delivers them (optionally with Gaussian read noise before the ADC)."""
         key = (keyset or self.keyset).sensor
-        x = key.apply(np.asarray(frames, dtype=np.float64))
-        if noise > 0:
-            x = x + np.random.default_rng(seed).normal(0.0, noise, x.shape)
-        return adc8(x)
+        return key_and_digitise(key, np.asarray(frames, dtype=np.float64), SensorModel(read_noise=noise, seed=seed))
 
 
 @lru_cache(maxsize=4)

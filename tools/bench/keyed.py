@@ -10,13 +10,15 @@ import numpy as np
 from base.cli import json_option
 from base.errors import ConfigError
 from edge.runtime import TFLiteModel
+from hardware.digitise import key_and_digitise
+from hardware.preadc import adc
 from keys.keyset import KeySet
 from tools.bench.common import LATENCY_FRAMES, Progress, latency_ms, predict_labels, print_table, write_json
 from tools.datasets import load_dataset
 from tools.ir import forward
 from tools.keying.keyed import derive_keyset
 from tools.keying.profiles import DEFAULT_PROFILE, Profile, get_profile
-from tools.keying.provision import Provisioned, adc8, build_keyed_model, default_calibration_frames, model_metadata
+from tools.keying.provision import Provisioned, build_keyed_model, default_calibration_frames, model_metadata
 from tools.models_zoo import ZOO
 from tools.onnx_import import load_onnx
 from tools.tflite.writer import write_tflite
@@ -62,7 +64,7 @@ def prepare_bench(net, model_path, profile: str, calib: np.ndarray, images: np.n
     models = {"float": TFLiteModel(unkeyed_float), "int8_unkeyed": TFLiteModel(unkeyed_int8),
               "keyed_float": TFLiteModel(prov.tflite_float), "keyed_int8": TFLiteModel(prov.tflite_int8)}
     analog = prov.keyset.sensor.apply(plain).astype(np.float32)
-    inputs = {"float": images, "int8_unkeyed": images, "keyed_float": analog, "keyed_int8": adc8(analog)}
+    inputs = {"float": images, "int8_unkeyed": images, "keyed_float": analog, "keyed_int8": adc(analog)}
     return BenchModels(prov, wrong, unkeyed_float, unkeyed_int8, models, inputs)
 
 
@@ -78,7 +80,7 @@ def run_keyed_bench(dataset: str, profile: str | Profile, limit: int | None, mod
     show.step("keying (key generation, keyed float and int8 models, unkeyed baselines)")
     b = prepare_bench(net, model_path, profile, default_calibration_frames(net), images, plain)
     prov, models, inputs, keyed_frames = b.prov, b.models, b.inputs, b.keyed_frames
-    wrong_frames = adc8(b.wrong.sensor.apply(plain))
+    wrong_frames = key_and_digitise(b.wrong.sensor, plain)
     pred = {name: predict_labels(m, inputs[name], f"accuracy {name}", show) for name, m in models.items()}
     keyed_float_adc = predict_labels(models["keyed_float"], keyed_frames, "accuracy keyed float, ADC frames", show)
     acc = {name: float(np.mean(p == labels)) for name, p in pred.items()}

@@ -20,6 +20,7 @@ import numpy as np
 
 from base.cli import json_option
 from base.errors import ConfigError
+from hardware.digitise import key_and_digitise
 from keys.generate import KeyConfig
 from tools.attacks.metrics import ssim
 from tools.bench.common import Progress, write_json
@@ -28,7 +29,6 @@ from tools.datasets import load_dataset
 from tools.ir import forward
 from tools.keying.keyed import derive_keyset
 from tools.keying.profiles import PROFILES, Profile, get_profile
-from tools.keying.provision import adc8
 from tools.onnx_import import load_onnx
 
 FramesOnlyAttack = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -88,7 +88,7 @@ def frames_only_scores(dataset: str, prof: Profile, frame_counts: list[int], pub
     ref, _ = load_dataset(dataset, "train", limit=public)
     plain = test.reshape(len(test), -1) / 255.0
     shape = tuple(test.shape[-2:])
-    keyed = adc8(keyset.sensor.apply(plain))
+    keyed = key_and_digitise(keyset.sensor, plain)
     out = []
     for n in frame_counts:
         Progress("keyfrontier", f"{dataset} {prof.name}").step(f"frames-only attack, {n} frames")

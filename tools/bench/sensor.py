@@ -18,7 +18,8 @@ import numpy as np
 from base.cli import json_option
 from base.errors import ConfigError
 from edge.runtime import TFLiteModel
-from hardware.preadc import FiberOptics, PreADCStage, SensorModel, dequantize
+from hardware.digitise import model_input
+from hardware.preadc import FiberOptics, PreADCStage, SensorModel
 from keys.factors import Key
 from tools.bench.common import Progress, write_json
 from tools.bench.keyed import SHIPPED_MODELS, shipped_model
@@ -45,9 +46,7 @@ def _accuracy(model: TFLiteModel, stage: PreADCStage, images: np.ndarray, labels
     stage.reset()
     hits = 0
     for image, label in zip(images, labels):
-        codes = stage(image)
-        frame = codes if bits == 8 else dequantize(codes, bits)     # uint8 input means 8-bit counts
-        hits += int(np.argmax(model.invoke(frame)) == label)
+        hits += int(np.argmax(model.invoke(model_input(stage(image), bits))) == label)
     return hits / len(images)
 
 

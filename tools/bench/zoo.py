@@ -19,13 +19,14 @@ import numpy as np
 
 from base.errors import ConfigError
 from edge.runtime import TFLiteModel
+from hardware.digitise import key_and_digitise
+from hardware.preadc import adc
 from tools.bench.common import Progress, latency_ms, predict_labels
 from tools.bench.keyed import prepare_bench
 from tools.face import data as face_data
 from tools.face.dlib_ref import cached_dlib_embeddings, dlib_available, dlib_scores
 from tools.face.verify import cosine_scores, decisions, verification_metrics
 from tools.keying.cost import projected_cost
-from tools.keying.provision import adc8
 from tools.models_zoo import ZOO, export_random
 from tools.onnx_import import load_onnx
 from tools.zoo_train import fashion32
@@ -77,9 +78,9 @@ def run_allconv_bench(profile: str, limit: int | None, progress: bool = True) ->
         prov, wrong, models, inputs = b.prov, b.wrong, b.models, b.inputs
         pred = {name: predict_labels(m, inputs[name], f"accuracy {name}", show) for name, m in models.items()}
         acc = {name: float(np.mean(p == labels)) for name, p in pred.items()}
-        acc_wrong = float(np.mean(predict_labels(models["keyed_int8"], adc8(wrong.sensor.apply(plain)),
+        acc_wrong = float(np.mean(predict_labels(models["keyed_int8"], key_and_digitise(wrong.sensor, plain),
                                                  "accuracy, another device's key", show) == labels))
-        plain_u8 = adc8(plain)
+        plain_u8 = adc(plain)
         acc_raw = float(np.mean(predict_labels(models["keyed_int8"], plain_u8, "accuracy, plain frames into keyed",
                                                show) == labels))
         show.step(f"latency int8 / keyed int8 / keyed float, {3 * min(100, len(images))} frames each")
@@ -135,9 +136,9 @@ def run_face_bench(profile: str, limit: int | None, progress: bool = True, with_
     decode = prov.keyset.output.apply_inverse           # at the key holder
     emb = {name: _embed(m, inputs[name], decode if name.startswith("keyed") else None, name, show)
            for name, m in models.items()}
-    emb["wrong_key"] = _embed(models["keyed_int8"], adc8(wrong.sensor.apply(plain)), decode,
+    emb["wrong_key"] = _embed(models["keyed_int8"], key_and_digitise(wrong.sensor, plain), decode,
                               "keyed int8, another device's key", show)
-    emb["raw_on_keyed"] = _embed(models["keyed_int8"], adc8(plain), decode, "keyed int8, plain frames", show)
+    emb["raw_on_keyed"] = _embed(models["keyed_int8"], adc(plain), decode, "keyed int8, plain frames", show)
     emb["undecoded"] = _embed(models["keyed_int8"], keyed_frames, None, "keyed int8, no output key", show)
     ver = {name: verification_metrics(cosine_scores(e, index), pairs.same, pairs.fold) for name, e in emb.items()}
     if with_dlib and dlib_available():

@@ -1,4 +1,4 @@
-"""LFW arrays from ../shared/data/faces (read in place, never copied into the repository)."""
+"""LFW arrays from the research data folder (README, Data: read in place, never copied into the repository)."""
 from __future__ import annotations
 
 import os
@@ -15,7 +15,7 @@ PAIRS_FILE = "lfw_dfunneled_112_rgb_pairs.npz"
 
 
 def faces_dir(root: str | Path | None = None) -> Path:
-    """The LFW folder: `root`, $KEYCAM_FACES_DIR, or ../shared/data/faces next to the project."""
+    """The LFW folder: `root`, $KEYCAM_FACES_DIR, or the research data folder beside the repository (README, Data)."""
     if root is None:
         root = os.environ.get(FACES_ENV) or Path(__file__).resolve().parents[3] / "shared" / "data" / "faces"
     return Path(root)

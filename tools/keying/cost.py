@@ -78,7 +78,7 @@ def peak_rss_mb() -> float:
 
 def measure(onnx_path: str, profile: str, write: bool, calib: int, progress=None, invoke: int = 0) -> dict:
     """Time key generation, keying and (optionally) int8 writing and `invoke` inferences of one model."""
-    from tools.keying.provision import adc8
+    from hardware.digitise import key_and_digitise
     from tools.onnx_import import load_onnx
     from tools.tflite.writer import write_tflite
     net = load_onnx(onnx_path)
@@ -91,12 +91,12 @@ def measure(onnx_path: str, profile: str, write: bool, calib: int, progress=None
         keyed = key_network(net, keyset, progress)
         t2 = time.perf_counter()
         frames = np.random.default_rng(0).uniform(size=(calib, int(np.prod(net.input_shape))))
-        blob, _ = write_tflite(keyed, int8=True, calib=adc8(keyset.sensor.apply(frames)) / 255.0)
+        blob, _ = write_tflite(keyed, int8=True, calib=key_and_digitise(keyset.sensor, frames) / 255.0)
         del keyed
         t3 = time.perf_counter()
         result.update(keying_s=t2 - t1, write_int8_s=t3 - t2, size_int8=len(blob))
         if invoke:
-            result["latency_ms"] = invoke_latency_ms(blob, adc8(keyset.sensor.apply(frames)), invoke)
+            result["latency_ms"] = invoke_latency_ms(blob, key_and_digitise(keyset.sensor, frames), invoke)
     else:
         nnz = 0
         for layer in iter_keyed_layers(net, keyset, progress):

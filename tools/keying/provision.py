@@ -13,7 +13,7 @@ import numpy as np
 
 from base.errors import ConfigError, KeycamError
 from hardware.camera.samples import load_samples
-from hardware.preadc import adc
+from hardware.digitise import key_and_digitise
 from keys.keyset import KeySet
 from tools.datasets import load_dataset
 from tools.ir import Network
@@ -32,9 +32,6 @@ class Provisioned:
     tflite_int8: bytes
     tflite_float: bytes
     report: dict = field(default_factory=dict)
-
-
-adc8 = adc       # the ideal 8-bit ADC (full scale 1.0) that keyed calibration frames go through
 
 
 def default_calibration_frames(net: Network, limit: int = CALIBRATION_FRAMES) -> np.ndarray:
@@ -78,7 +75,7 @@ def build_keyed_model(onnx_path: str | Path, secret: bytes, device_id: str, prof
     if plain.max(initial=0) > 1.0:
         plain = plain / 255.0
     float_error = verify_keyed(net, keyed, keyset, plain[:64])
-    keyed_frames = adc8(keyset.sensor.apply(plain)).astype(np.float64) / 255.0
+    keyed_frames = key_and_digitise(keyset.sensor, plain).astype(np.float64) / 255.0
     meta = model_metadata(net, keyset, "keyed")
     tflite_int8, ops = write_tflite(keyed, int8=True, calib=keyed_frames, metadata={**meta, "quantization": "int8"},
                                     sparse_ell=prof.sensor_stage)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hardware.preadc import quantise
 from tools.san.errors import FaceDataError
 
 FACES_64 = "lfw_dfunneled_64_rgb.npz"
@@ -16,7 +17,7 @@ FEMALE, MALE, NEUTRAL = 0, 1, 2
 
 
 def default_faces_dir() -> Path:
-    """$KEYCAM_FACES_DIR, else ../shared/data/faces beside the repository root."""
+    """$KEYCAM_FACES_DIR, else the research data folder beside the repository (README, Data)."""
     env = os.environ.get(FACES_ENV)
     if env:
         return Path(env)
@@ -113,7 +114,7 @@ def to_float(images: np.ndarray) -> np.ndarray:
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """float (N,C,H,W) in [0,1] -> uint8 (N,H,W,C)."""
-    return np.clip(np.rint(images.transpose(0, 2, 3, 1) * 255.0), 0, 255).astype(np.uint8)
+    return quantise(images.transpose(0, 2, 3, 1))
 
 
 def downsample(images: np.ndarray, factor: int) -> np.ndarray:

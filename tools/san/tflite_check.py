@@ -5,6 +5,8 @@ import numpy as np
 import torch
 
 from edge.runtime import TFLiteModel
+from hardware.digitise import key_and_digitise
+from hardware.preadc import quantise
 from keys.factors import Key
 from tools.san.export import SanStage
 from tools.san.metrics import psnr, ssim
@@ -17,18 +19,14 @@ def apply_key(key: Key, frame: np.ndarray) -> np.ndarray:
 
 
 def key_frame(key: Key, frame: np.ndarray) -> np.ndarray:
-    """`apply_key` on a uint8 frame, as uint8 (exact for permutation keys)."""
-    return np.clip(np.rint(apply_key(key, frame)), 0, 255).astype(np.uint8)
+    """A uint8 frame (H,W,3) keyed as the device's 8-bit sensor delivers it."""
+    return key_and_digitise(key, frame[None] / 255.0)[0]
 
 
 def unkey_frame(key: Key, frame: np.ndarray) -> np.ndarray:
     """Inverse of `key_frame` for float frames (H,W,3)."""
     h, w, c = frame.shape
     return key.apply_inverse(frame.transpose(2, 0, 1).reshape(-1)).reshape(c, h, w).transpose(1, 2, 0)
-
-
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
 def stage_outputs(model_bytes: bytes, faces: np.ndarray, in_key: Key | None = None,
@@ -50,7 +48,7 @@ def unseen_gender_scores(model_bytes: bytes, faces: np.ndarray, gender: np.ndarr
     from tools.san.metrics import gender_scores
     from tools.san.unseen import UnseenGender
 
-    images = _to_uint8(stage_outputs(model_bytes, faces, key, key))
+    images = quantise(stage_outputs(model_bytes, faces, key, key))
     return gender_scores(UnseenGender(cache_dir).predict(images), np.asarray(gender))
 
 
@@ -64,8 +62,8 @@ def compare_with_torch(stage: SanStage, model_bytes: bytes, faces: np.ndarray, i
     want = want.transpose(0, 2, 3, 1)
     err = np.abs(got - want)
     return {"max_abs": float(err.max()), "mean_abs": float(err.mean()),
-            "ssim": float(ssim(_to_uint8(want), _to_uint8(got)).mean()),
-            "psnr": float(psnr(_to_uint8(want), _to_uint8(got)).mean()), "n_faces": len(faces)}
+            "ssim": float(ssim(quantise(want), quantise(got)).mean()),
+            "psnr": float(psnr(quantise(want), quantise(got)).mean()), "n_faces": len(faces)}
 
 
 def compare_keyed(plain_bytes: bytes, keyed_bytes: bytes, in_key: Key, out_key: Key, faces: np.ndarray) -> float:

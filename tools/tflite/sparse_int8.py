@@ -11,7 +11,7 @@ vector x (tensor [1, n]):
                       depth multiplier M)                             k taps, per-row int8 weights, int32 bias
     RESHAPE                                         -> [1, O]
 
-GATHER copies element by element (runtime-facts.md), so a group gathers its inputs once for its M rows:
+GATHER copies element by element in the runtime, so a group gathers its inputs once for its M rows:
 for the SAN stage's conv layers that is 8-48x fewer copies than one gather per row.
 
 `regroup=True` also groups rows that share a support but do not lie in aligned blocks (e.g. the rows of a

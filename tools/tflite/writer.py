@@ -4,7 +4,7 @@ int8: post-training quantisation calibrated on (keyed) frames: activations asymm
 weights symmetric per output channel, int32 biases. Sparse layers whose pattern is made of 1x16
 blocks become int8 block-sparse FULLY_CONNECTED with one weight scale per tensor (the sparse kernel
 has no per-channel path; tflite-runtime 2.14 returns zeros with per-channel scales). Other sparse
-layers have no int8 kernel (see runtime-facts.md): they stay float32 CSR between DEQUANTIZE/QUANTIZE,
+layers have no int8 kernel in the runtime: they stay float32 CSR between DEQUANTIZE/QUANTIZE,
 and the report lists them, unless the caller asks for `sparse_ell`: then they become int8 GATHER +
 DEPTHWISE_CONV_2D in ELL form (tools.tflite.sparse_int8; cheap when rows have few non-zeros, e.g. a
 sensor key's inverse). Sparse layers are written as CSR FULLY_CONNECTED with op version 8 (with
