@@ -2,7 +2,7 @@
 
 Plain test frames of the model's dataset are keyed with the device's sensor key, exactly as the
 sensor would produce them; the keyed model is run on them on the host while the clear model is in
-memory (keys.generations: the vault keeps only the sealed model), and frames whose (decrypted)
+memory (tools.provisioning: the vault keeps only the sealed model), and frames whose (decrypted)
 prediction equals the true label are kept with the class index the model outputs. They pair public
 images with keyed frames, so bundles carry them sealed to the device too. The device must
 then reproduce those outputs: a wrong key, a corrupted model or a broken runtime all fail it.
@@ -14,10 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from base.errors import ConfigError
+from deploy.health import save_canary
 from edge.datasets import load_dataset, load_samples
 from edge.runtime import TFLiteModel
+from keys.fields import b64e
 
 CANDIDATE_FACTOR = 4
+CANARY_FRAMES = 16          # kept in the vault per generation (default of --canary-frames)
 
 
 def adc(values: np.ndarray) -> np.ndarray:
@@ -64,3 +67,9 @@ def make_canary(model_bytes: bytes, keyset, count: int = 16, source: Path | None
         raise ConfigError(f"only {len(good)} of {len(frames)} candidate canary frames are classified "
                           f"correctly by the keyed model; need {count} (is the model keyed for this key set?)")
     return keyed[good], raw[good]
+
+
+def vault_canary(model_bytes: bytes, keyset, count: int = CANARY_FRAMES, dataset: str | None = None) -> str:
+    """Canary frames as the vault keeps them (`save_canary` .npz, base64); a keys.generations.CanaryMaker."""
+    frames, expected = make_canary(model_bytes, keyset, count, dataset=dataset)
+    return b64e(save_canary(frames, expected))

@@ -17,7 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("tools.demo:demo", "Key the shipped model and classify the shipped sample frames."),
     "train": ("tools.train_cli:train", "Train a base model and export ONNX (needs the train extra)."),
     "bench": ("tools.bench_cli:bench", "Benchmarks: keyed models, sensor, pipeline, ..."),
-    "keys": ("keys.cli:keys", "Provision, rotate, revoke and inspect device keys (vault)."),
+    "keys": ("keycam.keys_cli:keys", "Provision, rotate, revoke and inspect device keys (vault)."),
     "deploy": ("deploy.cli:deploy", "Build, verify and push signed bundles to devices."),
     "hw": ("hardware.cli:hw", "Hardware: faceplate actuator, emulator, camera."),
     "san": ("tools.san.cli:san", "Semi-adversarial networks: train, evaluate, export."),

@@ -56,7 +56,7 @@ def rotated(tmp_path_factory):
 def _keysets(env: dict) -> tuple[str, str | None]:
     """(active, pending) key fingerprints of the device in the vault."""
     vault = Vault.open(env["KEYCAM_VAULT"], env["KEYCAM_VAULT_PASSPHRASE"])
-    states = {g["state"]: g["key_fingerprint"] for g in vault.device(DEVICE)["generations"]}
+    states = {g.state: g.key_fingerprint for g in vault.device(DEVICE).generations}
     return states["active"], states.get("pending")
 
 
