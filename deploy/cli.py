@@ -5,7 +5,6 @@ Targets are `dir:PATH` (a device root on a mounted SD card, first flash) or
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
@@ -21,13 +20,7 @@ from deploy.canary import vault_canary
 from deploy.inventory import Entry, load_inventory, select
 from keys import audit, lifecycle
 from keys.fields import b64d
-from keys.vault import Vault
 from keys.vault_cli import PASSPHRASE_ENV, edit_vault, open_vault, vault_options
-
-
-def _edit(params: dict) -> contextlib.AbstractContextManager[Vault]:
-    """Open the vault for a change (an older vault's clear models are sealed, their canaries made)."""
-    return edit_vault(params, vault_canary)
 
 
 def _trusted(pubkey: Path | None, params: dict) -> bytes:
@@ -108,7 +101,7 @@ def build(device, version, min_version, keyset, hardware, out, canary_frames, he
     if mender_artifact:
         from deploy import mender
         mender.require_tool()
-    with _edit(params) as vault:
+    with edit_vault(params, vault_canary) as vault:
         path, manifest = builder.build(vault, device, version, out, min_version, keyset, list(hardware) or None,
                                        canary_frames, health_timeout_s=health_timeout, config=template)
         if mender_artifact:   # before any audit entry: a failure here leaves the vault and its log unchanged
@@ -189,7 +182,7 @@ def push(inventory, limit, target, python, json_dest, bundle, bundles, canary, d
 
     def confirm_in_vault(device_id: str, fingerprint: str) -> None:
         """A healthy install of a pending key set makes it the device's active one."""
-        with _edit(params) as vault:
+        with edit_vault(params, vault_canary) as vault:
             if fingerprint:
                 lifecycle.confirm(vault, device_id, fingerprint, by="deploy push")
 
@@ -228,7 +221,7 @@ def _reconcile(results: list[dict], params: dict) -> None:
     was interrupted once the device had switched). Only with a vault and a passphrase given without a prompt."""
     if not params["vault_path"].is_file() or not (params.get("passphrase_file") or os.environ.get(PASSPHRASE_ENV)):
         return
-    with _edit(params) as vault:
+    with edit_vault(params, vault_canary) as vault:
         for r in results:
             fp, device = r.get("key_fingerprint"), r.get("device_id")
             if r["ok"] and fp and device and lifecycle.confirm_running(vault, device, fp, by="deploy status"):

@@ -8,7 +8,6 @@ keyed models), deploy.export (device files), tools.decode (prediction records).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -22,14 +21,7 @@ from deploy.canary import CANARY_FRAMES, vault_canary
 from keys import audit, lifecycle
 from keys.keystore import STORES
 from keys.profiles import DEFAULT_PROFILE, PROFILES
-from keys.vault import Vault
 from keys.vault_cli import edit_vault, open_vault, passphrase, vault_options
-from tools.provisioning import CanarySpec
-
-
-def _edit(params: dict) -> contextlib.AbstractContextManager[Vault]:
-    """Open the vault for a change (an older vault's clear models are sealed, their canaries made)."""
-    return edit_vault(params, vault_canary)
 
 
 def _device_arg(value: str) -> str:
@@ -94,13 +86,13 @@ def provision(device, model, profile, output_encryption, faceplate, hardware, co
       keycam keys provision cam-01 --model tools/models/lenet_fashion.onnx --profile stem --config cam-01.yaml
     """
     from deploy.payload import check_template
-    from tools.provisioning import DeviceSpec, device_key_pair, provision
+    from tools.provisioning import CanarySpec, DeviceSpec, device_key_pair, provision
     key_pair = device_key_pair(device_pubkey)
     template = check_template(config_path, device, faceplate) if config_path else None
     spec = DeviceSpec(device, model, profile, output_encryption, faceplate, hardware, template)
     previous = signal.getsignal(signal.SIGINT)
     try:
-        with _edit(params) as vault:
+        with edit_vault(params, vault_canary) as vault:
             gen = provision(vault, spec, key_pair, CanarySpec(canary_frames, canary_dataset)).generations[0]
             signal.signal(signal.SIGINT, signal.SIG_IGN)   # the save below commits: finish and report it
     except BaseException:                              # not committed: Ctrl-C works again
@@ -148,7 +140,7 @@ def show(device, reveal, json_dest, **params) -> None:
       keycam keys show cam-01 --json
     """
     if reveal:  # revealing secrets is itself an audited action
-        with _edit(params) as vault:
+        with edit_vault(params, vault_canary) as vault:
             record = lifecycle.reveal(vault, device)
     else:
         record = open_vault(params).device(device)
@@ -185,8 +177,9 @@ def rotate(device, model, profile, canary_frames, canary_dataset, json_dest, **p
     Example:
       keycam keys rotate cam-01
     """
+    from tools.provisioning import CanarySpec
     from tools.provisioning import rotate as rotate_device
-    with _edit(params) as vault:
+    with edit_vault(params, vault_canary) as vault:
         done = rotate_device(vault, device, model, profile, CanarySpec(canary_frames, canary_dataset))
     gen, current = done.pending, done.active
     emit_result(json_dest, {"device_id": device, "generation": gen.generation, "profile": gen.profile,
@@ -208,7 +201,7 @@ def confirm(device, fingerprint, json_dest, **params) -> None:
     Example:
       keycam keys confirm cam-01
     """
-    with _edit(params) as vault:
+    with edit_vault(params, vault_canary) as vault:
         fp, changed = lifecycle.confirm(vault, device, fingerprint)
     emit_result(json_dest, {"device_id": device, "active": fp, "changed": changed},
                 f"{device}: key set {fp[:16]} is {'now' if changed else 'already'} active")
@@ -226,7 +219,7 @@ def revoke(device, reason, json_dest, **params) -> None:
     Example:
       keycam keys revoke cam-01 --reason 'camera stolen' --json
     """
-    with _edit(params) as vault:
+    with edit_vault(params, vault_canary) as vault:
         dev = lifecycle.revoke(vault, device, reason)
     emit_result(json_dest, {"device_id": device, "state": "revoked", "revoked": dev.revoked, "reason": reason},
                 f"{device}: revoked")
@@ -249,7 +242,6 @@ def decode(records, device, top_k, **params) -> None:
     from tools.decode import RecordDecoder
     for rec in RecordDecoder(open_vault(params), device, top_k).lines(records):
         click.echo(json.dumps(rec, sort_keys=True))
-
 
 
 @keys.command()
@@ -282,7 +274,7 @@ def export(device, out, keyset, store, tpm_tcti, new_device_key, mender_rootfs, 
     from deploy.export import ExportOptions, export_device
     from tools.provisioning import rekey
     options = ExportOptions(keyset, store, tpm_tcti, new_device_key, mender_rootfs, clear_model)
-    with _edit(params) as vault:
+    with edit_vault(params, vault_canary) as vault:
         written = export_device(vault, device, out, options, rekey)
     click.echo(f"exported {device} to {out}: {', '.join(written)}"
                + (" (model and sensor key IN CLEAR)" if clear_model else " (model and sensor key sealed)"))

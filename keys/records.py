@@ -22,7 +22,9 @@ from typing import Any, TypeVar
 from base.clock import now_iso
 from base.ids import is_valid_id
 from keys.fields import VaultError, b64d
-from keys.keyset import KeySet
+
+if typing.TYPE_CHECKING:
+    from keys.keyset import KeySet
 
 GEN_STATES = ("active", "pending", "retired", "revoked")
 USABLE_GEN_STATES = ("active", "pending")
@@ -152,6 +154,7 @@ class Generation:
 
     def key_set(self) -> KeySet:
         """The generation's key set (sensor, model and output keys)."""
+        from keys.keyset import KeySet  # numpy/scipy: only for the commands that use key material
         return KeySet.from_bytes(b64d(self.keyset, "keyset"))
 
     def secret_bytes(self) -> bytes:

@@ -10,6 +10,8 @@ header (format, version, kdf, cipher) as associated data, so any change to eithe
 Before anything is derived, the scrypt parameters are bounded (see `check_kdf`) and `header_sha256`
 (version 2) is compared with the canonical header; see `header_digest` for what that does and does
 not protect. Version 1 files (no digest) still open and are written back as version 2.
+The decrypted payload is a JSON object: "devices" (device id -> a `keys.records.DeviceRecord`, read
+and checked when the vault opens), "signing", "audit", "mender_signing" and "created".
 The file is mode 0600 and every write is atomic (temp file, fsync, rename, fsync of the directory).
 """
 from __future__ import annotations
@@ -189,6 +191,8 @@ class Vault:
         except (KeyError, TypeError, ValueError) as exc:
             raise VaultError(f"vault {path} is malformed: {exc}") from exc
         data = json.loads(plain)
+        if not isinstance(data, dict):
+            raise VaultError(f"vault {path} is malformed: its contents are not a JSON object")
         return cls(path, data, _read_devices(data.pop("devices", None), path), key, kdf)
 
     def on_save(self, write: Callable[[], Callable[[], None]]) -> None:
