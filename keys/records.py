@@ -12,6 +12,7 @@ generation it replaced becomes 'retired'; revoke marks every generation 'revoked
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import types
 import typing
@@ -32,6 +33,7 @@ DEVICE_STATES = ("active", "revoked")
 SECRET_FIELDS = ("secret", "keyset", "model_sealed", "canary", "model_int8")   # never shown without --reveal
 
 R = TypeVar("R")
+_field_types = functools.cache(typing.get_type_hints)      # a record class -> its fields' resolved types
 
 
 def _check(value: Any, kind: Any, where: str) -> Any:
@@ -61,7 +63,7 @@ def _from_json(cls: type[R], doc: Any, where: str) -> R:
     """A record dataclass from its JSON object: known fields checked, unknown ones kept in `extra`."""
     if not isinstance(doc, dict):
         raise VaultError(f"vault record {where} must be a JSON object, got {type(doc).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = _field_types(cls)
     known = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}
     values = {}
     for name, spec in known.items():
