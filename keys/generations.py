@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from base.signing import public_key_id
 from keys.fields import VaultError, b64d, b64e
-from keys.keyset import KeySet
 from keys.records import DeviceRecord, Generation
 from keys.sealing import ROLE_MODEL, context_for, recipient_key_id, seal
 from keys.vault import Vault
 
+if TYPE_CHECKING:
+    from keys.keyset import KeySet
+
 # (clear int8 model, its key set) -> canary frames and expected classes (.npz, base64), made by the host
-CanaryMaker = Callable[[bytes, KeySet], str]
+CanaryMaker = Callable[[bytes, "KeySet"], str]
 
 
 def seal_model(gen: Generation, device_id: str, device_public: str, model: bytes) -> None:
