@@ -2,7 +2,7 @@
 
 Plain test frames of the model's dataset are keyed with the device's sensor key, exactly as the
 sensor would produce them; the keyed model is run on them on the host while the clear model is in
-memory (keys.generations: the vault keeps only the sealed model), and frames whose (decrypted)
+memory (tools.provisioning: the vault keeps only the sealed model), and frames whose (decrypted)
 prediction equals the true label are kept with the class index the model outputs. They pair public
 images with keyed frames, so bundles carry them sealed to the device too. The device must
 then reproduce those outputs: a wrong key, a corrupted model or a broken runtime all fail it.
@@ -14,10 +14,13 @@ from collections.abc import Callable
 import numpy as np
 
 from base.errors import ConfigError
+from deploy.health import save_canary
 from edge.runtime import TFLiteModel
 from hardware.digitise import key_and_digitise
+from keys.fields import b64e
 
 CANDIDATE_FACTOR = 4
+CANARY_FRAMES = 16          # kept in the vault per generation (default of --canary-frames)
 
 
 def key_frames(sensor_key, frames: np.ndarray) -> np.ndarray:
@@ -25,8 +28,11 @@ def key_frames(sensor_key, frames: np.ndarray) -> np.ndarray:
     return key_and_digitise(sensor_key, np.asarray(frames).astype(np.float64) / 255.0)
 
 
-def make_canary(model_bytes: bytes, keyset, plain_frames: Callable[[str | None, int], tuple[np.ndarray, np.ndarray]],
-                count: int = 16, dataset: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+PlainFrames = Callable[[str | None, int], tuple[np.ndarray, np.ndarray]]
+
+
+def make_canary(model_bytes: bytes, keyset, plain_frames: PlainFrames, count: int = CANARY_FRAMES,
+                dataset: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Return (keyed uint8 frames, expected output class) for `count` frames the model gets right.
 
     `plain_frames(dataset, n)` gives n plain uint8 test frames and labels (host side:
@@ -45,3 +51,10 @@ def make_canary(model_bytes: bytes, keyset, plain_frames: Callable[[str | None, 
         raise ConfigError(f"only {len(good)} of {len(frames)} candidate canary frames are classified "
                           f"correctly by the keyed model; need {count} (is the model keyed for this key set?)")
     return keyed[good], raw[good]
+
+
+def vault_canary(model_bytes: bytes, keyset, plain_frames: PlainFrames, count: int = CANARY_FRAMES,
+                 dataset: str | None = None) -> str:
+    """Canary frames as the vault keeps them (`save_canary` .npz, base64)."""
+    frames, expected = make_canary(model_bytes, keyset, plain_frames, count, dataset=dataset)
+    return b64e(save_canary(frames, expected))

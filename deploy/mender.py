@@ -66,7 +66,7 @@ def public_key_path(vault_path: Path) -> Path:
 def mender_key(vault) -> MenderKey:
     """The vault's Mender signing key, created on first use (the caller saves the vault)."""
     from base.clock import now_iso
-    from keys.vault import b64d, b64e
+    from keys.fields import b64d, b64e
     entry = vault.data.get(VAULT_ENTRY)
     created = entry is None
     if created:

@@ -34,22 +34,23 @@ def load_template(path: str | Path) -> dict:
     return doc
 
 
-def device_config(device: dict, template: dict | None = None, identity: str | None = IDENTITY_FROM_SLOT) -> dict:
-    """The device's `keycam run` config: `template` (else the vault's, else a default) plus the vault's facts.
+def device_config(device_id: str, faceplate: bool, template: dict | None = None,
+                  identity: str | None = IDENTITY_FROM_SLOT) -> dict:
+    """The device's `keycam run` config: `template` (the one given, else the vault's; None: a default)
+    plus the vault's facts.
 
     `identity` is the identity folder relative to the YAML (None: clear files, a research export)."""
-    cfg = copy.deepcopy(template if template is not None else device.get("config") or DEFAULT_TEMPLATE)
-    cfg["device_id"] = device["device_id"]
+    cfg = copy.deepcopy(template if template is not None else DEFAULT_TEMPLATE)
+    cfg["device_id"] = device_id
     cfg.pop("identity", None)
     if identity is not None:
         cfg["identity"] = identity
     cfg["model"] = {**(cfg.get("model") or {}), "path": MODEL}
     stage = dict(cfg.get("key_stage") or {})
-    if device["faceplate"]:
+    if faceplate:
         if stage.get("type") != "faceplate":
-            hint = ("pass --config FILE" if template is None and not device.get("config")
-                    else f"the template's key_stage type is {stage.get('type')!r}")
-            raise ConfigError(f"{device['device_id']} has a faceplate: its config template needs "
+            hint = "pass --config FILE" if template is None else f"the template's key_stage type is {stage.get('type')!r}"
+            raise ConfigError(f"{device_id} has a faceplate: its config template needs "
                               f"key_stage {{type: faceplate, port, expected_id}} ({hint})")
     else:
         keep = {k: v for k, v in stage.items() if stage.get("type") == "simulated" and k != "sensor_key"}
@@ -63,17 +64,17 @@ def check_template(path: str | Path, device_id: str, faceplate: bool) -> dict:
     sensor key files), so provisioning refuses a bad template before any keying; returns the template."""
     template = load_template(path)
     try:
-        render_config({"device_id": device_id, "faceplate": faceplate}, [MODEL, SENSOR_KEY], template)
+        render_config(device_id, faceplate, [MODEL, SENSOR_KEY], template)
     except ConfigError as exc:
         raise ConfigError(f"config template {path}: {exc}") from None
     return template
 
 
-def render_config(device: dict, names: Iterable[str], template: dict | None = None,
+def render_config(device_id: str, faceplate: bool, names: Iterable[str], template: dict | None = None,
                   identity: str | None = IDENTITY_FROM_SLOT) -> bytes:
-    """device.yaml bytes, validated with the service's own loader (files `names` beside it)."""
+    """device.yaml bytes (see `device_config`), validated with the service's own loader (files `names` beside it)."""
     from edge.config import parse_config
-    cfg = device_config(device, template, identity)
+    cfg = device_config(device_id, faceplate, template, identity)
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             (Path(tmp) / name).touch()      # the loader checks that files exist, never their content
@@ -83,5 +84,5 @@ def render_config(device: dict, names: Iterable[str], template: dict | None = No
         try:
             parse_config(check, Path(tmp), CONFIG)
         except ConfigError as exc:
-            raise ConfigError(f"device config for {device['device_id']} is invalid: {exc}") from exc
+            raise ConfigError(f"device config for {device_id} is invalid: {exc}") from exc
     return yaml.safe_dump(cfg, sort_keys=False).encode()

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from base.atomic import write_error
 from base.clock import now_iso
-from keys.vault import Vault, b64d, b64e
+from keys.fields import b64d, b64e
+from keys.vault import Vault
 
 GENESIS = "0" * 64
 

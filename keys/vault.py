@@ -10,11 +10,12 @@ header (format, version, kdf, cipher) as associated data, so any change to eithe
 Before anything is derived, the scrypt parameters are bounded (see `check_kdf`) and `header_sha256`
 (version 2) is compared with the canonical header; see `header_digest` for what that does and does
 not protect. Version 1 files (no digest) still open and are written back as version 2.
+The decrypted payload is a JSON object: "devices" (device id -> a `keys.records.DeviceRecord`, read
+and checked when the vault opens), "signing", "audit", "mender_signing" and "created".
 The file is mode 0600 and every write is atomic (temp file, fsync, rename, fsync of the directory).
 """
 from __future__ import annotations
 
-import base64
 import contextlib
 import fcntl
 import hashlib
@@ -32,8 +33,9 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from base.atomic import atomic_write
 from base.clock import now_iso
-from base.errors import KeycamError
 from base.signing import public_key_id, raw_private, raw_public
+from keys.fields import VaultError, b64d, b64e
+from keys.records import DeviceRecord
 
 FORMAT = "keycam-vault"
 VERSION = 2
@@ -41,25 +43,6 @@ READABLE_VERSIONS = (1, 2)                # version 1: the same file without hea
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 15, 8, 1
 _CHECK_LABEL = b"keycam-vault passphrase check v1"
 MIN_PASSPHRASE = 8
-
-# Key-set generation states: 'pending' after rotate until a deploy confirms it, then 'active';
-# the generation it replaced becomes 'retired'; revoke marks every generation 'revoked'.
-GEN_STATES = ("active", "pending", "retired", "revoked")
-
-
-class VaultError(KeycamError):
-    """The vault is missing, unreadable, tampered, or the passphrase is wrong."""
-
-
-def b64e(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def b64d(text: str, what: str) -> bytes:
-    try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
-    except (ValueError, AttributeError) as exc:
-        raise VaultError(f"vault field {what} is not valid base64") from exc
 
 
 # Accepted scrypt parameters. scrypt needs 128 * n * r bytes of memory and time proportional to
@@ -130,11 +113,25 @@ def header_digest(doc: dict) -> str:
     return hashlib.sha256(json.dumps(head, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def _read_devices(doc: object, path: Path) -> dict[str, DeviceRecord]:
+    """The typed device records of a decrypted payload; a malformed one raises VaultError naming it."""
+    if not isinstance(doc, dict):
+        raise VaultError(f"vault {path} is malformed: its devices are not a JSON object")
+    devices = {}
+    for name, entry in doc.items():
+        record = DeviceRecord.from_json(entry, f"devices.{name}")
+        if record.device_id != name:
+            raise VaultError(f"vault record devices.{name} holds device_id {record.device_id!r}")
+        devices[name] = record
+    return devices
+
+
 @dataclass
 class Vault:
     """Decrypted vault contents plus what is needed to write them back."""
     path: Path
-    data: dict
+    data: dict                                  # everything but the devices: signing key, audit head, ...
+    devices: dict[str, DeviceRecord]
     _key: bytes = field(repr=False)
     _kdf: dict = field(repr=False)
     _on_save: list[Callable[[], Callable[[], None]]] = field(default_factory=list, repr=False)
@@ -151,10 +148,10 @@ class Vault:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         kdf = {"name": "scrypt", "salt": b64e(os.urandom(16)), "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P}
         signing = Ed25519PrivateKey.generate()
-        data = {"created": now_iso(), "devices": {},
+        data = {"created": now_iso(),
                 "signing": {"private": b64e(raw_private(signing)), "public": b64e(raw_public(signing)),
                             "key_id": public_key_id(signing.public_key()), "created": now_iso()}}
-        vault = cls(path, data, _derive(passphrase, kdf, str(path)), kdf)
+        vault = cls(path, data, {}, _derive(passphrase, kdf, str(path)), kdf)
         vault.save()
         return vault
 
@@ -193,7 +190,10 @@ class Vault:
                              "(authentication failed); restore it from a backup") from exc
         except (KeyError, TypeError, ValueError) as exc:
             raise VaultError(f"vault {path} is malformed: {exc}") from exc
-        return cls(path, json.loads(plain), key, kdf)
+        data = json.loads(plain)
+        if not isinstance(data, dict):
+            raise VaultError(f"vault {path} is malformed: its contents are not a JSON object")
+        return cls(path, data, _read_devices(data.pop("devices", None), path), key, kdf)
 
     def on_save(self, write: Callable[[], Callable[[], None]]) -> None:
         """Queue a side write for the next save: `write()` runs just before the vault is written and
@@ -210,7 +210,8 @@ class Vault:
                 undo.append(self._on_save.pop(0)())
             doc = {"format": FORMAT, "version": VERSION, "kdf": self._kdf, "cipher": "AES-256-GCM"}
             nonce = os.urandom(12)
-            plain = json.dumps(self.data, sort_keys=True).encode()
+            devices = {name: record.to_json() for name, record in self.devices.items()}
+            plain = json.dumps({**self.data, "devices": devices}, sort_keys=True).encode()
             doc["check"] = b64e(hmac.new(self._key, _CHECK_LABEL, hashlib.sha256).digest())
             doc["header_sha256"] = header_digest(doc)
             doc["nonce"] = b64e(nonce)
@@ -240,67 +241,22 @@ class Vault:
             os.close(fd)
 
     # ---- devices --------------------------------------------------------------------------------
-    @property
-    def devices(self) -> dict[str, dict]:
-        return self.data["devices"]
-
-    def device(self, device_id: str) -> dict:
+    def device(self, device_id: str) -> DeviceRecord:
         """The record of one device; an unknown id raises VaultError listing the known ones."""
         if device_id not in self.devices:
             known = ", ".join(sorted(self.devices)) or "none"
             raise VaultError(f"device {device_id!r} is not in the vault (known: {known})")
         return self.devices[device_id]
 
-    def generation(self, device_id: str, state: str = "active", fingerprint: str | None = None) -> dict:
-        """One key-set generation of a device: by key fingerprint (prefix ok) or by state."""
-        gens = self.device(device_id)["generations"]
-        if fingerprint:
-            hits = [g for g in gens if g["key_fingerprint"].startswith(fingerprint)]
-            if len(hits) != 1:
-                raise VaultError(f"device {device_id!r}: {len(hits)} key sets match fingerprint {fingerprint!r}")
-            return hits[0]
-        hits = [g for g in gens if g["state"] == state]
-        if not hits:
-            raise VaultError(f"device {device_id!r} has no {state} key set"
-                             + (" (it is revoked)" if self.device(device_id)["state"] == "revoked" else ""))
-        return hits[-1]
+    def require_new(self, device_id: str) -> None:
+        """Refuse a device id that is already provisioned."""
+        if device_id in self.devices:
+            raise VaultError(f"device {device_id!r} is already provisioned; use `keycam keys rotate {device_id}`")
 
-    def select(self, device_id: str, selector: str) -> dict:
-        """A generation by 'active', 'pending' or key fingerprint (prefix); retired/revoked ones are refused."""
-        self.require_usable(device_id)
-        if selector in ("active", "pending"):
-            gen = self.generation(device_id, state=selector)
-        else:
-            gen = self.generation(device_id, fingerprint=selector)
-        if gen["state"] in ("revoked", "retired"):
-            raise VaultError(f"key set {gen['key_fingerprint'][:16]} of {device_id!r} is {gen['state']}")
-        return gen
-
-    def require_usable(self, device_id: str) -> dict:
-        """The device record, refusing revoked devices."""
-        dev = self.device(device_id)
-        if dev["state"] == "revoked":
-            raise VaultError(f"device {device_id!r} is revoked; provision a new device id instead")
-        return dev
-
-    def confirm(self, device_id: str, fingerprint: str) -> bool:
-        """Promote the pending generation with this key fingerprint to active (the old one is retired).
-
-        Returns False when that generation is already active (nothing to do).
-        """
-        dev = self.require_usable(device_id)
-        gen = self.generation(device_id, fingerprint=fingerprint)
-        if gen["state"] == "active":
-            return False
-        if gen["state"] != "pending":
-            raise VaultError(f"device {device_id!r}: key set {fingerprint[:16]} is {gen['state']}, not pending")
-        for other in dev["generations"]:
-            if other["state"] == "active":
-                other["state"] = "retired"
-                other["retired"] = now_iso()
-        gen["state"] = "active"
-        gen["confirmed"] = now_iso()
-        return True
+    def add_device(self, record: DeviceRecord) -> None:
+        """Record a newly provisioned device; an id already in the vault is refused."""
+        self.require_new(record.device_id)
+        self.devices[record.device_id] = record
 
     # ---- signing key ----------------------------------------------------------------------------
     def signing_private(self) -> Ed25519PrivateKey:

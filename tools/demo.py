@@ -18,8 +18,8 @@ import numpy as np
 from edge.runtime import TFLiteModel
 from hardware.camera.samples import load_samples
 from hardware.preadc import PreADCStage, SensorModel
+from keys.profiles import DEFAULT_PROFILE
 from tools.bench.keyed import shipped_model
-from tools.keying.profiles import DEFAULT_PROFILE
 from tools.keying.provision import build_keyed_model
 from tools.montage import save_montage
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from tools.keying.profiles import DEFAULT_PROFILE, PROFILES
+from keys.profiles import DEFAULT_PROFILE, PROFILES
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_SECRET = hashlib.sha256(b"keycam public demo secret - NOT A REAL KEY").digest()

@@ -10,8 +10,8 @@ torch = pytest.importorskip("torch")
 
 from click.testing import CliRunner  # noqa: E402
 
+from keys.profiles import DEFAULT_PROFILE  # noqa: E402
 from tools.ir import forward  # noqa: E402
-from tools.keying.profiles import DEFAULT_PROFILE  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

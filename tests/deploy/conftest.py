@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from deploy_testkit import PASSPHRASE, Sshd, base_model, deploy, local, service, write_agent_config
 
 from deploy import builder
-from keys.cli import keys
+from keycam.keys_cli import keys
 from keys.vault import Vault
 
 DEVICE = "cam-01"

@@ -16,9 +16,7 @@ from base.signing import raw_public
 from deploy.agent import STEPS, Agent
 from deploy.device import DeviceRoot, tree_digest
 from deploy.health import load_canary, save_canary
-from keys.keyset import KeySet
 from keys.sealing import ROLE_CANARY, ROLE_MODEL, ROLE_SENSOR_KEY, context_for, is_sealed, seal, unseal
-from keys.vault import b64d
 
 CANARY_CONTEXT = context_for("cam-01", ROLE_CANARY)
 
@@ -33,8 +31,8 @@ def test_install_switches_slot_and_commits(device_root, bundles, fleet_vault):
     assert (status["version"], status["previous"], status["slots"]["a"]["version"]) == ("2.0.0", "a", "1.0.0")
     assert not list((device_root / "incoming").iterdir()), "the upload must be removed after install"
     # the sensor key, the model and the canary stay sealed to this device in the slot (0600)
-    gen = fleet_vault.vault.generation("cam-01")
-    sensor = KeySet.from_bytes(b64d(gen["keyset"], "keyset")).sensor.to_bytes()
+    gen = fleet_vault.vault.device("cam-01").generation()
+    sensor = gen.key_set().sensor.to_bytes()
     key = DeviceRoot(device_root).device_key()
     for name, role in (("sensor.key", ROLE_SENSOR_KEY), ("model.tflite", ROLE_MODEL), ("canary.npz", ROLE_CANARY)):
         path = device_root / "slots" / "b" / name
@@ -221,8 +219,8 @@ def test_canary_frames_are_keyed(bundles, fleet_vault, template_root):
     from deploy.canary import key_frames
     from tools.datasets import plain_frames
     plain, _ = plain_frames(fleet_vault.dataset, 32)
-    gen = fleet_vault.vault.generation("cam-01")
-    sensor = KeySet.from_bytes(b64d(gen["keyset"], "keyset")).sensor
+    gen = fleet_vault.vault.device("cam-01").generation()
+    sensor = gen.key_set().sensor
     keyed = key_frames(sensor, plain)
     assert any(np.array_equal(frames[0], k) for k in keyed)
     assert not any(np.array_equal(frames[0], p) for p in plain)

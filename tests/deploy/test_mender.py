@@ -35,9 +35,9 @@ from deploy_testkit import (
 from base.signing import raw_public
 from deploy import mender
 from deploy.bundle import read_manifest
-from deploy.cli import deploy as deploy_cli
 from deploy.device import DeviceRoot
 from deploy.health import load_canary, save_canary
+from keycam.deploy_cli import deploy as deploy_cli
 from keys.sealing import ROLE_CANARY, context_for, seal, unseal
 from keys.vault import Vault
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from deploy_testkit import base_model
 
 from deploy.agent import INTERRUPT_ENV, STEPS, Agent
-from deploy.cli import deploy
+from keycam.deploy_cli import deploy
 from keys.vault import Vault
 
 KEYCAM = str(Path(sys.executable).with_name("keycam"))
@@ -56,7 +56,7 @@ def rotated(tmp_path_factory):
 def _keysets(env: dict) -> tuple[str, str | None]:
     """(active, pending) key fingerprints of the device in the vault."""
     vault = Vault.open(env["KEYCAM_VAULT"], env["KEYCAM_VAULT_PASSPHRASE"])
-    states = {g["state"]: g["key_fingerprint"] for g in vault.device(DEVICE)["generations"]}
+    states = {g.state: g.key_fingerprint for g in vault.device(DEVICE).generations}
     return states["active"], states.get("pending")
 
 

@@ -7,8 +7,8 @@ import json
 from click.testing import CliRunner
 from deploy_testkit import deploy, local
 
-from deploy.cli import _result_line
-from deploy.cli import deploy as deploy_group
+from keycam.deploy_cli import _result_line
+from keycam.deploy_cli import deploy as deploy_group
 
 
 def test_a_second_rollback_refuses_to_move_forward(device_root, bundles):

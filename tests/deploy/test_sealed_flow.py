@@ -26,9 +26,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from deploy_testkit import base_model
 
 from deploy.device import DeviceRoot
+from keys.fields import b64d, b64e
 from keys.keyset import KeySet
 from keys.sealing import ROLE_MODEL, context_for, is_sealed, unseal
-from keys.vault import Vault, b64d, b64e
+from keys.vault import Vault
 
 KEYCAM = str(Path(sys.executable).with_name("keycam"))
 PASS = "sealed-flow-passphrase"
@@ -86,11 +87,10 @@ def _make_old_format(vault_path: Path, device: str) -> None:
     """Turn the vault's record into the older format: the keyed model in clear, no canary."""
     with Vault.edit(vault_path, PASS) as vault:
         dev = vault.device(device)
-        private = X25519PrivateKey.from_private_bytes(b64d(dev["device_private"], "device_private"))
-        for gen in dev["generations"]:
-            model = unseal(private, b64d(gen.pop("model_sealed"), "m"), context_for(device, ROLE_MODEL))
-            gen["model_int8"] = b64e(model)
-            gen.pop("canary")
+        private = X25519PrivateKey.from_private_bytes(b64d(dev.device_private, "device_private"))
+        for gen in dev.generations:
+            model = unseal(private, b64d(gen.model_sealed, "m"), context_for(device, ROLE_MODEL))
+            gen.model_int8, gen.model_sealed, gen.canary = b64e(model), None, None
 
 
 class Service:
@@ -147,15 +147,15 @@ def test_user_flow_leaves_no_key_material_in_clear(tmp_path):
     _make_old_format(vault_path, "cam-s")
     exported = keycam("keys", "export", "cam-s", "--out", str(root))      # the first write seals the old record
     assert "sealed cam-s's keyed models" in exported.stderr
-    gen = Vault.open(vault_path, PASS).generation("cam-s")
-    assert "model_int8" not in gen and is_sealed(b64d(gen["model_sealed"], "m")) and "canary" in gen
+    gen = Vault.open(vault_path, PASS).device("cam-s").generation()
+    assert gen.model_int8 is None and is_sealed(b64d(gen.model_sealed, "m")) and gen.canary is not None
     keycam("deploy", "build", "cam-s", "--version", "1.0.0", "--out", str(out), "--canary-frames", "8")
     keycam("deploy", "push", "--target", f"dir:{root}", "--bundle", str(out / "cam-s-1.0.0.bundle"), "--no-service")
     current = root / "slots" / "current" / "device.yaml"
     ran = keycam("run", "--config", str(current), "--frames", "20")
     predictions = [json.loads(line) for line in ran.stdout.splitlines()]
     assert len(predictions) == 20 and all(r["type"] == "prediction" for r in predictions)
-    assert {r["key_fingerprint"] for r in predictions} == {gen["key_fingerprint"]}
+    assert {r["key_fingerprint"] for r in predictions} == {gen.key_fingerprint}
 
     # rotate while the service runs: the push switches the slot, the service hot-swaps the new pair
     service = Service(current, env, tmp_path / "summary.json")
@@ -164,22 +164,22 @@ def test_user_flow_leaves_no_key_material_in_clear(tmp_path):
     keycam("deploy", "build", "cam-s", "--version", "1.1.0", "--keyset", "pending", "--out", str(out),
            "--canary-frames", "8")
     keycam("deploy", "push", "--target", f"dir:{root}", "--bundle", str(out / "cam-s-1.1.0.bundle"), "--no-service")
-    new = Vault.open(vault_path, PASS).generation("cam-s")
-    assert new["key_fingerprint"] != gen["key_fingerprint"], "the push confirmed the rotated key set"
+    new = Vault.open(vault_path, PASS).device("cam-s").generation()
+    assert new.key_fingerprint != gen.key_fingerprint, "the push confirmed the rotated key set"
     service.wait_for(lambda r: r.get("reason") == "model_swapped")
-    service.wait_for(lambda r: r.get("key_fingerprint") == new["key_fingerprint"])
+    service.wait_for(lambda r: r.get("key_fingerprint") == new.key_fingerprint)
     service.stop()
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["model_swaps"] == 1 and summary["key_fingerprint"] == new["key_fingerprint"]
+    assert summary["model_swaps"] == 1 and summary["key_fingerprint"] == new.key_fingerprint
 
     # the scan: nothing a thief of the vault file, a bundle or the SD card gets holds key material in clear
     vault = Vault.open(vault_path, PASS)
-    needles = [n for g in vault.device("cam-s")["generations"]
-               for n in key_needles(KeySet.from_bytes(b64d(g["keyset"], "keyset")))]
+    needles = [n for g in vault.device("cam-s").generations
+               for n in key_needles(g.key_set())]
     assert len(needles) > 100
     findings = scan_vault_file(vault_path, needles)
-    for g in vault.device("cam-s")["generations"]:       # inside the vault, too, the models are sealed
-        findings += clear_findings(f"vault model {g['generation']}", b64d(g["model_sealed"], "m"), needles)
+    for g in vault.device("cam-s").generations:       # inside the vault, too, the models are sealed
+        findings += clear_findings(f"vault model {g.generation}", b64d(g.model_sealed, "m"), needles)
     for bundle in sorted(out.glob("*.bundle")):
         findings += scan_bundle(bundle, needles)
     findings += scan_tree(root, needles)
@@ -195,7 +195,7 @@ def test_user_flow_leaves_no_key_material_in_clear(tmp_path):
     leaky.write_text(json.dumps({"kdf": {"salt": ""}, "check": "", "nonce": "",
                                  "ciphertext": base64.b64encode(clear_model).decode()}))
     assert scan_vault_file(leaky, needles) != []
-    sensor = KeySet.from_bytes(b64d(new["keyset"], "keyset")).sensor
+    sensor = new.key_set().sensor
     assert clear_findings("clear sensor key", sensor.to_bytes(), needles) != []
     perm = next(a for f in sensor.factors for a in f.arrays().values() if np.asarray(a).dtype.kind in "iu")
     assert clear_findings("int16 dump", b"x" * 7 + np.asarray(perm)[5:40].astype("<i2").tobytes(), needles) != []

@@ -10,9 +10,9 @@ import yaml
 from click.testing import CliRunner
 from deploy_testkit import assert_still_running, service, snapshot
 
-from deploy.cli import deploy
 from deploy.inventory import load_inventory
 from deploy.transport import TransportError
+from keycam.deploy_cli import deploy
 
 
 def _ssh_root(template_root, tmp_path, name="ssh-device"):

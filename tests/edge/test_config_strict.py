@@ -79,11 +79,10 @@ def _template(tmp_path, **changes) -> dict:
 
 def test_rendered_device_config_refuses_what_the_service_would_refuse(tmp_path):
     from deploy.payload import MODEL, SENSOR_KEY, render_config
-    device = {"device_id": "cam-1", "faceplate": False}
     files = {MODEL: b"model", SENSOR_KEY: b"key"}
-    render_config(device, files, _template(tmp_path))                        # the shipped example is fine
+    render_config("cam-1", False, files, _template(tmp_path))                # the shipped example is fine
     with pytest.raises(ConfigError, match="camera.fps"):
-        render_config(device, files, _template(tmp_path, camera={"type": "replay", "source": "samples",
+        render_config("cam-1", False, files, _template(tmp_path, camera={"type": "replay", "source": "samples",
                                                                  "fps": "fast"}))
 
 

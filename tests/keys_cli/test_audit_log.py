@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from records_kit import sample_device
 
 from keys import audit
 from keys.vault import Vault
@@ -13,7 +14,7 @@ from keys.vault import Vault
 def logged(tmp_path):
     vault = Vault.create(tmp_path / "v.kcv", "audit-test-pass")
     for n in range(4):
-        vault.devices[f"cam-{n}"] = {"device_id": f"cam-{n}"}
+        vault.add_device(sample_device(f"cam-{n}"))
         audit.record(vault, "provision", f"cam-{n}", profile="stem")
     vault.save()
     return vault, audit.audit_path(vault.path)

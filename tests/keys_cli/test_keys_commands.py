@@ -12,10 +12,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edge.runtime import TFLiteModel
 from hardware.camera.samples import load_samples
-from keys.cli import keys
-from keys.keyset import KeySet
+from keycam.keys_cli import keys
+from keys.fields import b64d
+from keys.records import DeviceRecord, Generation
 from keys.sealing import ROLE_MODEL, ROLE_SENSOR_KEY, context_for, is_sealed, unseal
-from keys.vault import Vault, b64d
+from keys.vault import Vault
 from tools.datasets import load_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,10 +45,10 @@ def run(vault_path, *args, env=None, input=None):
     return CliRunner().invoke(keys, [*args, "--vault", str(vault_path)], env=env, input=input)
 
 
-def _clear_model(dev: dict, gen: dict, key=None) -> bytes:
+def _clear_model(dev: DeviceRecord, gen: Generation, key=None) -> bytes:
     """The generation's model, opened with the device key (the vault's copy before the first export)."""
-    key = key or X25519PrivateKey.from_private_bytes(b64d(dev["device_private"], "device_private"))
-    return unseal(key, b64d(gen["model_sealed"], "model_sealed"), context_for(dev["device_id"], ROLE_MODEL))
+    key = key or X25519PrivateKey.from_private_bytes(b64d(dev.device_private, "device_private"))
+    return unseal(key, b64d(gen.model_sealed, "model_sealed"), context_for(dev.device_id, ROLE_MODEL))
 
 
 def test_passphrase_sources(vault_path, tmp_path):
@@ -62,7 +63,7 @@ def test_passphrase_sources(vault_path, tmp_path):
 
 
 def test_show_hides_secrets_unless_revealed(vault_path):
-    secret = b64d(Vault.open(vault_path, PASS).generation("cam-enc")["secret"], "secret").hex()
+    secret = b64d(Vault.open(vault_path, PASS).device("cam-enc").generation().secret, "secret").hex()
     shown = run(vault_path, "show", "cam-enc")
     assert shown.exit_code == 0 and "key set" in shown.output and secret not in shown.output
     assert "private" not in run(vault_path, "show", "cam-enc", "--json").output
@@ -83,15 +84,15 @@ def test_provision_twice_and_unknown_device_are_errors(vault_path):
 
 def test_decode_encrypted_predictions(vault_path, tmp_path):
     vault = Vault.open(vault_path, PASS)
-    gen = vault.generation("cam-enc")
-    ks = KeySet.from_bytes(b64d(gen["keyset"], "keyset"))
+    gen = vault.device("cam-enc").generation()
+    ks = gen.key_set()
     model = TFLiteModel(_clear_model(Vault.open(vault_path, PASS).device("cam-enc"), gen))
     assert model.metadata["output_encrypted"] is True
     frames, labels = _frames(40)
     from deploy.canary import key_frames
     outputs = model.predict(key_frames(ks.sensor, frames))
-    records = [{"type": "prediction", "seq": i, "timestamp": 1.8e9, "model_id": gen["model_id"],
-                "key_fingerprint": gen["key_fingerprint"], "encrypted_logits": [float(v) for v in out]}
+    records = [{"type": "prediction", "seq": i, "timestamp": 1.8e9, "model_id": gen.model_id,
+                "key_fingerprint": gen.key_fingerprint, "encrypted_logits": [float(v) for v in out]}
                for i, out in enumerate(outputs)]
     src = tmp_path / "records.jsonl"
     alarm = {"type": "alarm", "seq": 99, "reason": "camera_error"}
@@ -100,7 +101,7 @@ def test_decode_encrypted_predictions(vault_path, tmp_path):
     assert res.exit_code == 0, res.output
     decoded = [json.loads(line) for line in res.output.splitlines()]
     assert decoded.pop() == alarm, "records without encrypted logits pass through"
-    names = gen["labels"] or [str(i) for i in range(10)]
+    names = gen.labels or [str(i) for i in range(10)]
     got = [names.index(d["top_k"][0]["label"]) for d in decoded]
     assert got == list(np.argmax(ks.output.apply_inverse(outputs), axis=1))
     assert np.mean(np.array(got) == labels) >= 0.7, "decoded labels must match the true labels"
@@ -120,8 +121,8 @@ def test_export_for_a_device_without_faceplate(vault_path, tmp_path):
     out = tmp_path / "sd"
     res = run(vault_path, "export", "cam-enc", "--out", str(out))
     assert res.exit_code == 0, res.output
-    gen = Vault.open(vault_path, PASS).generation("cam-enc")
-    ks = KeySet.from_bytes(b64d(gen["keyset"], "keyset"))
+    gen = Vault.open(vault_path, PASS).device("cam-enc").generation()
+    ks = gen.key_set()
     from deploy.device import DeviceRoot
     key = DeviceRoot(out).device_key()
     # model and sensor key are sealed to the device: only its key opens them, into memory
@@ -130,22 +131,22 @@ def test_export_for_a_device_without_faceplate(vault_path, tmp_path):
     sealed_sensor = (out / "sensor.key").read_bytes()
     assert unseal(key, sealed_sensor, context_for("cam-enc", ROLE_SENSOR_KEY)) == ks.sensor.to_bytes()
     model = TFLiteModel(unseal(key, (out / "model.tflite").read_bytes(), context_for("cam-enc", ROLE_MODEL)))
-    assert model.metadata["key_fingerprint"] == gen["key_fingerprint"]
+    assert model.metadata["key_fingerprint"] == gen.key_fingerprint
     assert (os.stat(out / "identity" / "device.key").st_mode & 0o777) == 0o600
     from edge.config import load_config
     assert load_config(out / "device.yaml").identity == str(out / "identity")
     # the device's private key left the vault with that export: it now lives only on the device
     dev = Vault.open(vault_path, PASS).device("cam-enc")
-    assert "device_private" not in dev
+    assert dev.device_private is None
     from base.signing import encode_public, raw_public
-    assert encode_public(raw_public(key)) == dev["device_public"]
+    assert encode_public(raw_public(key)) == dev.device_public
     ident = json.loads((out / "identity" / "device.json").read_text())
-    assert ident == {"device_id": "cam-enc", "hardware": "pi5", "device_public": dev["device_public"]}
+    assert ident == {"device_id": "cam-enc", "hardware": "pi5", "device_public": dev.device_public}
     # re-export to the same root keeps its key pair (issue 16 defect 4)
     res = run(vault_path, "export", "cam-enc", "--out", str(out))
     assert res.exit_code == 0, res.output
-    assert Vault.open(vault_path, PASS).device("cam-enc")["device_public"] == dev["device_public"]
-    assert encode_public(raw_public(DeviceRoot(out).device_key())) == dev["device_public"]
+    assert Vault.open(vault_path, PASS).device("cam-enc").device_public == dev.device_public
+    assert encode_public(raw_public(DeviceRoot(out).device_key())) == dev.device_public
     # a fresh card: refused without --new-device-key, which says what it breaks
     fresh = run(vault_path, "export", "cam-enc", "--out", str(tmp_path / "sd2"))
     assert fresh.exit_code != 0 and "--new-device-key" in fresh.output and "no longer open" in fresh.output
@@ -154,12 +155,12 @@ def test_export_for_a_device_without_faceplate(vault_path, tmp_path):
     assert res.exit_code == 0, res.output
     dev2 = Vault.open(vault_path, PASS).device("cam-enc")
     new_key = DeviceRoot(tmp_path / "sd2").device_key()
-    assert dev2["device_public"] == encode_public(raw_public(new_key)) != dev["device_public"]
+    assert dev2.device_public == encode_public(raw_public(new_key)) != dev.device_public
     # the vault's models were re-sealed to the new key (re-keyed from the secret: same model)
-    for g in dev2["generations"]:
-        if g["state"] in ("active", "pending"):
+    for g in dev2.generations:
+        if g.state in ("active", "pending"):
             import hashlib
-            assert hashlib.sha256(_clear_model(dev2, g, new_key)).hexdigest() == g["model_sha256"]
+            assert hashlib.sha256(_clear_model(dev2, g, new_key)).hexdigest() == g.model_sha256
     # the first card now holds a key the vault no longer records: re-export there is refused
     stale = run(vault_path, "export", "cam-enc", "--out", str(out))
     assert stale.exit_code != 0 and "belongs to another key pair" in stale.output
@@ -190,18 +191,18 @@ def test_key_store_choice(vault_path, tmp_path):
 
 
 def test_rotate_confirm_and_revoke(vault_path):
-    before = Vault.open(vault_path, PASS).generation("cam-enc")["key_fingerprint"]
+    before = Vault.open(vault_path, PASS).device("cam-enc").generation().key_fingerprint
     assert run(vault_path, "rotate", "cam-enc").exit_code == 0
     vault = Vault.open(vault_path, PASS)
-    pending = vault.generation("cam-enc", state="pending")
-    assert vault.generation("cam-enc")["key_fingerprint"] == before != pending["key_fingerprint"]
-    assert pending["output_encryption"] and pending["profile"] == "stem"
+    pending = vault.device("cam-enc").generation(state="pending")
+    assert vault.device("cam-enc").generation().key_fingerprint == before != pending.key_fingerprint
+    assert pending.output_encryption and pending.profile == "stem"
     twice = run(vault_path, "rotate", "cam-enc")
     assert twice.exit_code != 0 and "already has a pending" in twice.output
     assert run(vault_path, "confirm", "cam-enc").exit_code == 0
     vault = Vault.open(vault_path, PASS)
-    assert vault.generation("cam-enc")["key_fingerprint"] == pending["key_fingerprint"]
-    assert vault.generation("cam-enc", fingerprint=before)["state"] == "retired"
+    assert vault.device("cam-enc").generation().key_fingerprint == pending.key_fingerprint
+    assert vault.device("cam-enc").generation(fingerprint=before).state == "retired"
 
     assert run(vault_path, "revoke", "cam-enc", "--reason", "stolen").exit_code == 0
     for args in (["rotate", "cam-enc"], ["export", "cam-enc", "--out", "/tmp/never"]):
@@ -217,10 +218,10 @@ def test_faceplate_device_needs_a_config_template(vault_path, tmp_path):
     import copy
     with Vault.edit(vault_path, PASS) as vault:       # a faceplate twin of cam-enc (no re-keying needed)
         twin = copy.deepcopy(vault.device("cam-enc"))
-        twin.update(device_id="cam-fp", faceplate=True, state="active")
-        for gen in twin["generations"]:
-            gen["state"] = "active" if gen is twin["generations"][-1] else "retired"
-        vault.devices["cam-fp"] = twin
+        twin.device_id, twin.faceplate, twin.state = "cam-fp", True, "active"
+        for gen in twin.generations:
+            gen.state = "active" if gen is twin.generations[-1] else "retired"
+        vault.add_device(twin)
     res = run(vault_path, "export", "cam-fp", "--out", str(tmp_path / "sd"))
     assert res.exit_code != 0 and "needs key_stage {type: faceplate" in res.output
     assert not (tmp_path / "sd").exists(), "nothing is written when the config cannot be made"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from keys.cli import keys
+from keycam.keys_cli import keys
 
 PASS = "stdin-passphrase-test"
 

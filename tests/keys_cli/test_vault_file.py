@@ -5,8 +5,10 @@ import json
 import os
 
 import pytest
+from records_kit import sample_device
 
-from keys.vault import Vault, VaultError
+from keys.fields import VaultError
+from keys.vault import Vault
 
 PASS = "vault-test-passphrase"
 
@@ -14,7 +16,7 @@ PASS = "vault-test-passphrase"
 @pytest.fixture
 def vault(tmp_path):
     v = Vault.create(tmp_path / "v.kcv", PASS)
-    v.devices["cam-1"] = {"device_id": "cam-1", "marker": "top-secret-marker"}
+    v.add_device(sample_device("cam-1", config={"marker": "top-secret-marker"}))
     v.save()
     return v
 
@@ -24,7 +26,7 @@ def test_roundtrip_mode_and_no_plaintext(vault):
     raw = vault.path.read_bytes()
     assert b"top-secret-marker" not in raw and b"cam-1" not in raw
     again = Vault.open(vault.path, PASS)
-    assert again.devices["cam-1"]["marker"] == "top-secret-marker"
+    assert again.devices["cam-1"].config == {"marker": "top-secret-marker"}
     assert again.signing_private().public_key() is not None
 
 
@@ -85,7 +87,7 @@ def test_create_refuses_overwrite_and_short_passphrase(vault, tmp_path):
 @pytest.mark.parametrize("fail_in", ["fsync", "replace"])
 def test_a_crash_while_saving_leaves_the_old_vault(vault, monkeypatch, fail_in):
     before = vault.path.read_bytes()
-    vault.devices["cam-2"] = {"device_id": "cam-2"}
+    vault.add_device(sample_device("cam-2"))
 
     def boom(*a, **k):
         raise OSError("simulated power loss")
@@ -101,9 +103,9 @@ def test_a_crash_while_saving_leaves_the_old_vault(vault, monkeypatch, fail_in):
 def test_edit_saves_only_on_success(vault):
     with pytest.raises(RuntimeError):
         with Vault.edit(vault.path, PASS) as v:
-            v.devices["cam-3"] = {}
+            v.add_device(sample_device("cam-3"))
             raise RuntimeError("abort")
     assert "cam-3" not in Vault.open(vault.path, PASS).devices
     with Vault.edit(vault.path, PASS) as v:
-        v.devices["cam-3"] = {}
+        v.add_device(sample_device("cam-3"))
     assert "cam-3" in Vault.open(vault.path, PASS).devices

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from keys.vault import Vault, VaultError
+from keys.fields import VaultError
+from keys.vault import Vault
 
 PASS = "vault-header-passphrase"
 V1_FIXTURE = Path(__file__).parent / "data" / "vault-v1.kcv"   # written by the format-1 Vault.save
@@ -77,11 +78,13 @@ def test_format_1_vault_opens_and_is_rewritten_with_an_authenticated_header(tmp_
     shutil.copy(V1_FIXTURE, path)
     assert json.loads(path.read_text())["version"] == 1
     vault = Vault.open(path, V1_PASS)
-    assert vault.devices["cam-old"]["marker"] == "written-by-vault-format-1"
+    assert vault.devices["cam-old"].extra == {"marker": "written-by-vault-format-1"}   # unknown fields are kept
+    assert vault.devices["cam-old"].generations[0].model_int8 is not None            # the older clear model
     vault.save()
     doc = json.loads(path.read_text())
     assert doc["version"] == 2 and doc["header_sha256"]
-    assert Vault.open(path, V1_PASS).devices["cam-old"]["marker"] == "written-by-vault-format-1"
+    again = Vault.open(path, V1_PASS).devices["cam-old"]
+    assert again.to_json() == vault.devices["cam-old"].to_json() and again.extra["marker"] == "written-by-vault-format-1"
 
 
 def test_format_1_vault_with_absurd_kdf_is_refused_before_deriving(tmp_path):

@@ -6,8 +6,8 @@ from pathlib import Path
 import click
 
 from base.cli import JSON_STDOUT, KeycamGroup, emit_json, json_option
+from keys.profiles import DEFAULT_PROFILE
 from tools.bench.keyed import SHIPPED_MODELS
-from tools.keying.profiles import DEFAULT_PROFILE
 
 _dataset = click.option("--dataset", type=click.Choice(sorted(SHIPPED_MODELS)), default="mnist", show_default=True)
 _limit = click.option("--limit", type=click.IntRange(10), default=500, show_default=True,

@@ -11,6 +11,7 @@ import numpy as np
 
 from edge.runtime import TFLiteModel
 from hardware.preadc import adc
+from keys.profiles import DEFAULT_PROFILE, PROFILES, get_profile
 from tools.attacks.frames_only import DEFAULT_FRAMES, FAST_STARTS, Starts, run_frames_only
 from tools.attacks.metrics import similarity
 from tools.attacks.plaintext import run_plaintext
@@ -18,7 +19,6 @@ from tools.attacks.reuse import deployed_accuracies, run_reuse
 from tools.attacks.structure import run_structure
 from tools.attacks.target import AttackError, Target, build_target
 from tools.bench.common import latency_ms
-from tools.keying.profiles import DEFAULT_PROFILE, PROFILES, get_profile
 from tools.montage import save_montage
 
 MONTAGE_FRAMES = 8

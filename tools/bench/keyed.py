@@ -13,11 +13,11 @@ from edge.runtime import TFLiteModel
 from hardware.digitise import key_and_digitise
 from hardware.preadc import adc
 from keys.keyset import KeySet
+from keys.profiles import DEFAULT_PROFILE, Profile, get_profile
 from tools.bench.common import LATENCY_FRAMES, Progress, latency_ms, predict_labels, print_table, write_json
 from tools.datasets import load_dataset
 from tools.ir import forward
 from tools.keying.keyed import derive_keyset
-from tools.keying.profiles import DEFAULT_PROFILE, Profile, get_profile
 from tools.keying.provision import Provisioned, build_keyed_model, default_calibration_frames, model_metadata
 from tools.models_zoo import ZOO
 from tools.onnx_import import load_onnx

@@ -22,13 +22,13 @@ from base.cli import json_option
 from base.errors import ConfigError
 from hardware.digitise import key_and_digitise
 from keys.generate import KeyConfig
+from keys.profiles import PROFILES, Profile, get_profile
 from tools.attacks.metrics import ssim
 from tools.bench.common import Progress, write_json
 from tools.bench.keyed import SHIPPED_MODELS, run_keyed_bench, shipped_model
 from tools.datasets import load_dataset
 from tools.ir import forward
 from tools.keying.keyed import derive_keyset
-from tools.keying.profiles import PROFILES, Profile, get_profile
 from tools.onnx_import import load_onnx
 
 FramesOnlyAttack = Callable[[np.ndarray, np.ndarray], np.ndarray]

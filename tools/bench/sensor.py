@@ -21,10 +21,10 @@ from edge.runtime import TFLiteModel
 from hardware.digitise import model_input
 from hardware.preadc import FiberOptics, PreADCStage, SensorModel
 from keys.factors import Key
+from keys.profiles import DEFAULT_PROFILE
 from tools.bench.common import Progress, write_json
 from tools.bench.keyed import SHIPPED_MODELS, shipped_model
 from tools.datasets import load_dataset
-from tools.keying.profiles import DEFAULT_PROFILE
 from tools.keying.provision import build_keyed_model, default_calibration_frames, model_metadata
 from tools.onnx_import import load_onnx
 from tools.tflite.writer import write_tflite

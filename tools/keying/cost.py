@@ -19,9 +19,9 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
+from keys.profiles import get_profile
 from tools.ir import AvgPool, Conv, Dense, Network, _window_pattern
 from tools.keying.keyed import derive_keyset, iter_keyed_layers, key_network
-from tools.keying.profiles import get_profile
 
 FLATBUFFER_LIMIT = 2 ** 31     # a .tflite flatbuffer cannot exceed 2 GiB
 

@@ -14,6 +14,7 @@ from keys.drbg import Drbg
 from keys.factors import Bias, ChannelGenPerm, Gain, Key, Permutation
 from keys.generate import channel_layer_key, output_key, sensor_key, spatial_layer_key
 from keys.keyset import KeySet
+from keys.profiles import Profile, get_profile
 from tools.ir import (
     LINEAR,
     AvgPool,
@@ -28,7 +29,6 @@ from tools.ir import (
     pool_matrix,
 )
 from tools.keying.patchkey import gather_stem, patch_sensor_key, patch_size
-from tools.keying.profiles import Profile, get_profile
 
 FLOAT_TOLERANCE = 1e-4
 ROW_CHUNK_NNZ = 8_000_000      # bound on the temporaries of one row-gather chunk

@@ -15,10 +15,10 @@ from base.errors import ConfigError, KeycamError
 from hardware.camera.samples import load_samples
 from hardware.digitise import key_and_digitise
 from keys.keyset import KeySet
+from keys.profiles import DEFAULT_PROFILE, Profile, get_profile
 from tools.datasets import load_dataset
 from tools.ir import Network
 from tools.keying.keyed import derive_keyset, key_network, model_id_of, verify_keyed
-from tools.keying.profiles import DEFAULT_PROFILE, Profile, get_profile
 from tools.onnx_import import load_onnx
 from tools.tflite.writer import write_tflite
 

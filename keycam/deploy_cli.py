@@ -17,9 +17,10 @@ from base.signing import decode_public
 from deploy import fleet
 from deploy.bundle import verify_bundle
 from deploy.inventory import Entry, load_inventory, select
-from keys import audit
-from keys.cli import PASSPHRASE_ENV, edit_vault, open_vault, vault_options
-from keys.vault import b64d
+from keys import audit, lifecycle
+from keys.fields import b64d
+from keys.vault_cli import PASSPHRASE_ENV, edit_vault, open_vault, vault_options
+from tools.provisioning import migration_canary
 
 
 def _trusted(pubkey: Path | None, params: dict) -> bytes:
@@ -100,7 +101,7 @@ def build(device, version, min_version, keyset, hardware, out, canary_frames, he
     if mender_artifact:
         from deploy import mender
         mender.require_tool()
-    with edit_vault(params) as vault:
+    with edit_vault(params, migration_canary) as vault:
         path, manifest = builder.build(vault, device, version, out, min_version, keyset, list(hardware) or None,
                                        canary_frames, health_timeout_s=health_timeout, config=template)
         if mender_artifact:   # before any audit entry: a failure here leaves the vault and its log unchanged
@@ -181,9 +182,9 @@ def push(inventory, limit, target, python, json_dest, bundle, bundles, canary, d
 
     def confirm_in_vault(device_id: str, fingerprint: str) -> None:
         """A healthy install of a pending key set makes it the device's active one."""
-        with edit_vault(params) as vault:
-            if fingerprint and vault.confirm(device_id, fingerprint):
-                audit.record(vault, "confirm", device_id, key_fingerprint=fingerprint, by="deploy push")
+        with edit_vault(params, migration_canary) as vault:
+            if fingerprint:
+                lifecycle.confirm(vault, device_id, fingerprint, by="deploy push")
 
     def progress(result: dict) -> None:
         if json_dest != JSON_STDOUT:
@@ -220,14 +221,10 @@ def _reconcile(results: list[dict], params: dict) -> None:
     was interrupted once the device had switched). Only with a vault and a passphrase given without a prompt."""
     if not params["vault_path"].is_file() or not (params.get("passphrase_file") or os.environ.get(PASSPHRASE_ENV)):
         return
-    with edit_vault(params) as vault:
+    with edit_vault(params, migration_canary) as vault:
         for r in results:
             fp, device = r.get("key_fingerprint"), r.get("device_id")
-            if not (r["ok"] and fp and device in vault.devices):
-                continue
-            gen = next((g for g in vault.devices[device]["generations"] if g["key_fingerprint"] == fp), None)
-            if gen is not None and gen["state"] == "pending" and vault.confirm(device, fp):
-                audit.record(vault, "confirm", device, key_fingerprint=fp, by="deploy status")
+            if r["ok"] and fp and device and lifecycle.confirm_running(vault, device, fp, by="deploy status"):
                 click.echo(f"{device}: runs pending key set {fp[:16]}; now active in the vault", err=True)
 
 
