@@ -155,7 +155,7 @@ class EmulatorProcess:
     Used by tests and benchmarks: `with EmulatorProcess(['--drop', '0.3']) as emu: ... emu.port`.
     """
 
-    def __init__(self, args: list[str] | None = None, start_timeout: float = 10.0):
+    def __init__(self, args: list[str] | None = None, start_timeout: float = 60.0):
         self.args = list(args or [])
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen | None = None

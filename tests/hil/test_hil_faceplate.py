@@ -13,7 +13,7 @@ from hardware.errors import FaceplateCommandError, FaceplateMismatch
 pytestmark = [pytest.mark.faceplate, pytest.mark.timeout(60)]
 
 
-def keycam(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
+def keycam(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the installed `keycam` console script from a shell-like subprocess."""
     exe = Path(sys.executable).with_name("keycam")
     return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout)
