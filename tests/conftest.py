@@ -18,6 +18,8 @@ import signal
 import pytest
 import yaml
 
+pytest_plugins = ("tests.kits.fixtures",)
+
 _ENV_KEY = pytest.StashKey[dict | None]()
 _PARTS = ("faceplate", "camera")
 # what the emulator's default turret holds (hardware.faceplate_firmware.FirmwareConfig)

@@ -8,11 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
-from deploy_testkit import PASSPHRASE, Sshd, base_model, deploy, local, service, write_agent_config
 
 from deploy import builder
 from keycam.keys_cli import keys
 from keys.vault import Vault
+from tests.kits.deploy import PASSPHRASE, Sshd, base_model, deploy, local, service, write_agent_config
 
 DEVICE = "cam-01"
 

@@ -10,13 +10,13 @@ import tarfile
 
 import numpy as np
 import pytest
-from deploy_testkit import assert_still_running, deploy, init_root, local, rebundle, service, snapshot
 
 from base.signing import raw_public
 from deploy.agent import STEPS, Agent
 from deploy.device import DeviceRoot, tree_digest
 from deploy.health import load_canary, save_canary
 from keys.sealing import ROLE_CANARY, ROLE_MODEL, ROLE_SENSOR_KEY, context_for, is_sealed, seal, unseal
+from tests.kits.deploy import assert_still_running, deploy, init_root, local, rebundle, service, snapshot
 
 CANARY_CONTEXT = context_for("cam-01", ROLE_CANARY)
 

@@ -21,16 +21,6 @@ from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
-from deploy_testkit import (
-    PASSPHRASE,
-    REPO,
-    assert_still_running,
-    init_root,
-    rebundle,
-    service,
-    snapshot,
-    vault_public_hex,
-)
 
 from base.signing import raw_public
 from deploy import mender
@@ -40,6 +30,16 @@ from deploy.health import load_canary, save_canary
 from keycam.deploy_cli import deploy as deploy_cli
 from keys.sealing import ROLE_CANARY, context_for, seal, unseal
 from keys.vault import Vault
+from tests.kits.deploy import (
+    PASSPHRASE,
+    REPO,
+    assert_still_running,
+    init_root,
+    rebundle,
+    service,
+    snapshot,
+    vault_public_hex,
+)
 
 DEVICE = "cam-01"
 FACTORY = mender.FACTORY_ARTIFACT

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from deploy_testkit import base_model
 
 from deploy.agent import INTERRUPT_ENV, STEPS, Agent
 from keycam.deploy_cli import deploy
 from keys.vault import Vault
+from tests.kits.deploy import base_model
 
 KEYCAM = str(Path(sys.executable).with_name("keycam"))
 DEVICE = "cam-int"

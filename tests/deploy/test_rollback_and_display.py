@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
-from deploy_testkit import deploy, local
 
 from keycam.deploy_cli import _result_line
 from keycam.deploy_cli import deploy as deploy_group
+from tests.kits.deploy import deploy, local
 
 
 def test_a_second_rollback_refuses_to_move_forward(device_root, bundles):

@@ -23,13 +23,13 @@ import numpy as np
 import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from deploy_testkit import base_model
 
 from deploy.device import DeviceRoot
 from keys.fields import b64d, b64e
 from keys.keyset import KeySet
 from keys.sealing import ROLE_MODEL, context_for, is_sealed, unseal
 from keys.vault import Vault
+from tests.kits.deploy import base_model
 
 KEYCAM = str(Path(sys.executable).with_name("keycam"))
 PASS = "sealed-flow-passphrase"

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import yaml
-from deploy_testkit import base_model
 
 from edge.config import load_config
+from tests.kits.deploy import base_model
 
 KEYCAM = str(Path(sys.executable).with_name("keycam"))
 

@@ -8,11 +8,11 @@ import shutil
 import pytest
 import yaml
 from click.testing import CliRunner
-from deploy_testkit import assert_still_running, service, snapshot
 
 from deploy.inventory import load_inventory
 from deploy.transport import TransportError
 from keycam.deploy_cli import deploy
+from tests.kits.deploy import assert_still_running, service, snapshot
 
 
 def _ssh_root(template_root, tmp_path, name="ssh-device"):

@@ -6,7 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from edge_testkit import MOSQUITTO, SIM_DIR, Broker, CollectSink, Running
+
+from tests.kits.edge import MOSQUITTO, SIM_DIR, Broker, CollectSink, Running
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 import yaml
-from edge_testkit import ROOT, SIM_YAML, write_config
 
 from base.errors import ConfigError
 from edge.config import load_config
 from edge.sinks import MqttSinkConfig
+from tests.kits.edge import ROOT, SIM_YAML, write_config
 
 
 def test_shipped_example_loads_with_paths_resolved_next_to_it():

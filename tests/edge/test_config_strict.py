@@ -8,11 +8,11 @@ import sys
 import pytest
 import yaml
 from click.testing import CliRunner
-from edge_testkit import ROOT, SIM_YAML, write_config
 
 from base.errors import ConfigError
 from edge.config import load_config
 from keycam.cli import cli
+from tests.kits.edge import ROOT, SIM_YAML, write_config
 
 
 @pytest.mark.parametrize("sections, message", [

@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 import pytest
-from edge_testkit import FP_KEY, FP_SENSOR, LABELS, guard, policy, top_k_record
 
 from edge.egress import (
     HARD_MAX_RECORD_BYTES,
@@ -17,6 +16,7 @@ from edge.egress import (
     decode_encrypted_logits,
     prediction_record,
 )
+from tests.kits.edge import FP_KEY, FP_SENSOR, LABELS, guard, policy, top_k_record
 
 
 def _stats(**overrides) -> dict:

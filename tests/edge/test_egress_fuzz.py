@@ -5,7 +5,6 @@ import base64
 import time
 
 import numpy as np
-from edge_testkit import LABELS, guard, top_k_record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +12,7 @@ from edge.egress import EgressRefused
 from hardware.camera.samples import load_samples
 from keys.drbg import Drbg
 from keys.generate import KeyConfig, sensor_key
+from tests.kits.edge import LABELS, guard, top_k_record
 
 SAMPLES, _ = load_samples(limit=64)
 SENSOR_KEY = sensor_key(Drbg(bytes(range(32)), "fuzz"), (1, 28, 28), KeyConfig(tile=4))

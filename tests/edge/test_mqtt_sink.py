@@ -4,10 +4,10 @@ from __future__ import annotations
 import signal
 
 import pytest
-from edge_testkit import TOPIC, Subscriber, guard, top_k_record, wait_until
 
 from edge.egress import EgressRefused
 from edge.sinks.mqtt import MqttSink
+from tests.kits.edge import TOPIC, Subscriber, guard, top_k_record, wait_until
 
 
 @pytest.fixture

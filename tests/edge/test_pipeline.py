@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 import pytest
-from edge_testkit import policy, wait_until
 
 from edge.egress import EgressGuard
 from edge.keystage import KeyStage
@@ -15,6 +14,7 @@ from edge.pipeline import ModelContext, Pipeline
 from edge.sinks import DiscardSink
 from hardware.camera import ReplayCamera
 from hardware.errors import KeyStageError
+from tests.kits.edge import policy, wait_until
 
 FRAMES = np.random.default_rng(0).random((32, 28, 28)).astype(np.float32)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from edge_testkit import Running, write_config
 
 from base.errors import ConfigError, ModelError
 from edge.config import load_config
 from edge.keystage import load_sensor_key
 from edge.service import Service
 from keys.factors import Key, Permutation
+from tests.kits.edge import Running, write_config
 
 N = 28 * 28
 

@@ -11,7 +11,8 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from edge_testkit import ROOT, SIM_YAML, write_config
+
+from tests.kits.edge import ROOT, SIM_YAML, write_config
 
 KEYCAM = [sys.executable, "-c", "from keycam.cli import main; main()"]
 

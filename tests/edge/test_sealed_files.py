@@ -7,12 +7,12 @@ import sys
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from edge_testkit import ROOT, write_config
 
 from base.signing import raw_private, raw_public
 from keys.device_files import DeviceFiles
 from keys.keystore import FileKeyStore
 from keys.sealing import ROLE_MODEL, ROLE_SENSOR_KEY, SealedFileError, context_for, seal
+from tests.kits.edge import ROOT, write_config
 
 KEYCAM = [sys.executable, "-c", "from keycam.cli import main; main()"]
 DEVICE = "sim-0001"          # the device id of the shipped demo config

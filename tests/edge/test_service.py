@@ -9,7 +9,6 @@ import urllib.request
 
 import numpy as np
 import pytest
-from edge_testkit import SIM_DIR, Running, wait_until, write_config
 
 from edge.config import load_config
 from edge.runtime import TFLiteModel
@@ -17,6 +16,7 @@ from edge.service import Service
 from hardware.camera.samples import load_samples
 from keys.drbg import Drbg
 from keys.generate import KeyConfig, sensor_key
+from tests.kits.edge import SIM_DIR, Running, wait_until, write_config
 
 _, LABELS = load_samples()
 

@@ -7,11 +7,11 @@ import signal
 import numpy as np
 import pytest
 import yaml
-from edge_testkit import TOPIC, Running, Subscriber, wait_until, write_config
 
 from edge.keystage import load_sensor_key
 from edge.labels import labels_for
 from hardware.camera.samples import load_samples
+from tests.kits.edge import TOPIC, Running, Subscriber, wait_until, write_config
 
 
 @pytest.mark.timeout(120)

@@ -8,13 +8,13 @@ import select
 import tty
 
 import pytest
-from edge_testkit import guard, top_k_record
 
 from base.errors import ConfigError
 from edge.egress import EgressRefused
 from edge.sinks import SINKS, DiscardSink, SinkError, StdoutSinkConfig, make_sink
 from edge.sinks.serial import SerialSink
 from edge.sinks.stdout import StdoutSink
+from tests.kits.edge import guard, top_k_record
 
 
 def test_stdout_sink_writes_json_lines_and_refuses_raw_data():

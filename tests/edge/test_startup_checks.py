@@ -8,13 +8,13 @@ import threading
 
 import numpy as np
 import pytest
-from edge_testkit import ROOT, Running, wait_until, write_config
 
 from base.errors import ConfigError
 from edge.keystage import SimulatedKeyStage
 from hardware.errors import KeyStageError
 from keys.drbg import Drbg
 from keys.generate import KeyConfig, sensor_key
+from tests.kits.edge import ROOT, Running, wait_until, write_config
 
 
 def _run(cfg, *extra):

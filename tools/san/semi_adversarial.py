@@ -8,7 +8,7 @@ Stage 1 pretrains G as a plain autoencoder (pixel loss on both outputs). Stage 2
   + w_keep * (||A(X_SM) - A(x)||^2 + ||A(X_OP) - A(x)||^2) / 2  # A's output (features or logits) is kept
 
 with A and B frozen: neither is trained against G (semi-adversarial, not a GAN). The SAN is the case
-A = face matcher, B = gender classifier; any other attribute pair works the same way (see tests/san).
+A = face matcher, B = gender classifier; any other attribute pair works the same way (see tests/tools/san).
 """
 from __future__ import annotations
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import yaml
-from netkit import free_port
 
 from edge.config import DeviceConfig, load_config
 from edge.egress import EgressGuard, OutputPolicy
 from edge.service import Service
 from edge.sinks.base import Sink
+from tests.kits.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SIM_YAML = ROOT / "examples" / "sim-device.yaml"

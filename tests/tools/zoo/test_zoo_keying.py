@@ -10,7 +10,7 @@ from hardware.digitise import key_and_digitise
 from hardware.preadc import adc
 from keys.drbg import Drbg
 from keys.generate import KeyConfig
-from tests.scale.conftest import SECRET
+from tests.kits.onnx import SECRET
 from tools.ir import Conv, Dense, Gather
 from tools.keying.cost import measure, projected_cost
 from tools.keying.keyed import KeyingError, derive_keyset, key_network, logits_of, verify_keyed

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.core.conftest import SECRET
+from tests.kits.onnx import SECRET
 from tools.ir import AvgPool, Conv, Dense, Network, Softmax, forward
 from tools.keying.keyed import FLOAT_TOLERANCE, KeyingError, derive_keyset, key_network, logits_of, verify_keyed
 from tools.onnx_import import load_onnx

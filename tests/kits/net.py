@@ -1,4 +1,4 @@
-"""Network helpers shared by the test kits (tests/ is on sys.path through its conftest.py)."""
+"""Network helpers shared by the test kits."""
 from __future__ import annotations
 
 import socket

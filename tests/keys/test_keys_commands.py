@@ -230,10 +230,9 @@ def test_faceplate_device_needs_a_config_template(vault_path, tmp_path):
 def test_export_seals_the_device_key_to_a_tpm(vault_path, tmp_path):
     """`keys export --store tpm2`: refused before anything is written without a TPM; with a (software) TPM
     the device key is sealed to it, no copy of it is left on the card, and the device opens its model."""
-    from swtpm_kit import soft_tpms
-
     from deploy.device import DeviceRoot
     from keys.keystore import open_store
+    from tests.kits.swtpm import soft_tpms
     assert run(vault_path, "provision", "cam-tpm", "--model", str(MODEL), "--profile", "stem",
                "--no-faceplate").exit_code == 0
     before = Vault.open(vault_path, PASS).data

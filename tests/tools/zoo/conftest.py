@@ -6,8 +6,6 @@ import pytest
 from tools.models_zoo import export_random
 from tools.onnx_import import load_onnx
 
-SECRET = bytes(range(32))
-
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory):

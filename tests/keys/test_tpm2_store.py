@@ -10,12 +10,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from swtpm_kit import soft_tpms, two_free_ports
 
 from base.errors import ConfigError
 from keys import tpm2_store
 from keys.keystore import KEY_FILE, STORE_FILE, FileKeyStore, open_store
 from keys.tpm2_store import SEALED_FILE, TOOLS_MISSING, Tpm2KeyStore, TpmError, tpm_problem
+from tests.kits.swtpm import soft_tpms, two_free_ports
 
 
 @pytest.fixture

@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 
 import yaml
-from netkit import free_port
 
 from deploy.bundle import read_manifest, write_bundle
 from deploy.device import DeviceRoot, tree_digest
 from deploy.manifest import MANIFEST, SIGNATURE
 from deploy.transport import DirTransport, Transport
+from tests.kits.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE = Path(__file__).with_name("fake_service.sh")

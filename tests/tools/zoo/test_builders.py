@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 
 from keys.factors import Bias, ChannelGenPerm, Gain, Key, Permutation, TileMix
-from tests.scale.conftest import SECRET
+from tests.kits.onnx import SECRET
 from tools.ir import AvgPool, Conv, Network, conv_forward, conv_matrix, pool_forward, pool_matrix
 from tools.keying.keyed import _key_generic, derive_keyset, genperm_form, key_network
 

@@ -5,10 +5,10 @@ import json
 import os
 
 import pytest
-from records_kit import sample_device
 
 from keys.fields import VaultError
 from keys.vault import Vault
+from tests.kits.records import sample_device
 
 PASS = "vault-test-passphrase"
 

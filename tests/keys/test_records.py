@@ -6,12 +6,12 @@ import copy
 import json
 
 import pytest
-from records_kit import sample_device, sample_generation
 
 from keys import audit, lifecycle
 from keys.fields import VaultError
 from keys.records import DeviceRecord, Generation
 from keys.vault import Vault
+from tests.kits.records import sample_device, sample_generation
 
 PASS = "records-test-passphrase"
 

@@ -6,7 +6,7 @@ import pytest
 from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
-from tests.core.conftest import make_onnx, rand
+from tests.kits.onnx import make_onnx, rand
 from tools.ir import AvgPool, Conv, Dense, Softmax, forward
 from tools.onnx_import import UnsupportedModelError, load_onnx
 

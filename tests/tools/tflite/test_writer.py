@@ -8,7 +8,7 @@ from ai_edge_litert import schema_py_generated as fb
 from edge.runtime import TFLiteModel
 from hardware.digitise import key_and_digitise
 from keys.factors import ChannelGenPerm, Permutation
-from tests.core.conftest import SECRET
+from tests.kits.onnx import SECRET
 from tools.ir import Conv, Dense, forward
 from tools.keying.keyed import derive_keyset, key_network
 from tools.onnx_import import load_onnx

@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from records_kit import sample_device
 
 from keys import audit
 from keys.vault import Vault
+from tests.kits.records import sample_device
 
 
 @pytest.fixture

@@ -1,12 +1,8 @@
-"""Fixtures for the core (keys, keying, TFLite) tests: small real networks built as ONNX files."""
+"""Small real networks written as ONNX files, for the keying, import and TFLite tests."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import onnx
-import pytest
-import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 SECRET = bytes(range(32))
@@ -26,17 +22,6 @@ def make_onnx(path, nodes, inits, in_shape, out_name, opset=13, graph_inputs=Non
 
 def rand(rng, *shape, scale=0.3):
     return rng.normal(0, scale, shape)
-
-
-@pytest.fixture
-def rng():
-    return np.random.default_rng(1234)
-
-
-@pytest.fixture
-def small_cnn(tmp_path, rng):
-    """A small CNN covering every supported op, as an ONNX file."""
-    return build_small_cnn(tmp_path / "small.onnx", rng)
 
 
 def build_small_cnn(path, rng):
@@ -71,23 +56,3 @@ def build_small_cnn(path, rng):
     # opset 15: onnx's reference evaluator mis-evaluates opset-13 BatchNormalization
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)]), str(path))
     return path
-
-
-@pytest.fixture
-def frames(rng):
-    """Plain float frames in [0, 1] for the small CNN."""
-    return rng.uniform(0, 1, (16, 1, 12, 12))
-
-
-@pytest.fixture
-def sim_config(tmp_path) -> Path:
-    """examples/sim-device.yaml with absolute file paths, an ephemeral metrics port and a discard sink."""
-    root = Path(__file__).resolve().parents[2]
-    doc = yaml.safe_load((root / "examples" / "sim-device.yaml").read_text())
-    doc["key_stage"]["sensor_key"] = str(root / "examples" / "sim-device" / "sensor.key")
-    doc["model"]["path"] = str(root / "examples" / "sim-device" / "model.tflite")
-    doc["metrics"]["port"] = 0
-    doc["sinks"] = [{"type": "discard"}]
-    cfg = tmp_path / "device.yaml"
-    cfg.write_text(yaml.safe_dump(doc))
-    return cfg
