@@ -4,27 +4,25 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
 
-from edge.errors import KeycamError
 from keys.drbg import Drbg
 from keys.factors import Bias, ChannelGenPerm, Gain, Key, Permutation
 from keys.generate import channel_layer_key, output_key, sensor_key, spatial_layer_key
 from keys.keyset import KeySet
-from tools.ir import (LINEAR, AvgPool, Conv, Dense, Flatten, Network, Softmax, Unflatten,
-                      conv_matrix, forward, pool_matrix)
+from tools.ir import (INPUT, LINEAR, Activation, Add, AvgPool, Concat, Conv, Dense, Flatten, MaxPool, Network,
+                      Resize, Softmax, Unflatten, conv_matrix, forward, pool_matrix, resize_matrix)
 from tools.keying.patchkey import gather_stem, patch_sensor_key, patch_size
 from tools.keying.profiles import Profile, get_profile
+from tools.keying.rules import KeyingError, KeyPlan, rule_of
+
+__all__ = ["KeyingError", "derive_keyset", "key_network", "iter_keyed_layers", "verify_keyed", "model_id_of"]
 
 FLOAT_TOLERANCE = 1e-4
 ROW_CHUNK_NNZ = 8_000_000      # bound on the temporaries of one row-gather chunk
-
-
-class KeyingError(KeycamError):
-    """The network cannot be keyed as asked, or the keyed network does not match the original."""
 
 
 def model_id_of(onnx_bytes: bytes) -> str:
@@ -32,16 +30,90 @@ def model_id_of(onnx_bytes: bytes) -> str:
     return hashlib.sha256(onnx_bytes).hexdigest()[:16]
 
 
-def _linear_indices(net: Network) -> list[int]:
-    return [i for i, layer in enumerate(net.layers) if isinstance(layer, LINEAR)]
+class KeyAssignment:
+    """The key of every tensor of a network, from its key plan and the keys drawn or fixed per class."""
+
+    def __init__(self, plan: KeyPlan, sensor: Key, output: Key | None, drawn: dict[int, Key]):
+        self.plan, self.sensor, self.output, self.drawn = plan, sensor, output, drawn
+
+    def size(self, t: int) -> int:
+        return int(np.prod(self.plan.shapes[t]))
+
+    def tensor_key(self, t: int) -> Key:
+        """Tensor t's key as a Key over its C*H*W units (an identity key when it is unkeyed)."""
+        plan, n = self.plan, self.size(t)
+        c = plan.key_class(t)
+        kind = c.source[0]
+        if kind == "input":
+            return self._identity(t) if plan.profile.sensor_stage else self.sensor
+        if kind == "output":
+            return self.output if self.output is not None and t == plan.logits else self._identity(t)
+        if kind == "concat":
+            return self._concat(c.source[1], n)
+        key = self.drawn[plan.find(t)]
+        f = _single(key)
+        if isinstance(f, ChannelGenPerm):
+            return Key(n, [ChannelGenPerm(f.perm, f.gain, n // len(f.perm))], key.name)
+        return key
+
+    def _identity(self, t: int) -> Key:
+        shape = self.plan.shapes[t]
+        if self.plan.key_class(t).mode == "channel" and len(shape) == 3:
+            return Key(self.size(t), [ChannelGenPerm(np.arange(shape[0]), np.ones(shape[0]), shape[1] * shape[2])],
+                       "plain")
+        return Key(self.size(t), [], "plain")
+
+    def _concat(self, i: int, n: int) -> Key:
+        """Block-diagonal key of a Concat's output from its inputs' keys."""
+        parts = [self.tensor_key(j) for j in self.plan.net.inputs_of(i)]
+        chans = [_single(k) for k in parts]
+        if all(isinstance(f, ChannelGenPerm) for f in chans) and len({f.spatial for f in chans}) == 1:
+            offsets = np.cumsum([0] + [len(f.perm) for f in chans[:-1]])
+            perm = np.concatenate([f.perm + o for f, o in zip(chans, offsets)])
+            return Key(n, [ChannelGenPerm(perm, np.concatenate([f.gain for f in chans]), chans[0].spatial)], "concat")
+        forms = [genperm_form(k) for k in parts]
+        if any(g is None for g in forms):
+            raise KeyingError(f"concat {self.plan.net.layers[i].name!r}: an input key mixes units; no block-diagonal "
+                              f"key under profile {self.plan.profile.name}")
+        offsets = np.cumsum([0] + [len(g.index) for g in forms[:-1]])
+        factors = [Permutation(np.concatenate([g.index + o for g, o in zip(forms, offsets)])),
+                   Gain(np.concatenate([g.scale for g in forms]))]
+        offset = np.concatenate([g.offset for g in forms])
+        return Key(n, factors + ([Bias(offset)] if np.any(offset) else []), "concat")
+
+
+def _linear_ordinal(net: Network) -> dict[int, int]:
+    """Layer index -> its rank among the linear layers (the label of the key drawn for its output)."""
+    return {i: n for n, i in enumerate(i for i, layer in enumerate(net.layers) if isinstance(layer, LINEAR))}
+
+
+def _draw(rng: Drbg, assignment: KeyAssignment, rep: int, prof: Profile, name: str) -> Key:
+    """The key of generated class `rep`: per channel or over all units, gains 1 where a reader needs a
+    permutation; a depthwise conv's output keeps its input's channel permutation."""
+    plan = assignment.plan
+    c = plan.classes[rep]
+    t = plan.anchor(rep)
+    shape = plan.shapes[t]
+    config = replace(prof.layers, gain_range=(1.0, 1.0)) if "permute" in c.needs else prof.layers
+    if c.mode != "channel":
+        return spatial_layer_key(rng, int(np.prod(shape)), config, name)
+    key = channel_layer_key(rng, shape[0], shape[1] * shape[2], config, name)
+    if c.source[0] == "depthwise":
+        layer = plan.net.layers[c.source[1]]
+        f_in = _single(assignment.tensor_key(plan.net.inputs_of(c.source[1])[0]))
+        m = layer.weight.shape[0] // len(f_in.perm)
+        perm = (f_in.perm[:, None] * m + np.arange(m)[None, :]).reshape(-1)
+        key = Key(key.size, [ChannelGenPerm(perm, _single(key).gain, shape[1] * shape[2])], name)
+    return key
 
 
 def derive_keyset(secret: bytes, device_id: str, model_id: str, net: Network, profile: str | Profile,
                   output_encryption: bool = False) -> KeySet:
-    """All keys for one device and one model, derived deterministically from a 256-bit secret."""
+    """All keys for one device and one model, derived deterministically from a 256-bit secret: the sensor
+    key, one key per generated key class of the network's key plan (tools.keying.rules), the output key."""
     prof = get_profile(profile)
+    plan = KeyPlan(net, prof, output_encryption)
     root = Drbg(secret, f"keyset/{device_id}/{model_id}/{prof.name}")
-    shapes = net.shapes()
     in_shape = tuple(net.input_shape) if len(net.input_shape) == 3 else (1, 1, int(net.input_shape[0]))
     if prof.sensor_layout == "patch":
         try:
@@ -51,49 +123,37 @@ def derive_keyset(secret: bytes, device_id: str, model_id: str, net: Network, pr
         sensor = patch_sensor_key(root.child("sensor"), in_shape, k, prof.sensor)
     else:
         sensor = sensor_key(root.child("sensor"), in_shape, prof.sensor)
-    linear = _linear_indices(net)
-    if not linear:
+    if not _linear_ordinal(net):
         raise KeyingError("the network has no linear layer to key")
+    out = output_key(root.child("output"), net.output_size if plan.logits == len(net.layers) - 1 else
+                     int(np.prod(plan.shapes[plan.logits])), prof.layers) if output_encryption else None
+    assignment = KeyAssignment(plan, sensor, out, {})
+    ordinal = _linear_ordinal(net)
     layers: list[Key] = []
-    previous: Key = sensor
-    for n, i in enumerate(linear[:-1]):
-        layer, shape = net.layers[i], shapes[i]
-        rng = root.child(f"layer{n}")
-        size = int(np.prod(shape))
-        name = f"layer{n}:{type(layer).__name__.lower()}"
-        spatial_out = len(shape) == 3
-        if isinstance(layer, AvgPool) and isinstance(_single(previous), ChannelGenPerm):
-            chan = _single(previous)
-            key = Key(size, [ChannelGenPerm(chan.perm, chan.gain, shape[1] * shape[2])], name)
-        elif spatial_out and not prof.spatial_layers:
-            key = channel_layer_key(rng, shape[0], shape[1] * shape[2], prof.layers, name)
-        else:
-            key = spatial_layer_key(rng, size, prof.layers, name)
+    for rep in plan.generated():
+        t = plan.anchor(rep)
+        n = ordinal.get(t, t)
+        key = _draw(root.child(f"layer{n}"), assignment, rep, prof, f"layer{n}:{type(net.layers[t]).__name__.lower()}")
+        assignment.drawn[rep] = key
         layers.append(key)
-        previous = key
-    out = output_key(root.child("output"), net.output_size, prof.layers) if output_encryption else None
+    if not prof.sensor_stage:
+        plan.check_fixed(INPUT, sensor)
     meta = {"input_shape": list(net.input_shape), "output_encryption": output_encryption}
     return KeySet(device_id, model_id, prof.name, sensor, layers, out, meta)
 
 
+def assignment_of(net: Network, keyset: KeySet, profile: Profile | None = None) -> KeyAssignment:
+    """The key of every tensor of `net` for a key set derived for it."""
+    prof = profile or get_profile(keyset.profile)
+    plan = KeyPlan(net, prof, keyset.output is not None)
+    reps = plan.generated()
+    if len(reps) != len(keyset.layers):
+        raise KeyingError(f"key set has {len(keyset.layers)} layer keys, the network needs {len(reps)}")
+    return KeyAssignment(plan, keyset.sensor, keyset.output, dict(zip(reps, keyset.layers)))
+
+
 def _single(key: Key):
     return key.factors[0] if len(key.factors) == 1 else None
-
-
-def _same_channel_key(a, b) -> bool:
-    """Both per-channel keys with the same permutation and gains (an average pool commutes with them)."""
-    return isinstance(a, ChannelGenPerm) and isinstance(b, ChannelGenPerm) and np.array_equal(a.perm, b.perm) \
-        and np.array_equal(a.gain, b.gain)
-
-
-def _as_matrix(layer, in_shape) -> tuple[sp.csr_matrix | np.ndarray, np.ndarray]:
-    if isinstance(layer, Conv):
-        m = conv_matrix(layer, in_shape)
-        return m, np.repeat(layer.bias, m.shape[0] // len(layer.bias))
-    if isinstance(layer, AvgPool):
-        m = pool_matrix(layer, in_shape)
-        return m, np.zeros(m.shape[0])
-    return layer.weight, layer.bias
 
 
 @dataclass(frozen=True)
@@ -231,72 +291,185 @@ def sensor_stage(sensor: Key, in_shape: tuple[int, ...]) -> tuple[list, Key]:
     return [dense], Key(n, [], "plain")
 
 
+class _KeyedBuilder:
+    """Emits the keyed network layer by layer: tracks, for every tensor of the plain network, the keyed
+    network's tensor holding it and whether that one is stored (C, H, W) (channel keys) or flat."""
+
+    def __init__(self, net: Network, assignment: KeyAssignment):
+        self.net, self.a = net, assignment
+        self.count = 0
+        self.where: dict[int, int] = {}
+        self.spatial: dict[int, bool] = {}
+
+    def emit(self, layer, sources: list[int]):
+        """Wire `layer` to the keyed tensors `sources`; returns (its keyed index, the layer)."""
+        layer.inputs = tuple(sources)
+        self.count += 1
+        return self.count - 1, layer
+
+    def as_vector(self, t: int) -> Iterator:
+        if self.spatial[t]:
+            index, layer = self.emit(Flatten(name=f"{self._name(t)}/flatten"), [self.where[t]])
+            yield layer
+            self.where[t], self.spatial[t] = index, False
+
+    def as_spatial(self, t: int) -> Iterator:
+        if not self.spatial[t]:
+            index, layer = self.emit(Unflatten(self.a.plan.shapes[t], name=f"{self._name(t)}/unflatten"),
+                                     [self.where[t]])
+            yield layer
+            self.where[t], self.spatial[t] = index, True
+
+    def _name(self, t: int) -> str:
+        return "input" if t == INPUT else self.net.layers[t].name or f"#{t}"
+
+    def channel(self, t: int) -> ChannelGenPerm | None:
+        """Tensor t's key as one per-channel factor, when it is one and t is (C, H, W)."""
+        f = _single(self.a.tensor_key(t))
+        return f if isinstance(f, ChannelGenPerm) and len(self.a.plan.shapes[t]) == 3 else None
+
+
+def _expand_groups(layer: Conv) -> Conv:
+    """A grouped conv as an ordinary one (zeros between groups), for keys that mix its groups' channels."""
+    o, ci, kh, kw = layer.weight.shape
+    og, w = o // layer.groups, np.zeros((o, ci * layer.groups, kh, kw), dtype=layer.weight.dtype)
+    for g in range(layer.groups):
+        w[g * og:(g + 1) * og, g * ci:(g + 1) * ci] = layer.weight[g * og:(g + 1) * og]
+    return Conv(w, layer.bias, layer.stride, layer.pads, layer.act, layer.alpha, layer.dilation, name=layer.name)
+
+
+def _key_depthwise(layer: Conv, k_in: ChannelGenPerm, k_out: ChannelGenPerm) -> Conv:
+    """A depthwise conv under a per-channel input key and an output key with the input's permutation."""
+    m = layer.weight.shape[0] // len(k_in.perm)
+    g_in = np.repeat(k_in.gain, m)
+    w = layer.weight[k_out.perm] * (k_out.gain / g_in)[:, None, None, None]
+    return Conv(w, k_out.gain * layer.bias[k_out.perm], layer.stride, layer.pads, layer.act, layer.alpha,
+                layer.dilation, layer.groups, name=layer.name)
+
+
+def _as_matrix(layer, in_shape) -> tuple[sp.csr_matrix | np.ndarray, np.ndarray]:
+    if isinstance(layer, Conv):
+        m = conv_matrix(layer, in_shape)
+        return m, np.repeat(layer.bias, m.shape[0] // len(layer.bias))
+    if isinstance(layer, AvgPool):
+        m = pool_matrix(layer, in_shape)
+        return m, np.zeros(m.shape[0])
+    if isinstance(layer, Resize):
+        m = resize_matrix(layer, in_shape)
+        return m, np.zeros(m.shape[0])
+    return layer.weight, layer.bias
+
+
+def _keyed_slopes(alpha: np.ndarray, key: Key, shape: tuple[int, ...], spatial: bool) -> np.ndarray:
+    """PReLU slopes moved with their units: per channel under a channel key stored (C, H, W), else per unit."""
+    alpha = np.asarray(alpha, dtype=np.float64).reshape(-1)
+    f = _single(key)
+    if spatial and isinstance(f, ChannelGenPerm):
+        return alpha[f.perm] if alpha.size == len(f.perm) else alpha
+    per_unit = np.repeat(alpha, int(np.prod(shape)) // alpha.size) if alpha.size > 1 else \
+        np.full(int(np.prod(shape)), float(alpha[0]))
+    return per_unit[genperm_form(key).index]
+
+
 def iter_keyed_layers(net: Network, keyset: KeySet, progress: Callable[[str], None] | None = None,
                       profile: Profile | None = None) -> Iterator:
-    """Yield the keyed network's layers one at a time (callers may stream them and drop each one).
+    """Yield the keyed network's layers one at a time (callers may stream them and drop each one); every
+    yielded layer names its inputs among the keyed layers yielded before it (INPUT: the keyed frame).
 
     `progress` (e.g. a stderr printer) gets one line per keyed linear layer with its size and time.
     `profile` defaults to the key set's registered profile.
     """
     prof = profile or get_profile(keyset.profile)
-    shapes = [tuple(net.input_shape)] + net.shapes()
-    linear = _linear_indices(net)
-    keys_out = dict(zip(linear, keyset.layers + [keyset.output]))
-    if len(keyset.layers) != len(linear) - 1:
-        raise KeyingError(f"key set has {len(keyset.layers)} layer keys, the network needs {len(linear) - 1}")
-    k_in: Key = keyset.sensor
-    vector = True            # keyed activations start as flat vectors (the sensor key scrambles space)
+    a = assignment_of(net, keyset, prof)
+    b = _KeyedBuilder(net, a)
+    b.where[INPUT], b.spatial[INPUT] = INPUT, False      # keyed frames are flat vectors
     if prof.sensor_stage:
         start = time.perf_counter()
-        stage, k_in = sensor_stage(keyset.sensor, tuple(net.input_shape))
-        yield from stage
-        vector = len(stage) == 1
+        stage, _ = sensor_stage(keyset.sensor, tuple(net.input_shape))
+        for layer in stage:
+            index, layer = b.emit(layer, [b.where[INPUT]])
+            b.where[INPUT] = index
+            yield layer
+        b.spatial[INPUT] = len(stage) == 2
         if progress is not None:
             progress(f"sensor stage: A0^-1 as a sparse layer, {stage[0].weight.nnz:,} non-zeros "
                      f"in {time.perf_counter() - start:.2f} s")
+    shapes = a.plan.shapes
+    last = len(net.layers) - 1
     for i, layer in enumerate(net.layers):
-        in_shape, out_shape = shapes[i], shapes[i + 1]
-        if isinstance(layer, LINEAR):
-            start = time.perf_counter()
-            k_out = keys_out[i]
-            cin, cout = _single(k_in), _single(k_out) if k_out is not None else None
-            if isinstance(layer, AvgPool) and not vector and _same_channel_key(cin, cout):
-                keyed, what = layer, "average pool (per-channel key, unchanged)"
-            elif isinstance(layer, Conv) and isinstance(cin, ChannelGenPerm) and isinstance(cout, ChannelGenPerm) \
-                    and not vector:
-                keyed, what = _key_conv_channels(layer, cin, cout), "conv (channel keys)"
-            elif i == 0 and isinstance(cout, ChannelGenPerm) and (stem := _patch_stem(layer, k_in, in_shape)):
+        ins = net.inputs_of(i)
+        start = time.perf_counter()
+        what = ""
+        out_channel = b.channel(i) if i != last or a.output is None else None
+        if isinstance(layer, Softmax) and a.output is not None:
+            b.where[i], b.spatial[i] = b.where[ins[0]], b.spatial[ins[0]]
+            continue
+        rule = rule_of(layer)
+        spatial_pass = rule.role == "spatial" and b.channel(ins[0]) is not None and \
+            a.plan.key_class(ins[0]).mode == "channel"
+        if rule.role in ("fresh", "spatial") and not spatial_pass:
+            j = ins[0]
+            cin = b.channel(j)
+            if isinstance(layer, Conv) and cin is not None and out_channel is not None:
+                yield from b.as_spatial(j)
+                if layer.depthwise and np.array_equal(out_channel.perm, (cin.perm[:, None] * (
+                        layer.weight.shape[0] // len(cin.perm)) + np.arange(layer.weight.shape[0] // len(cin.perm))
+                        ).reshape(-1)):
+                    keyed, what = _key_depthwise(layer, cin, out_channel), "depthwise conv (channel keys)"
+                else:
+                    dense = _expand_groups(layer) if layer.groups > 1 else layer
+                    keyed, what = _key_conv_channels(dense, cin, out_channel), "conv (channel keys)"
+                spatial = True
+            elif j == INPUT and out_channel is not None and \
+                    (stem := _patch_stem(layer, a.tensor_key(INPUT), shapes[INPUT])):
                 gather, conv = stem
+                index, gather = b.emit(gather, [b.where[INPUT]])
                 yield gather
                 plain_in = ChannelGenPerm(np.arange(conv.weight.shape[1]), np.ones(conv.weight.shape[1]), 1)
-                keyed, what = _key_conv_channels(conv, plain_in, cout), "patch stem as gather + 1x1 conv"
-                vector = False
+                keyed, what = _key_conv_channels(conv, plain_in, out_channel), "patch stem as gather + 1x1 conv"
+                b.where[INPUT], b.spatial[INPUT] = index, True
+                spatial = True
             else:
-                if not vector:
-                    yield Flatten()
-                w, b = _as_matrix(layer, in_shape)
-                wk, bk = _key_generic(w, b, k_in, k_out)
+                yield from b.as_vector(j)
+                w, bias = _as_matrix(layer, shapes[j])
+                k_out = None if a.plan.key_class(i).source[0] == "output" and a.output is None else a.tensor_key(i)
+                wk, bk = _key_generic(w, bias, a.tensor_key(j), k_out)
                 del w
-                keyed = Dense(wk, bk, getattr(layer, "act", "none"), getattr(layer, "alpha", 0.0))
+                keyed = Dense(wk, bk, getattr(layer, "act", "none"), getattr(layer, "alpha", 0.0), name=layer.name)
                 what = f"dense {wk.shape[0]}x{wk.shape[1]}" + (f", {wk.nnz:,} non-zeros" if sp.issparse(wk) else "")
-                vector = not (isinstance(cout, ChannelGenPerm) and len(out_shape) == 3)
+                spatial = False
+            keyed.name = layer.name
+            index, keyed = b.emit(keyed, [b.where[j]])
+            yield keyed
+            b.where[i], b.spatial[i] = index, spatial
+            if not spatial and out_channel is not None and len(shapes[i]) == 3:
+                yield from b.as_spatial(i)
             if progress is not None:
                 progress(f"keyed layer {i + 1}/{len(net.layers)} ({type(layer).__name__.lower()}): {what} "
                          f"in {time.perf_counter() - start:.2f} s")
-            yield keyed
-            if isinstance(keyed, Dense) and not vector:
-                yield Unflatten(out_shape)
-            if k_out is not None:
-                k_in = k_out
-        elif isinstance(layer, (Flatten, Unflatten)):
-            if not vector and isinstance(layer, Flatten):
-                yield Flatten()
-                vector = True
-        elif isinstance(layer, Softmax):
-            if keyset.output is None:
-                yield layer
+            continue
+        if isinstance(layer, (MaxPool, AvgPool, Resize)):          # per-channel key: unchanged
+            yield from b.as_spatial(ins[0])
+            keyed = replace(layer)
+        elif isinstance(layer, Flatten):
+            yield from b.as_vector(ins[0])
+            b.where[i], b.spatial[i] = b.where[ins[0]], False
+            continue
+        elif isinstance(layer, Concat) or isinstance(layer, Add):
+            spatial = all(b.spatial[j] for j in ins) and all(b.channel(j) is not None for j in ins)
+            for j in ins:
+                yield from (b.as_spatial(j) if spatial else b.as_vector(j))
+            keyed = replace(layer)
+        elif isinstance(layer, Activation) and layer.act == "prelu":
+            keyed = replace(layer, alpha=_keyed_slopes(layer.alpha, a.tensor_key(ins[0]), shapes[ins[0]],
+                                                       b.spatial[ins[0]]))
         else:
-            yield layer
+            keyed = replace(layer)
+        index, keyed = b.emit(keyed, [b.where[j] for j in ins])
+        yield keyed
+        b.where[i], b.spatial[i] = index, b.spatial[ins[0]]
+    if b.where[last] != b.count - 1:
+        raise KeyingError("internal: the keyed network's last layer is not its output")
 
 
 def key_network(net: Network, keyset: KeySet, progress: Callable[[str], None] | None = None,
@@ -321,5 +494,7 @@ def verify_keyed(net: Network, keyed: Network, keyset: KeySet, frames: np.ndarra
 
 def logits_of(net: Network, x: np.ndarray) -> np.ndarray:
     """The network's output before a final softmax (what output encryption protects)."""
-    trimmed = Network(net.input_shape, [l for l in net.layers if not isinstance(l, Softmax)], net.name)
-    return forward(trimmed, x)
+    if not isinstance(net.layers[-1], Softmax):
+        return forward(net, x)
+    end = net.inputs_of(len(net.layers) - 1)[0]
+    return forward(Network(net.input_shape, net.layers[:end + 1], net.name), x)
