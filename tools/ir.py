@@ -273,6 +273,16 @@ def conv_forward(x: np.ndarray, layer: Conv) -> np.ndarray:
     return y.transpose(0, 3, 1, 2) + layer.bias.astype(x.dtype, copy=False)[None, :, None, None]
 
 
+def expand_groups(layer: Conv) -> Conv:
+    """A grouped conv as an ordinary one (zero weights between groups)."""
+    o, ci, kh, kw = layer.weight.shape
+    og, w = o // layer.groups, np.zeros((o, ci * layer.groups, kh, kw), dtype=layer.weight.dtype)
+    for g in range(layer.groups):
+        w[g * og:(g + 1) * og, g * ci:(g + 1) * ci] = layer.weight[g * og:(g + 1) * og]
+    return Conv(w, layer.bias, layer.stride, layer.pads, layer.act, layer.alpha, layer.dilation,
+                inputs=layer.inputs, name=layer.name)
+
+
 def pool_forward(x: np.ndarray, layer: AvgPool) -> np.ndarray:
     win = np.lib.stride_tricks.sliding_window_view(x, layer.kernel, axis=(2, 3))
     return win[:, :, ::layer.stride[0], ::layer.stride[1]].mean(axis=(-2, -1))

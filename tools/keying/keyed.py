@@ -14,7 +14,7 @@ from keys.factors import Bias, ChannelGenPerm, Gain, Key, Permutation
 from keys.generate import channel_layer_key, output_key, sensor_key, spatial_layer_key
 from keys.keyset import KeySet
 from tools.ir import (INPUT, LINEAR, Activation, Add, AvgPool, Concat, Conv, Dense, Flatten, MaxPool, Network,
-                      Resize, Softmax, Unflatten, conv_matrix, forward, pool_matrix, resize_matrix)
+                      Resize, Softmax, Unflatten, conv_matrix, expand_groups, forward, pool_matrix, resize_matrix)
 from tools.keying.patchkey import gather_stem, patch_sensor_key, patch_size
 from tools.keying.profiles import Profile, get_profile
 from tools.keying.rules import KeyingError, KeyPlan, rule_of
@@ -329,15 +329,6 @@ class _KeyedBuilder:
         return f if isinstance(f, ChannelGenPerm) and len(self.a.plan.shapes[t]) == 3 else None
 
 
-def _expand_groups(layer: Conv) -> Conv:
-    """A grouped conv as an ordinary one (zeros between groups), for keys that mix its groups' channels."""
-    o, ci, kh, kw = layer.weight.shape
-    og, w = o // layer.groups, np.zeros((o, ci * layer.groups, kh, kw), dtype=layer.weight.dtype)
-    for g in range(layer.groups):
-        w[g * og:(g + 1) * og, g * ci:(g + 1) * ci] = layer.weight[g * og:(g + 1) * og]
-    return Conv(w, layer.bias, layer.stride, layer.pads, layer.act, layer.alpha, layer.dilation, name=layer.name)
-
-
 def _key_depthwise(layer: Conv, k_in: ChannelGenPerm, k_out: ChannelGenPerm) -> Conv:
     """A depthwise conv under a per-channel input key and an output key with the input's permutation."""
     m = layer.weight.shape[0] // len(k_in.perm)
@@ -417,7 +408,7 @@ def iter_keyed_layers(net: Network, keyset: KeySet, progress: Callable[[str], No
                         ).reshape(-1)):
                     keyed, what = _key_depthwise(layer, cin, out_channel), "depthwise conv (channel keys)"
                 else:
-                    dense = _expand_groups(layer) if layer.groups > 1 else layer
+                    dense = expand_groups(layer) if layer.groups > 1 else layer
                     keyed, what = _key_conv_channels(dense, cin, out_channel), "conv (channel keys)"
                 spatial = True
             elif j == INPUT and out_channel is not None and \

@@ -48,6 +48,13 @@ _OPTIONS = {
     fb.BuiltinOperator.RESHAPE: (fb.BuiltinOptions.ReshapeOptions, fb.ReshapeOptionsT),
     fb.BuiltinOperator.GATHER: (fb.BuiltinOptions.GatherOptions, fb.GatherOptionsT),
     fb.BuiltinOperator.LEAKY_RELU: (fb.BuiltinOptions.LeakyReluOptions, fb.LeakyReluOptionsT),
+    fb.BuiltinOperator.CONCATENATION: (fb.BuiltinOptions.ConcatenationOptions, fb.ConcatenationOptionsT),
+    fb.BuiltinOperator.MEAN: (fb.BuiltinOptions.ReducerOptions, fb.ReducerOptionsT),
+    fb.BuiltinOperator.PADV2: (fb.BuiltinOptions.PadV2Options, fb.PadV2OptionsT),
+    fb.BuiltinOperator.TRANSPOSE: (fb.BuiltinOptions.TransposeOptions, fb.TransposeOptionsT),
+    fb.BuiltinOperator.RESIZE_BILINEAR: (fb.BuiltinOptions.ResizeBilinearOptions, fb.ResizeBilinearOptionsT),
+    fb.BuiltinOperator.RESIZE_NEAREST_NEIGHBOR: (fb.BuiltinOptions.ResizeNearestNeighborOptions,
+                                                 fb.ResizeNearestNeighborOptionsT),
 }
 
 

@@ -19,11 +19,13 @@ import scipy.sparse as sp
 from ai_edge_litert import schema_py_generated as fb
 
 from edge.errors import ModelError
-from tools.ir import (Activation, AvgPool, Conv, Dense, Flatten, Gather, Network, Softmax, Unflatten, forward)
+from tools.ir import (INPUT, Activation, Add, AvgPool, Concat, Conv, Dense, Flatten, Gather, MaxPool, Network, Resize,
+                      Softmax, Unflatten, expand_groups, forward)
 from tools.tflite.builder import GraphBuilder, builtin_options, quant_params
 
 INPUT_QUANT = (1.0 / 255.0, -128)     # uint8 ADC counts c map exactly to int8 c - 128
 SOFTMAX_QUANT = (1.0 / 256.0, -128)
+LOGISTIC_QUANT = (1.0 / 256.0, -128)  # TFLite's fixed int8 LOGISTIC output parameters
 SPARSE_FC_VERSION = 8
 CALIBRATION_BATCH = 64
 BLOCK = 16                   # the only sparse block shape with an int8 FULLY_CONNECTED kernel
@@ -73,6 +75,7 @@ class _Lowering:
         self.net, self.int8, self.ranges, self.sparse_ell = net, int8, ranges, sparse_ell
         self.g = GraphBuilder()
         self.report: list[dict] = []
+        self.shapes = net.shapes()
 
     # -- tensor helpers -------------------------------------------------------------------
     def _new(self, name, shape, quant, lo, hi, lshape, order=None) -> _Act:
@@ -110,52 +113,167 @@ class _Lowering:
         cur = self._new("input", tshape, INPUT_QUANT if self.int8 else None, 0.0, 1.0, shape)
         first = cur.index
         layers = self.net.layers
+        acts: dict[int, _Act] = {INPUT: cur}
+        consumers = self.net.consumers()
         for i, layer in enumerate(layers):
             lo, hi = self.ranges[i] if self.ranges else (0.0, 1.0)
-            nxt = layers[i + 1] if i + 1 < len(layers) else None
+            readers = [layers[k] for k in consumers[i]]
+            ins = [acts[j] for j in self.net.inputs_of(i)]
+            cur = ins[0]
             name = f"l{i}_{type(layer).__name__.lower()}"
             if isinstance(layer, Conv):
                 cur = self._conv(cur, layer, i, name, lo, hi)
             elif isinstance(layer, AvgPool):
                 cur = self._pool(cur, layer, i, name)
+            elif isinstance(layer, MaxPool):
+                cur = self._max_pool(cur, layer, i, name)
+            elif isinstance(layer, Resize):
+                cur = self._resize(cur, layer, i, name)
             elif isinstance(layer, Dense):
-                cur = self._dense(cur, layer, i, name, lo, hi, nxt)
+                cur = self._dense(cur, layer, i, name, lo, hi, readers)
             elif isinstance(layer, Flatten):
                 if len(cur.shape) == 3:
                     cur = self._reshape(cur, [1, int(np.prod(cur.shape))], (int(np.prod(cur.shape)),),
                                         hwc_to_chw_order(cur.shape), name)
             elif isinstance(layer, Unflatten):
-                if cur.order is None or not np.array_equal(cur.order, hwc_to_chw_order(layer.shape)):
-                    raise ModelError(f"layer {i}: unflatten must follow a dense layer")
-                c, h, w = layer.shape
-                cur = self._reshape(cur, [1, h, w, c], tuple(layer.shape), None, name)
+                cur = self._unflatten(cur, layer, name)
             elif isinstance(layer, Gather):
                 cur = self._gather(cur, layer, i, name)
             elif isinstance(layer, Activation):
                 cur = self._activation(cur, layer, i, name, lo, hi)
+            elif isinstance(layer, Add):
+                cur = self._add(ins, i, name, lo, hi)
+            elif isinstance(layer, Concat):
+                cur = self._concat(ins, i, name, lo, hi)
             elif isinstance(layer, Softmax):
                 cur = self._softmax(cur, i, name)
             else:
                 raise ModelError(f"layer {i}: {type(layer).__name__} cannot be written to TFLite")
-            if self.int8 and cur.quant is None and nxt is not None and not (isinstance(nxt, Dense) and nxt.sparse):
+            if self.int8 and cur.quant is None and readers and \
+                    not all(isinstance(r, Dense) and r.sparse for r in readers):
                 cur = self._quantized(cur, name)     # leave a float island as early as possible
-        return first, cur.index
+            acts[i] = cur
+        return first, acts[len(layers) - 1].index
+
+    def _unflatten(self, cur: _Act, layer: Unflatten, name: str) -> _Act:
+        """A vector back to NHWC: a RESHAPE when it is stored in HWC order, else RESHAPE to NCHW + TRANSPOSE."""
+        c, h, w = layer.shape
+        if cur.order is not None and np.array_equal(cur.order, hwc_to_chw_order(layer.shape)):
+            return self._reshape(cur, [1, h, w, c], tuple(layer.shape), None, name)
+        if cur.order is not None and not np.array_equal(cur.order, np.arange(len(cur.order))):
+            raise ModelError(f"{name}: cannot unflatten a vector stored in a permuted order")
+        nchw = self._reshape(cur, [1, c, h, w], tuple(layer.shape), None, f"{name}/nchw")
+        out = self._new(name, [1, h, w, c], cur.quant, cur.lo, cur.hi, tuple(layer.shape))
+        perm = self.g.tensor(f"{name}/perm", [4], np.int32, np.array([0, 2, 3, 1], np.int32))
+        self.g.op(fb.BuiltinOperator.TRANSPOSE, [nchw.index, perm], [out.index],
+                  *builtin_options(fb.BuiltinOperator.TRANSPOSE), version=2 if cur.quant else 1)
+        return out
+
+    def _same_quant(self, cur: _Act, quant, name: str) -> _Act:
+        """`cur` requantised (int8 -> int8 QUANTIZE) to `quant` unless it already has it."""
+        if cur.quant == quant:
+            return cur
+        out = self._new(f"{name}/requant", self.g.tensors[cur.index].shape, quant, cur.lo, cur.hi, cur.shape,
+                        cur.order)
+        self.g.op(fb.BuiltinOperator.QUANTIZE, [cur.index], [out.index], version=2)
+        return out
+
+    def _merge_inputs(self, ins: list[_Act], name: str) -> tuple[list[_Act], bool]:
+        """Inputs of an ADD / CONCATENATION in one dtype (int8 unless the writer is float); vectors must be
+        stored in their logical order or all in one order."""
+        ins = [self._quantized(a, name) if self.int8 else self._float(a, name) for a in ins]
+        return ins, bool(self.int8)
+
+    def _add(self, ins: list[_Act], i, name, lo, hi) -> _Act:
+        ins, q = self._merge_inputs(ins, name)
+        orders = [a.order for a in ins]
+        if any(o is not None for o in orders) and not all(o is not None and np.array_equal(o, orders[0])
+                                                          for o in orders):
+            raise ModelError(f"layer {i}: add of vectors stored in different orders")
+        cur = ins[0]
+        for k, other in enumerate(ins[1:]):
+            out = self._new(f"{name}/{k}" if k < len(ins) - 2 else name, self.g.tensors[cur.index].shape,
+                            act_quant(lo, hi) if q else None, lo, hi, cur.shape, cur.order)
+            self.g.op(fb.BuiltinOperator.ADD, [cur.index, other.index], [out.index],
+                      *builtin_options(fb.BuiltinOperator.ADD), version=2 if q else 1)
+            cur = out
+        self._note(i, "ADD", "int8" if q else "float32")
+        return cur
+
+    def _concat(self, ins: list[_Act], i, name, lo, hi) -> _Act:
+        ins, q = self._merge_inputs(ins, name)
+        quant = act_quant(lo, hi) if q else None
+        if q:                                   # the int8 kernel copies bytes: one scale for all
+            ins = [self._same_quant(a, quant, f"{name}/in{k}") for k, a in enumerate(ins)]
+        shape = self.shapes[i]
+        if len(shape) == 3:
+            tshape, axis, order = [1, shape[1], shape[2], shape[0]], 3, None
+        else:
+            tshape, axis = [1, shape[0]], 1
+            parts, offset = [], 0
+            for a in ins:
+                parts.append((a.order if a.order is not None else np.arange(a.shape[0])) + offset)
+                offset += a.shape[0]
+            order = np.concatenate(parts)
+            order = None if np.array_equal(order, np.arange(len(order))) else order
+        out = self._new(name, tshape, quant, lo, hi, shape, order)
+        self.g.op(fb.BuiltinOperator.CONCATENATION, [a.index for a in ins], [out.index],
+                  *builtin_options(fb.BuiltinOperator.CONCATENATION, axis=axis), version=2 if q else 1)
+        self._note(i, "CONCATENATION", "int8" if q else "float32")
+        return out
+
+    def _max_pool(self, cur: _Act, layer: MaxPool, i, name) -> _Act:
+        c, h, w = cur.shape
+        padding = _padding(layer.kernel, layer.stride, layer.pads, h, w)
+        if padding is None:             # asymmetric to SAME: pad with the lowest value, which never wins
+            lowest = -128 if cur.quant else np.finfo(np.float32).min
+            cur = self._pad(cur, layer.pads, name, lowest)
+            padding = fb.Padding.VALID
+        out_shape = self.shapes[i]
+        out = self._new(name, [1, out_shape[1], out_shape[2], out_shape[0]], cur.quant, cur.lo, cur.hi, out_shape)
+        opts = fb.Pool2DOptionsT()
+        opts.padding = padding
+        opts.strideH, opts.strideW = layer.stride
+        opts.filterHeight, opts.filterWidth = layer.kernel
+        self.g.op(fb.BuiltinOperator.MAX_POOL_2D, [cur.index], [out.index], fb.BuiltinOptions.Pool2DOptions,
+                  opts, version=2 if cur.quant else 1)
+        self._note(i, "MAX_POOL_2D", "int8" if cur.quant else "float32")
+        return out
+
+    def _resize(self, cur: _Act, layer: Resize, i, name) -> _Act:
+        out_shape = self.shapes[i]
+        size = self.g.tensor(f"{name}/size", [2], np.int32, np.array(out_shape[1:], np.int32))
+        out = self._new(name, [1, out_shape[1], out_shape[2], out_shape[0]], cur.quant, cur.lo, cur.hi, out_shape)
+        if layer.mode == "bilinear":
+            code, fields, version = fb.BuiltinOperator.RESIZE_BILINEAR, {"halfPixelCenters": True}, 3
+        else:
+            code, fields, version = fb.BuiltinOperator.RESIZE_NEAREST_NEIGHBOR, {}, 2 if cur.quant else 1
+        self.g.op(code, [cur.index, size], [out.index], *builtin_options(code, **fields), version=version)
+        self._note(i, "RESIZE_BILINEAR" if layer.mode == "bilinear" else "RESIZE_NEAREST_NEIGHBOR",
+                   "int8" if cur.quant else "float32")
+        return out
 
     def _conv(self, cur: _Act, layer: Conv, i, name, lo, hi) -> _Act:
+        """CONV_2D, or DEPTHWISE_CONV_2D for a depthwise conv (other grouped convs are expanded to CONV_2D)."""
+        if layer.groups > 1 and not layer.depthwise:
+            layer = expand_groups(layer)
         c, h, w = cur.shape
         o, _, kh, kw = layer.weight.shape
-        padding = _padding(layer, h, w)
+        padding = _padding(layer.weight.shape[2:], layer.stride, layer.pads, h, w, layer.dilation)
         if padding is None:                     # asymmetric to TFLite's SAME: an explicit PAD, then VALID
             cur = self._pad(self._quantized(cur, name) if self.int8 else self._float(cur, name), layer.pads, name)
             padding = fb.Padding.VALID
-        out_shape = self.net.shapes()[i]
+        out_shape = self.shapes[i]
         fused = layer.act if layer.act in _ACT_CODES else "none"
         plo, phi = _pre_activation_range(layer, lo, hi)
-        w_ohwi = layer.weight.transpose(0, 2, 3, 1)
+        # CONV_2D filters are OHWI with per-channel scales on axis 0; DEPTHWISE_CONV_2D filters are 1HWO, axis 3
+        axis = 3 if layer.depthwise else 0
+        w_t = layer.weight.transpose(1, 2, 3, 0) if layer.depthwise else layer.weight.transpose(0, 2, 3, 1)
         if self.int8:
             cur = self._quantized(cur, name)
-            qw, ws = weight_quant(w_ohwi)
-            wt = self.g.tensor(f"{name}/w", w_ohwi.shape, np.int8, qw, quant_params(ws, np.zeros(o, int), 0))
+            qw, ws = weight_quant(layer.weight)
+            qw = qw.transpose(1, 2, 3, 0) if layer.depthwise else qw.transpose(0, 2, 3, 1)
+            wt = self.g.tensor(f"{name}/w", w_t.shape, np.int8, qw, quant_params(ws, np.zeros(o, int), axis))
             bs = cur.quant[0] * ws
             bt = self.g.tensor(f"{name}/b", [o], np.int32, np.round(layer.bias / bs).astype(np.int32),
                                quant_params(bs, np.zeros(o, int), 0))
@@ -163,16 +281,20 @@ class _Lowering:
                             phi if fused == "none" else hi), plo, phi, out_shape)
         else:
             cur = self._float(cur, name)
-            wt = self.g.tensor(f"{name}/w", w_ohwi.shape, np.float32, w_ohwi)
+            wt = self.g.tensor(f"{name}/w", w_t.shape, np.float32, w_t)
             bt = self.g.tensor(f"{name}/b", [o], np.float32, layer.bias)
             out = self._new(name, [1, out_shape[1], out_shape[2], o], None, plo, phi, out_shape)
-        opts = fb.Conv2DOptionsT()
+        if layer.depthwise:
+            opts, code, kind = fb.DepthwiseConv2DOptionsT(), fb.BuiltinOperator.DEPTHWISE_CONV_2D, \
+                fb.BuiltinOptions.DepthwiseConv2DOptions
+            opts.depthMultiplier = o // c
+        else:
+            opts, code, kind = fb.Conv2DOptionsT(), fb.BuiltinOperator.CONV_2D, fb.BuiltinOptions.Conv2DOptions
         opts.padding, opts.strideH, opts.strideW = padding, layer.stride[0], layer.stride[1]
-        opts.dilationHFactor = opts.dilationWFactor = 1
+        opts.dilationHFactor, opts.dilationWFactor = layer.dilation
         opts.fusedActivationFunction = _ACT_CODES[fused]
-        self.g.op(fb.BuiltinOperator.CONV_2D, [cur.index, wt, bt], [out.index], fb.BuiltinOptions.Conv2DOptions,
-                  opts, version=3 if self.int8 else 1)
-        self._note(i, "CONV_2D", "int8" if self.int8 else "float32")
+        self.g.op(code, [cur.index, wt, bt], [out.index], kind, opts, version=3 if self.int8 else 1)
+        self._note(i, "DEPTHWISE_CONV_2D" if layer.depthwise else "CONV_2D", "int8" if self.int8 else "float32")
         out.lo, out.hi = (lo, hi) if fused != "none" else (plo, phi)
         if layer.act == "leaky_relu":
             out = self._activation(out, Activation("leaky_relu", layer.alpha), i, f"{name}/act", lo, hi)
@@ -198,18 +320,34 @@ class _Lowering:
         self._note(i, f"GATHER ({len(src) // run:,} rows of {run})", "int8" if cur.quant else "float32")
         return self._reshape(gathered, tshape, tuple(layer.shape), None, name)
 
-    def _pad(self, cur: _Act, pads: tuple[int, int, int, int], name: str) -> _Act:
-        """Zero padding (top, left, bottom, right) of an NHWC tensor (int8 pads with the zero point)."""
+    def _pad(self, cur: _Act, pads: tuple[int, int, int, int], name: str, fill: float | None = None) -> _Act:
+        """Padding (top, left, bottom, right) of an NHWC tensor: zeros (int8: the zero point), or `fill` (a
+        float, or an int8 code) with PADV2."""
         c, h, w = cur.shape
         t, l, b, r = pads
         shape = (c, h + t + b, w + l + r)
         out = self._new(f"{name}/pad", [1, shape[1], shape[2], c], cur.quant, cur.lo, cur.hi, shape)
         amounts = self.g.tensor(f"{name}/pads", [4, 2], np.int32, np.array([[0, 0], [t, b], [l, r], [0, 0]], np.int32))
-        self.g.op(fb.BuiltinOperator.PAD, [cur.index, amounts], [out.index], version=2 if cur.quant else 1)
+        if fill is None:
+            self.g.op(fb.BuiltinOperator.PAD, [cur.index, amounts], [out.index], version=2 if cur.quant else 1)
+            return out
+        value = self.g.tensor(f"{name}/fill", [], np.int8 if cur.quant else np.float32,
+                              np.array(fill, np.int8 if cur.quant else np.float32),
+                              quant_params(*cur.quant) if cur.quant else None)
+        self.g.op(fb.BuiltinOperator.PADV2, [cur.index, amounts, value], [out.index],
+                  *builtin_options(fb.BuiltinOperator.PADV2), version=2 if cur.quant else 1)
         return out
 
     def _pool(self, cur: _Act, layer: AvgPool, i, name) -> _Act:
-        out_shape = self.net.shapes()[i]
+        """AVERAGE_POOL_2D, or MEAN over both spatial axes when the window is the whole input (global)."""
+        out_shape = self.shapes[i]
+        if tuple(layer.kernel) == tuple(cur.shape[1:]):
+            out = self._new(name, [1, 1, 1, out_shape[0]], cur.quant, cur.lo, cur.hi, out_shape)
+            axes = self.g.tensor(f"{name}/axes", [2], np.int32, np.array([1, 2], np.int32))
+            self.g.op(fb.BuiltinOperator.MEAN, [cur.index, axes], [out.index],
+                      *builtin_options(fb.BuiltinOperator.MEAN, keepDims=True), version=2 if cur.quant else 1)
+            self._note(i, "MEAN", "int8" if cur.quant else "float32")
+            return out
         out = self._new(name, [1, out_shape[1], out_shape[2], out_shape[0]], cur.quant, cur.lo, cur.hi, out_shape)
         opts = fb.Pool2DOptionsT()
         opts.padding = fb.Padding.VALID
@@ -220,13 +358,15 @@ class _Lowering:
         self._note(i, "AVERAGE_POOL_2D", "int8" if cur.quant else "float32")
         return out
 
-    def _dense(self, cur: _Act, layer: Dense, i, name, lo, hi, nxt) -> _Act:
+    def _dense(self, cur: _Act, layer: Dense, i, name, lo, hi, readers: list) -> _Act:
         if len(cur.shape) != 1:
             raise ModelError(f"layer {i}: a dense layer needs a flattened input")
         w, b = layer.weight, np.asarray(layer.bias, dtype=np.float64)
         if cur.order is not None:                      # stored input order -> permute columns
             w = w[:, cur.order]
-        row_order = hwc_to_chw_order(nxt.shape) if isinstance(nxt, Unflatten) else None
+        shapes = {tuple(r.shape) for r in readers if isinstance(r, Unflatten)}
+        row_order = hwc_to_chw_order(shapes.pop()) if readers and len(shapes) == 1 and \
+            all(isinstance(r, Unflatten) for r in readers) else None
         if row_order is not None:
             w, b = w[row_order], b[row_order]
         n_out = w.shape[0]
@@ -305,18 +445,61 @@ class _Lowering:
                              quant_params(scale, 0), sparsity=sparsity)
 
     def _activation(self, cur: _Act, layer: Activation, i, name, lo, hi) -> _Act:
+        """RELU, LEAKY_RELU, PRELU, LOGISTIC (int8 output fixed at 1/256), RELU6, or MAXIMUM / MINIMUM for
+        another clip range."""
         quant = act_quant(lo, hi) if cur.quant else None
-        out = self._new(name, self.g.tensors[cur.index].shape, quant, lo, hi, cur.shape, cur.order)
+        shape = self.g.tensors[cur.index].shape
+        version = 2 if quant else 1
+        if layer.act == "sigmoid":
+            quant = LOGISTIC_QUANT if cur.quant else None
+        out = self._new(name, shape, quant, lo, hi, cur.shape, cur.order)
         if layer.act == "relu":
-            self.g.op(fb.BuiltinOperator.RELU, [cur.index], [out.index])
+            self.g.op(fb.BuiltinOperator.RELU, [cur.index], [out.index], version=version)
         elif layer.act == "leaky_relu":
             self.g.op(fb.BuiltinOperator.LEAKY_RELU, [cur.index], [out.index],
-                      *builtin_options(fb.BuiltinOperator.LEAKY_RELU, alpha=layer.alpha), version=2 if quant else 1)
+                      *builtin_options(fb.BuiltinOperator.LEAKY_RELU, alpha=float(layer.alpha)), version=version)
+        elif layer.act == "prelu":
+            self.g.op(fb.BuiltinOperator.PRELU, [cur.index, self._slopes(cur, layer, name)], [out.index],
+                      version=version)
+        elif layer.act == "sigmoid":
+            self.g.op(fb.BuiltinOperator.LOGISTIC, [cur.index], [out.index], version=version)
+        elif layer.act == "clip" and (layer.lo, layer.hi) == (0.0, 6.0):
+            self.g.op(fb.BuiltinOperator.RELU6, [cur.index], [out.index], version=version)
+        elif layer.act == "clip":
+            out = self._clip(cur, layer, out, name)
         else:
             raise ModelError(f"layer {i}: activation {layer.act!r} cannot be written to TFLite")
         why = "between float sparse layers" if self.int8 and not quant else ""
-        self._note(i, layer.act.upper(), "int8" if quant else "float32", why)
+        label = {"sigmoid": "LOGISTIC", "clip": "RELU6" if (layer.lo, layer.hi) == (0.0, 6.0) else
+                 "MAXIMUM/MINIMUM"}.get(layer.act, layer.act.upper())
+        self._note(i, label, "int8" if quant else "float32", why)
         return out
+
+    def _slopes(self, cur: _Act, layer: Activation, name: str) -> int:
+        """PReLU slopes as a constant broadcasting over NHWC (per channel) or over the stored vector."""
+        alpha = np.asarray(layer.alpha, dtype=np.float64).reshape(-1)
+        if len(cur.shape) == 3:
+            alpha = alpha if alpha.size == cur.shape[0] else \
+                alpha.reshape(cur.shape).transpose(1, 2, 0).reshape(-1)
+            shape = [cur.shape[0]] if alpha.size == cur.shape[0] else [1, cur.shape[1], cur.shape[2], cur.shape[0]]
+        else:
+            alpha = alpha[cur.order] if cur.order is not None else alpha
+            shape = [1, alpha.size]
+        if not cur.quant:
+            return self.g.tensor(f"{name}/alpha", shape, np.float32, alpha.reshape(shape))
+        q, quant = const_quant(alpha)
+        return self.g.tensor(f"{name}/alpha", shape, np.int8, q.reshape(shape), quant_params(*quant))
+
+    def _clip(self, cur: _Act, layer: Activation, out: _Act, name: str) -> _Act:
+        """clip(x, lo, hi) as MAXIMUM then MINIMUM with scalar constants (float32 here: exact bounds)."""
+        x = self._float(cur, name)
+        lo_t = self.g.tensor(f"{name}/lo", [1], np.float32, np.array([layer.lo], np.float32))
+        hi_t = self.g.tensor(f"{name}/hi", [1], np.float32, np.array([layer.hi], np.float32))
+        mid = self._new(f"{name}/max", self.g.tensors[x.index].shape, None, x.lo, x.hi, x.shape, x.order)
+        self.g.op(fb.BuiltinOperator.MAXIMUM, [x.index, lo_t], [mid.index])
+        low = self._new(f"{name}/clip", self.g.tensors[x.index].shape, None, out.lo, out.hi, x.shape, x.order)
+        self.g.op(fb.BuiltinOperator.MINIMUM, [mid.index, hi_t], [low.index])
+        return self._quantized(low, name) if cur.quant else low
 
     def _softmax(self, cur: _Act, i, name) -> _Act:
         out = self._new(name, self.g.tensors[cur.index].shape, SOFTMAX_QUANT if cur.quant else None, 0.0, 1.0,
@@ -388,15 +571,16 @@ def _index_vector(values: np.ndarray):
     return fb.SparseIndexVector.Int32Vector, vec
 
 
-def _padding(layer: Conv, h: int, w: int) -> int | None:
-    """TFLite padding code for the conv's pads, or None when they need an explicit PAD op."""
-    if not any(layer.pads):
+def _padding(kernel, stride, pads, h: int, w: int, dilation=(1, 1)) -> int | None:
+    """TFLite padding code for explicit pads, or None when they need an explicit PAD op."""
+    if not any(pads):
         return fb.Padding.VALID
-    (kh, kw), (sh, sw) = layer.weight.shape[2:], layer.stride
+    kh, kw = (dilation[0] * (kernel[0] - 1) + 1, dilation[1] * (kernel[1] - 1) + 1)
+    sh, sw = stride
     total_h = max((-(-h // sh) - 1) * sh + kh - h, 0)
     total_w = max((-(-w // sw) - 1) * sw + kw - w, 0)
     same = (total_h // 2, total_w // 2, total_h - total_h // 2, total_w - total_w // 2)
-    return fb.Padding.SAME if tuple(layer.pads) == same else None
+    return fb.Padding.SAME if tuple(pads) == same else None
 
 
 def _pre_activation_range(layer, lo: float, hi: float) -> tuple[float, float]:
