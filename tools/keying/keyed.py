@@ -49,7 +49,7 @@ class KeyAssignment:
         if kind == "output":
             return self.output if self.output is not None and t == plan.logits else self._identity(t)
         if kind == "concat":
-            return self._concat(c.source[1], n)
+            return self._concat(c.source[1], t)
         key = self.drawn[plan.find(t)]
         f = _single(key)
         if isinstance(f, ChannelGenPerm):
@@ -63,14 +63,15 @@ class KeyAssignment:
                        "plain")
         return Key(self.size(t), [], "plain")
 
-    def _concat(self, i: int, n: int) -> Key:
-        """Block-diagonal key of a Concat's output from its inputs' keys."""
+    def _concat(self, i: int, t: int) -> Key:
+        """Block-diagonal key, for tensor t of its class, from the keys of Concat i's inputs."""
+        n = self.size(t)
         parts = [self.tensor_key(j) for j in self.plan.net.inputs_of(i)]
         chans = [_single(k) for k in parts]
         if all(isinstance(f, ChannelGenPerm) for f in chans) and len({f.spatial for f in chans}) == 1:
             offsets = np.cumsum([0] + [len(f.perm) for f in chans[:-1]])
             perm = np.concatenate([f.perm + o for f, o in zip(chans, offsets)])
-            return Key(n, [ChannelGenPerm(perm, np.concatenate([f.gain for f in chans]), chans[0].spatial)], "concat")
+            return Key(n, [ChannelGenPerm(perm, np.concatenate([f.gain for f in chans]), n // len(perm))], "concat")
         forms = [genperm_form(k) for k in parts]
         if any(g is None for g in forms):
             raise KeyingError(f"concat {self.plan.net.layers[i].name!r}: an input key mixes units; no block-diagonal "
@@ -261,7 +262,7 @@ def _key_generic(w, b, k_in: Key, k_out: Key | None):
 def _key_conv_channels(layer: Conv, k_in: ChannelGenPerm, k_out: ChannelGenPerm) -> Conv:
     """W'[o, c] = g_out[o] / g_in[c] * W[p_out[o], p_in[c]];  b'[o] = g_out[o] b[p_out[o]]."""
     w = layer.weight[k_out.perm][:, k_in.perm] * (k_out.gain[:, None] / k_in.gain[None, :])[:, :, None, None]
-    return Conv(w, k_out.gain * layer.bias[k_out.perm], layer.stride, layer.pads, layer.act, layer.alpha)
+    return replace(layer, weight=w, bias=k_out.gain * layer.bias[k_out.perm])
 
 
 def _patch_stem(layer, sensor: Key, in_shape) -> tuple | None:
@@ -334,8 +335,7 @@ def _key_depthwise(layer: Conv, k_in: ChannelGenPerm, k_out: ChannelGenPerm) -> 
     m = layer.weight.shape[0] // len(k_in.perm)
     g_in = np.repeat(k_in.gain, m)
     w = layer.weight[k_out.perm] * (k_out.gain / g_in)[:, None, None, None]
-    return Conv(w, k_out.gain * layer.bias[k_out.perm], layer.stride, layer.pads, layer.act, layer.alpha,
-                layer.dilation, layer.groups, name=layer.name)
+    return replace(layer, weight=w, bias=k_out.gain * layer.bias[k_out.perm])
 
 
 def _as_matrix(layer, in_shape) -> tuple[sp.csr_matrix | np.ndarray, np.ndarray]:

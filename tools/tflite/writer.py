@@ -459,8 +459,7 @@ class _Lowering:
             self.g.op(fb.BuiltinOperator.LEAKY_RELU, [cur.index], [out.index],
                       *builtin_options(fb.BuiltinOperator.LEAKY_RELU, alpha=float(layer.alpha)), version=version)
         elif layer.act == "prelu":
-            self.g.op(fb.BuiltinOperator.PRELU, [cur.index, self._slopes(cur, layer, name)], [out.index],
-                      version=version)
+            self.g.op(fb.BuiltinOperator.PRELU, [cur.index, self._slopes(cur, layer, name)], [out.index])
         elif layer.act == "sigmoid":
             self.g.op(fb.BuiltinOperator.LOGISTIC, [cur.index], [out.index], version=version)
         elif layer.act == "clip" and (layer.lo, layer.hi) == (0.0, 6.0):
@@ -491,15 +490,21 @@ class _Lowering:
         return self.g.tensor(f"{name}/alpha", shape, np.int8, q.reshape(shape), quant_params(*quant))
 
     def _clip(self, cur: _Act, layer: Activation, out: _Act, name: str) -> _Act:
-        """clip(x, lo, hi) as MAXIMUM then MINIMUM with scalar constants (float32 here: exact bounds)."""
-        x = self._float(cur, name)
-        lo_t = self.g.tensor(f"{name}/lo", [1], np.float32, np.array([layer.lo], np.float32))
-        hi_t = self.g.tensor(f"{name}/hi", [1], np.float32, np.array([layer.hi], np.float32))
-        mid = self._new(f"{name}/max", self.g.tensors[x.index].shape, None, x.lo, x.hi, x.shape, x.order)
-        self.g.op(fb.BuiltinOperator.MAXIMUM, [x.index, lo_t], [mid.index])
-        low = self._new(f"{name}/clip", self.g.tensors[x.index].shape, None, out.lo, out.hi, x.shape, x.order)
-        self.g.op(fb.BuiltinOperator.MINIMUM, [mid.index, hi_t], [low.index])
-        return self._quantized(low, name) if cur.quant else low
+        """clip(x, lo, hi) as MAXIMUM then MINIMUM with scalar constants; int8 keeps the input's parameters
+        (the bounds are quantised on them)."""
+        q = cur.quant
+        def bound(label: str, value: float) -> int:
+            if not q:
+                return self.g.tensor(f"{name}/{label}", [1], np.float32, np.array([value], np.float32))
+            code = np.clip(np.round(value / q[0]) + q[1], -128, 127)
+            return self.g.tensor(f"{name}/{label}", [1], np.int8, np.array([code], np.int8), quant_params(*q))
+        shape = self.g.tensors[cur.index].shape
+        mid = self._new(f"{name}/max", shape, q, cur.lo, cur.hi, cur.shape, cur.order)
+        self.g.op(fb.BuiltinOperator.MAXIMUM, [cur.index, bound("lo", layer.lo)], [mid.index], version=2 if q else 1)
+        clipped = self._new(name, shape, q, out.lo, out.hi, cur.shape, cur.order)
+        self.g.op(fb.BuiltinOperator.MINIMUM, [mid.index, bound("hi", layer.hi)], [clipped.index],
+                  version=2 if q else 1)
+        return clipped
 
     def _softmax(self, cur: _Act, i, name) -> _Act:
         out = self._new(name, self.g.tensors[cur.index].shape, SOFTMAX_QUANT if cur.quant else None, 0.0, 1.0,
