@@ -99,7 +99,14 @@ class Activation(Node):
 
 @dataclass
 class Add(Node):
-    """Sum of two tensors of one shape (a residual connection)."""
+    """Sum of tensors of one shape (a residual connection); `weights` makes it sum(w_i x_i) (e.g. (1, -1))."""
+    weights: tuple[float, ...] | None = None
+
+
+@dataclass
+class Shift(Node):
+    """x + offset, a constant of the input's shape (e.g. a per-position bias)."""
+    offset: np.ndarray
 
 
 @dataclass
@@ -119,7 +126,8 @@ class Softmax(Node):
     """Softmax over the output vector (only as the last layer)."""
 
 
-Layer = Conv | AvgPool | MaxPool | Resize | Dense | Flatten | Unflatten | Gather | Activation | Add | Concat | Softmax
+Layer = (Conv | AvgPool | MaxPool | Resize | Dense | Flatten | Unflatten | Gather | Activation | Add | Shift | Concat
+         | Softmax)
 LINEAR = (Conv, AvgPool, Dense)
 MERGES = (Add, Concat)
 
@@ -192,6 +200,8 @@ def output_shape(layer, *shapes: tuple[int, ...]) -> tuple[int, ...]:
         if isinstance(layer, Add):
             if len(set(shapes)) != 1:
                 raise ValueError(f"add needs inputs of one shape, got {shapes}")
+            if layer.weights is not None and len(layer.weights) != len(shapes):
+                raise ValueError(f"add has {len(layer.weights)} weights for {len(shapes)} inputs")
             return shape
         if len({s[1:] for s in shapes}) != 1 or len({len(s) for s in shapes}) != 1:
             raise ValueError(f"concat needs inputs that differ only in channels, got {shapes}")
@@ -226,6 +236,8 @@ def output_shape(layer, *shapes: tuple[int, ...]) -> tuple[int, ...]:
                 or layer.index.max() >= int(np.prod(shape)):
             raise ValueError(f"gather of {len(layer.index)} elements into {layer.shape} does not fit input {shape}")
         return tuple(layer.shape)
+    if isinstance(layer, Shift) and layer.offset.size != int(np.prod(shape)):
+        raise ValueError(f"shift of {layer.offset.size} values does not fit input {shape}")
     if isinstance(layer, Activation) and layer.act == "prelu":
         slopes = np.size(layer.alpha)
         if slopes not in (1, shape[0]) and slopes != int(np.prod(shape)):
@@ -353,7 +365,10 @@ def layer_forward(layer, xs: list[np.ndarray]) -> np.ndarray:
     if isinstance(layer, Activation):
         return activate(x, layer.act, layer.alpha, layer.lo, layer.hi)
     if isinstance(layer, Add):
-        return sum(xs[1:], xs[0])
+        weights = layer.weights or (1.0,) * len(xs)
+        return sum((w * v for w, v in zip(weights[1:], xs[1:])), weights[0] * xs[0])
+    if isinstance(layer, Shift):
+        return x + layer.offset.reshape(x.shape[1:]).astype(x.dtype, copy=False)
     if isinstance(layer, Concat):
         return np.concatenate(xs, axis=1)
     if isinstance(layer, Softmax):

@@ -11,10 +11,10 @@ import scipy.sparse as sp
 
 from keys.drbg import Drbg
 from keys.factors import Bias, ChannelGenPerm, Gain, Key, Permutation
-from keys.generate import channel_layer_key, output_key, sensor_key, spatial_layer_key
+from keys.generate import channel_layer_key, gains, output_key, sensor_key, spatial_layer_key
 from keys.keyset import KeySet
 from tools.ir import (INPUT, LINEAR, Activation, Add, AvgPool, Concat, Conv, Dense, Flatten, MaxPool, Network,
-                      Resize, Softmax, Unflatten, conv_matrix, expand_groups, forward, pool_matrix, resize_matrix)
+                      Resize, Shift, Softmax, Unflatten, conv_matrix, expand_groups, forward, pool_matrix, resize_matrix)
 from tools.keying.patchkey import gather_stem, patch_sensor_key, patch_size
 from tools.keying.profiles import Profile, get_profile
 from tools.keying.rules import KeyingError, KeyPlan, rule_of
@@ -88,6 +88,14 @@ def _linear_ordinal(net: Network) -> dict[int, int]:
     return {i: n for n, i in enumerate(i for i, layer in enumerate(net.layers) if isinstance(layer, LINEAR))}
 
 
+def grouped_permutation(rng: Drbg, groups: np.ndarray) -> np.ndarray:
+    """A random permutation (keyed[i] = plain[index[i]]) keeping the units of each group contiguous: the groups in
+    a random order, the units inside each group in a random order."""
+    shuffled = rng.child("units").permutation(len(groups))
+    rank = rng.child("groups").permutation(int(groups.max(initial=-1)) + 1)
+    return shuffled[np.argsort(rank[groups[shuffled]], kind="stable")]
+
+
 def _draw(rng: Drbg, assignment: KeyAssignment, rep: int, prof: Profile, name: str) -> Key:
     """The key of generated class `rep`: per channel or over all units, gains 1 where a reader needs a
     permutation; a depthwise conv's output keeps its input's channel permutation."""
@@ -97,6 +105,11 @@ def _draw(rng: Drbg, assignment: KeyAssignment, rep: int, prof: Profile, name: s
     shape = plan.shapes[t]
     config = replace(prof.layers, gain_range=(1.0, 1.0)) if "permute" in c.needs else prof.layers
     if c.mode != "channel":
+        layer = plan.net.layers[t] if t != INPUT else None
+        if prof.grouped_units and isinstance(layer, Conv) and len(shape) == 3:
+            units = np.tile(np.arange(shape[1] * shape[2]), shape[0])         # a unit's position: its group
+            return Key(len(units), [Permutation(grouped_permutation(rng.child("perm"), units)),
+                                    Gain(gains(rng.child("gain"), len(units), config.gain_range))], name)
         return spatial_layer_key(rng, int(np.prod(shape)), config, name)
     key = channel_layer_key(rng, shape[0], shape[1] * shape[2], config, name)
     if c.source[0] == "depthwise":
@@ -126,27 +139,34 @@ def derive_keyset(secret: bytes, device_id: str, model_id: str, net: Network, pr
         sensor = sensor_key(root.child("sensor"), in_shape, prof.sensor)
     if not _linear_ordinal(net):
         raise KeyingError("the network has no linear layer to key")
-    out = output_key(root.child("output"), net.output_size if plan.logits == len(net.layers) - 1 else
-                     int(np.prod(plan.shapes[plan.logits])), prof.layers) if output_encryption else None
+    out = output_key(root.child("output"), int(np.prod(plan.shapes[plan.logits])), prof.layers) \
+        if output_encryption else None
+    layers = draw_layer_keys(root, plan, sensor, out)
+    meta = {"input_shape": list(net.input_shape), "output_encryption": output_encryption}
+    return KeySet(device_id, model_id, prof.name, sensor, layers, out, meta)
+
+
+def draw_layer_keys(root: Drbg, plan: KeyPlan, sensor: Key, out: Key | None) -> list[Key]:
+    """The keys of the plan's generated classes, in network order (each from root.child('layer<n>'), n the
+    rank of the class's first linear layer), after checking that the sensor key admits its readers."""
+    if not plan.profile.sensor_stage:
+        plan.check_fixed(INPUT, sensor)
     assignment = KeyAssignment(plan, sensor, out, {})
-    ordinal = _linear_ordinal(net)
+    ordinal = _linear_ordinal(plan.net)
     layers: list[Key] = []
     for rep in plan.generated():
         t = plan.anchor(rep)
         n = ordinal.get(t, t)
-        key = _draw(root.child(f"layer{n}"), assignment, rep, prof, f"layer{n}:{type(net.layers[t]).__name__.lower()}")
-        assignment.drawn[rep] = key
+        name = f"layer{n}:{type(plan.net.layers[t]).__name__.lower()}"
+        assignment.drawn[rep] = key = _draw(root.child(f"layer{n}"), assignment, rep, plan.profile, name)
         layers.append(key)
-    if not prof.sensor_stage:
-        plan.check_fixed(INPUT, sensor)
-    meta = {"input_shape": list(net.input_shape), "output_encryption": output_encryption}
-    return KeySet(device_id, model_id, prof.name, sensor, layers, out, meta)
+    return layers
 
 
 def assignment_of(net: Network, keyset: KeySet, profile: Profile | None = None) -> KeyAssignment:
     """The key of every tensor of `net` for a key set derived for it."""
     prof = profile or get_profile(keyset.profile)
-    plan = KeyPlan(net, prof, keyset.output is not None)
+    plan = KeyPlan(net, prof, keyset.output is not None, bool(keyset.meta.get("output_from_input")))
     reps = plan.generated()
     if len(reps) != len(keyset.layers):
         raise KeyingError(f"key set has {len(keyset.layers)} layer keys, the network needs {len(reps)}")
@@ -301,6 +321,7 @@ class _KeyedBuilder:
         self.count = 0
         self.where: dict[int, int] = {}
         self.spatial: dict[int, bool] = {}
+        self.folded: set[int] = set()          # shifts added to the bias of the sparse layer before them
 
     def emit(self, layer, sources: list[int]):
         """Wire `layer` to the keyed tensors `sources`; returns (its keyed index, the layer)."""
@@ -387,6 +408,8 @@ def iter_keyed_layers(net: Network, keyset: KeySet, progress: Callable[[str], No
                      f"in {time.perf_counter() - start:.2f} s")
     shapes = a.plan.shapes
     last = len(net.layers) - 1
+    only = {t: r[0] for t, r in net.consumers().items() if len(r) == 1}
+    absorbed: dict[int, int] = {}          # linear layer -> the unit-keyed resize it absorbs (W N as one matrix)
     for i, layer in enumerate(net.layers):
         ins = net.inputs_of(i)
         start = time.perf_counter()
@@ -395,10 +418,17 @@ def iter_keyed_layers(net: Network, keyset: KeySet, progress: Callable[[str], No
         if isinstance(layer, Softmax) and a.output is not None:
             b.where[i], b.spatial[i] = b.where[ins[0]], b.spatial[ins[0]]
             continue
+        if isinstance(layer, Shift) and i in b.folded:         # already in the producing layer's bias
+            b.where[i], b.spatial[i] = b.where[ins[0]], b.spatial[ins[0]]
+            continue
         rule = rule_of(layer)
         spatial_pass = rule.role == "spatial" and b.channel(ins[0]) is not None and \
             a.plan.key_class(ins[0]).mode == "channel"
         if rule.role in ("fresh", "spatial") and not spatial_pass:
+            if isinstance(layer, Resize) and isinstance(net.layers[only.get(i, i)], (Conv, Dense)) and i != last \
+                    and a.plan.key_class(i).mode == "unit":
+                absorbed[only[i]] = i
+                continue
             j = ins[0]
             cin = b.channel(j)
             if isinstance(layer, Conv) and cin is not None and out_channel is not None:
@@ -421,8 +451,16 @@ def iter_keyed_layers(net: Network, keyset: KeySet, progress: Callable[[str], No
                 b.where[INPUT], b.spatial[INPUT] = index, True
                 spatial = True
             else:
-                yield from b.as_vector(j)
                 w, bias = _as_matrix(layer, shapes[j])
+                if i in absorbed:                                # W N: the resize folded into this layer
+                    resize = absorbed[i]
+                    j = net.inputs_of(resize)[0]
+                    w = (sp.csr_matrix(w) @ resize_matrix(net.layers[resize], shapes[j])).tocsr()
+                shift = net.layers[only.get(i, i)]
+                if isinstance(shift, Shift) and getattr(layer, "act", "none") == "none":
+                    bias = bias + shift.offset.reshape(-1)
+                    b.folded.add(only[i])
+                yield from b.as_vector(j)
                 k_out = None if a.plan.key_class(i).source[0] == "output" and a.output is None else a.tensor_key(i)
                 wk, bk = _key_generic(w, bias, a.tensor_key(j), k_out)
                 del w
@@ -451,6 +489,10 @@ def iter_keyed_layers(net: Network, keyset: KeySet, progress: Callable[[str], No
             for j in ins:
                 yield from (b.as_spatial(j) if spatial else b.as_vector(j))
             keyed = replace(layer)
+        elif isinstance(layer, Shift):                              # K(x + c) = K(x) + L c
+            key = a.tensor_key(ins[0])
+            moved = key.apply(layer.offset.reshape(-1)) - key.apply(np.zeros(layer.offset.size))
+            keyed = replace(layer, offset=moved.reshape(shapes[i]) if b.spatial[ins[0]] else moved)
         elif isinstance(layer, Activation) and layer.act == "prelu":
             keyed = replace(layer, alpha=_keyed_slopes(layer.alpha, a.tensor_key(ins[0]), shapes[ins[0]],
                                                        b.spatial[ins[0]]))

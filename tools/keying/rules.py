@@ -30,7 +30,7 @@ import numpy as np
 from edge.errors import KeycamError
 from keys.factors import ChannelGenPerm, Key
 from tools.ir import (INPUT, Activation, Add, AvgPool, Concat, Conv, Dense, Flatten, MaxPool, Network, Resize,
-                      Softmax)
+                      Shift, Softmax)
 from tools.keying.profiles import Profile
 
 NEEDS_ORDER = ("any", "linear", "positive", "permute", "channel", "none")
@@ -62,8 +62,8 @@ def rule_of(layer) -> Rule:
         return Rule("merge", "linear")
     if isinstance(layer, Concat):
         return Rule("concat")
-    if isinstance(layer, Flatten):
-        return Rule("pass")
+    if isinstance(layer, (Flatten, Shift)):
+        return Rule("pass")                  # a shift moves with the key: K(x + c) = K(x) + L c
     if isinstance(layer, Softmax):
         return Rule("pass", "none")
     raise KeyingError(f"layer {layer.name or type(layer).__name__!r} (op {type(layer).__name__}) has no keying rule")
@@ -95,10 +95,12 @@ class KeyClass:
 
 class KeyPlan:
     """The key classes of `net` under `profile`; `output_key` says whether an output key (dense) replaces
-    the final softmax and keys the logits."""
+    the final softmax and keys the logits; `output_from_input`: the output carries the input's key (a stage
+    whose output feeds the next model, keyed like its input)."""
 
-    def __init__(self, net: Network, profile: Profile, output_key: bool = False):
+    def __init__(self, net: Network, profile: Profile, output_key: bool = False, output_from_input: bool = False):
         self.net, self.profile, self.output_key = net, profile, output_key
+        self.output_from_input = output_from_input
         self.shapes = {INPUT: tuple(net.input_shape), **dict(enumerate(net.shapes()))}
         self.parent: dict[int, int] = {}
         self.classes: dict[int, KeyClass] = {}
@@ -187,6 +189,11 @@ class KeyPlan:
         t = self.logits
         c = self.key_class(t)
         last = len(self.net.layers) - 1
+        if self.output_from_input:
+            if c.source[0] != "input":
+                raise KeyingError(f"{_where(self.net, last)}: the output must carry the input's key (its class "
+                                  f"is {c.source[0]}) under profile {self.profile.name}")
+            return
         if c.source[0] != "fresh":
             raise KeyingError(f"{_where(self.net, t if t != INPUT else last)}: the network output shares its key "
                               f"with the {c.source[0]} under profile {self.profile.name}; the output must be "

@@ -20,7 +20,7 @@ from ai_edge_litert import schema_py_generated as fb
 
 from edge.errors import ModelError
 from tools.ir import (INPUT, Activation, Add, AvgPool, Concat, Conv, Dense, Flatten, Gather, MaxPool, Network, Resize,
-                      Softmax, Unflatten, expand_groups, forward)
+                      Shift, Softmax, Unflatten, expand_groups, forward)
 from tools.tflite.builder import GraphBuilder, builtin_options, quant_params
 
 INPUT_QUANT = (1.0 / 255.0, -128)     # uint8 ADC counts c map exactly to int8 c - 128
@@ -113,12 +113,17 @@ class _Lowering:
         cur = self._new("input", tshape, INPUT_QUANT if self.int8 else None, 0.0, 1.0, shape)
         first = cur.index
         layers = self.net.layers
-        acts: dict[int, _Act] = {INPUT: cur}
-        consumers = self.net.consumers()
+        self.acts = acts = {INPUT: cur}
+        self.consumers = consumers = self.net.consumers()
+        saturating = self._saturating_clips(consumers) if self.int8 else set()
         for i, layer in enumerate(layers):
             lo, hi = self.ranges[i] if self.ranges else (0.0, 1.0)
             readers = [layers[k] for k in consumers[i]]
             ins = [acts[j] for j in self.net.inputs_of(i)]
+            if i in saturating:                 # the producer's int8 output saturates onto [lo, hi]
+                acts[i] = ins[0]
+                self._note(i, f"clip to [{layer.lo:g}, {layer.hi:g}] as saturation of the int8 output", "int8")
+                continue
             cur = ins[0]
             name = f"l{i}_{type(layer).__name__.lower()}"
             if isinstance(layer, Conv):
@@ -130,7 +135,7 @@ class _Lowering:
             elif isinstance(layer, Resize):
                 cur = self._resize(cur, layer, i, name)
             elif isinstance(layer, Dense):
-                cur = self._dense(cur, layer, i, name, lo, hi, readers)
+                cur = self._dense(cur, layer, i, name, lo, hi, consumers[i])
             elif isinstance(layer, Flatten):
                 if len(cur.shape) == 3:
                     cur = self._reshape(cur, [1, int(np.prod(cur.shape))], (int(np.prod(cur.shape)),),
@@ -142,7 +147,9 @@ class _Lowering:
             elif isinstance(layer, Activation):
                 cur = self._activation(cur, layer, i, name, lo, hi)
             elif isinstance(layer, Add):
-                cur = self._add(ins, i, name, lo, hi)
+                cur = self._add(ins, layer.weights or (1.0,) * len(ins), i, name, lo, hi)
+            elif isinstance(layer, Shift):
+                cur = self._shift(cur, layer, i, name, lo, hi)
             elif isinstance(layer, Concat):
                 cur = self._concat(ins, i, name, lo, hi)
             elif isinstance(layer, Softmax):
@@ -154,6 +161,39 @@ class _Lowering:
                 cur = self._quantized(cur, name)     # leave a float island as early as possible
             acts[i] = cur
         return first, acts[len(layers) - 1].index
+
+    def _saturating_clips(self, consumers: dict[int, list[int]]) -> set[int]:
+        """Clips whose input comes from an ADD (Add, Shift) read by nothing else: their int8 output is quantised
+        on exactly [lo, hi] instead (the ADD saturates, as the clamp would)."""
+        out = set()
+        for i, layer in enumerate(self.net.layers):
+            j = self.net.inputs_of(i)[0]
+            if isinstance(layer, Activation) and layer.act == "clip" and j != INPUT and \
+                    isinstance(self.net.layers[j], (Add, Shift)) and consumers[j] == [i]:
+                self.ranges[j] = (layer.lo, layer.hi)
+                out.add(i)
+        return out
+
+    def _shift(self, cur: _Act, layer: Shift, i, name, lo, hi) -> _Act:
+        """x + offset as ADD of a constant in the tensor's stored layout (int8 on its own range)."""
+        if len(cur.shape) == 3:
+            values, shape = layer.offset.reshape(cur.shape).transpose(1, 2, 0), [1, cur.shape[1], cur.shape[2],
+                                                                                   cur.shape[0]]
+        else:
+            flat = layer.offset.reshape(-1)
+            values, shape = (flat[cur.order] if cur.order is not None else flat), [1, flat.size]
+        values = np.ascontiguousarray(values).reshape(shape)
+        cur = self._quantized(cur, name) if self.int8 else self._float(cur, name)
+        if self.int8:
+            q, quant = const_quant(values)
+            const = self.g.tensor(f"{name}/offset", shape, np.int8, q, quant_params(*quant))
+        else:
+            const = self.g.tensor(f"{name}/offset", shape, np.float32, values)
+        out = self._new(name, shape, act_quant(lo, hi) if self.int8 else None, lo, hi, cur.shape, cur.order)
+        self.g.op(fb.BuiltinOperator.ADD, [cur.index, const], [out.index], *builtin_options(fb.BuiltinOperator.ADD),
+                  version=2 if self.int8 else 1)
+        self._note(i, "ADD (constant)", "int8" if self.int8 else "float32")
+        return out
 
     def _unflatten(self, cur: _Act, layer: Unflatten, name: str) -> _Act:
         """A vector back to NHWC: a RESHAPE when it is stored in HWC order, else RESHAPE to NCHW + TRANSPOSE."""
@@ -184,21 +224,44 @@ class _Lowering:
         ins = [self._quantized(a, name) if self.int8 else self._float(a, name) for a in ins]
         return ins, bool(self.int8)
 
-    def _add(self, ins: list[_Act], i, name, lo, hi) -> _Act:
+    def _add(self, ins: list[_Act], weights, i, name, lo, hi) -> _Act:
+        """sum(w_k x_k): ADD, SUB for a second input of weight -1, MUL by a constant for other weights."""
         ins, q = self._merge_inputs(ins, name)
         orders = [a.order for a in ins]
         if any(o is not None for o in orders) and not all(o is not None and np.array_equal(o, orders[0])
                                                           for o in orders):
             raise ModelError(f"layer {i}: add of vectors stored in different orders")
-        cur = ins[0]
-        for k, other in enumerate(ins[1:]):
-            out = self._new(f"{name}/{k}" if k < len(ins) - 2 else name, self.g.tensors[cur.index].shape,
+        terms = []
+        for k, (a, w) in enumerate(zip(ins, weights)):
+            if w == 1.0 or (w == -1.0 and k > 0):
+                terms.append((a, w))
+            else:
+                terms.append((self._scaled(a, w, f"{name}/w{k}"), 1.0))
+        cur, labels = terms[0][0], ["MUL"] * sum(w not in (1.0, -1.0) for w in weights)
+        for k, (other, sign) in enumerate(terms[1:]):
+            code = fb.BuiltinOperator.SUB if sign < 0 else fb.BuiltinOperator.ADD
+            out = self._new(f"{name}/{k}" if k < len(terms) - 2 else name, self.g.tensors[cur.index].shape,
                             act_quant(lo, hi) if q else None, lo, hi, cur.shape, cur.order)
-            self.g.op(fb.BuiltinOperator.ADD, [cur.index, other.index], [out.index],
-                      *builtin_options(fb.BuiltinOperator.ADD), version=2 if q else 1)
+            self.g.op(code, [cur.index, other.index], [out.index], *builtin_options(code), version=2 if q else 1)
+            labels.append("SUB" if sign < 0 else "ADD")
             cur = out
-        self._note(i, "ADD", "int8" if q else "float32")
+        self._note(i, "+".join(labels), "int8" if q else "float32")
         return cur
+
+    def _scaled(self, cur: _Act, weight: float, name: str) -> _Act:
+        """MUL by a scalar constant (int8: the constant is +-127 on scale |w| / 127)."""
+        lo, hi = sorted((weight * cur.lo, weight * cur.hi))
+        if cur.quant:
+            quant = (max(abs(weight), 1e-6) / 127.0, 0)
+            const = self.g.tensor(f"{name}/c", [1], np.int8, np.array([round(weight / quant[0])], np.int8),
+                                  quant_params(*quant))
+        else:
+            const = self.g.tensor(f"{name}/c", [1], np.float32, np.array([weight], np.float32))
+        out = self._new(name, self.g.tensors[cur.index].shape, act_quant(lo, hi) if cur.quant else None, lo, hi,
+                        cur.shape, cur.order)
+        self.g.op(fb.BuiltinOperator.MUL, [cur.index, const], [out.index], *builtin_options(fb.BuiltinOperator.MUL),
+                  version=2 if cur.quant else 1)
+        return out
 
     def _concat(self, ins: list[_Act], i, name, lo, hi) -> _Act:
         ins, q = self._merge_inputs(ins, name)
@@ -358,15 +421,32 @@ class _Lowering:
         self._note(i, "AVERAGE_POOL_2D", "int8" if cur.quant else "float32")
         return out
 
-    def _dense(self, cur: _Act, layer: Dense, i, name, lo, hi, readers: list) -> _Act:
+    def _row_order(self, readers: list[int]) -> np.ndarray | None:
+        """The order to store a dense layer's outputs in (rows permute for free): HWC when every reader
+        unflattens it, else the stored order of an already written partner of an Add it reaches through
+        elementwise ops and adds (so no ADD needs reordering)."""
+        layers = [self.net.layers[k] for k in readers]
+        shapes = {tuple(r.shape) for r in layers if isinstance(r, Unflatten)}
+        if layers and len(shapes) == 1 and all(isinstance(r, Unflatten) for r in layers):
+            return hwc_to_chw_order(shapes.pop())
+        for k, r in zip(readers, layers):
+            if isinstance(r, Add):
+                partners = [self.acts[j] for j in self.net.inputs_of(k) if j in self.acts]
+                if partners and partners[0].order is not None:
+                    return partners[0].order
+            if isinstance(r, (Activation, Shift, Add)):
+                order = self._row_order(self.consumers[k])
+                if order is not None:
+                    return order
+        return None
+
+    def _dense(self, cur: _Act, layer: Dense, i, name, lo, hi, readers: list[int]) -> _Act:
         if len(cur.shape) != 1:
             raise ModelError(f"layer {i}: a dense layer needs a flattened input")
         w, b = layer.weight, np.asarray(layer.bias, dtype=np.float64)
         if cur.order is not None:                      # stored input order -> permute columns
             w = w[:, cur.order]
-        shapes = {tuple(r.shape) for r in readers if isinstance(r, Unflatten)}
-        row_order = hwc_to_chw_order(shapes.pop()) if readers and len(shapes) == 1 and \
-            all(isinstance(r, Unflatten) for r in readers) else None
+        row_order = self._row_order(readers)
         if row_order is not None:
             w, b = w[row_order], b[row_order]
         n_out = w.shape[0]
@@ -374,7 +454,8 @@ class _Lowering:
         plo, phi = _pre_activation_range(layer, lo, hi)
         opts = fb.FullyConnectedOptionsT()
         opts.fusedActivationFunction = _ACT_CODES[fused]
-        ell = sp.issparse(w) and self.int8 and self.sparse_ell and fused == "none" and layer.act == "none"
+        ell = sp.issparse(w) and self.int8 and self.sparse_ell and fused == "none" and \
+            layer.act in ("none", "leaky_relu")
         blocks = block16_layout(sp.csr_matrix(w)) if sp.issparse(w) and self.int8 and not ell else None
         if ell:
             from tools.tflite.sparse_int8 import sparse_int8_layer    # it imports this module's weight_quant
