@@ -331,8 +331,8 @@ def resize_forward(x: np.ndarray, layer: Resize) -> np.ndarray:
 
 def dense_forward(x: np.ndarray, layer: Dense) -> np.ndarray:
     w = layer.weight
-    if sp.issparse(w):
-        y = (w @ x.T).T
+    if sp.issparse(w):              # in the matrix's dtype: a float32 matrix is never upcast (copied) whole
+        y = (w @ x.T.astype(w.dtype, copy=False)).T
     else:
         y = x @ w.T.astype(x.dtype, copy=False)
     return np.asarray(y, dtype=x.dtype) + layer.bias.astype(x.dtype, copy=False)
@@ -376,11 +376,12 @@ def layer_forward(layer, xs: list[np.ndarray]) -> np.ndarray:
     raise TypeError(f"unknown layer {type(layer).__name__}")
 
 
-def forward(net: Network, x: np.ndarray, collect: bool = False, dtype=np.float64):
+def forward(net: Network, x: np.ndarray, collect: bool = False, dtype=np.float64, observe=None):
     """Run the network on a batch shaped (B,) + input_shape (or flat (B, N)), in `dtype`.
 
     Returns the output (B, K), or with collect=True the list of every layer's output. Tensors are
-    dropped once their last reader has run (collect keeps them all).
+    dropped once their last reader has run (collect keeps them all); `observe(i, output)` sees each
+    layer's output as it is computed.
     """
     x = np.asarray(x, dtype=dtype).reshape((-1,) + tuple(net.input_shape))
     readers = {j: len(r) for j, r in net.consumers().items()}
@@ -389,6 +390,8 @@ def forward(net: Network, x: np.ndarray, collect: bool = False, dtype=np.float64
     for i, layer in enumerate(net.layers):
         ins = net.inputs_of(i)
         values[i] = layer_forward(layer, [values[j] for j in ins])
+        if observe is not None:
+            observe(i, values[i])
         if collect:
             outs.append(values[i])
         for j in ins:

@@ -85,10 +85,10 @@ def measure(onnx_path: str, profile: str, write: bool, calib: int, progress=None
     t1 = time.perf_counter()
     result = {"profile": keyset.profile, "keygen_s": t1 - t0, "rss_after_load_mb": rss_loaded}
     if write:
-        keyed = key_network(net, keyset, progress)
+        keyed = key_network(net, keyset, progress, dtype=np.float32)
         t2 = time.perf_counter()
         frames = np.random.default_rng(0).uniform(size=(calib, int(np.prod(net.input_shape))))
-        blob, _ = write_tflite(keyed, int8=True, calib=adc8(keyset.sensor.apply(frames)) / 255.0)
+        blob, _ = write_tflite(keyed, int8=True, calib=adc8(keyset.sensor.apply(frames)) / 255.0, release=True)
         del keyed
         t3 = time.perf_counter()
         result.update(keying_s=t2 - t1, write_int8_s=t3 - t2, size_int8=len(blob))
@@ -96,7 +96,7 @@ def measure(onnx_path: str, profile: str, write: bool, calib: int, progress=None
             result["latency_ms"] = invoke_latency_ms(blob, adc8(keyset.sensor.apply(frames)), invoke)
     else:
         nnz = 0
-        for layer in iter_keyed_layers(net, keyset, progress):
+        for layer in iter_keyed_layers(net, keyset, progress, dtype=np.float32):
             if isinstance(layer, Dense) and sp.issparse(layer.weight):
                 nnz += layer.weight.nnz
             del layer

@@ -230,7 +230,7 @@ def _csr_gather_rows(w: sp.csr_matrix, rows: np.ndarray, row_scale: np.ndarray) 
         lo, hi = indptr[a], indptr[b]
         src = np.repeat(w.indptr[rows[a:b]] - indptr[a:b], lengths[a:b]) + np.arange(lo, hi)
         indices[lo:hi] = w.indices[src]
-        data[lo:hi] = w.data[src] * np.repeat(row_scale[a:b], lengths[a:b])
+        data[lo:hi] = w.data[src] * np.repeat(row_scale[a:b].astype(w.data.dtype), lengths[a:b])
     return sp.csr_matrix((data, indices, indptr), shape=(len(rows), w.shape[1]))
 
 
@@ -241,7 +241,8 @@ def _key_columns(w, g_in: GenPerm):
         return np.asarray(w)[:, g_in.index] / g_in.scale
     w = sp.csr_matrix(w)
     indices = inv[w.indices]
-    out = sp.csr_matrix((w.data / g_in.scale[indices], indices.astype(w.indices.dtype), w.indptr.copy()),
+    out = sp.csr_matrix((w.data / g_in.scale[indices].astype(w.data.dtype), indices.astype(w.indices.dtype),
+                         w.indptr.copy()),
                         shape=w.shape)
     out.has_sorted_indices = False
     out.sort_indices()
@@ -359,15 +360,15 @@ def _key_depthwise(layer: Conv, k_in: ChannelGenPerm, k_out: ChannelGenPerm) -> 
     return replace(layer, weight=w, bias=k_out.gain * layer.bias[k_out.perm])
 
 
-def _as_matrix(layer, in_shape) -> tuple[sp.csr_matrix | np.ndarray, np.ndarray]:
+def _as_matrix(layer, in_shape, dtype=np.float64) -> tuple[sp.csr_matrix | np.ndarray, np.ndarray]:
     if isinstance(layer, Conv):
-        m = conv_matrix(layer, in_shape)
+        m = conv_matrix(layer, in_shape, dtype)
         return m, np.repeat(layer.bias, m.shape[0] // len(layer.bias))
     if isinstance(layer, AvgPool):
-        m = pool_matrix(layer, in_shape)
+        m = pool_matrix(layer, in_shape, dtype)
         return m, np.zeros(m.shape[0])
     if isinstance(layer, Resize):
-        m = resize_matrix(layer, in_shape)
+        m = resize_matrix(layer, in_shape, dtype)
         return m, np.zeros(m.shape[0])
     return layer.weight, layer.bias
 
@@ -384,12 +385,13 @@ def _keyed_slopes(alpha: np.ndarray, key: Key, shape: tuple[int, ...], spatial: 
 
 
 def iter_keyed_layers(net: Network, keyset: KeySet, progress: Callable[[str], None] | None = None,
-                      profile: Profile | None = None) -> Iterator:
+                      profile: Profile | None = None, dtype=np.float64) -> Iterator:
     """Yield the keyed network's layers one at a time (callers may stream them and drop each one); every
     yielded layer names its inputs among the keyed layers yielded before it (INPUT: the keyed frame).
 
     `progress` (e.g. a stderr printer) gets one line per keyed linear layer with its size and time.
-    `profile` defaults to the key set's registered profile.
+    `profile` defaults to the key set's registered profile. `dtype`: of the sparse keyed matrices (float32
+    halves the memory of large keyed nets; float64 keeps the float check exact to ~1e-15).
     """
     prof = profile or get_profile(keyset.profile)
     a = assignment_of(net, keyset, prof)
@@ -451,11 +453,11 @@ def iter_keyed_layers(net: Network, keyset: KeySet, progress: Callable[[str], No
                 b.where[INPUT], b.spatial[INPUT] = index, True
                 spatial = True
             else:
-                w, bias = _as_matrix(layer, shapes[j])
+                w, bias = _as_matrix(layer, shapes[j], dtype)
                 if i in absorbed:                                # W N: the resize folded into this layer
                     resize = absorbed[i]
                     j = net.inputs_of(resize)[0]
-                    w = (sp.csr_matrix(w) @ resize_matrix(net.layers[resize], shapes[j])).tocsr()
+                    w = (sp.csr_matrix(w) @ resize_matrix(net.layers[resize], shapes[j], dtype)).tocsr()
                 shift = net.layers[only.get(i, i)]
                 if isinstance(shift, Shift) and getattr(layer, "act", "none") == "none":
                     bias = bias + shift.offset.reshape(-1)
@@ -506,9 +508,9 @@ def iter_keyed_layers(net: Network, keyset: KeySet, progress: Callable[[str], No
 
 
 def key_network(net: Network, keyset: KeySet, progress: Callable[[str], None] | None = None,
-                profile: Profile | None = None) -> Network:
+                profile: Profile | None = None, dtype=np.float64) -> Network:
     """Return the keyed network: on keyed frames it computes A_k f(x) (A_k = I without output key)."""
-    layers = list(iter_keyed_layers(net, keyset, progress, profile))
+    layers = list(iter_keyed_layers(net, keyset, progress, profile, dtype))
     return Network((int(np.prod(net.input_shape)),), layers, name=f"{net.name}-keyed-{keyset.profile}")
 
 

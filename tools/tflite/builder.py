@@ -26,6 +26,7 @@ class AlignedBufferT(fb.BufferT):
             builder.Bytes[builder.Head():builder.Head() + raw.size] = raw.tobytes()
             builder.vectorNumElems = raw.size
             data = builder.EndVector()
+            self.data = None                 # packed: the builder holds the bytes now (frees large models early)
         fb.BufferStart(builder)
         if data is not None:
             fb.BufferAddData(builder, data)
@@ -122,8 +123,9 @@ class GraphBuilder:
                                                                                   newShape=list(shape)))
 
     def finish(self, inputs: list[int], outputs: list[int], metadata: dict | None = None,
-               description: str = "keycam") -> bytes:
-        """Serialise to .tflite bytes, embedding `metadata` as JSON under the name 'keycam'."""
+               description: str = "keycam") -> bytes | bytearray:
+        """Serialise to .tflite bytes, embedding `metadata` as JSON under the name 'keycam' (a bytearray above
+        64 MiB: a large model is not copied once more). Buffers are released as they are packed."""
         sub = fb.SubGraphT()
         sub.tensors, sub.inputs, sub.outputs, sub.operators, sub.name = (
             self.tensors, inputs, outputs, self.operators, "main")
@@ -137,6 +139,21 @@ class GraphBuilder:
             entry = fb.MetadataT()
             entry.name, entry.buffer = "keycam", len(model.buffers) - 1
             model.metadata = [entry]
-        builder = flatbuffers.Builder(1 << 20)
+        builder = flatbuffers.Builder(_packed_size_bound(model))      # sized once: no doubling copies
         builder.Finish(model.Pack(builder), file_identifier=TFLITE_FILE_ID)
-        return bytes(builder.Output())
+        out = builder.Bytes
+        del out[:builder.Head()]             # in place (CPython moves the start): no second copy of the model
+        return bytes(out) if len(out) < 1 << 26 else out
+
+
+def _packed_size_bound(model) -> int:
+    """An upper bound of the packed size: buffer bytes, sparse index vectors, 16-byte alignment, tables."""
+    size = 1 << 20
+    for b in model.buffers:
+        size += (0 if b.data is None else np.asarray(b.data).nbytes) + 32
+    for t in model.subgraphs[0].tensors:
+        size += 256 + 16 * len(t.name)
+        for dim in (t.sparsity.dimMetadata if t.sparsity is not None else []) or []:
+            for vec in (dim.arraySegments, dim.arrayIndices):
+                size += 0 if vec is None else np.asarray(vec.values).nbytes + 16
+    return size + 64 * len(model.subgraphs[0].operators) * 4

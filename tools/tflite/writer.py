@@ -71,8 +71,9 @@ def weight_quant(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Lowering:
-    def __init__(self, net: Network, int8: bool, ranges: list[tuple[float, float]], sparse_ell: bool = False):
-        self.net, self.int8, self.ranges, self.sparse_ell = net, int8, ranges, sparse_ell
+    def __init__(self, net: Network, int8: bool, ranges: list[tuple[float, float]], sparse_ell: bool = False,
+                 release: bool = False):
+        self.net, self.int8, self.ranges, self.sparse_ell, self.release = net, int8, ranges, sparse_ell, release
         self.g = GraphBuilder()
         self.report: list[dict] = []
         self.shapes = net.shapes()
@@ -160,6 +161,8 @@ class _Lowering:
                     not all(isinstance(r, Dense) and r.sparse for r in readers):
                 cur = self._quantized(cur, name)     # leave a float island as early as possible
             acts[i] = cur
+            if self.release and isinstance(layer, (Conv, Dense)):
+                layer.weight = None             # its values live in the model's buffers now
         return first, acts[len(layers) - 1].index
 
     def _saturating_clips(self, consumers: dict[int, list[int]]) -> set[int]:
@@ -607,7 +610,7 @@ def block16_layout(w: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray
     patch-aligned sensor key in front of a patchify stem) become int8.
     """
     rows, cols = w.shape
-    if cols % BLOCK or w.nnz == 0:
+    if cols % BLOCK or w.nnz == 0 or _block_count(w) * (BLOCK + 2) > 6 * w.nnz:
         return None
     row_of = np.repeat(np.arange(rows), np.diff(w.indptr))
     keys = row_of * (cols // BLOCK) + w.indices // BLOCK
@@ -619,6 +622,24 @@ def block16_layout(w: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray
     indptr = np.zeros(rows + 1, dtype=np.int64)
     np.cumsum(np.bincount(blocks // (cols // BLOCK), minlength=rows), out=indptr[1:])
     return values, indptr, blocks % (cols // BLOCK)
+
+
+def _block_count(w: sp.csr_matrix, chunk: int = 1 << 22) -> int:
+    """Number of 1x16 blocks of a CSR matrix with sorted indices, in chunks of rows (bounded temporaries)."""
+    w.sort_indices()
+    count, row = 0, 0
+    while row < w.shape[0]:
+        end = int(np.searchsorted(w.indptr, w.indptr[row] + chunk, side="right")) - 1
+        end = max(end, row + 1)
+        lo, hi = w.indptr[row], w.indptr[end]
+        blocks = w.indices[lo:hi] // BLOCK
+        starts = np.zeros(hi - lo, dtype=bool)
+        firsts = w.indptr[row:end] - lo
+        starts[firsts[firsts < hi - lo]] = True                # first entry of every (non-empty) row
+        starts[1:] |= blocks[1:] != blocks[:-1]
+        count += int(starts[:hi - lo].sum()) if hi > lo else 0
+        row = end
+    return count
 
 
 def _run_length(src: np.ndarray, size: int) -> int:
@@ -644,7 +665,8 @@ def sparse_weight_tensor(g: GraphBuilder, w: sp.csr_matrix, name: str) -> int:
     csr.arrayIndicesType, csr.arrayIndices = _index_vector(w.indices)
     sparsity = fb.SparsityParametersT()
     sparsity.traversalOrder, sparsity.blockMap, sparsity.dimMetadata = [0, 1], [], [seg, csr]
-    return g.tensor(f"{name}/w_csr", [rows, cols], np.float32, w.data.astype(np.float32), sparsity=sparsity)
+    return g.tensor(f"{name}/w_csr", [rows, cols], np.float32, np.asarray(w.data, dtype=np.float32),
+                    sparsity=sparsity)
 
 
 def _index_vector(values: np.ndarray):
@@ -678,24 +700,27 @@ def _pre_activation_range(layer, lo: float, hi: float) -> tuple[float, float]:
 def calibration_ranges(net: Network, frames: np.ndarray, batch: int = CALIBRATION_BATCH) -> list[tuple[float, float]]:
     """Per-layer output (min, max) of the float network on calibration frames, in bounded batches."""
     frames = np.asarray(frames)
-    lo = hi = None
+    lo, hi = np.full(len(net.layers), np.inf), np.full(len(net.layers), -np.inf)
+
+    def observe(i: int, out: np.ndarray) -> None:
+        lo[i], hi[i] = min(lo[i], float(out.min())), max(hi[i], float(out.max()))
     for a in range(0, len(frames), batch):
-        outs = forward(net, frames[a:a + batch], collect=True)
-        mins, maxs = np.array([o.min() for o in outs]), np.array([o.max() for o in outs])
-        lo, hi = (mins, maxs) if lo is None else (np.minimum(lo, mins), np.maximum(hi, maxs))
+        forward(net, frames[a:a + batch], observe=observe)
     return [(float(a), float(b)) for a, b in zip(lo, hi)]
 
 
 def write_tflite(net: Network, int8: bool = False, calib: np.ndarray | None = None,
-                 metadata: dict | None = None, sparse_ell: bool = False) -> tuple[bytes, list[dict]]:
+                 metadata: dict | None = None, sparse_ell: bool = False,
+                 release: bool = False) -> tuple[bytes, list[dict]]:
     """Write `net` as .tflite bytes; int8 needs calibration frames. Returns (bytes, per-op report).
 
-    `sparse_ell`: int8 sparse layers without an activation that are not 1x16 blocks are written int8 in ELL
-    form instead of float32 CSR."""
+    `sparse_ell`: int8 sparse layers without an activation (or with a LeakyReLU) that are not 1x16 blocks are
+    written int8 in ELL form instead of float32 CSR. `release`: drop every layer's weights once written (the
+    caller's network is emptied), so a very large keyed network is not held twice."""
     if int8 and (calib is None or len(calib) == 0):
         raise ModelError("int8 quantisation needs calibration frames")
     ranges = calibration_ranges(net, calib) if int8 else []
-    low = _Lowering(net, int8, ranges, sparse_ell)
+    low = _Lowering(net, int8, ranges, sparse_ell, release)
     first, last = low.run()
     meta = dict(metadata or {})
     meta["ops"] = low.report
