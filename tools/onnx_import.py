@@ -250,7 +250,10 @@ def _max_pool(im: _Importer, node, a: dict) -> None:
 
 
 def _dropped(im, node, a):
-    im.alias(node, im.source(node))
+    if node.input[0] in im.consts:                 # exporters pass weights through Identity nodes too
+        im.consts[node.output[0]] = im.consts[node.input[0]]
+    else:
+        im.alias(node, im.source(node))
 
 
 def _flatten(im: _Importer, node, a: dict) -> None:
