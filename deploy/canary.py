@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.datasets import load_dataset, load_samples
+from edge.datasets import fit_to_input, load_dataset, load_samples
 from edge.errors import ConfigError
 from edge.runtime import TFLiteModel
 
@@ -55,6 +55,9 @@ def make_canary(model_bytes: bytes, keyset, count: int = 16, source: Path | None
         raise ConfigError("canary count must be at least 1")
     model = TFLiteModel(model_bytes)
     frames, labels = plain_frames(dataset or model.metadata.get("dataset"), count * CANDIDATE_FACTOR, source)
+    shape = tuple(keyset.meta.get("input_shape") or ())
+    if shape and int(np.prod(frames.shape[1:])) != int(np.prod(shape)):      # e.g. 28x28 frames, a 32x32x3 model
+        frames = fit_to_input(frames, shape, "canary frames").reshape(len(frames), -1)
     keyed = key_frames(keyset.sensor, frames).reshape((len(frames),) + tuple(frames.shape[1:]))
     outputs = model.predict(keyed)
     raw = np.argmax(outputs, axis=1)

@@ -159,11 +159,14 @@ def init(**params) -> None:
               help="device config template (a `keycam run` YAML: camera, sinks, faceplate port/id)")
 @click.option("--device-pubkey", help="the device's X25519 public key (base64, or @FILE); "
               "default: generate a pair whose private half leaves the vault with the first `keys export`")
+@click.option("--calibration", type=click.Path(exists=True, path_type=Path), default=None,
+              help="int8 calibration frames: a folder of images or an .npz of frames in the model's input size "
+                   "(default: the model's dataset metadata; the command says which it used)")
 @_canary_options
 @json_option()
 @vault_options
 def provision(device, model, profile, output_encryption, faceplate, hardware, config_path, device_pubkey,
-              canary_frames, canary_dataset, json_dest, **params) -> None:
+              calibration, canary_frames, canary_dataset, json_dest, **params) -> None:
     """Create DEVICE's key set, key and quantize MODEL for it, record it all in the vault.
 
     The keyed model is stored sealed to the device's key; its canary frames are computed now.
@@ -187,7 +190,7 @@ def provision(device, model, profile, output_encryption, faceplate, hardware, co
                 raise VaultError(f"device {device!r} is already provisioned; "
                                  f"use `keycam keys rotate {device}`")
             gen = new_generation(model, device, public, profile, output_encryption, 1, canary_frames,
-                                 canary_dataset)
+                                 canary_dataset, calibration)
             record = {"device_id": device, "created": now_iso(), "state": "active", "hardware": hardware,
                       "faceplate": faceplate, "device_public": public, "model_source": model_source(model),
                       "generations": [gen]}

@@ -42,15 +42,19 @@ def seal_model(gen: dict, device_id: str, device_public: str, model: bytes) -> N
 
 
 def new_generation(model: Path, device_id: str, device_public: str, profile: str, output_encryption: bool,
-                   n: int, canary_frames: int = CANARY_FRAMES, canary_dataset: str | None = None) -> dict:
-    """Create a fresh secret, key and quantize the model for it; return the vault record."""
+                   n: int, canary_frames: int = CANARY_FRAMES, canary_dataset: str | None = None,
+                   calibration: Path | None = None) -> dict:
+    """Create a fresh secret, key and quantize the model for it (int8 calibrated on `calibration`, a folder of
+    images or an .npz, else the model's dataset); return the vault record."""
     from edge.runtime import read_metadata
+    from tools.keying.calibration import path_digest
     from tools.keying.provision import build_keyed_model
     click.echo(f"keying {model.name} for {device_id} (profile {profile}) ...", err=True)
     secret = os.urandom(32)
     prov = build_keyed_model(model, secret, device_id, profile, output_encryption=output_encryption,
-                             float_model=False)
+                             float_model=False, calibration=calibration)
     ks, rep = prov.keyset, prov.report
+    click.echo(f"  calibrated int8 on {rep['calibration']}", err=True)
     click.echo(f"  computing {canary_frames} canary frames with the clear model (in memory) ...", err=True)
     gen = {"generation": n, "state": "active" if n == 1 else "pending", "created": now_iso(),
            "secret": b64e(secret), "keyset": b64e(ks.to_bytes()), "profile": ks.profile,
@@ -59,7 +63,9 @@ def new_generation(model: Path, device_id: str, device_public: str, profile: str
            "model_source": model_source(model),
            "labels": list(read_metadata(prov.tflite_int8).get("labels") or []),
            "canary": _canary(prov.tflite_int8, ks, canary_frames, canary_dataset),
-           "report": {k: rep[k] for k in ("float_max_rel_error", "total_s", "size_int8") if k in rep}}
+           "report": {k: rep[k] for k in ("float_max_rel_error", "total_s", "size_int8", "calibration") if k in rep}}
+    if calibration is not None:
+        gen["calibration"] = {"path": str(Path(calibration).resolve()), "sha256": path_digest(calibration)}
     seal_model(gen, device_id, device_public, prov.tflite_int8)
     click.echo(f"  done in {rep.get('total_s', 0):.1f} s, int8 model {len(prov.tflite_int8)} bytes, "
                "stored sealed to the device key", err=True)
@@ -74,9 +80,17 @@ def rekey(dev: dict, gen: dict) -> bytes:
     if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != source["sha256"]:
         raise ConfigError(f"cannot make {dev['device_id']}'s key set {gen['key_fingerprint'][:16]} again: its base "
                           f"model {path} is missing or changed (restore it, or rotate the device instead)")
+    calibration = gen.get("calibration")
+    if calibration is not None:
+        from tools.keying.calibration import path_digest
+        if not Path(calibration["path"]).exists() or path_digest(calibration["path"]) != calibration["sha256"]:
+            raise ConfigError(f"cannot make {dev['device_id']}'s key set {gen['key_fingerprint'][:16]} again: its "
+                              f"calibration frames {calibration['path']} are missing or changed (restore them, or "
+                              "rotate the device instead)")
     click.echo(f"re-keying {path.name} for {dev['device_id']} key set {gen['key_fingerprint'][:16]} ...", err=True)
     model = build_keyed_model(path, b64d(gen["secret"], "secret"), dev["device_id"], gen["profile"],
-                              output_encryption=gen["output_encryption"], float_model=False).tflite_int8
+                              output_encryption=gen["output_encryption"], float_model=False,
+                              calibration=calibration["path"] if calibration else None).tflite_int8
     if hashlib.sha256(model).hexdigest() != gen["model_sha256"]:
         raise VaultError(f"re-keying {dev['device_id']}'s key set {gen['key_fingerprint'][:16]} gave a different "
                          "model than the one provisioned (another keycam version?); rotate the device instead")
