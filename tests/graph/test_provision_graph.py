@@ -1,5 +1,6 @@
-"""`keycam keys provision --model X.onnx [--calibration PATH]` keys a graph model (a narrow ResNet-20 on 32x32x3
-frames) and says which calibration frames it used; calibration sources and their errors."""
+"""`keycam keys provision --model X.onnx [--calibration PATH]` keys a graph model (the shipped narrow ResNet-20,
+trained on Fashion-MNIST padded to 32x32x3) and says which calibration frames it used; calibration sources and
+their errors."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,10 +10,11 @@ from click.testing import CliRunner
 from edge.cli import cli
 from edge.errors import ConfigError
 from tools.keying.calibration import calibration_for, path_digest
-from tools.models_zoo import export_random
+from tools.bench.zoo import SHIPPED_DIR
 from tools.onnx_import import load_onnx
 
 PASS = "graph-provision-pass"
+RESNET20 = SHIPPED_DIR / "resnet20.onnx"
 
 
 def keycam(*args: str, vault):
@@ -20,22 +22,22 @@ def keycam(*args: str, vault):
 
 
 @pytest.fixture(scope="module")
-def resnet(tmp_path_factory):
-    return export_random("resnet20", tmp_path_factory.mktemp("zoo") / "resnet20.onnx", tiny=True,
-                         meta={"dataset": "fashion"})
+def resnet():
+    return RESNET20
 
 
+@pytest.mark.slow
 def test_provision_a_graph_model_with_and_without_calibration(tmp_path, resnet):
-    frames = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    frames = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)   # calibration only
     np.savez(tmp_path / "calib.npz", frames=frames)
     vault = tmp_path / "vault.kcv"
     assert keycam("keys", "init", vault=vault).exit_code == 0
     res = keycam("keys", "provision", "cam-1", "--model", str(resnet), "--profile", "stem", "--no-faceplate",
-                 "--canary-frames", "2", "--calibration", str(tmp_path / "calib.npz"), vault=vault)
+                 "--canary-frames", "4", "--calibration", str(tmp_path / "calib.npz"), vault=vault)
     assert res.exit_code == 0, res.output
     assert f"calibrated int8 on 40 frames from {tmp_path / 'calib.npz'}" in res.output
     res = keycam("keys", "provision", "cam-2", "--model", str(resnet), "--profile", "stem", "--no-faceplate",
-                 "--canary-frames", "2", vault=vault)
+                 "--canary-frames", "4", vault=vault)
     assert res.exit_code == 0, res.output
     assert "fashion training split (the model's dataset metadata)" in res.output
 
@@ -52,7 +54,7 @@ def test_calibration_sources_and_errors(tmp_path, resnet):
     assert calib.frames.shape == (3, 3 * 32 * 32) and "3 frames from" in calib.source
     assert np.allclose(calib.frames[2], 80 / 255.0)
     digest = path_digest(folder)
-    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / "0.png")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / "1.png")
     assert path_digest(folder) != digest
     padded = calibration_for(net).frames                       # 28x28 Fashion-MNIST, padded to 32x32x3
     assert padded.shape[1] == 3 * 32 * 32 and np.all(padded.reshape(-1, 3, 32, 32)[:, :, :2] == 0)
