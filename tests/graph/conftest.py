@@ -18,18 +18,20 @@ def build_graph(case: str, path, rng):
     """A (3, 8, 8) -> 5-class graph exercising `case`; returns the ONNX path."""
     c = 4
     inits = {"w0": rand(rng, c, 3, 3, 3), "w0_b": rand(rng, c), "wf": rand(rng, 5, 0), "wf_b": rand(rng, 5)}
-    nodes = [_conv("stem", "x", "w0", "s0", pads=[1, 1, 1, 1]), helper.make_node("Relu", ["s0"], ["s"], name="stem_relu")]
-    ch, hw = c, 8
+    nodes = [_conv("stem", "x", "w0", "s0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["s0"], ["s"], name="stem_relu")]
+    ch = c
     if case == "residual":          # identity + 1x1 projection shortcut (stride 2)
         inits.update(w1=rand(rng, c, c, 3, 3), w1_b=rand(rng, c), w2=rand(rng, 6, c, 3, 3), w2_b=rand(rng, 6),
                      wp=rand(rng, 6, c, 1, 1), wp_b=rand(rng, 6))
-        nodes += [_conv("b1", "s", "w1", "b1", pads=[1, 1, 1, 1]), helper.make_node("Add", ["b1", "s"], ["r1"], name="add1"),
+        nodes += [_conv("b1", "s", "w1", "b1", pads=[1, 1, 1, 1]),
+                  helper.make_node("Add", ["b1", "s"], ["r1"], name="add1"),
                   helper.make_node("Relu", ["r1"], ["a1"], name="relu1"),
                   _conv("b2", "a1", "w2", "b2", pads=[1, 1, 1, 1], strides=[2, 2]),
                   _conv("proj", "a1", "wp", "p2", strides=[2, 2]),
                   helper.make_node("Add", ["b2", "p2"], ["r2"], name="add2"),
                   helper.make_node("Relu", ["r2"], ["h"], name="relu2")]
-        ch, hw = 6, 4
+        ch = 6
     elif case == "concat":
         inits.update(w1=rand(rng, 3, c, 1, 1), w1_b=rand(rng, 3), w2=rand(rng, 2, c, 3, 3), w2_b=rand(rng, 2))
         nodes += [_conv("left", "s", "w1", "l"), _conv("right", "s", "w2", "r", pads=[1, 1, 1, 1]),
@@ -46,7 +48,6 @@ def build_graph(case: str, path, rng):
     elif case == "maxpool":
         nodes += [helper.make_node("MaxPool", ["s"], ["h"], name="pool", kernel_shape=[3, 3], strides=[2, 2],
                                    pads=[1, 1, 1, 1])]
-        hw = 4
     elif case == "prelu":
         inits.update(w1=rand(rng, 6, c, 3, 3), w1_b=rand(rng, 6), slope=rng.uniform(0.05, 0.4, (6, 1, 1)))
         nodes += [_conv("c1", "s", "w1", "c1", pads=[1, 1, 1, 1]),

@@ -161,7 +161,6 @@ def test_refuses_keys_that_are_not_pixel_permutations(setup):
 
 
 def test_working_size_stage_has_no_pool_or_upsample_layer(setup, int8):
-    from edge.runtime import TFLiteModel
     from tools.san.export import make_stage
     from tools.san.tflite_check import compare_keyed
     from tools.san.stage import write_san_tflite

@@ -14,7 +14,8 @@ from keys.factors import Bias, ChannelGenPerm, Gain, Key, Permutation
 from keys.generate import channel_layer_key, gains, output_key, sensor_key, spatial_layer_key
 from keys.keyset import KeySet
 from tools.ir import (INPUT, LINEAR, Activation, Add, AvgPool, Concat, Conv, Dense, Flatten, MaxPool, Network,
-                      Resize, Shift, Softmax, Unflatten, conv_matrix, expand_groups, forward, pool_matrix, resize_matrix)
+                      Resize, Shift, Softmax, Unflatten, conv_matrix, expand_groups, forward, pool_matrix,
+                      resize_matrix)
 from tools.keying.patchkey import gather_stem, patch_sensor_key, patch_size
 from tools.keying.profiles import Profile, get_profile
 from tools.keying.rules import KeyingError, KeyPlan, rule_of
