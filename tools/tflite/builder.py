@@ -15,7 +15,9 @@ DTYPES = {np.dtype(np.float32): fb.TensorType.FLOAT32, np.dtype(np.int8): fb.Ten
 
 class AlignedBufferT(fb.BufferT):
     """A buffer whose data is 16-byte aligned, as the schema's force_align asks (the generated
-    Python packer ignores it)."""
+    Python packer ignores it); with `release` set, the data is dropped once packed."""
+
+    release = False
 
     def Pack(self, builder):
         data = None
@@ -26,7 +28,8 @@ class AlignedBufferT(fb.BufferT):
             builder.Bytes[builder.Head():builder.Head() + raw.size] = raw.tobytes()
             builder.vectorNumElems = raw.size
             data = builder.EndVector()
-            self.data = None                 # packed: the builder holds the bytes now (frees large models early)
+            if self.release:
+                self.data = None             # packed: the builder holds the bytes now (frees large models early)
         fb.BufferStart(builder)
         if data is not None:
             fb.BufferAddData(builder, data)
@@ -123,15 +126,18 @@ class GraphBuilder:
                                                                                   newShape=list(shape)))
 
     def finish(self, inputs: list[int], outputs: list[int], metadata: dict | None = None,
-               description: str = "keycam") -> bytes | bytearray:
+               description: str = "keycam", release: bool = False) -> bytes | bytearray:
         """Serialise to .tflite bytes, embedding `metadata` as JSON under the name 'keycam' (a bytearray above
-        64 MiB: a large model is not copied once more). Buffers are released as they are packed."""
+        64 MiB: a large model is not copied once more). `release`: drop every buffer's data as it is packed
+        (the builder cannot finish again)."""
         sub = fb.SubGraphT()
         sub.tensors, sub.inputs, sub.outputs, sub.operators, sub.name = (
             self.tensors, inputs, outputs, self.operators, "main")
         model = fb.ModelT()
         model.version, model.operatorCodes, model.subgraphs, model.description = 3, self.codes, [sub], description
         model.buffers = list(self.buffers)
+        for buf in model.buffers:
+            buf.release = release
         if metadata is not None:
             buf = AlignedBufferT()
             buf.data = np.frombuffer(json.dumps(metadata, sort_keys=True).encode(), dtype=np.uint8)

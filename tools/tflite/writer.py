@@ -724,4 +724,4 @@ def write_tflite(net: Network, int8: bool = False, calib: np.ndarray | None = No
     first, last = low.run()
     meta = dict(metadata or {})
     meta["ops"] = low.report
-    return low.g.finish([first], [last], meta), low.report
+    return low.g.finish([first], [last], meta, release=release), low.report
