@@ -241,12 +241,10 @@ def _key_columns(w, g_in: GenPerm):
     if not sp.issparse(w):
         return np.asarray(w)[:, g_in.index] / g_in.scale
     w = sp.csr_matrix(w)
-    indices = inv[w.indices]
-    out = sp.csr_matrix((w.data / g_in.scale[indices].astype(w.data.dtype), indices.astype(w.indices.dtype),
-                         w.indptr.copy()),
-                        shape=w.shape)
-    out.has_sorted_indices = False
-    out.sort_indices()
+    indices = inv.astype(w.indices.dtype)[w.indices]          # in the matrix's index and value types: no upcast
+    data = w.data * (1.0 / g_in.scale).astype(w.data.dtype)[indices]
+    out = sp.csr_matrix((data, indices, w.indptr.copy()), shape=w.shape)
+    out.has_sorted_indices = False                            # rows are sorted once, by the caller
     return out
 
 
