@@ -1,4 +1,5 @@
-"""Derive the key set for a network and key it: W'_i = A_i W_i A_{i-1}^-1 (numpy/scipy, sparse)."""
+"""Derive the key set for a network (a DAG, tools.ir) and key it: W' = A_out W A_in^-1 for every linear op, with
+the key of every tensor from its key class (tools.keying.rules); numpy/scipy, sparse where the keys mix units."""
 from __future__ import annotations
 
 import hashlib
