@@ -29,7 +29,8 @@ LOGISTIC_QUANT = (1.0 / 256.0, -128)  # TFLite's fixed int8 LOGISTIC output para
 SPARSE_FC_VERSION = 8
 CALIBRATION_BATCH = 64
 BLOCK = 16                   # the only sparse block shape with an int8 FULLY_CONNECTED kernel
-_ACT_CODES = {"none": fb.ActivationFunctionType.NONE, "relu": fb.ActivationFunctionType.RELU}
+_ACT_CODES = {"none": fb.ActivationFunctionType.NONE, "relu": fb.ActivationFunctionType.RELU,
+              "relu6": fb.ActivationFunctionType.RELU6}
 
 
 @dataclass
@@ -117,13 +118,19 @@ class _Lowering:
         self.acts = acts = {INPUT: cur}
         self.consumers = consumers = self.net.consumers()
         saturating = self._saturating_clips(consumers) if self.int8 else set()
+        self.relu6_into = {self.net.inputs_of(i)[0]: i for i in self._fusable_relu6(consumers)}
         for i, layer in enumerate(layers):
             lo, hi = self.ranges[i] if self.ranges else (0.0, 1.0)
+            if i in self.relu6_into and self.ranges:
+                lo, hi = self.ranges[self.relu6_into[i]]
             readers = [layers[k] for k in consumers[i]]
             ins = [acts[j] for j in self.net.inputs_of(i)]
             if i in saturating:                 # the producer's int8 output saturates onto [lo, hi]
                 acts[i] = ins[0]
                 self._note(i, f"clip to [{layer.lo:g}, {layer.hi:g}] as saturation of the int8 output", "int8")
+                continue
+            if self.net.inputs_of(i)[0] in self.relu6_into and self.relu6_into[self.net.inputs_of(i)[0]] == i:
+                acts[i] = ins[0]                # fused into the conv before it
                 continue
             cur = ins[0]
             name = f"l{i}_{type(layer).__name__.lower()}"
@@ -164,6 +171,18 @@ class _Lowering:
             if self.release and isinstance(layer, (Conv, Dense)):
                 layer.weight = None             # its values live in the model's buffers now
         return first, acts[len(layers) - 1].index
+
+    def _fusable_relu6(self, consumers: dict[int, list[int]]) -> list[int]:
+        """ReLU6 layers (clip 0..6) right after a Conv without activation that nothing else reads: written as
+        the conv's fused RELU6 (its output quantised on the clipped range)."""
+        out = []
+        for i, layer in enumerate(self.net.layers):
+            j = self.net.inputs_of(i)[0]
+            if isinstance(layer, Activation) and layer.act == "clip" and (layer.lo, layer.hi) == (0.0, 6.0) and \
+                    j != INPUT and isinstance(self.net.layers[j], Conv) and self.net.layers[j].act == "none" \
+                    and consumers[j] == [i]:
+                out.append(i)
+        return out
 
     def _saturating_clips(self, consumers: dict[int, list[int]]) -> set[int]:
         """Clips whose input comes from an ADD (Add, Shift) read by nothing else: their int8 output is quantised
@@ -330,7 +349,7 @@ class _Lowering:
             cur = self._pad(self._quantized(cur, name) if self.int8 else self._float(cur, name), layer.pads, name)
             padding = fb.Padding.VALID
         out_shape = self.shapes[i]
-        fused = layer.act if layer.act in _ACT_CODES else "none"
+        fused = "relu6" if i in self.relu6_into else layer.act if layer.act in _ACT_CODES else "none"
         plo, phi = _pre_activation_range(layer, lo, hi)
         # CONV_2D filters are OHWI with per-channel scales on axis 0; DEPTHWISE_CONV_2D filters are 1HWO, axis 3
         axis = 3 if layer.depthwise else 0
@@ -360,7 +379,8 @@ class _Lowering:
         opts.dilationHFactor, opts.dilationWFactor = layer.dilation
         opts.fusedActivationFunction = _ACT_CODES[fused]
         self.g.op(code, [cur.index, wt, bt], [out.index], kind, opts, version=3 if self.int8 else 1)
-        self._note(i, "DEPTHWISE_CONV_2D" if layer.depthwise else "CONV_2D", "int8" if self.int8 else "float32")
+        self._note(i, ("DEPTHWISE_CONV_2D" if layer.depthwise else "CONV_2D") + (" + RELU6" if fused == "relu6" else ""),
+                   "int8" if self.int8 else "float32")
         out.lo, out.hi = (lo, hi) if fused != "none" else (plo, phi)
         if layer.act == "leaky_relu":
             out = self._activation(out, Activation("leaky_relu", layer.alpha), i, f"{name}/act", lo, hi)
