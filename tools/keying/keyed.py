@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -19,9 +19,10 @@ from tools.ir import (INPUT, LINEAR, Activation, Add, AvgPool, Concat, Conv, Den
                       resize_matrix)
 from tools.keying.patchkey import gather_stem, patch_sensor_key, patch_size
 from tools.keying.profiles import Profile, get_profile
+from tools.keying.genperm import GenPerm, genperm_form
 from tools.keying.rules import KeyingError, KeyPlan, rule_of
 
-__all__ = ["KeyingError", "derive_keyset", "key_network", "iter_keyed_layers", "verify_keyed", "model_id_of"]
+__all__ = ["GenPerm", "genperm_form", "KeyingError", "derive_keyset", "key_network", "iter_keyed_layers", "verify_keyed", "model_id_of"]
 
 FLOAT_TOLERANCE = 1e-4
 ROW_CHUNK_NNZ = 8_000_000      # bound on the temporaries of one row-gather chunk
@@ -177,46 +178,6 @@ def assignment_of(net: Network, keyset: KeySet, profile: Profile | None = None) 
 
 def _single(key: Key):
     return key.factors[0] if len(key.factors) == 1 else None
-
-
-@dataclass(frozen=True)
-class GenPerm:
-    """A key in generalized-permutation form: y[i] = scale[i] * x[index[i]] + offset[i]."""
-    index: np.ndarray
-    scale: np.ndarray
-    offset: np.ndarray
-
-    @property
-    def inverse_index(self) -> np.ndarray:
-        """inv[j] = the output position that reads input j."""
-        inv = np.empty_like(self.index)
-        inv[self.index] = np.arange(len(self.index))
-        return inv
-
-    def inverse_linear(self, y: np.ndarray) -> np.ndarray:
-        """L^-1 y (the offset not removed)."""
-        x = np.empty_like(y, dtype=np.float64)
-        x[self.index] = y / self.scale
-        return x
-
-
-def genperm_form(key: Key) -> GenPerm | None:
-    """The key as one gather + scale + offset, or None when a factor mixes units (tile or dense mix)."""
-    n = key.size
-    index, scale, offset = np.arange(n), np.ones(n), np.zeros(n)
-    for f in key.factors:
-        if isinstance(f, Permutation):
-            index, scale, offset = index[f.perm], scale[f.perm], offset[f.perm]
-        elif isinstance(f, ChannelGenPerm):
-            gather, g = f._index(f.perm), np.repeat(f.gain, f.spatial)
-            index, scale, offset = index[gather], scale[gather] * g, offset[gather] * g
-        elif isinstance(f, Gain):
-            scale, offset = scale * f.g, offset * f.g
-        elif isinstance(f, Bias):
-            offset = offset + f.b
-        else:
-            return None
-    return GenPerm(index, scale, offset)
 
 
 def _csr_gather_rows(w: sp.csr_matrix, rows: np.ndarray, row_scale: np.ndarray) -> sp.csr_matrix:

@@ -31,6 +31,7 @@ from edge.errors import KeycamError
 from keys.factors import ChannelGenPerm, Key
 from tools.ir import (INPUT, Activation, Add, AvgPool, Concat, Conv, Dense, Flatten, MaxPool, Network, Resize,
                       Shift, Softmax)
+from tools.keying.genperm import genperm_form
 from tools.keying.profiles import Profile
 
 NEEDS_ORDER = ("any", "linear", "positive", "permute", "channel", "none")
@@ -225,7 +226,6 @@ class KeyPlan:
 
     def check_fixed(self, t: int, key: Key | None) -> None:
         """Raise unless the fixed key `key` (None: no key) of tensor t's class admits its readers' needs."""
-        from tools.keying.keyed import genperm_form
         c = self.key_class(t)
         if key is None:
             return

@@ -173,13 +173,13 @@ class _Lowering:
         return first, acts[len(layers) - 1].index
 
     def _fusable_relu6(self, consumers: dict[int, list[int]]) -> list[int]:
-        """ReLU6 layers (clip 0..6) right after a Conv without activation that nothing else reads: written as
-        the conv's fused RELU6 (its output quantised on the clipped range)."""
+        """ReLU6 layers (clip 0..6) right after a Conv or Dense without activation that nothing else reads:
+        written as its fused RELU6 (its output quantised on the clipped range)."""
         out = []
         for i, layer in enumerate(self.net.layers):
             j = self.net.inputs_of(i)[0]
             if isinstance(layer, Activation) and layer.act == "clip" and (layer.lo, layer.hi) == (0.0, 6.0) and \
-                    j != INPUT and isinstance(self.net.layers[j], Conv) and self.net.layers[j].act == "none" \
+                    j != INPUT and isinstance(self.net.layers[j], (Conv, Dense)) and self.net.layers[j].act == "none" \
                     and consumers[j] == [i]:
                 out.append(i)
         return out
@@ -473,7 +473,7 @@ class _Lowering:
         if row_order is not None:
             w, b = w[row_order], b[row_order]
         n_out = w.shape[0]
-        fused = layer.act if layer.act in _ACT_CODES else "none"
+        fused = "relu6" if i in self.relu6_into else layer.act if layer.act in _ACT_CODES else "none"
         plo, phi = _pre_activation_range(layer, lo, hi)
         opts = fb.FullyConnectedOptionsT()
         opts.fusedActivationFunction = _ACT_CODES[fused]
