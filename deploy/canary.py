@@ -16,7 +16,7 @@ import numpy as np
 from base.errors import ConfigError
 from deploy.health import save_canary
 from edge.runtime import TFLiteModel
-from hardware.digitise import key_and_digitise
+from hardware.digitise import fit_to_input, key_and_digitise
 from keys.fields import b64e
 
 CANDIDATE_FACTOR = 4
@@ -42,6 +42,9 @@ def make_canary(model_bytes: bytes, keyset, plain_frames: PlainFrames, count: in
         raise ConfigError("canary count must be at least 1")
     model = TFLiteModel(model_bytes)
     frames, labels = plain_frames(dataset or model.metadata.get("dataset"), count * CANDIDATE_FACTOR)
+    shape = tuple(keyset.meta.get("input_shape") or ())
+    if shape and int(np.prod(frames.shape[1:])) != int(np.prod(shape)):      # e.g. 28x28 frames, a 32x32x3 model
+        frames = fit_to_input(frames, shape, "canary frames").reshape(len(frames), -1)
     keyed = key_frames(keyset.sensor, frames)
     outputs = model.predict(keyed)
     raw = np.argmax(outputs, axis=1)

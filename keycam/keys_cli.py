@@ -70,11 +70,14 @@ def init(**params) -> None:
               help="device config template (a `keycam run` YAML: camera, sinks, faceplate port/id)")
 @click.option("--device-pubkey", help="the device's X25519 public key (base64, or @FILE); "
               "default: generate a pair whose private half leaves the vault with the first `keys export`")
+@click.option("--calibration", type=click.Path(exists=True, path_type=Path), default=None,
+              help="int8 calibration frames: a folder of images or an .npz of frames in the model's input size "
+                   "(default: the model's dataset metadata; the command says which it used)")
 @_canary_options
 @json_option()
 @vault_options
 def provision(device, model, profile, output_encryption, faceplate, hardware, config_path, device_pubkey,
-              canary_frames, canary_dataset, json_dest, **params) -> None:
+              calibration, canary_frames, canary_dataset, json_dest, **params) -> None:
     """Create DEVICE's key set, key and quantize MODEL for it, record it all in the vault.
 
     The keyed model is stored sealed to the device's key; its canary frames are computed now.
@@ -90,7 +93,7 @@ def provision(device, model, profile, output_encryption, faceplate, hardware, co
     from tools.provisioning import CanarySpec, DeviceSpec, device_key_pair, provision
     key_pair = device_key_pair(device_pubkey)
     template = check_template(config_path, device, faceplate) if config_path else None
-    spec = DeviceSpec(device, model, profile, output_encryption, faceplate, hardware, template)
+    spec = DeviceSpec(device, model, profile, output_encryption, faceplate, hardware, template, calibration)
     previous = signal.getsignal(signal.SIGINT)
     try:
         with edit_vault(params, migration_canary) as vault:

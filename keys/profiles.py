@@ -17,6 +17,8 @@ class Profile:
     description: str = ""
     sensor_layout: str = "global"        # global: pixel-level key; patch: patch-aligned (tools.keying.patchkey)
     sensor_stage: bool = False           # the model's first layer undoes A0 (sparse int8), then the plain stem
+    grouped_units: bool = False          # keys over all units keep a conv's channels of one position together
+    #                                      (the sparsity pattern shows them anyway; int8 ELL then gathers once)
 
 
 PROFILES: dict[str, Profile] = {

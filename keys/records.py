@@ -89,23 +89,34 @@ def _to_json(record: Any) -> dict:
     return doc
 
 
+def source_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, or of a folder's files (names and bytes, in sorted order)."""
+    path, h = Path(path), hashlib.sha256()
+    if not path.is_dir():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    for f in sorted(p for p in path.iterdir() if p.is_file()):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
 @dataclass
 class ModelSource:
-    """Where a base model came from: its resolved path and sha256 (checked before it is used again)."""
+    """Where a base model (or its calibration frames: a file or a folder) came from: the resolved path and
+    its digest (checked before it is used again)."""
     path: str
     sha256: str
     extra: dict = field(default_factory=dict)
 
     @classmethod
     def of(cls, model: str | Path) -> ModelSource:
-        """The source record of the model file at `model`."""
+        """The source record of the file or folder at `model`."""
         path = Path(model)
-        return cls(str(path.resolve()), hashlib.sha256(path.read_bytes()).hexdigest())
+        return cls(str(path.resolve()), source_digest(path))
 
     def unchanged(self) -> bool:
-        """True when the recorded file still exists with the recorded content."""
+        """True when the recorded file or folder still exists with the recorded content."""
         path = Path(self.path)
-        return path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == self.sha256
+        return path.exists() and source_digest(path) == self.sha256
 
     @classmethod
     def from_json(cls, doc: Any, where: str) -> ModelSource:
@@ -131,6 +142,7 @@ class Generation:
     labels: list[str] = field(default_factory=list)
     report: dict = field(default_factory=dict)
     model_source: ModelSource | None = None     # older vaults: only the device's
+    calibration: ModelSource | None = None      # int8 calibration frames given by the user (None: the dataset's)
     model_sealed: str | None = None
     model_sha256: str | None = None
     canary: str | None = None                   # older vaults: none (made when their clear model is sealed)

@@ -53,6 +53,7 @@ class DeviceSpec:
     faceplate: bool = True
     hardware: str = "rpi4"
     template: dict | None = None            # device config template (a checked `keycam run` YAML)
+    calibration: Path | None = None         # int8 calibration frames (None: the model's dataset)
 
 
 @dataclass(frozen=True)
@@ -76,13 +77,15 @@ def device_key_pair(text: str | None) -> tuple[str, str | None]:
 
 
 def new_generation(model: Path, device_id: str, device_public: str, profile: str, output_encryption: bool,
-                   n: int, canary: CanarySpec) -> Generation:
-    """Create a fresh secret, key and quantize the model for it; return the generation (model sealed)."""
+                   n: int, canary: CanarySpec, calibration: Path | None = None) -> Generation:
+    """Create a fresh secret, key and quantize the model for it (int8 calibrated on `calibration`, a folder of
+    images or an .npz, else the model's dataset); return the generation (model sealed)."""
     click.echo(f"keying {model.name} for {device_id} (profile {profile}) ...", err=True)
     secret = os.urandom(32)
     prov = build_keyed_model(model, secret, device_id, profile, output_encryption=output_encryption,
-                             float_model=False)
+                             float_model=False, calibration=calibration)
     ks, rep = prov.keyset, prov.report
+    click.echo(f"  calibrated int8 on {rep['calibration']}", err=True)
     click.echo(f"  computing {canary.frames} canary frames with the clear model (in memory) ...", err=True)
     gen = Generation(
         generation=n, state="active" if n == 1 else "pending", created=now_iso(), secret=b64e(secret),
@@ -90,7 +93,8 @@ def new_generation(model: Path, device_id: str, device_public: str, profile: str
         key_fingerprint=ks.fingerprint, sensor_fingerprint=ks.sensor_fingerprint, model_id=ks.model_id,
         model_source=ModelSource.of(model), labels=list(read_metadata(prov.tflite_int8).get("labels") or []),
         canary=vault_canary(prov.tflite_int8, ks, plain_frames, canary.frames, canary.dataset),
-        report={k: rep[k] for k in ("float_max_rel_error", "total_s", "size_int8") if k in rep})
+        report={k: rep[k] for k in ("float_max_rel_error", "total_s", "size_int8", "calibration") if k in rep},
+        calibration=ModelSource.of(calibration) if calibration is not None else None)
     seal_model(gen, device_id, device_public, prov.tflite_int8)
     click.echo(f"  done in {rep.get('total_s', 0):.1f} s, int8 model {len(prov.tflite_int8)} bytes, "
                "stored sealed to the device key", err=True)
@@ -104,9 +108,14 @@ def rekey(dev: DeviceRecord, gen: Generation) -> bytes:
     if not source.unchanged():
         raise ConfigError(f"cannot make {dev.device_id}'s key set {gen.key_fingerprint[:16]} again: its base "
                           f"model {path} is missing or changed (restore it, or rotate the device instead)")
+    if gen.calibration is not None and not gen.calibration.unchanged():
+        raise ConfigError(f"cannot make {dev.device_id}'s key set {gen.key_fingerprint[:16]} again: its calibration "
+                          f"frames {gen.calibration.path} are missing or changed (restore them, or rotate the device "
+                          "instead)")
     click.echo(f"re-keying {path.name} for {dev.device_id} key set {gen.key_fingerprint[:16]} ...", err=True)
     model = build_keyed_model(path, gen.secret_bytes(), dev.device_id, gen.profile,
-                              output_encryption=gen.output_encryption, float_model=False).tflite_int8
+                              output_encryption=gen.output_encryption, float_model=False,
+                              calibration=gen.calibration.path if gen.calibration else None).tflite_int8
     if hashlib.sha256(model).hexdigest() != gen.model_sha256:
         raise VaultError(f"re-keying {dev.device_id}'s key set {gen.key_fingerprint[:16]} gave a different "
                          "model than the one provisioned (another keycam version?); rotate the device instead")
@@ -119,7 +128,8 @@ def provision(vault: Vault, spec: DeviceSpec, device_key: tuple[str, str | None]
     or None) from `device_key_pair`. The caller saves the vault."""
     vault.require_new(spec.device_id)
     public, private = device_key
-    gen = new_generation(spec.model, spec.device_id, public, spec.profile, spec.output_encryption, 1, canary)
+    gen = new_generation(spec.model, spec.device_id, public, spec.profile, spec.output_encryption, 1, canary,
+                         spec.calibration)
     record = DeviceRecord(device_id=spec.device_id, created=now_iso(), state="active", hardware=spec.hardware,
                           faceplate=spec.faceplate, device_public=public, model_source=ModelSource.of(spec.model),
                           generations=[gen], device_private=private, config=spec.template)

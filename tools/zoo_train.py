@@ -1,6 +1,7 @@
-"""Train allconv32 on Fashion-MNIST padded to 32x32x3 (wall-time bounded, one CPU thread) and export ONNX.
+"""Train a Fashion-MNIST zoo model (allconv32, resnet20, mobilenetv2) on frames padded to 32x32x3 (wall-time
+bounded, one CPU thread by default) and export ONNX.
 
-Usage: python -m tools.zoo_train --out out/models/allconv32.onnx [--minutes 12] [--limit N]
+Usage: python -m tools.zoo_train [--model resnet20] --out out/models/resnet20.onnx [--minutes 12] [--limit N]
 """
 from __future__ import annotations
 
@@ -23,20 +24,24 @@ def fashion32(split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndar
 
 
 def train_allconv32(out: str | Path, minutes: float = 12.0, batch: int = 64, lr: float = 2e-3,
-                    limit: int | None = None, seed: int = 0, log=print) -> dict:
-    """Adam with a cosine schedule over the wall-time budget; returns the test accuracy (first 2,000 frames)."""
+                    limit: int | None = None, seed: int = 0, log=print, name: str = "allconv32",
+                    threads: int = 1) -> dict:
+    """Adam with a cosine schedule over the wall-time budget; returns the test accuracy (first 2,000 frames).
+    `name`: any of tools.models_zoo.FASHION32."""
     import torch
     import torch.nn.functional as F
 
-    from tools.models_zoo import allconv32
+    from tools.models_zoo import FASHION32, build
     from tools.train import export_onnx
-    torch.set_num_threads(1)
+    if name not in FASHION32:
+        raise ValueError(f"{name!r} is not a Fashion-MNIST zoo model; choose one of: {', '.join(FASHION32)}")
+    torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     images, labels = fashion32("train", limit)
     x_all = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     y_all = torch.from_numpy(labels)
-    model = allconv32()
+    model = build(name)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     start, budget, seen = time.monotonic(), minutes * 60.0, 0
     model.train()
@@ -64,18 +69,22 @@ def train_allconv32(out: str | Path, minutes: float = 12.0, batch: int = 64, lr:
     acc = float(np.mean(pred == test_labels))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     export_onnx(model, out, (3, 32, 32), meta={"dataset": "fashion", "labels": labels_for("fashion"),
-                                                "train": {"frames_seen": seen, "minutes": minutes}})
+                                                "train": {"model": name, "frames_seen": seen, "minutes": minutes,
+                                                          "test_accuracy_2000": acc}})
     log(f"test accuracy (2,000 frames): {acc:.4f}; wrote {out}")
     return {"out": str(out), "accuracy": acc, "frames_seen": seen}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="out/models/allconv32.onnx")
+    ap.add_argument("--model", default="allconv32", help="allconv32, resnet20 or mobilenetv2")
+    ap.add_argument("--out", default=None, help="default: out/models/MODEL.onnx")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--minutes", type=float, default=12.0)
     ap.add_argument("--limit", type=int, default=None)
     a = ap.parse_args(argv)
-    train_allconv32(a.out, a.minutes, limit=a.limit, log=lambda m: print(m, flush=True))
+    train_allconv32(a.out or f"out/models/{a.model}.onnx", a.minutes, limit=a.limit,
+                    log=lambda m: print(m, flush=True, file=sys.stderr), name=a.model, threads=a.threads)
     return 0
 
 

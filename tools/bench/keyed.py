@@ -23,7 +23,7 @@ from tools.models_zoo import ZOO
 from tools.onnx_import import load_onnx
 from tools.tflite.writer import write_tflite
 
-ZOO_PROFILES = {"allconv32": "stem", "face112": "stem-patch"}
+ZOO_PROFILES = {"allconv32": "stem", "face112": "stem-patch", "resnet20": "stem", "mobilenetv2": "stem"}
 SHIPPED_MODELS = {"mnist": "lenet_mnist.onnx", "fashion": "lenet_fashion.onnx"}
 
 
@@ -137,7 +137,8 @@ def check_targets(r: dict) -> list[str]:
               "stem for allconv32, stem-patch for face112.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Use the first N test frames (default all).")
 @click.option("--model", "model_path", default=None,
-              help="ONNX base model (default: the shipped one for the dataset), or a zoo model: allconv32, face112.")
+              help="ONNX base model (default: the shipped one for the dataset), or a zoo model: allconv32, face112, "
+                   "resnet20, mobilenetv2.")
 @json_option("json_path")
 def keyed(dataset: str, profile: str | None, limit: int | None, model_path: str | None, json_path: str | None) -> None:
     """Keyed vs unkeyed: accuracy, wrong-key/raw-frame accuracy, size, latency, keying time.

@@ -1,7 +1,9 @@
-"""`keycam bench keyed --model allconv32|face112`: the keyed-vs-unkeyed bench for the zoo models.
+"""`keycam bench keyed --model allconv32|resnet20|mobilenetv2|face112`: the keyed-vs-unkeyed bench for the zoo
+models.
 
-allconv32: Fashion-MNIST test frames padded to 32x32 and repeated over 3 channels, the all-conv net
-from out/models/allconv32.onnx when trained, else randomly initialised (timing and equivalence only).
+allconv32, resnet20, mobilenetv2: Fashion-MNIST test frames padded to 32x32 and repeated over 3 channels, the
+net from out/models/NAME.onnx when trained, else the shipped tools/models/NAME.onnx, else randomly
+initialised (timing and equivalence only).
 face112: the LFW View-2 pairs of folds 1-2 (112x112) with the trained embedder from
 out/models/face112.onnx; embeddings leave the keyed model output-encrypted and are decoded and
 matched at the key holder. Both report the core bench's JSON fields (accuracies are verification
@@ -27,7 +29,7 @@ from tools.face import data as face_data
 from tools.face.dlib_ref import cached_dlib_embeddings, dlib_available, dlib_scores
 from tools.face.verify import cosine_scores, decisions, verification_metrics
 from tools.keying.cost import projected_cost
-from tools.models_zoo import ZOO, export_random
+from tools.models_zoo import FASHION32, ZOO, export_random
 from tools.onnx_import import load_onnx
 from tools.zoo_train import fashion32
 
@@ -38,7 +40,7 @@ FACE_CALIBRATION = 256
 
 def zoo_model_path(name: str, workdir: Path) -> tuple[Path, bool]:
     """(ONNX path, trained?) of a zoo model: a freshly trained out/models/NAME.onnx, else the shipped
-    tools/models/NAME.onnx, else a random-init export (allconv32 only)."""
+    tools/models/NAME.onnx, else a random-init export (not face112)."""
     trained = MODELS_DIR / f"{name}.onnx"
     for path in (trained, SHIPPED_DIR / f"{name}.onnx"):
         if path.is_file():
@@ -62,15 +64,15 @@ def measure_keying_cost(onnx_path: Path, profile: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_allconv_bench(profile: str, limit: int | None, progress: bool = True) -> tuple[dict, dict]:
-    """The core bench's fields for allconv32 on padded Fashion-MNIST."""
+def run_fashion32_bench(name: str, profile: str, limit: int | None, progress: bool = True) -> tuple[dict, dict]:
+    """The core bench's fields for a Fashion-MNIST zoo model (allconv32, resnet20, mobilenetv2) on padded frames."""
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path, trained = zoo_model_path("allconv32", Path(tmp))
+        onnx_path, trained = zoo_model_path(name, Path(tmp))
         net = load_onnx(onnx_path)
         images, labels = fashion32("test", limit)
         calib_imgs, _ = fashion32("train", 200)
         plain, calib = hwc_to_plain(images), hwc_to_plain(calib_imgs)
-        show = Progress("keyed", f"allconv32 {profile}", progress)
+        show = Progress("keyed", f"{name} {profile}", progress)
         show.step("keying cost in a fresh process")
         cost = measure_keying_cost(onnx_path, profile)
         show.step(f"keying (took {cost['total_s']:.2f} s, peak RSS {cost['peak_rss_mb']:.0f} MB in its own process)")
@@ -88,7 +90,7 @@ def run_allconv_bench(profile: str, limit: int | None, progress: bool = True) ->
                          rounds=3, per_round=min(100, len(images)))
     full = projected_cost(net, "full")
     return {
-        "dataset": "fashion32", "profile": prov.keyset.profile, "n": int(len(images)), "model": "allconv32",
+        "dataset": "fashion32", "profile": prov.keyset.profile, "n": int(len(images)), "model": name,
         "acc_float": acc["float"], "acc_int8_unkeyed": acc["int8_unkeyed"], "acc_keyed_float": acc["keyed_float"],
         "agree_keyed_float": float(np.mean(pred["keyed_float"] == pred["float"])),
         "acc_keyed_int8": acc["keyed_int8"], "acc_wrong_key": acc_wrong, "acc_raw_on_keyed": acc_raw,
@@ -170,7 +172,7 @@ def run_zoo_bench(name: str, profile: str, limit: int | None, progress: bool = T
     """Dispatch to the zoo model's bench."""
     if name not in ZOO:
         raise ConfigError(f"unknown zoo model {name!r}; choose one of: {', '.join(ZOO)}")
-    return run_allconv_bench(profile, limit, progress) if name == "allconv32" else \
+    return run_fashion32_bench(name, profile, limit, progress) if name in FASHION32 else \
         run_face_bench(profile, limit, progress)
 
 
@@ -183,6 +185,12 @@ def check_zoo_targets(r: dict) -> list[str]:
             misses.append(f"keygen+keying+write {cost['total_s']:.2f} s > 10 s")
         if cost["peak_rss_mb"] > 2048:
             misses.append(f"peak RSS {cost['peak_rss_mb']:.0f} MB > 2 GB")
+    elif r["model"] in FASHION32:                        # issue 18: graph models key exactly, int8 within 0.5 pt
+        if r["agree_keyed_float"] != 1.0:
+            misses.append(f"keyed float agrees with float on {r['agree_keyed_float']:.4f} of frames, not all")
+        if abs(r["acc_keyed_int8"] - r["acc_float"]) > 0.005:
+            misses.append(f"keyed int8 accuracy {r['acc_keyed_int8']:.4f} not within 0.5 point of float "
+                          f"{r['acc_float']:.4f}")
     else:
         if abs(r["acc_keyed_int8"] - r["acc_float"]) > 0.01:
             misses.append(f"keyed int8 verification accuracy {r['acc_keyed_int8']:.4f} not within 1 point of float "

@@ -20,40 +20,37 @@ import numpy as np
 import scipy.sparse as sp
 
 from keys.profiles import get_profile
-from tools.ir import AvgPool, Conv, Dense, Network, _window_pattern
+from tools.ir import INPUT, Conv, Dense, Network, Resize, _window_pattern, resize_matrix
 from tools.keying.keyed import derive_keyset, iter_keyed_layers, key_network
+from tools.keying.rules import KeyPlan
 
 FLATBUFFER_LIMIT = 2 ** 31     # a .tflite flatbuffer cannot exceed 2 GiB
 
 
 def toeplitz_nnz(layer, in_shape: tuple[int, int, int]) -> int:
-    """Stored non-zeros of a conv or average pool written as a sparse matrix (padding taps excluded)."""
-    kernel = layer.weight.shape[2:] if isinstance(layer, Conv) else layer.kernel
-    pads = layer.pads if isinstance(layer, Conv) else (0, 0, 0, 0)
-    _, valid, _ = _window_pattern(in_shape[1:], kernel, layer.stride, pads)
-    per_channel = int(valid.sum())
+    """Stored non-zeros of a conv, pool or resize written as a sparse matrix (padding taps excluded)."""
+    if isinstance(layer, Resize):
+        return resize_matrix(layer, in_shape).nnz
     if isinstance(layer, Conv):
-        return per_channel * layer.weight.shape[0] * layer.weight.shape[1]
-    return per_channel * in_shape[0]
+        _, valid, _ = _window_pattern(in_shape[1:], layer.weight.shape[2:], layer.stride, layer.pads, layer.dilation)
+        return int(valid.sum()) * layer.weight.shape[0] * layer.weight.shape[1]
+    _, valid, _ = _window_pattern(in_shape[1:], layer.kernel, layer.stride, (0, 0, 0, 0))
+    return int(valid.sum()) * in_shape[0]
 
 
 def projected_cost(net: Network, profile: str) -> dict:
-    """Non-zeros of every layer that keying turns into a sparse matrix, and the float CSR bytes."""
+    """Non-zeros of every layer that keying turns into a sparse matrix (tools.keying.rules.KeyPlan), and the
+    float CSR bytes."""
     prof = get_profile(profile)
-    shapes = [tuple(net.input_shape)] + net.shapes()
-    linear = [i for i, layer in enumerate(net.layers) if isinstance(layer, (Conv, AvgPool, Dense))]
+    plan = KeyPlan(net, prof)
     sparse_layers = []
-    for i, layer in enumerate(net.layers):
-        if not isinstance(layer, (Conv, AvgPool)):
-            continue
-        # spatially keyed: the stem (unless a patch-aligned key makes it a gather + conv), every layer
-        # under a spatial profile, and the last layer (its output key is the output key or none, not a
-        # per-channel key a convolution could absorb)
-        stem = i == linear[0] and prof.sensor_layout != "patch"
-        if stem or i == linear[-1] or prof.spatial_layers:
-            nnz = toeplitz_nnz(layer, shapes[i])
-            index_bytes = 2 if int(np.prod(shapes[i])) < 1 << 16 else 4
-            sparse_layers.append({"layer": i, "nnz": nnz, "csr_float_bytes": nnz * (4 + index_bytes)})
+    for i in plan.sparse_layers():
+        layer, j = net.layers[i], net.inputs_of(i)[0]
+        if isinstance(layer, Dense) or (j == INPUT and prof.sensor_layout == "patch"):
+            continue          # dense layers stay dense; a patch stem becomes gather + 1x1 conv
+        nnz = toeplitz_nnz(layer, plan.shapes[j])
+        index_bytes = 2 if int(np.prod(plan.shapes[j])) < 1 << 16 else 4
+        sparse_layers.append({"layer": i, "nnz": nnz, "csr_float_bytes": nnz * (4 + index_bytes)})
     total = sum(s["csr_float_bytes"] for s in sparse_layers)
     return {"profile": prof.name, "sparse_layers": sparse_layers, "nnz": sum(s["nnz"] for s in sparse_layers),
             "csr_float_bytes": total, "fits_one_tflite": total < FLATBUFFER_LIMIT,
@@ -88,10 +85,10 @@ def measure(onnx_path: str, profile: str, write: bool, calib: int, progress=None
     t1 = time.perf_counter()
     result = {"profile": keyset.profile, "keygen_s": t1 - t0, "rss_after_load_mb": rss_loaded}
     if write:
-        keyed = key_network(net, keyset, progress)
+        keyed = key_network(net, keyset, progress, dtype=np.float32)
         t2 = time.perf_counter()
         frames = np.random.default_rng(0).uniform(size=(calib, int(np.prod(net.input_shape))))
-        blob, _ = write_tflite(keyed, int8=True, calib=key_and_digitise(keyset.sensor, frames) / 255.0)
+        blob, _ = write_tflite(keyed, int8=True, calib=key_and_digitise(keyset.sensor, frames) / 255.0, release=True)
         del keyed
         t3 = time.perf_counter()
         result.update(keying_s=t2 - t1, write_int8_s=t3 - t2, size_int8=len(blob))
@@ -99,7 +96,7 @@ def measure(onnx_path: str, profile: str, write: bool, calib: int, progress=None
             result["latency_ms"] = invoke_latency_ms(blob, key_and_digitise(keyset.sensor, frames), invoke)
     else:
         nnz = 0
-        for layer in iter_keyed_layers(net, keyset, progress):
+        for layer in iter_keyed_layers(net, keyset, progress, dtype=np.float32):
             if isinstance(layer, Dense) and sp.issparse(layer.weight):
                 nnz += layer.weight.nnz
             del layer

@@ -11,18 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from base.errors import ConfigError, KeycamError
-from hardware.camera.samples import load_samples
+from base.errors import KeycamError
 from hardware.digitise import key_and_digitise
 from keys.keyset import KeySet
 from keys.profiles import DEFAULT_PROFILE, Profile, get_profile
-from tools.datasets import load_dataset
 from tools.ir import Network
+from tools.keying.calibration import CALIBRATION_FRAMES, calibration_for
 from tools.keying.keyed import derive_keyset, key_network, model_id_of, verify_keyed
 from tools.onnx_import import load_onnx
 from tools.tflite.writer import write_tflite
-
-CALIBRATION_FRAMES = 256
 
 
 @dataclass
@@ -36,12 +33,7 @@ class Provisioned:
 
 def default_calibration_frames(net: Network, limit: int = CALIBRATION_FRAMES) -> np.ndarray:
     """Plain float frames for calibration: the model's training data if present, else the shipped samples."""
-    dataset = net.meta.get("dataset")
-    try:
-        images, _ = load_dataset(dataset, "train", limit=limit) if dataset else load_samples(limit)
-    except ConfigError:
-        images, _ = load_samples(limit)
-    return images.reshape(len(images), -1).astype(np.float64) / 255.0
+    return calibration_for(net, None, limit).frames
 
 
 def model_metadata(net: Network, keyset: KeySet | None, kind: str) -> dict:
@@ -57,8 +49,11 @@ def model_metadata(net: Network, keyset: KeySet | None, kind: str) -> dict:
 
 def build_keyed_model(onnx_path: str | Path, secret: bytes, device_id: str, profile: str | Profile = DEFAULT_PROFILE,
                       output_encryption: bool = False, calib_frames: np.ndarray | None = None,
-                      float_model: bool = True) -> Provisioned:
-    """Derive the device's key set, key the model, check it in float and write int8 (+ float) .tflite."""
+                      float_model: bool = True, calibration: str | Path | None = None) -> Provisioned:
+    """Derive the device's key set, key the model, check it in float and write int8 (+ float) .tflite.
+
+    Calibration: `calib_frames` if given, else `calibration_for(net, calibration)` (a folder of images or an
+    .npz, else the model's dataset); the report's 'calibration' says which."""
     if not device_id or not isinstance(device_id, str):
         raise KeycamError("device id must be a non-empty string")
     onnx_path = Path(onnx_path)
@@ -70,8 +65,12 @@ def build_keyed_model(onnx_path: str | Path, secret: bytes, device_id: str, prof
     t_keys = time.perf_counter()
     keyed = key_network(net, keyset, profile=prof)
     t_keying = time.perf_counter()
-    plain = default_calibration_frames(net) if calib_frames is None else \
-        np.asarray(calib_frames, dtype=np.float64).reshape(len(calib_frames), -1)
+    if calib_frames is None:
+        calib = calibration_for(net, calibration)
+        plain, calib_source = calib.frames, calib.source
+    else:
+        plain = np.asarray(calib_frames, dtype=np.float64).reshape(len(calib_frames), -1)
+        calib_source = f"{len(plain)} frames given by the caller"
     if plain.max(initial=0) > 1.0:
         plain = plain / 255.0
     float_error = verify_keyed(net, keyed, keyset, plain[:64])
@@ -82,6 +81,7 @@ def build_keyed_model(onnx_path: str | Path, secret: bytes, device_id: str, prof
     t_int8 = time.perf_counter()
     tflite_float = write_tflite(keyed, metadata={**meta, "quantization": "float32"})[0] if float_model else b""
     report = {"model_id": model_id, "profile": keyset.profile, "float_max_rel_error": float_error,
+              "calibration": calib_source,
               "keygen_s": t_keys - start, "keying_s": t_keying - t_keys, "quantize_write_s": t_int8 - t_keying,
               "total_s": t_int8 - start, "size_int8": len(tflite_int8), "size_float": len(tflite_float),
               "ops": ops, "float_ops": [o for o in ops if o["dtype"] == "float32"]}

@@ -269,7 +269,7 @@ def _report_vs_torch(stage, blob: bytes, faces, gender: str, key=None) -> None:
 
 def _export_tflite(stage, gender: str, member: int, int8: bool, faces_dir: Path | None, calib: int, check: int,
                    path: Path, what: str) -> None:
-    from tools.san.tflite_export import write_san_tflite
+    from tools.san.stage import write_san_tflite
 
     calib_faces = _faces_of("train", gender, stage.size, calib, faces_dir) if int8 else None
     blob = write_san_tflite(stage, int8, calib_faces, metadata={"gender": gender, "member": member})
@@ -286,9 +286,9 @@ def _export_keyed_tflite(stage, gender: str, member: int, key_path: Path, int8: 
                          calib: int, check: int, path: Path, what: str) -> None:
     from edge.keystage import load_sensor_key
     from tools.san.errors import SanModelError
+    from tools.san.key_checks import clear_key_findings
+    from tools.san.stage import write_keyed_san_tflite, write_san_tflite
     from tools.san.tflite_check import compare_keyed
-    from tools.san.tflite_export import write_san_tflite
-    from tools.san.tflite_keyed import clear_key_findings, write_keyed_san_tflite
 
     key = load_sensor_key(key_path)
     meta = {"gender": gender, "member": member}

@@ -15,7 +15,9 @@ DTYPES = {np.dtype(np.float32): fb.TensorType.FLOAT32, np.dtype(np.int8): fb.Ten
 
 class AlignedBufferT(fb.BufferT):
     """A buffer whose data is 16-byte aligned, as the schema's force_align asks (the generated
-    Python packer ignores it)."""
+    Python packer ignores it); with `release` set, the data is dropped once packed."""
+
+    release = False
 
     def Pack(self, builder):
         data = None
@@ -26,6 +28,8 @@ class AlignedBufferT(fb.BufferT):
             builder.Bytes[builder.Head():builder.Head() + raw.size] = raw.tobytes()
             builder.vectorNumElems = raw.size
             data = builder.EndVector()
+            if self.release:
+                self.data = None             # packed: the builder holds the bytes now (frees large models early)
         fb.BufferStart(builder)
         if data is not None:
             fb.BufferAddData(builder, data)
@@ -48,6 +52,13 @@ _OPTIONS = {
     fb.BuiltinOperator.RESHAPE: (fb.BuiltinOptions.ReshapeOptions, fb.ReshapeOptionsT),
     fb.BuiltinOperator.GATHER: (fb.BuiltinOptions.GatherOptions, fb.GatherOptionsT),
     fb.BuiltinOperator.LEAKY_RELU: (fb.BuiltinOptions.LeakyReluOptions, fb.LeakyReluOptionsT),
+    fb.BuiltinOperator.CONCATENATION: (fb.BuiltinOptions.ConcatenationOptions, fb.ConcatenationOptionsT),
+    fb.BuiltinOperator.MEAN: (fb.BuiltinOptions.ReducerOptions, fb.ReducerOptionsT),
+    fb.BuiltinOperator.PADV2: (fb.BuiltinOptions.PadV2Options, fb.PadV2OptionsT),
+    fb.BuiltinOperator.TRANSPOSE: (fb.BuiltinOptions.TransposeOptions, fb.TransposeOptionsT),
+    fb.BuiltinOperator.RESIZE_BILINEAR: (fb.BuiltinOptions.ResizeBilinearOptions, fb.ResizeBilinearOptionsT),
+    fb.BuiltinOperator.RESIZE_NEAREST_NEIGHBOR: (fb.BuiltinOptions.ResizeNearestNeighborOptions,
+                                                 fb.ResizeNearestNeighborOptionsT),
 }
 
 
@@ -115,14 +126,18 @@ class GraphBuilder:
                                                                                   newShape=list(shape)))
 
     def finish(self, inputs: list[int], outputs: list[int], metadata: dict | None = None,
-               description: str = "keycam") -> bytes:
-        """Serialise to .tflite bytes, embedding `metadata` as JSON under the name 'keycam'."""
+               description: str = "keycam", release: bool = False) -> bytes | bytearray:
+        """Serialise to .tflite bytes, embedding `metadata` as JSON under the name 'keycam' (a bytearray above
+        64 MiB: a large model is not copied once more). `release`: drop every buffer's data as it is packed
+        (the builder cannot finish again)."""
         sub = fb.SubGraphT()
         sub.tensors, sub.inputs, sub.outputs, sub.operators, sub.name = (
             self.tensors, inputs, outputs, self.operators, "main")
         model = fb.ModelT()
         model.version, model.operatorCodes, model.subgraphs, model.description = 3, self.codes, [sub], description
         model.buffers = list(self.buffers)
+        for buf in model.buffers:
+            buf.release = release
         if metadata is not None:
             buf = AlignedBufferT()
             buf.data = np.frombuffer(json.dumps(metadata, sort_keys=True).encode(), dtype=np.uint8)
@@ -130,6 +145,21 @@ class GraphBuilder:
             entry = fb.MetadataT()
             entry.name, entry.buffer = "keycam", len(model.buffers) - 1
             model.metadata = [entry]
-        builder = flatbuffers.Builder(1 << 20)
+        builder = flatbuffers.Builder(_packed_size_bound(model))      # sized once: no doubling copies
         builder.Finish(model.Pack(builder), file_identifier=TFLITE_FILE_ID)
-        return bytes(builder.Output())
+        out = builder.Bytes
+        del out[:builder.Head()]             # in place (CPython moves the start): no second copy of the model
+        return bytes(out) if len(out) < 1 << 26 else out
+
+
+def _packed_size_bound(model) -> int:
+    """An upper bound of the packed size: buffer bytes, sparse index vectors, 16-byte alignment, tables."""
+    size = 1 << 20
+    for b in model.buffers:
+        size += (0 if b.data is None else np.asarray(b.data).nbytes) + 32
+    for t in model.subgraphs[0].tensors:
+        size += 256 + 16 * len(t.name)
+        for dim in (t.sparsity.dimMetadata if t.sparsity is not None else []) or []:
+            for vec in (dim.arraySegments, dim.arrayIndices):
+                size += 0 if vec is None else np.asarray(vec.values).nbytes + 16
+    return size + 64 * len(model.subgraphs[0].operators) * 4

@@ -21,8 +21,8 @@ def setup():
 
 
 def test_float_and_int8_match_torch(setup):
+    from tools.san.stage import write_san_tflite
     from tools.san.tflite_check import compare_with_torch
-    from tools.san.tflite_export import write_san_tflite
 
     _, stage, calib, faces = setup
     exact = compare_with_torch(stage, write_san_tflite(stage, int8=False), faces)
@@ -36,8 +36,8 @@ def test_float_and_int8_match_torch(setup):
 def test_no_calibration_and_other_strengths(setup):
     from tools.san.errors import SanModelError
     from tools.san.export import make_stage
+    from tools.san.stage import write_san_tflite
     from tools.san.tflite_check import compare_with_torch
-    from tools.san.tflite_export import write_san_tflite
 
     ensemble, stage, calib, faces = setup
     with pytest.raises(SanModelError, match="calibration"):
@@ -53,8 +53,8 @@ def test_differential_stage_matches_torch(setup):
     import numpy as np
 
     from tools.san.export import make_stage
+    from tools.san.stage import write_san_tflite
     from tools.san.tflite_check import compare_with_torch, stage_outputs
-    from tools.san.tflite_export import write_san_tflite
 
     ensemble, _, calib, faces = setup
     stage = make_stage(ensemble, 0, "female", S, strength=2.5, change="differential")

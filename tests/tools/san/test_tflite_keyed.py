@@ -1,4 +1,5 @@
-"""The keyed SAN stage (sparse keyed layers, committed weights, real LFW faces): keyed == key(plain) in float, int8
+"""The keyed SAN stage, keyed and written through the shared IR / keying / writer (tools.san.stage) (sparse keyed
+layers, committed weights, real LFW faces): keyed == key(plain) in float, int8
 keyed ~ key(plain int8) and torch, no key / original weight in clear (an un-keying GATHER is refused), refusal of
 non-permutation keys, the edge preprocess stage (float and int8) and the CLI."""
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _unkeying_gather_blob(key, dtype) -> bytes:
     """The insecure form: a GATHER that un-keys the frame (its indices are K's frame index)."""
     from ai_edge_litert import schema_py_generated as fb
 
-    from tools.san.tflite_keyed import permutation_of
+    from tools.san.key_checks import permutation_of
     from tools.tflite.builder import GraphBuilder
     from tools.tflite.sparse_int8 import index_tensor
     from tools.tflite.writer import hwc_to_chw_order
@@ -45,13 +46,19 @@ def _unkeying_gather_blob(key, dtype) -> bytes:
     return g.finish([x], [out], {})
 
 
+def _ops(blob: bytes) -> list[str]:
+    """The op labels of the writer's report embedded in a .tflite."""
+    from edge.runtime import TFLiteModel
+
+    return [r["op"] for r in TFLiteModel(blob).metadata["ops"]]
+
+
 @pytest.fixture(scope="module")
 def setup():
     from tools.san.data import load_faces64
     from tools.san.export import make_stage
     from tools.san.model_io import load_ensemble
-    from tools.san.tflite_export import write_san_tflite
-    from tools.san.tflite_keyed import write_keyed_san_tflite
+    from tools.san.stage import write_keyed_san_tflite, write_san_tflite
 
     ensemble = load_ensemble()
     test = load_faces64("test", limit=60)
@@ -65,8 +72,7 @@ def setup():
 def int8(setup):
     """(calibration faces, the unkeyed int8 stage, the int8 keyed stage) for the setup's stage and key."""
     from tools.san.data import load_faces64
-    from tools.san.tflite_export import write_san_tflite
-    from tools.san.tflite_keyed import write_keyed_san_tflite
+    from tools.san.stage import write_keyed_san_tflite, write_san_tflite
 
     _, stage, _, key, _, _ = setup
     train = load_faces64("train", limit=200)
@@ -80,14 +86,13 @@ def test_keyed_stage_equals_the_key_of_the_plain_stage(setup):
     from edge.pipeline import PreprocessStage
     from edge.runtime import TFLiteModel
     from tools.san.export import make_stage
+    from tools.san.stage import write_keyed_san_tflite, write_san_tflite
     from tools.san.tflite_check import compare_keyed, compare_with_torch, key_frame
-    from tools.san.tflite_export import write_san_tflite
-    from tools.san.tflite_keyed import write_keyed_san_tflite
 
     ensemble, stage, faces, key, plain, keyed = setup
     assert compare_keyed(plain, keyed, key, key, faces) < 1e-5
     meta = TFLiteModel(keyed).metadata
-    assert meta["change"] == "differential" and meta["ops"].count("LOGISTIC") == 2        # X_OP's and X_SM's heads
+    assert meta["change"] == "differential" and _ops(keyed).count("LOGISTIC") == 2        # X_OP's and X_SM's heads
     residual = make_stage(ensemble, 0, "female", S, strength=0.7, change="residual")   # the papers' form
     assert compare_keyed(write_san_tflite(residual, False), write_keyed_san_tflite(residual, key, secret=bytes(32)),
                          key, key, faces[:2]) < 1e-5
@@ -98,7 +103,7 @@ def test_keyed_stage_equals_the_key_of_the_plain_stage(setup):
     assert other != keyed and compare_keyed(plain, other, key, key, faces[:2]) < 1e-5
     model = TFLiteModel(keyed)
     assert model.metadata["input_key_fingerprint"] == model.metadata["output_key_fingerprint"] == key.fingerprint
-    assert {"FULLY_CONNECTED(sparse", "LOGISTIC", "LEAKY_RELU"} <= {op.split(" ")[0] for op in model.metadata["ops"]}
+    assert {"FULLY_CONNECTED(sparse", "LOGISTIC", "LEAKY_RELU"} <= {op.split(" ")[0] for op in _ops(keyed)}
     # the edge preprocess stage runs it: keyed face in, the face's X_OP keyed with the same key out (uint8)
     pre = PreprocessStage(model, "san.tflite")
     pre.check_feeds(TFLiteModel(plain), key.fingerprint)                # feeds a 64x64x3 model keyed with K
@@ -114,7 +119,7 @@ def test_keyed_stage_equals_the_key_of_the_plain_stage(setup):
 
 
 def test_no_key_and_no_original_weight_in_clear(setup, int8):
-    from tools.san.tflite_keyed import clear_key_findings, frame_index
+    from tools.san.key_checks import clear_key_findings, frame_index
 
     ensemble, _, _, key, plain, keyed = setup
     assert clear_key_findings(keyed, key, S) == [] and clear_key_findings(int8[2], key, S) == []
@@ -142,7 +147,7 @@ def test_no_key_and_no_original_weight_in_clear(setup, int8):
 def test_refuses_keys_that_are_not_pixel_permutations(setup):
     from keys.factors import Bias, Gain, Key, Permutation
     from tools.san.errors import SanModelError
-    from tools.san.tflite_keyed import write_keyed_san_tflite
+    from tools.san.stage import write_keyed_san_tflite
 
     _, stage, _, _, _, _ = setup
     for extra in (Gain(np.full(N, 0.5)), Bias(np.full(N, 0.1))):
@@ -153,11 +158,10 @@ def test_refuses_keys_that_are_not_pixel_permutations(setup):
 
 
 def test_working_size_stage_has_no_pool_or_upsample_layer(setup, int8):
-    from edge.runtime import TFLiteModel
     from tools.san.export import make_stage
+    from tools.san.key_checks import clear_key_findings
+    from tools.san.stage import write_keyed_san_tflite, write_san_tflite
     from tools.san.tflite_check import compare_keyed
-    from tools.san.tflite_export import write_san_tflite
-    from tools.san.tflite_keyed import clear_key_findings, write_keyed_san_tflite
 
     ensemble, _, faces, _, _, full = setup
     stage = make_stage(ensemble, 1, "male", 32, strength=1.0)
@@ -170,10 +174,10 @@ def test_working_size_stage_has_no_pool_or_upsample_layer(setup, int8):
     keyed8 = write_keyed_san_tflite(stage, key, secret=bytes(32), int8=True, calib_faces=calib)
     assert compare_keyed(write_san_tflite(stage, True, calib), keyed8, key, key, small) < 0.08
     def sparse_layers(blob: bytes) -> int:
-        return sum(op.startswith("FULLY_CONNECTED") for op in TFLiteModel(blob).metadata["ops"])
+        return sum(op.startswith("FULLY_CONNECTED") for op in _ops(blob))
 
     assert sparse_layers(keyed) == 7 and sparse_layers(full) == 9       # the 64x64 stage adds down and up
-    assert sum(op.startswith("GATHER") for op in TFLiteModel(keyed8).metadata["ops"]) == 7
+    assert sum(op.startswith("GATHER") for op in _ops(keyed8)) == 7
 
 
 def test_cli_export_keyed(tmp_path):
@@ -211,8 +215,8 @@ def test_int8_keyed_stage_is_the_key_of_the_int8_stage(setup, int8):
     from edge.runtime import TFLiteModel
     from tools.san.errors import SanModelError
     from tools.san.metrics import ssim
+    from tools.san.stage import write_keyed_san_tflite
     from tools.san.tflite_check import compare_keyed, compare_with_torch, key_frame, unkey_frame
-    from tools.san.tflite_keyed import write_keyed_san_tflite
 
     _, stage, faces, key, plain, _ = setup
     calib, plain8, keyed8 = int8
@@ -222,8 +226,9 @@ def test_int8_keyed_stage_is_the_key_of_the_int8_stage(setup, int8):
     model = TFLiteModel(keyed8)
     assert model.input_dtype == np.int8 and model.metadata["dtype"] == "int8"
     assert model.metadata["hidden_gain_range"] == [0.5, 2.0] and len(keyed8) < len(setup[5]) * 0.4
-    assert {"FULLY_CONNECTED(sparse", "LOGISTIC", "LEAKY_RELU"} & {op.split(" ")[0] for op in model.metadata["ops"]} \
-        == {"LOGISTIC", "LEAKY_RELU"} and sum(op.startswith("GATHER+DEPTHWISE") for op in model.metadata["ops"]) == 9
+    assert {"FULLY_CONNECTED(sparse", "LOGISTIC", "LEAKY_RELU"} & {op.split(" ")[0] for op in _ops(keyed8)} \
+        == {"LOGISTIC", "LEAKY_RELU"} and sum(op.startswith("GATHER + DEPTHWISE") for op in _ops(keyed8)) == 9
+    assert all(r["dtype"] == "int8" for r in model.metadata["ops"])                   # nothing stays float
     # on the device: the preprocess stage takes keyed uint8 frames and emits keyed uint8 codes of X_OP
     pre = PreprocessStage(model, "san_int8.tflite")
     pre.check_feeds(TFLiteModel(plain), key.fingerprint)
@@ -241,18 +246,24 @@ def test_structure_attack_still_recovers_the_key_up_to_symmetry(setup):
     """What the sparsity pattern leaks (README): enc1's column supports lay out the 32x32 grid (its 3 colour
     columns per position share a support), the bilinear up layer's coefficients place every keyed pixel inside
     its 2x2 block and link pixels of one channel: the key comes back up to the 8 grid symmetries and the
-    channel labels, as for any keyed conv on a permutation-keyed frame."""
+    channel labels, as for any keyed conv on a permutation-keyed frame. Shown on the residual stage, where the
+    working-size face and X_OP share one key (their difference is an Add); in the differential stage the face
+    has a key of its own, so the up layer's columns need one more matching step."""
     import scipy.sparse as sp
     from scipy.sparse.csgraph import connected_components
 
     from tools.attacks.grid import adjacency, layout, symmetries
     from tools.attacks.structure import column_groups
-    from tools.san.tflite_keyed import frame_index, keyed_maps
+    from tools.ir import Dense
+    from tools.san.export import make_stage
+    from tools.san.stage import keyed_stage_network
 
-    _, stage, _, key, _, _ = setup
+    ensemble, _, _, key, _, _ = setup
+    stage = make_stage(ensemble, 0, "female", S, strength=0.7, change="residual")
     perm, w = key.factors[0].perm, S // 2
-    maps = keyed_maps(stage, perm, bytes(32))                 # the matrices the .tflite stores
-    enc1, up = maps.chain[0].weight, maps.up.weight
+    net = keyed_stage_network(stage, key, bytes(32))       # the matrices the .tflite stores (keyed CHW order)
+    dense = {layer.name: layer.weight for layer in net.layers if isinstance(layer, Dense)}
+    enc1, up = dense["enc1"], dense["change_up"]
     groups = column_groups(enc1)
     assert sorted({len(g) for g in groups}) == [3] and len(groups) == w * w
     member = sp.csr_matrix((np.ones(3 * w * w), (np.concatenate(groups), np.repeat(np.arange(w * w), 3))))
@@ -268,7 +279,7 @@ def test_structure_attack_still_recovers_the_key_up_to_symmetry(setup):
         xs = {divmod(int(small[c]), w)[1] for c in cols} - {x}        # (none at the border: the outer half)
         dy, dx = (min(ys) > y if ys else y == w - 1), (min(xs) > x if xs else x == w - 1)
         est[t] = (2 * y + dy) * S + 2 * x + dx
-    truth = frame_index(perm, S)
+    truth = perm                                                   # keyed unit t holds plain CHW value perm[t]
     assert max(np.mean(sym[truth % (S * S)] == est) for sym in symmetries(S, S)) == 1.0
     parts, label = connected_components(sp.bmat([[None, up], [up.T, None]]), directed=False)
     assert parts == 3 and len(set(zip(label[:N].tolist(), (truth // (S * S)).tolist()))) == 3   # colour channels

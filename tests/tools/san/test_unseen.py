@@ -39,8 +39,8 @@ def test_deployed_stage_confounds_the_unseen_classifier_for_both_genders():
     from tools.san.export import make_stage
     from tools.san.metrics import gender_scores, ssim
     from tools.san.model_io import load_ensemble
+    from tools.san.stage import write_keyed_san_tflite
     from tools.san.tflite_check import unseen_gender_scores
-    from tools.san.tflite_keyed import write_keyed_san_tflite
     from tools.san.unseen import UnseenGender
 
     ensemble = load_ensemble()

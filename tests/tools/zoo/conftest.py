@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tools.models_zoo import export_random
+from tools.models_zoo import ZOO, export_random
 from tools.onnx_import import load_onnx
 
 
@@ -11,7 +11,7 @@ from tools.onnx_import import load_onnx
 def tiny_onnx(tmp_path_factory):
     """ONNX paths of the tiny variants (same layer structure, narrow) of every zoo model."""
     root = tmp_path_factory.mktemp("zoo")
-    return {name: export_random(name, root / f"{name}.onnx", seed=3, tiny=True) for name in ("allconv32", "face112")}
+    return {name: export_random(name, root / f"{name}.onnx", seed=3, tiny=True) for name in ZOO}
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,8 @@ def _frames(net, n=24, seed=0):
 
 
 @pytest.mark.parametrize("name,profile", [("allconv32", "stem"), ("allconv32", "full"), ("face112", "stem"),
-                                          ("face112", "stem-patch")])
+                                          ("face112", "stem-patch"), ("resnet20", "stem"), ("resnet20", "full"),
+                                          ("mobilenetv2", "stem"), ("mobilenetv2", "mix15")])
 def test_tiny_zoo_models_key_exactly_and_run_in_int8(tiny_nets, name, profile):
     net = tiny_nets[name]
     encrypt = name == "face112"
