@@ -331,16 +331,7 @@ class _Lowering:
             lowest = -128 if cur.quant else np.finfo(np.float32).min
             cur = self._pad(cur, layer.pads, name, lowest)
             padding = fb.Padding.VALID
-        out_shape = self.shapes[i]
-        out = self._new(name, [1, out_shape[1], out_shape[2], out_shape[0]], cur.quant, cur.lo, cur.hi, out_shape)
-        opts = fb.Pool2DOptionsT()
-        opts.padding = padding
-        opts.strideH, opts.strideW = layer.stride
-        opts.filterHeight, opts.filterWidth = layer.kernel
-        self.g.op(fb.BuiltinOperator.MAX_POOL_2D, [cur.index], [out.index], fb.BuiltinOptions.Pool2DOptions,
-                  opts, version=2 if cur.quant else 1)
-        self._note(i, "MAX_POOL_2D", "int8" if cur.quant else "float32")
-        return out
+        return self._pool2d(cur, layer, i, name, "MAX_POOL_2D", padding)
 
     def _resize(self, cur: _Act, layer: Resize, i, name) -> _Act:
         out_shape = self.shapes[i]
@@ -451,14 +442,19 @@ class _Lowering:
                       *builtin_options(fb.BuiltinOperator.MEAN, keepDims=True), version=2 if cur.quant else 1)
             self._note(i, "MEAN", "int8" if cur.quant else "float32")
             return out
+        return self._pool2d(cur, layer, i, name, "AVERAGE_POOL_2D", fb.Padding.VALID)
+
+    def _pool2d(self, cur: _Act, layer: AvgPool | MaxPool, i, name, op: str, padding: int) -> _Act:
+        """One MAX_POOL_2D / AVERAGE_POOL_2D (`op`) over `layer`'s windows; int8 when the input is."""
+        out_shape = self.shapes[i]
         out = self._new(name, [1, out_shape[1], out_shape[2], out_shape[0]], cur.quant, cur.lo, cur.hi, out_shape)
         opts = fb.Pool2DOptionsT()
-        opts.padding = fb.Padding.VALID
+        opts.padding = padding
         opts.strideH, opts.strideW = layer.stride
         opts.filterHeight, opts.filterWidth = layer.kernel
-        self.g.op(fb.BuiltinOperator.AVERAGE_POOL_2D, [cur.index], [out.index], fb.BuiltinOptions.Pool2DOptions,
+        self.g.op(getattr(fb.BuiltinOperator, op), [cur.index], [out.index], fb.BuiltinOptions.Pool2DOptions,
                   opts, version=2 if cur.quant else 1)
-        self._note(i, "AVERAGE_POOL_2D", "int8" if cur.quant else "float32")
+        self._note(i, op, "int8" if cur.quant else "float32")
         return out
 
     def _row_order(self, readers: list[int]) -> np.ndarray | None:
