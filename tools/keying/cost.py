@@ -19,7 +19,7 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
-from keys.profiles import get_profile
+from keys.profiles import Profile, get_profile
 from tools.ir import INPUT, Conv, Dense, Network, Resize, _window_pattern, resize_matrix
 from tools.keying.keyed import derive_keyset, iter_keyed_layers, key_network
 from tools.keying.rules import KeyPlan
@@ -38,7 +38,7 @@ def toeplitz_nnz(layer, in_shape: tuple[int, int, int]) -> int:
     return int(valid.sum()) * in_shape[0]
 
 
-def projected_cost(net: Network, profile: str) -> dict:
+def projected_cost(net: Network, profile: str | Profile) -> dict:
     """Non-zeros of every layer that keying turns into a sparse matrix (tools.keying.rules.KeyPlan), and the
     float CSR bytes."""
     prof = get_profile(profile)

@@ -83,3 +83,18 @@ def test_mismatched_keyset_is_refused(small_cnn):
         key_network(net, ks)
     with pytest.raises(Exception, match="unknown key profile"):
         derive_keyset(SECRET, "d", "m", net, "nonsense")
+
+
+def test_provisioning_keys_large_nets_in_float32(small_cnn, frames, monkeypatch):
+    """Keyed nets whose sparse matrices would be large are keyed in float32 (half the memory), still
+    checked against the original in float; small ones stay float64 so older key sets re-key bit for bit."""
+    from keys.profiles import get_profile
+    from tools.keying import provision
+    net, prof = load_onnx(small_cnn), get_profile("full")
+    assert provision.keying_dtype(net, prof) is np.float64
+    small = provision.build_keyed_model(small_cnn, SECRET, "dev-1", prof, calib_frames=frames, float_model=False)
+    monkeypatch.setattr(provision, "LARGE_KEYED_BYTES", 0)
+    assert provision.keying_dtype(net, prof) is np.float32
+    large = provision.build_keyed_model(small_cnn, SECRET, "dev-1", prof, calib_frames=frames, float_model=False)
+    assert 1e-12 < large.report["float_max_rel_error"] < FLOAT_TOLERANCE
+    assert small.report["float_max_rel_error"] < large.report["float_max_rel_error"]
