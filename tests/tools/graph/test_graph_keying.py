@@ -10,8 +10,8 @@ from onnx.reference import ReferenceEvaluator
 
 from edge.runtime import TFLiteModel
 from hardware.preadc import adc
+from tests.kits.graphs import CASES
 from tests.kits.onnx import SECRET, make_onnx, rand
-from tests.tools.graph.conftest import CASES
 from tools.ir import Concat, Conv, MaxPool, forward
 from tools.keying.keyed import KeyingError, derive_keyset, key_network, verify_keyed
 from tools.onnx_import import OPS, UnsupportedModelError, load_onnx, supported_ops
