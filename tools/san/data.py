@@ -1,27 +1,19 @@
 """LFW face data (the shared 64x64 and 112x112 .npz files), gender prototypes and balanced sampling."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from hardware.preadc import quantise
+from tools.face.data import FACES_ENV
+from tools.face.data import faces_dir as faces_root
 from tools.san.errors import FaceDataError
 
 FACES_64 = "lfw_dfunneled_64_rgb.npz"
 PAIRS_112 = "lfw_dfunneled_112_rgb_pairs.npz"
-FACES_ENV = "KEYCAM_FACES_DIR"
 FEMALE, MALE, NEUTRAL = 0, 1, 2
-
-
-def default_faces_dir() -> Path:
-    """$KEYCAM_FACES_DIR, else the research data folder beside the repository (README, Data)."""
-    env = os.environ.get(FACES_ENV)
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "faces"
 
 
 @dataclass(frozen=True)
@@ -89,7 +81,7 @@ def load_faces64(split: str, faces_dir: Path | None = None, limit: int | None = 
     """The 64x64 file's 'train' (split 0) or 'test' (split 1, people of View-2 folds 1-2) part."""
     if split not in ("train", "test"):
         raise FaceDataError(f"split must be 'train' or 'test', got {split!r}")
-    arrays = _load((faces_dir or default_faces_dir()) / FACES_64)
+    arrays = _load(faces_root(faces_dir) / FACES_64)
     if "split" not in arrays:
         raise FaceDataError(f"{FACES_64} lacks the 'split' array")
     keep = arrays["split"] == (0 if split == "train" else 1)
@@ -100,7 +92,7 @@ def load_faces64(split: str, faces_dir: Path | None = None, limit: int | None = 
 
 def load_pairs112(faces_dir: Path | None = None, limit: int | None = None) -> FaceSet:
     """The 112x112 file: every image of LFW View-2 folds 1-2 with the 1,200 official pairs."""
-    arrays = _load((faces_dir or default_faces_dir()) / PAIRS_112)
+    arrays = _load(faces_root(faces_dir) / PAIRS_112)
     keep = np.ones(len(arrays["images"]), dtype=bool)
     if limit is not None:
         keep &= np.arange(len(keep)) < limit
