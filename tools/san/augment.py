@@ -1,9 +1,13 @@
 """Batch data augmentations (torch, seeded); different mixes make the ensemble members diverse."""
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tools.san.data import to_float, to_uint8
 from tools.san.errors import FaceDataError
 
 
@@ -44,7 +48,23 @@ def _blur(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.where(mask[:, None, None, None], small, x)
 
 
-AUGMENTATIONS = {"flip": _flip, "color": _color, "geometry": _geometry, "noise": _noise, "blur": _blur}
+def _jpeg(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Each image through a JPEG round trip at a random quality in [30, 90] (PIL, 4:2:0 chroma)."""
+    from PIL import Image
+    quality = (30 + 60 * torch.rand(len(x), generator=g)).int().tolist()
+    codes = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    out = []
+    for code, q in zip(codes, quality):
+        buf = io.BytesIO()
+        Image.fromarray(code).save(buf, format="JPEG", quality=q)
+        out.append(np.asarray(Image.open(buf).convert("RGB")))
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).to(x.dtype) / 255.0
+
+
+AUGMENTATIONS = {"flip": _flip, "color": _color, "geometry": _geometry, "noise": _noise, "blur": _blur, "jpeg": _jpeg}
+# Framing and capture changes (scale, shift, tilt; blur, sensor noise, JPEG): the label-free SAN trains and its
+# operating point is chosen under them, and `eval` reports the unseen classifier on test faces so changed.
+CAPTURE = ("geometry", "blur", "noise", "jpeg")
 
 
 def check_names(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -60,3 +80,9 @@ def augment(x: torch.Tensor, names: tuple[str, ...], g: torch.Generator) -> torc
     for name in names:
         x = AUGMENTATIONS[name](x, g)
     return x
+
+
+def capture_perturbed(images: np.ndarray, seed: int = 0) -> np.ndarray:
+    """uint8 faces (N,H,W,3) under one seeded draw of the CAPTURE changes (a stand-in for other datasets)."""
+    x = augment(torch.from_numpy(to_float(images)), CAPTURE, torch.Generator().manual_seed(seed))
+    return to_uint8(x.numpy())

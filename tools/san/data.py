@@ -1,11 +1,14 @@
 """LFW face data (the shared 64x64 and 112x112 .npz files), gender prototypes and balanced sampling."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from hardware.face_align import FaceAligner
 from hardware.preadc import quantise
 from tools.face.data import FACES_ENV
 from tools.face.data import faces_dir as faces_root
@@ -14,6 +17,9 @@ from tools.san.errors import FaceDataError
 FACES_64 = "lfw_dfunneled_64_rgb.npz"
 PAIRS_112 = "lfw_dfunneled_112_rgb_pairs.npz"
 FEMALE, MALE, NEUTRAL = 0, 1, 2
+SPLITS = ("train", "test", "fit", "validation")
+VALIDATION_FRACTION = 0.2     # of the train people: the operating point is chosen on them, nothing trains on them
+ALIGN_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "keycam" / "aligned"
 
 
 @dataclass(frozen=True)
@@ -77,26 +83,64 @@ def image_folds(arrays: dict[str, np.ndarray]) -> np.ndarray:
     return by_person[identity]
 
 
-def load_faces64(split: str, faces_dir: Path | None = None, limit: int | None = None) -> FaceSet:
-    """The 64x64 file's 'train' (split 0) or 'test' (split 1, people of View-2 folds 1-2) part."""
-    if split not in ("train", "test"):
-        raise FaceDataError(f"split must be 'train' or 'test', got {split!r}")
+def validation_people(identity: np.ndarray, names: np.ndarray | None = None) -> np.ndarray:
+    """Per image: does its person belong to the validation people? A fixed VALIDATION_FRACTION of the people,
+    chosen by a hash of the person's name (or id), so the split is identity-disjoint and stable."""
+    keys = names if names is not None else identity
+    def bucket(key) -> float:
+        return int(hashlib.sha256(str(key).encode()).hexdigest()[:8], 16) / 2 ** 32
+    person = {k: bucket(k) < VALIDATION_FRACTION for k in np.unique(keys)}
+    return np.array([person[k] for k in keys], dtype=bool)
+
+
+def aligned(images: np.ndarray, cache_dir: Path | None = ALIGN_CACHE) -> np.ndarray:
+    """`images` aligned to the 5-point template (hardware.face_align) at their own size; memoised on disk
+    under the images' content hash (alignment is deterministic)."""
+    if len(images) == 0:
+        return images
+    digest = hashlib.sha256(images.tobytes() + str(images.shape).encode()).hexdigest()[:24]
+    path = None if cache_dir is None else Path(cache_dir) / f"aligned-{digest}.npy"
+    if path is not None and path.is_file():
+        return np.load(path)
+    out = FaceAligner(images.shape[1]).align_batch(images)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, out)
+        tmp.replace(path)
+    return out
+
+
+def load_faces64(split: str, faces_dir: Path | None = None, limit: int | None = None, align: bool = True) -> FaceSet:
+    """A part of the 64x64 file: 'train' (split 0), 'test' (split 1, people of View-2 folds 1-2), or the train
+    people divided into 'fit' (everything is trained on them) and 'validation' (choices are made on them).
+    Faces are aligned to the 5-point template unless `align` is False."""
+    if split not in SPLITS:
+        raise FaceDataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     arrays = _load(faces_root(faces_dir) / FACES_64)
     if "split" not in arrays:
         raise FaceDataError(f"{FACES_64} lacks the 'split' array")
-    keep = arrays["split"] == (0 if split == "train" else 1)
+    keep = arrays["split"] == (1 if split == "test" else 0)
+    if split in ("fit", "validation"):
+        held = validation_people(arrays["identity"], arrays.get("names"))
+        keep &= held if split == "validation" else ~held
     if limit is not None:
         keep &= np.cumsum(keep) <= limit
-    return _subset(arrays, keep)
+    return _with_aligned(_subset(arrays, keep), align)
 
 
-def load_pairs112(faces_dir: Path | None = None, limit: int | None = None) -> FaceSet:
-    """The 112x112 file: every image of LFW View-2 folds 1-2 with the 1,200 official pairs."""
+def load_pairs112(faces_dir: Path | None = None, limit: int | None = None, align: bool = True) -> FaceSet:
+    """The 112x112 file: every image of LFW View-2 folds 1-2 with the 1,200 official pairs (aligned unless not
+    `align`)."""
     arrays = _load(faces_root(faces_dir) / PAIRS_112)
     keep = np.ones(len(arrays["images"]), dtype=bool)
     if limit is not None:
         keep &= np.arange(len(keep)) < limit
-    return _subset(arrays, keep)
+    return _with_aligned(_subset(arrays, keep), align)
+
+
+def _with_aligned(fs: FaceSet, align: bool) -> FaceSet:
+    return replace(fs, images=aligned(fs.images)) if align else fs
 
 
 def to_float(images: np.ndarray) -> np.ndarray:

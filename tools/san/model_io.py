@@ -22,7 +22,10 @@ STRENGTH_GROUPS = ("female", "male", "unknown")      # gender label 0, 1, -1
 #                                               autoencoder's reconstruction error (SSIM ~0.7 to the original)
 #   differential: x + alpha * up(X_OP - X_SM)   only what the opposite prototype changes against the same one:
 #                                               the reconstruction error, common to both outputs, cancels
-CHANGES = ("residual", "differential")
+#   label_free:   x + alpha * up(X_N - x_s)     X_N: the neutral prototype in the encoder and the head; the same
+#                                               stage for everyone (no gender input), trained against a classifier
+#                                               retrained on its outputs (tools/san/label_free.py)
+CHANGES = ("residual", "differential", "label_free")
 STRENGTH_MAX = 4.0
 
 
@@ -91,12 +94,21 @@ class SanEnsemble:
         full, small, outputs = self._run(images, gender, member)
         return tuple(self._add(full, torch.from_numpy(out) - small, gender, strength) for out in outputs)
 
-    def deployed(self, images: np.ndarray, gender: np.ndarray, member: int, strength: float | dict | None = None,
-                 change: str | None = None) -> np.ndarray:
+    @property
+    def label_free(self) -> bool:
+        """Is the deployed output the same stage for every face (no gender input)?"""
+        return self.change == "label_free"
+
+    def deployed(self, images: np.ndarray, gender: np.ndarray | None, member: int,
+                 strength: float | dict | None = None, change: str | None = None) -> np.ndarray:
         """The deployed output uint8 (N,H,W,3): the change form `change` (None = the stored one) at `strength`
-        (None = the stored one). With the differential form an unknown gender (-1) gets no change."""
+        (None = the stored one). With the differential form an unknown gender (-1) gets no change; the
+        label-free form ignores `gender` (every face counts as unknown: the neutral prototype, strength 'unknown')."""
+        change = check_change(change or self.change)
+        if change == "label_free" or gender is None:
+            gender = np.full(len(images), -1, dtype=np.int64)
         full, small, (sm, op) = self._run(images, gender, member)
-        if check_change(change or self.change) == "residual":
+        if change in ("residual", "label_free"):
             return self._add(full, torch.from_numpy(op) - small, gender, strength)
         return self._add(full, torch.from_numpy(op - sm), gender, strength)
 
