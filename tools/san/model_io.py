@@ -89,9 +89,10 @@ class SanEnsemble:
         The crops are area-downsampled to the working size, perturbed by member `member`, and the SAN's
         change (output - input, at the working size) is upsampled bilinearly and added to the full-size
         crop, so detail above the SAN's resolution passes through unchanged.
-        gender: 1 male, 0 female, -1 unknown (the neutral prototype is used for both outputs).
+        gender: 1 male, 0 female, -1 unknown (the neutral prototype is used for both outputs); a label-free
+        model ignores it (both outputs are X_N).
         """
-        full, small, outputs = self._run(images, gender, member)
+        full, small, outputs = self._run(images, self._stage_gender(images, gender), member)
         return tuple(self._add(full, torch.from_numpy(out) - small, gender, strength) for out in outputs)
 
     @property
@@ -105,12 +106,15 @@ class SanEnsemble:
         (None = the stored one). With the differential form an unknown gender (-1) gets no change; the
         label-free form ignores `gender` (every face counts as unknown: the neutral prototype, strength 'unknown')."""
         change = check_change(change or self.change)
-        if change == "label_free" or gender is None:
-            gender = np.full(len(images), -1, dtype=np.int64)
+        gender = self._stage_gender(images, None if change == "label_free" else gender)
         full, small, (sm, op) = self._run(images, gender, member)
         if change in ("residual", "label_free"):
             return self._add(full, torch.from_numpy(op) - small, gender, strength)
         return self._add(full, torch.from_numpy(op - sm), gender, strength)
+
+    def _stage_gender(self, images: np.ndarray, gender: np.ndarray | None) -> np.ndarray:
+        """The stage's gender input: none (-1 for every face) for a label-free model or when not given."""
+        return np.full(len(images), -1, dtype=np.int64) if gender is None or self.label_free else gender
 
     def _add(self, full: torch.Tensor, change: torch.Tensor, gender: np.ndarray,
              strength: float | dict | None) -> np.ndarray:

@@ -63,7 +63,7 @@ def _strength_panel(ax, report: dict) -> None:
     ax.axvline(GENDER_TARGET, color="tab:green", ls=":", lw=1)
     ax.set_xlabel("unseen gender balanced acc (LFW 64 test)")
     ax.set_ylabel("unseen verification acc (LFW 64 test pairs)")
-    ax.set_title("strength sweep (selection split)", fontsize=9)
+    ax.set_title("strength sweep on the test people (the curve; chosen on validation)", fontsize=9)
     ax.legend(fontsize=6)
 
 
@@ -128,6 +128,12 @@ def markdown_table(report: dict) -> str:
             lines += _rows(f"strength sweep of member {report['selected_member']} on lfw64_test, {st['change']} "
                            f"change, {title} (stored operating point female {st['stored']['female']:g}, male "
                            f"{st['stored']['male']:g})", keys, points)
+        keys = ["female", "male", "gender_bacc", "clean_gender_bacc", "captured_gender_bacc", "verif_acc",
+                "verif_drop", "ssim", "meets_targets"]
+        lines += _rows(f"the choice: validation people, second-opinion classifier (clean / capture-perturbed), "
+                       f"dlib matcher; rule choice female {st['rule_choice']['female']:g}, male "
+                       f"{st['rule_choice']['male']:g}", keys,
+                       sorted((p for p in st["selection_grid"] if p["female"] == p["male"]), key=lambda p: p["female"]))
         if st.get("cross_fold"):
             keys = ["selected_on_fold", "reported_on_fold", "female", "male", "gender_bacc", "gender_acc_female",
                     "gender_acc_male", "verif_acc_orig", "verif_acc", "verif_drop", "tmr_fmr1e-2_orig", "tmr_fmr1e-2"]
@@ -140,6 +146,10 @@ def markdown_table(report: dict) -> str:
                        "adapted: the deployed outputs), on the 64x64 test people", ["classifier", "images", "acc",
                                                                                   "bacc", "acc_female", "acc_male"],
                        rows)
+    heads = ["gender_bacc_orig", "gender_bacc_op", "gender_bacc_orig_perturbed", "gender_bacc_op_perturbed",
+             "gender_bacc_independent", "gender_bacc_adapted", "verif_acc_orig", "verif_acc_op", "ssim_op"]
+    lines += _rows("headline (deployed = the stored operating point; chosen on: "
+                   f"{report.get('operating_point_chosen_on', '?')})", heads, [report])
     return "\n".join(lines)
 
 

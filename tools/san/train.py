@@ -1,4 +1,4 @@
-"""Train the SAN ensemble on the LFW train split: prototypes, frozen auxiliary models, diverse members."""
+"""Train the papers' SAN ensemble on the fit people (LFW train minus the validation people): prototypes, aux models, members."""
 from __future__ import annotations
 
 import time
@@ -92,7 +92,7 @@ def train_ensemble(config: TrainConfig, faces_dir: Path | None = None, log=print
     """
     torch.manual_seed(config.seed)
     start = time.time()
-    train, test = load_faces64("train", faces_dir, config.limit), load_faces64("test", faces_dir, config.limit)
+    train, test = load_faces64("fit", faces_dir, config.limit), load_faces64("test", faces_dir, config.limit)
     # The SAN and its auxiliary networks work at 1/work_factor resolution (32x32 from the 64x64 crops);
     # at use time the SAN's change is upsampled onto the full-resolution image (SanEnsemble.perturb).
     x, y = downsample(to_float(train.images), config.work_factor), train.gender

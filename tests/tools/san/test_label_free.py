@@ -1,0 +1,77 @@
+"""The label-free SAN: one stage for every face (no gender input), and alternating training against a classifier
+retrained on its outputs removes a label the inputs carry (synthetic images, so the test knows the cue)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.torch
+
+
+def test_the_label_free_stage_takes_no_gender():
+    from tools.san.data import load_faces64
+    from tools.san.model_io import SanEnsemble
+    from tools.san.nets import PrototypeAutoencoder
+
+    protos = np.random.default_rng(0).random((3, 3, 32, 32)).astype(np.float32)
+    ensemble = SanEnsemble([PrototypeAutoencoder(3, dec=(8, 8)).eval()], protos,
+                           {"change": "label_free", "strength": {"female": 1.5, "male": 1.5, "unknown": 1.5}})
+    faces = load_faces64("test", limit=24, align=False)
+    assert ensemble.label_free and {0, 1} <= set(faces.gender)
+    out = ensemble.deployed(faces.images, faces.gender, 0)
+    np.testing.assert_array_equal(out, ensemble.deployed(faces.images, 1 - faces.gender, 0))
+    np.testing.assert_array_equal(out, ensemble.deployed(faces.images, None, 0))
+    sm, op = ensemble.perturb(faces.images, faces.gender, 0, strength=1.0)
+    np.testing.assert_array_equal(sm, op)                        # both heads see the neutral prototype
+    assert np.abs(out.astype(int) - faces.images).mean() > np.abs(op.astype(int) - faces.images).mean() > 0
+    gendered = SanEnsemble(ensemble.members, protos, {"change": "differential"})
+    assert not np.array_equal(gendered.deployed(faces.images, faces.gender, 0),
+                              gendered.deployed(faces.images, 1 - faces.gender, 0))
+
+
+def _synthetic(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth random 'faces' (3,32,32) whose label shows as a low-frequency colour cast (red up or blue up)."""
+    import torch
+    import torch.nn.functional as F
+    y = rng.integers(0, 2, n)
+    base = F.interpolate(torch.from_numpy(rng.random((n, 3, 4, 4)).astype(np.float32)), size=32, mode="bilinear")
+    x = 0.2 + 0.6 * base.numpy()
+    cast = np.where(y[:, None], [0.12, 0.0, -0.12], [-0.12, 0.0, 0.12]).astype(np.float32)
+    return np.clip(x + cast[:, :, None, None], 0, 1).astype(np.float32), y
+
+
+def test_adversarial_training_removes_the_label():
+    import torch
+
+    from tools.san.aux_models import predict, train_binary_classifier
+    from tools.san.data import downsample
+    from tools.san.label_free import LabelFreeConfig, LabelFreeStage, LabelFreeTrainer, uniform_ce
+    from tools.san.metrics import gender_scores
+    from tools.san.nets import ConvNet, PrototypeAutoencoder, freeze
+
+    assert uniform_ce(torch.zeros(4, 2)) < uniform_ce(torch.tensor([[3.0, -3.0]] * 4))
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x, y = _synthetic(640, rng)
+    x_test, y_test = _synthetic(256, rng)
+
+    def reader(images, labels, seed):
+        return train_binary_classifier(ConvNet(3, 2, widths=(8, 16)), images, labels, epochs=3, seed=seed, desc="t")
+
+    before = gender_scores(predict(reader(x, y, 1), x_test).argmax(1), y_test)["bacc"]
+    config = LabelFreeConfig(pretrain_epochs=1, epochs=4, batch_size=32, w_pixel=4.0, w_keep=0.0,
+                             augmentations=("flip",), work_factor=2)
+    stage = LabelFreeStage(PrototypeAutoencoder(3, dec=(16, 8)), downsample(x, 2).mean(0), 2)
+    keep = freeze(ConvNet(3, 8, widths=(8,)))
+    history = LabelFreeTrainer(stage, keep, reader(x, y, 2), ConvNet(3, 2, widths=(8, 16)), config).fit(
+        x, y, progress=False)
+    assert [h["stage"] for h in history] == ["pretrain"] + ["adversarial"] * 4
+
+    def outputs(images):
+        return predict(lambda t: stage(t)[0], images)
+
+    after = gender_scores(predict(reader(outputs(x), y, 3), outputs(x_test)).argmax(1), y_test)["bacc"]
+    fidelity = float(np.abs(outputs(x_test) - x_test).mean())
+    assert before > 0.95, before                    # the cue is plain on the inputs
+    assert after < 0.75, (after, fidelity)          # a classifier retrained on the outputs no longer reads it
+    assert fidelity < 0.12, fidelity                # and stay close to them (the cast alone is 0.08)

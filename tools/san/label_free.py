@@ -1,0 +1,185 @@
+"""The label-free SAN: one stage for every face, trained against a gender classifier retrained on its outputs.
+
+The papers' SAN picks its prototypes by the subject's gender, so its change carries the label: a classifier
+trained on its outputs reads the gender back (README: 0.99). Here the autoencoder sees the NEUTRAL prototype
+in its encoder and its head (X_N), and the deployed output is clip(x + alpha * up(X_N - x_s), 0, 1) for
+everyone (model_io change `label_free`). Training alternates two updates per batch (as in the GAN-based
+follow-ups of the SAN):
+
+- the adversary D, a fresh gender CNN, learns the gender from the current outputs (CE to the true label);
+- the autoencoder minimises
+      w_adversary * U(D(out)) + w_confound * U(B(out))          # U = cross-entropy to (1/2, 1/2): no label left
+    + w_pixel * |out - x| + w_keep * ||A(out_s) - A(x_s)||^2     # the face and its identity stay
+  with B a frozen gender classifier trained on the original faces (the unadapted reader) and A the frozen
+  face embedder, both trained on the same fit people.
+
+Everything sees the faces under framing and capture changes (augment.CAPTURE). The outputs the adversary
+and B read are the full-size deployed outputs (detail above the working size passes through, so they see it).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from base.errors import ConfigError
+from tools.san.augment import CAPTURE, augment, check_names
+from tools.san.aux_models import predict, train_binary_classifier, train_face_embedder
+from tools.san.data import NEUTRAL, balanced_epoch, downsample, load_faces64, prototypes, to_float
+from tools.san.model_io import SanEnsemble
+from tools.san.nets import ConvNet, PrototypeAutoencoder
+
+
+@dataclass
+class LabelFreeConfig:
+    """Hyper-parameters of `keycam san train --label-free` (defaults: the committed model's)."""
+
+    pretrain_epochs: int = 1
+    epochs: int = 6
+    batch_size: int = 32
+    lr: float = 2e-3
+    adversary_lr: float = 2e-3
+    w_adversary: float = 1.0
+    w_confound: float = 1.0
+    w_pixel: float = 4.0
+    w_keep: float = 2.0
+    max_steps_per_epoch: int | None = None
+    augmentations: tuple[str, ...] = ("flip", *CAPTURE)
+    work_factor: int = 2
+    dec: tuple[int, int] = (48, 24)
+    matcher_epochs: int = 10
+    gender_epochs: int = 6
+    seed: int = 0
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if min(self.pretrain_epochs, self.epochs) < 0 or self.batch_size < 1 or min(self.lr, self.adversary_lr) <= 0:
+            raise ConfigError("label-free training needs epochs >= 0, batch_size >= 1 and positive learning rates")
+        if min(self.w_adversary, self.w_confound, self.w_pixel, self.w_keep) < 0:
+            raise ConfigError("loss weights must be >= 0")
+        if min(self.matcher_epochs, self.gender_epochs) < 1 or self.work_factor < 1:
+            raise ConfigError("matcher_epochs, gender_epochs and work_factor must be >= 1")
+        self.augmentations = check_names(tuple(self.augmentations))
+
+
+def uniform_ce(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of 2-class logits to (1/2, 1/2): smallest when the classifier cannot tell."""
+    return -F.log_softmax(logits, dim=1).mean()
+
+
+class LabelFreeStage(nn.Module):
+    """The training-time deployed output: clip(x + up(X_N - x_s), 0, 1) for full-size float faces x (N,C,H,W)."""
+
+    def __init__(self, generator: PrototypeAutoencoder, neutral: np.ndarray, factor: int):
+        super().__init__()
+        self.generator, self.factor = generator, factor
+        self.register_buffer("neutral", torch.from_numpy(np.ascontiguousarray(neutral, dtype=np.float32))[None])
+
+    def small(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, self.factor) if self.factor > 1 else x
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(deployed output at full size, X_N at the working size)."""
+        small = self.small(x)
+        proto = self.neutral.expand(len(x), -1, -1, -1)
+        x_n = self.generator.render(self.generator.features(small, proto), proto)
+        up = F.interpolate(x_n - small, size=x.shape[2:], mode="bilinear", align_corners=False)
+        return (x + up).clamp(0, 1), x_n
+
+
+class LabelFreeTrainer:
+    """Alternating updates of the autoencoder and its adversary (module doc)."""
+
+    def __init__(self, stage: LabelFreeStage, keep: nn.Module, confound: nn.Module, adversary: nn.Module,
+                 config: LabelFreeConfig):
+        self.stage, self.keep, self.confound, self.adversary, self.config = stage, keep, confound, adversary, config
+
+    def _generator_terms(self, x: torch.Tensor, full: bool) -> dict[str, torch.Tensor]:
+        out, x_n = self.stage(x)
+        small = self.stage.small(x)
+        if not full:
+            pixel = F.l1_loss(x_n, small)
+            return {"total": pixel, "pixel": pixel}
+        cfg = self.config
+        with torch.no_grad():
+            target = self.keep(small)
+        keep = (self.keep(self.stage.small(out)) - target).pow(2).sum(1).mean()
+        pixel = F.l1_loss(out, x)
+        adversary, confound = uniform_ce(self.adversary(out)), uniform_ce(self.confound(out))
+        total = cfg.w_adversary * adversary + cfg.w_confound * confound + cfg.w_pixel * pixel + cfg.w_keep * keep
+        return {"total": total, "adversary": adversary, "confound": confound, "pixel": pixel, "keep": keep}
+
+    def fit(self, images: np.ndarray, labels: np.ndarray, progress: bool = True) -> list[dict[str, float]]:
+        """Train on full-size float faces (N,C,H,W) with gender labels in {0,1}; per-epoch mean loss terms."""
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        rng, gen = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
+        x_all, y_all = torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+        opt_g = torch.optim.Adam(self.stage.generator.parameters(), lr=cfg.lr)
+        opt_d = torch.optim.Adam(self.adversary.parameters(), lr=cfg.adversary_lr, weight_decay=1e-4)
+        history = []
+        stages = [("pretrain", False)] * cfg.pretrain_epochs + [("adversarial", True)] * cfg.epochs
+        for epoch, (name, full) in enumerate(stages):
+            order = balanced_epoch(labels, rng)
+            steps = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+            steps = steps[:cfg.max_steps_per_epoch] if cfg.max_steps_per_epoch else steps
+            sums: dict[str, float] = {}
+            bar = tqdm(steps, desc=f"label-free SAN {name} {epoch + 1}/{len(stages)}", leave=False, disable=not progress)
+            for idx in bar:
+                x, y = augment(x_all[idx], cfg.augmentations, gen), y_all[idx]
+                if full:
+                    self.adversary.train()
+                    with torch.no_grad():
+                        out = self.stage(x)[0]
+                    d_loss = F.cross_entropy(self.adversary(out), y)
+                    opt_d.zero_grad()
+                    d_loss.backward()
+                    opt_d.step()
+                    sums["adversary_ce"] = sums.get("adversary_ce", 0.0) + d_loss.item()
+                    self.adversary.eval()
+                terms = self._generator_terms(x, full)
+                opt_g.zero_grad()
+                terms["total"].backward()
+                opt_g.step()
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v.item()
+                bar.set_postfix(loss=f"{sums['total'] / (bar.n + 1):.3f}")
+            history.append({"stage": name, **{k: v / len(steps) for k, v in sums.items()}})
+        self.stage.generator.eval()
+        return history
+
+
+def train_label_free(config: LabelFreeConfig, faces_dir: Path | None = None, log=print) -> SanEnsemble:
+    """Train the matcher A and classifier B on the fit people, then the label-free autoencoder against B and a
+    retrained adversary; returns a one-member ensemble with change `label_free` at strength 1 (the operating
+    point is chosen afterwards on the validation people: `keycam san strength`)."""
+    start = time.time()
+    torch.manual_seed(config.seed)
+    fit = load_faces64("fit", faces_dir, config.limit)
+    known = fit.gender >= 0
+    x_full, y = to_float(fit.images[known]), fit.gender[known]
+    x_small = downsample(x_full, config.work_factor)
+    protos = prototypes(x_small, y)
+    log(f"fit people: {len(x_full)} aligned faces ({int((y == 1).sum())} male / {int((y == 0).sum())} female)")
+    matcher = train_face_embedder(downsample(to_float(fit.images), config.work_factor), fit.identity,
+                                  epochs=config.matcher_epochs, seed=config.seed)
+    confound = train_binary_classifier(ConvNet(3, 2), x_full, y, epochs=config.gender_epochs, seed=config.seed + 1,
+                                       augmentations=config.augmentations, desc="gender classifier B")
+    stage = LabelFreeStage(PrototypeAutoencoder(3, dec=config.dec), protos[NEUTRAL], config.work_factor)
+    adversary = ConvNet(3, 2)
+    history = LabelFreeTrainer(stage, matcher, confound, adversary, config).fit(x_full, y)
+    outputs = predict(lambda t: stage(t)[0], x_full[:512])
+    meta = {"train_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+            "history": history, "train_seconds": time.time() - start, "trained_on": "fit people (LFW train split "
+            "minus the validation people, tools.san.data.validation_people), aligned to the 5-point template",
+            "prototypes": ["female", "male", "neutral"], "colour": "RGB in, RGB out", "work_size": int(x_small.shape[-1]),
+            "change": "label_free", "strength": {"female": 1.0, "male": 1.0, "unknown": 1.0},
+            "members": [{"augmentations": list(config.augmentations), "seed": config.seed,
+                         "l1_fit": float(np.abs(outputs - x_full[:512]).mean())}]}
+    return SanEnsemble([stage.generator], protos, meta)
