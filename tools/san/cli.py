@@ -244,29 +244,6 @@ def _export_onnx(stage, out: Path, what: str) -> None:
     click.echo(f"onnxruntime matches torch (max abs diff {err:.1e})")
 
 
-def _faces_of(split: str, gender: int | None, size: int, limit: int, faces_dir: Path | None):
-    """Up to `limit` LFW faces of a split, of one gender (0 female, 1 male) or, for None, of both alternating
-    (female, male, ...; the rest of the larger group once the other runs out), resized to size x size."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
-    from tools.san.data import load_faces64, to_float, to_uint8
-
-    faces = load_faces64(split, faces_dir)
-    if gender is None:
-        rank = np.zeros(len(faces), np.int64)       # position of each face among the faces of its gender
-        for g in np.unique(faces.gender):
-            rank[faces.gender == g] = np.arange(np.sum(faces.gender == g))
-        images = faces.images[np.lexsort((faces.gender, rank))][:limit]
-    else:
-        images = faces.images[faces.gender == gender][:limit]
-    if size != images.shape[1]:
-        x = F.interpolate(torch.from_numpy(to_float(images)), size=(size, size), mode="bilinear", align_corners=False)
-        images = to_uint8(x.clamp(0, 1).numpy())
-    return np.ascontiguousarray(images)
-
-
 def _report_vs_torch(stage, blob: bytes, faces, key=None) -> None:
     from tools.san.tflite_check import compare_with_torch
 
@@ -279,13 +256,14 @@ def _report_vs_torch(stage, blob: bytes, faces, key=None) -> None:
 def _export_tflite(stage, member: int, int8: bool, faces_dir: Path | None, calib: int, check: int, path: Path,
                    what: str) -> None:
     from tools.san.stage import write_san_tflite
+    from tools.san.tflite_check import stage_faces
 
-    calib_faces = _faces_of("train", stage.gender, stage.size, calib, faces_dir) if int8 else None
+    calib_faces = stage_faces(stage, "train", calib, faces_dir) if int8 else None
     blob = write_san_tflite(stage, int8, calib_faces, metadata={"member": member})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(blob)
     click.echo(f"wrote {path} ({len(blob) // 1024} KiB, {'int8' if int8 else 'float32'}, unkeyed; {what})")
-    _report_vs_torch(stage, blob, _faces_of("test", stage.gender, stage.size, check, faces_dir))
+    _report_vs_torch(stage, blob, stage_faces(stage, "test", check, faces_dir))
 
 
 KEYED_INT8_TOLERANCE = 0.1     # keyed int8 vs K(unkeyed int8), [0, 1] units: ~2x the worst measured (0.055)
@@ -297,11 +275,11 @@ def _export_keyed_tflite(stage, member: int, key_path: Path, int8: bool, faces_d
     from tools.san.errors import SanModelError
     from tools.san.key_checks import clear_key_findings
     from tools.san.stage import write_keyed_san_tflite, write_san_tflite
-    from tools.san.tflite_check import compare_keyed
+    from tools.san.tflite_check import compare_keyed, stage_faces
 
     key = load_sensor_key(key_path)
     meta = {"member": member}
-    calib_faces = _faces_of("train", stage.gender, stage.size, calib, faces_dir) if int8 else None
+    calib_faces = stage_faces(stage, "train", calib, faces_dir) if int8 else None
     # hidden keys: a fresh secret, never stored
     blob = write_keyed_san_tflite(stage, key, meta, int8=int8, calib_faces=calib_faces)
     findings = clear_key_findings(blob, key, stage.size)
@@ -314,7 +292,7 @@ def _export_keyed_tflite(stage, member: int, key_path: Path, int8: bool, faces_d
                f"input and output; {what}); no run of the key's permutation in its bytes")
     click.echo(f"RESEARCH EXPORT IN CLEAR: {path} is key material (a keyed model's weights determine its key, "
                "see `keycam attack model-file`); do not copy it to a device or share it", err=True)
-    faces = _faces_of("test", stage.gender, stage.size, check, faces_dir)
+    faces = stage_faces(stage, "test", check, faces_dir)
     _report_vs_torch(stage, blob, faces, key)
     plain = write_san_tflite(stage, int8, calib_faces, metadata=meta)
     diff = compare_keyed(plain, blob, key, key, faces)

@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tools.san.data import FEMALE, MALE, NEUTRAL
 from tools.san.errors import SanModelError
 from tools.san.model_io import SanEnsemble, check_alpha, check_change
 from tools.san.nets import PrototypeAutoencoder
 
-GENDERS = {"female": 0, "male": 1}
-NEUTRAL = 2                     # index of the neutral prototype (model_io.SanEnsemble.prototypes)
+GENDERS = {"female": FEMALE, "male": MALE}
 LABEL_FREE_NOTE = "label-free, one stage for every face"
 
 
@@ -83,12 +83,13 @@ def make_stage(ensemble: SanEnsemble, member: int, gender: str | None, size: int
     'unknown' entry, as in SanEnsemble.deployed."""
     change = check_change(change or ensemble.change)
     if change == "label_free" and gender is not None:
-        raise SanModelError(f"the label_free change is {LABEL_FREE_NOTE}: it takes no gender (got {gender!r}; "
+        raise SanModelError(f"the label_free change is one stage for every face: it takes no gender (got {gender!r}; "
                             "drop --gender)")
     if change != "label_free" and gender not in GENDERS:
+        given = "none given" if gender is None else f"got {gender!r}"
         raise SanModelError(f"the {change} change builds one stage per source gender: give the gender of the faces "
-                            f"it is for ({' or '.join(GENDERS)}, --gender), got {gender!r}; only a label_free model "
-                            "has one stage for every face")
+                            f"it is for (--gender {' or '.join(GENDERS)}; {given}); only a label_free model has one "
+                            "stage for every face")
     if not 0 <= member < len(ensemble.members):
         raise SanModelError(f"member {member} does not exist; the ensemble has {len(ensemble.members)}")
     alpha = ensemble.strength[gender or "unknown"] if strength is None else strength

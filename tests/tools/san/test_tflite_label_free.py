@@ -23,7 +23,10 @@ def _perm_key(seed: int):
 
 def _both(faces, n: int) -> tuple[np.ndarray, np.ndarray]:
     """n faces of each gender, alternating female / male, and their labels."""
-    order = np.stack([np.flatnonzero(faces.gender == g)[:n] for g in (0, 1)], 1).reshape(-1)
+    from tools.san.tflite_check import alternating_genders
+
+    order = alternating_genders(faces.gender)[:2 * n]
+    assert np.all(np.bincount(faces.gender[order]) == n)
     return faces.images[order], faces.gender[order]
 
 
@@ -82,6 +85,14 @@ def test_gender_refusals(setup):
         SanStage(free.members[0], free.prototypes, 1, S, change="label_free")
     with pytest.raises(SanModelError, match="gender 0 .female. or 1 .male., got None"):
         SanStage(free.members[0], free.prototypes, None, S, change="differential")
+
+
+def test_label_free_stage_faces_alternate_genders():
+    """Calibration and check faces of the label-free stage: both genders, alternating, the larger group's rest last."""
+    from tools.san.tflite_check import alternating_genders
+
+    np.testing.assert_array_equal(alternating_genders(np.array([1, 1, 0, 1, 0, 1, 1])), [2, 0, 4, 1, 3, 5, 6])
+    assert len(alternating_genders(np.array([1, 1]))) == 2
 
 
 def test_unkeyed_float_and_int8_match_torch(setup):
