@@ -187,12 +187,13 @@ def strength(model: Path, faces_dir: Path | None, cache_dir: Path, change: str |
               "read from --report, else 0)")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="an eval JSON whose selected_member to export")
-@click.option("--gender", type=click.Choice(["female", "male"]), required=True,
-              help="source gender the stage is built for (selects the same / opposite prototypes)")
+@click.option("--gender", type=click.Choice(["female", "male"]), default=None,
+              help="source gender the stage is built for (selects the same / opposite prototypes); required for the "
+                   "gendered change forms, refused for a label_free model (one stage for every face)")
 @click.option("--size", type=int, default=64, show_default=True, help="face crop side (multiple of 32)")
 @click.option("--strength", type=click.FloatRange(min=0.0), default=None,
-              help="perturbation strength (default: the model's stored operating point for --gender; the change "
-                   "form is the model's stored one)")
+              help="perturbation strength (default: the model's stored operating point for --gender, a label_free "
+                   "model's one strength; the change form is the model's stored one)")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="output .onnx")
 @click.option("--tflite", "tflite_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="output .tflite (int8 unless --float)")
@@ -204,18 +205,20 @@ def strength(model: Path, faces_dir: Path | None, cache_dir: Path, change: str |
                    "both carry it")
 @click.option("--faces-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=FACES_HELP)
 @click.option("--calib", type=click.IntRange(1, 4000), default=256, show_default=True,
-              help="train-split faces of --gender for int8 calibration")
+              help="train-split faces of --gender (label_free: of both genders, alternating) for int8 calibration")
 @click.option("--check", type=click.IntRange(1, 1000), default=64, show_default=True,
-              help="test-split faces of --gender the .tflite is checked on against torch")
-def export(model: Path, member: int | None, report: Path | None, gender: str, size: int, strength: float | None,
+              help="test-split faces of --gender (label_free: of both genders) the .tflite is checked on against torch")
+def export(model: Path, member: int | None, report: Path | None, gender: str | None, size: int,
+           strength: float | None,
            out: Path | None, tflite_path: Path | None, as_float: bool, key_path: Path | None,
            faces_dir: Path | None, calib: int, check: int) -> None:
     """Export one SAN member as a stage (face crop in, deployed output out): ONNX (--out) and/or TFLite
     (--tflite).
 
     \b
-    Example:
+    Examples:
       keycam san export --gender female --out san_female.onnx --tflite san_female.tflite
+      keycam san export --model label_free.pt --tflite san.tflite --key sensor.key   (label-free: no --gender)
     """
     _threads()
     from tools.san.errors import SanModelError
@@ -235,15 +238,14 @@ def export(model: Path, member: int | None, report: Path | None, gender: str, si
                 raise SanModelError(f"cannot read selected_member from {report}: {exc}") from exc
     ensemble = load_ensemble(model)
     stage = make_stage(ensemble, member, gender, size, strength)
-    what = f"member {member}, {gender} faces, {size}x{size}, {stage.change} change, strength {stage.strength:g}"
+    what = f"member {member}, {stage.faces}, {size}x{size}, {stage.change} change, strength {stage.strength:g}"
     if out is not None:
         _export_onnx(stage, out, what)
     if tflite_path is not None:
         if key_path is None:
-            _export_tflite(stage, gender, member, not as_float, faces_dir, calib, check, tflite_path, what)
+            _export_tflite(stage, member, not as_float, faces_dir, calib, check, tflite_path, what)
         else:
-            _export_keyed_tflite(stage, gender, member, key_path, not as_float, faces_dir, calib, check, tflite_path,
-                                 what)
+            _export_keyed_tflite(stage, member, key_path, not as_float, faces_dir, calib, check, tflite_path, what)
 
 
 def _export_onnx(stage, out: Path, what: str) -> None:
@@ -271,57 +273,42 @@ def _export_onnx(stage, out: Path, what: str) -> None:
     click.echo(f"onnxruntime matches torch (max abs diff {err:.1e})")
 
 
-def _faces_of(split: str, gender: str, size: int, limit: int, faces_dir: Path | None):
-    """Up to `limit` LFW faces of one gender from a split, resized (area / bilinear) to size x size."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
-    from tools.san.data import load_faces64, to_float, to_uint8
-    from tools.san.export import GENDERS
-
-    faces = load_faces64(split, faces_dir)
-    images = faces.images[faces.gender == GENDERS[gender]][:limit]
-    if size != images.shape[1]:
-        x = F.interpolate(torch.from_numpy(to_float(images)), size=(size, size), mode="bilinear", align_corners=False)
-        images = to_uint8(x.clamp(0, 1).numpy())
-    return np.ascontiguousarray(images)
-
-
-def _report_vs_torch(stage, blob: bytes, faces, gender: str, key=None) -> None:
+def _report_vs_torch(stage, blob: bytes, faces, key=None) -> None:
     from tools.san.tflite_check import compare_with_torch
 
     err = compare_with_torch(stage, blob, faces, key, key)
-    click.echo(f"TFLite vs torch on {err['n_faces']} held-out {gender} faces: max abs {err['max_abs']:.2e}, "
+    which = "faces of both genders" if stage.gender is None else f"{stage.gender_name} faces"
+    click.echo(f"TFLite vs torch on {err['n_faces']} held-out {which}: max abs {err['max_abs']:.2e}, "
                f"mean abs {err['mean_abs']:.1e}, SSIM {err['ssim']:.4f}, PSNR {err['psnr']:.1f} dB")
 
 
-def _export_tflite(stage, gender: str, member: int, int8: bool, faces_dir: Path | None, calib: int, check: int,
-                   path: Path, what: str) -> None:
+def _export_tflite(stage, member: int, int8: bool, faces_dir: Path | None, calib: int, check: int, path: Path,
+                   what: str) -> None:
     from tools.san.stage import write_san_tflite
+    from tools.san.tflite_check import stage_faces
 
-    calib_faces = _faces_of("train", gender, stage.size, calib, faces_dir) if int8 else None
-    blob = write_san_tflite(stage, int8, calib_faces, metadata={"gender": gender, "member": member})
+    calib_faces = stage_faces(stage, "train", calib, faces_dir) if int8 else None
+    blob = write_san_tflite(stage, int8, calib_faces, metadata={"member": member})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(blob)
     click.echo(f"wrote {path} ({len(blob) // 1024} KiB, {'int8' if int8 else 'float32'}, unkeyed; {what})")
-    _report_vs_torch(stage, blob, _faces_of("test", gender, stage.size, check, faces_dir), gender)
+    _report_vs_torch(stage, blob, stage_faces(stage, "test", check, faces_dir))
 
 
 KEYED_INT8_TOLERANCE = 0.1     # keyed int8 vs K(unkeyed int8), [0, 1] units: ~2x the worst measured (0.055)
 
 
-def _export_keyed_tflite(stage, gender: str, member: int, key_path: Path, int8: bool, faces_dir: Path | None,
-                         calib: int, check: int, path: Path, what: str) -> None:
+def _export_keyed_tflite(stage, member: int, key_path: Path, int8: bool, faces_dir: Path | None, calib: int,
+                         check: int, path: Path, what: str) -> None:
     from edge.keystage import load_sensor_key
     from tools.san.errors import SanModelError
     from tools.san.key_checks import clear_key_findings
     from tools.san.stage import write_keyed_san_tflite, write_san_tflite
-    from tools.san.tflite_check import compare_keyed
+    from tools.san.tflite_check import compare_keyed, stage_faces
 
     key = load_sensor_key(key_path)
-    meta = {"gender": gender, "member": member}
-    calib_faces = _faces_of("train", gender, stage.size, calib, faces_dir) if int8 else None
+    meta = {"member": member}
+    calib_faces = stage_faces(stage, "train", calib, faces_dir) if int8 else None
     # hidden keys: a fresh secret, never stored
     blob = write_keyed_san_tflite(stage, key, meta, int8=int8, calib_faces=calib_faces)
     findings = clear_key_findings(blob, key, stage.size)
@@ -334,8 +321,8 @@ def _export_keyed_tflite(stage, gender: str, member: int, key_path: Path, int8: 
                f"input and output; {what}); no run of the key's permutation in its bytes")
     click.echo(f"RESEARCH EXPORT IN CLEAR: {path} is key material (a keyed model's weights determine its key, "
                "see `keycam attack model-file`); do not copy it to a device or share it", err=True)
-    faces = _faces_of("test", gender, stage.size, check, faces_dir)
-    _report_vs_torch(stage, blob, faces, gender, key)
+    faces = stage_faces(stage, "test", check, faces_dir)
+    _report_vs_torch(stage, blob, faces, key)
     plain = write_san_tflite(stage, int8, calib_faces, metadata=meta)
     diff = compare_keyed(plain, blob, key, key, faces)
     kind = "int8" if int8 else "float"

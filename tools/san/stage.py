@@ -11,6 +11,9 @@ per-position constant, a Shift):
                                               h --Shift(same - opposite)--Sigmoid--> x_sm     (differential)
     Add(x_op, -(small | x_sm)) --Resize bilinear(f)--> Add(x, strength * .) --Clip[0, 1]--> out
 
+The label-free stage (change label_free) is the residual graph with the neutral prototype folded into both
+constants: one stage for every face, no gender anywhere in it.
+
 Written unkeyed, the writer lowers it to AVERAGE_POOL_2D, CONV_2D, ADD, LEAKY_RELU, RESIZE_*, LOGISTIC, SUB,
 MUL; int8 calibrated on faces, input and output int8 at 1/255 (the clamp is the last ADD's saturation).
 
@@ -111,13 +114,15 @@ def faces_chw(faces: np.ndarray, size: int) -> np.ndarray:
 def _write(net: Network, stage: SanStage, int8: bool, calib: np.ndarray | None, keyed: bool, extra: dict) -> bytes:
     """The writer's bytes with the stage's metadata (the writer adds its per-op report under 'ops')."""
     meta = {"kind": "san-stage", "input_shape": [stage.size, stage.size, 3], "strength": stage.strength,
-            "change": stage.change, "dtype": "int8" if int8 else "float32", "keyed": keyed, **extra}
+            "change": stage.change, "label_free": stage.label_free, "gender": stage.gender_name,
+            "faces": stage.faces, "dtype": "int8" if int8 else "float32", "keyed": keyed, **extra}
     return write_tflite(net, int8=int8, calib=calib, metadata=meta, sparse_ell=keyed)[0]
 
 
 def write_san_tflite(stage: SanStage, int8: bool = True, calib: np.ndarray | None = None,
                      metadata: dict | None = None) -> bytes:
-    """The (unkeyed) stage as .tflite bytes; int8 needs calibration faces (uint8 (N, S, S, 3))."""
+    """The (unkeyed) stage as .tflite bytes; int8 needs calibration faces (uint8 (N, S, S, 3): the stage's gender,
+    or both genders for the label-free stage)."""
     if int8 and (calib is None or len(calib) == 0):
         raise SanModelError("int8 quantisation needs calibration faces")
     frames = faces_chw(calib, stage.size) if int8 else None
@@ -154,7 +159,7 @@ def write_keyed_san_tflite(stage: SanStage, key: Key, metadata: dict | None = No
 
     float32 (`int8` False): CSR FULLY_CONNECTED sparse layers. int8: GATHER + DEPTHWISE_CONV_2D sparse layers,
     per-tensor activation ranges calibrated on `calib_faces` (uint8 (N,S,S,3) plain faces, keyed with `key`
-    here), input and output int8 with scale 1/255, zero point -128."""
+    here; both genders for the label-free stage), input and output int8 with scale 1/255, zero point -128."""
     if int8 and (calib_faces is None or len(calib_faces) == 0):
         raise SanModelError("the int8 keyed stage needs calibration faces")
     frames = key.apply(faces_chw(calib_faces, stage.size)) if int8 else None

@@ -1,15 +1,42 @@
-"""Checks of an exported SAN .tflite: against the torch stage on real faces, and keyed against plain."""
+"""Checks of an exported SAN .tflite: the faces a stage is calibrated and checked on, the .tflite against the
+torch stage on them, and keyed against plain."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from edge.runtime import TFLiteModel
 from hardware.digitise import key_and_digitise
 from hardware.preadc import quantise
 from keys.factors import Key
+from tools.san.data import load_faces64, to_float, to_uint8
 from tools.san.export import SanStage
 from tools.san.metrics import psnr, ssim
+
+
+def alternating_genders(gender: np.ndarray) -> np.ndarray:
+    """Indices of all faces, alternating between the genders present (female, male, female, ...; each gender in
+    its own order; the rest of the larger group once the other runs out)."""
+    rank = np.zeros(len(gender), np.int64)              # position of each face among the faces of its gender
+    for g in np.unique(gender):
+        rank[gender == g] = np.arange(np.sum(gender == g))
+    return np.lexsort((gender, rank))
+
+
+def stage_faces(stage: SanStage, split: str, limit: int, faces_dir: Path | None = None) -> np.ndarray:
+    """Up to `limit` uint8 LFW faces of `split` for `stage`, resized to its size: faces of the stage's gender, or
+    of both genders alternating for the label-free stage (it runs on every face)."""
+    faces = load_faces64(split, faces_dir)
+    order = alternating_genders(faces.gender) if stage.gender is None else np.flatnonzero(faces.gender == stage.gender)
+    images = faces.images[order[:limit]]
+    if stage.size != images.shape[1]:
+        x = F.interpolate(torch.from_numpy(to_float(images)), size=(stage.size, stage.size), mode="bilinear",
+                          align_corners=False)
+        images = to_uint8(x.clamp(0, 1).numpy())
+    return np.ascontiguousarray(images)
 
 
 def apply_key(key: Key, frame: np.ndarray) -> np.ndarray:
