@@ -38,7 +38,7 @@ _cache_dir = click.option("--cache-dir", type=click.Path(file_okay=False, path_t
 @click.option("--members", type=int, default=3, show_default=True, help="ensemble size (diverse augmentations; papers' "
               "ensemble only)")
 @click.option("--epochs", type=int, default=None, help="adversarial / semi-adversarial epochs [label-free 6, ensemble 5]")
-@click.option("--pretrain-epochs", type=int, default=None, help="autoencoder pretraining epochs [label-free 1, ensemble 2]")
+@click.option("--pretrain-epochs", type=int, default=None, help="ensemble: autoencoder pretraining epochs [2]; label-free: adversary warm-up epochs [1]")
 @click.option("--steps-per-epoch", type=int, default=None, help="batches per epoch [label-free all, ensemble 80]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--limit", type=int, default=None, help="use only the first N images of each split (quick runs)")
@@ -66,6 +66,7 @@ def train(out: Path, faces_dir: Path | None, label_free: bool, members: int, epo
     given = {k: v for k, v in {"epochs": epochs, "pretrain_epochs": pretrain_epochs,
                                 "max_steps_per_epoch": steps_per_epoch}.items() if v is not None}
     if label_free:
+        given["warmup_epochs"] = given.pop("pretrain_epochs", 1)
         from tools.san.label_free import LabelFreeConfig, train_label_free
         weights = {k: v for k, v in {"w_adversary": w_adversary, "w_pixel": w_pixel}.items() if v is not None}
         ensemble = train_label_free(LabelFreeConfig(seed=seed, limit=limit, w_keep=w_keep, **given, **weights),

@@ -29,9 +29,9 @@ LABEL_FREE_NOTE = "label-free, one stage for every face"
 
 class SanStage(nn.Module):
     """The deployed output for a fixed change form, strength, crop size (a multiple of the SAN's working size)
-    and, for the gendered forms, source gender: clip(x + strength * upsample(X_OP - x_small), 0, 1) (residual,
-    and label_free with X_OP from the neutral prototype in the encoder and the head) or
-    clip(x + strength * upsample(X_OP - X_SM), 0, 1) (differential). `gender`: 0 female, 1 male, None for the
+    and, for the gendered forms, source gender: clip(x + strength * upsample(X_OP - x_small), 0, 1) (residual),
+    clip(x + strength * upsample(X_OP - X_SM), 0, 1) (differential) or clip(x + strength * upsample(D_N), 0, 1)
+    (label_free: the head's linear output with the neutral prototype in the encoder and the head). `gender`: 0 female, 1 male, None for the
     label_free form (and only for it)."""
 
     def __init__(self, member: PrototypeAutoencoder, prototypes: np.ndarray, gender: int | None, size: int,
@@ -68,9 +68,12 @@ class SanStage(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         small = F.avg_pool2d(x, self.factor) if self.factor > 1 else x
         n = small.shape[0]
-        x_sm, x_op = self.member(small, self.same.expand(n, -1, -1, -1), self.opposite.expand(n, -1, -1, -1))
-        base = x_sm if self.change == "differential" else small
-        change = F.interpolate(x_op - base, scale_factor=float(self.factor), mode="bilinear", align_corners=False)
+        if self.label_free:
+            delta = self.member.change(small, self.same.expand(n, -1, -1, -1))
+        else:
+            x_sm, x_op = self.member(small, self.same.expand(n, -1, -1, -1), self.opposite.expand(n, -1, -1, -1))
+            delta = x_op - (x_sm if self.change == "differential" else small)
+        change = F.interpolate(delta, scale_factor=float(self.factor), mode="bilinear", align_corners=False)
         return (x + self.strength * change).clamp(0.0, 1.0)
 
 

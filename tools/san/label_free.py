@@ -40,7 +40,7 @@ from tools.san.nets import ConvNet, PrototypeAutoencoder
 class LabelFreeConfig:
     """Hyper-parameters of `keycam san train --label-free` (defaults: the committed model's)."""
 
-    pretrain_epochs: int = 1
+    warmup_epochs: int = 1
     epochs: int = 6
     batch_size: int = 32
     lr: float = 2e-3
@@ -59,7 +59,7 @@ class LabelFreeConfig:
     limit: int | None = None
 
     def __post_init__(self) -> None:
-        if min(self.pretrain_epochs, self.epochs) < 0 or self.batch_size < 1 or min(self.lr, self.adversary_lr) <= 0:
+        if min(self.warmup_epochs, self.epochs) < 0 or self.batch_size < 1 or min(self.lr, self.adversary_lr) <= 0:
             raise ConfigError("label-free training needs epochs >= 0, batch_size >= 1 and positive learning rates")
         if min(self.w_adversary, self.w_confound, self.w_pixel, self.w_keep) < 0:
             raise ConfigError("loss weights must be >= 0")
@@ -74,23 +74,24 @@ def uniform_ce(logits: torch.Tensor) -> torch.Tensor:
 
 
 class LabelFreeStage(nn.Module):
-    """The training-time deployed output: clip(x + up(X_N - x_s), 0, 1) for full-size float faces x (N,C,H,W)."""
+    """The training-time deployed output: clip(x + up(D_N), 0, 1) for full-size float faces x (N,C,H,W). The
+    generator's head starts at zero, so training starts from the unchanged face."""
 
     def __init__(self, generator: PrototypeAutoencoder, neutral: np.ndarray, factor: int):
         super().__init__()
         self.generator, self.factor = generator, factor
+        nn.init.zeros_(generator.head.weight)
+        nn.init.zeros_(generator.head.bias)
         self.register_buffer("neutral", torch.from_numpy(np.ascontiguousarray(neutral, dtype=np.float32))[None])
 
     def small(self, x: torch.Tensor) -> torch.Tensor:
         return F.avg_pool2d(x, self.factor) if self.factor > 1 else x
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(deployed output at full size, X_N at the working size)."""
-        small = self.small(x)
-        proto = self.neutral.expand(len(x), -1, -1, -1)
-        x_n = self.generator.render(self.generator.features(small, proto), proto)
-        up = F.interpolate(x_n - small, size=x.shape[2:], mode="bilinear", align_corners=False)
-        return (x + up).clamp(0, 1), x_n
+        """(deployed output, the same before the clamp) at full size."""
+        change = self.generator.change(self.small(x), self.neutral.expand(len(x), -1, -1, -1))
+        raw = x + F.interpolate(change, size=x.shape[2:], mode="bilinear", align_corners=False)
+        return raw.clamp(0, 1), raw
 
 
 class LabelFreeTrainer:
@@ -100,23 +101,21 @@ class LabelFreeTrainer:
                  config: LabelFreeConfig):
         self.stage, self.keep, self.confound, self.adversary, self.config = stage, keep, confound, adversary, config
 
-    def _generator_terms(self, x: torch.Tensor, full: bool) -> dict[str, torch.Tensor]:
-        out, x_n = self.stage(x)
+    def _generator_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, raw = self.stage(x)
         small = self.stage.small(x)
-        if not full:
-            pixel = F.l1_loss(x_n, small)
-            return {"total": pixel, "pixel": pixel}
         cfg = self.config
         with torch.no_grad():
             target = self.keep(small)
         keep = (self.keep(self.stage.small(out)) - target).pow(2).sum(1).mean()
-        pixel = F.l1_loss(out, x)
+        pixel = F.l1_loss(raw, x)          # before the clamp: a saturated pixel still has a gradient back
         adversary, confound = uniform_ce(self.adversary(out)), uniform_ce(self.confound(out))
         total = cfg.w_adversary * adversary + cfg.w_confound * confound + cfg.w_pixel * pixel + cfg.w_keep * keep
         return {"total": total, "adversary": adversary, "confound": confound, "pixel": pixel, "keep": keep}
 
     def fit(self, images: np.ndarray, labels: np.ndarray, progress: bool = True) -> list[dict[str, float]]:
-        """Train on full-size float faces (N,C,H,W) with gender labels in {0,1}; per-epoch mean loss terms."""
+        """Train on full-size float faces (N,C,H,W) with gender labels in {0,1}: `warmup_epochs` of the adversary
+        alone (it starts from a competent reader), then `epochs` of alternating updates; per-epoch mean terms."""
         cfg = self.config
         torch.manual_seed(cfg.seed)
         rng, gen = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
@@ -124,8 +123,8 @@ class LabelFreeTrainer:
         opt_g = torch.optim.Adam(self.stage.generator.parameters(), lr=cfg.lr)
         opt_d = torch.optim.Adam(self.adversary.parameters(), lr=cfg.adversary_lr, weight_decay=1e-4)
         history = []
-        stages = [("pretrain", False)] * cfg.pretrain_epochs + [("adversarial", True)] * cfg.epochs
-        for epoch, (name, full) in enumerate(stages):
+        stages = ["warmup"] * cfg.warmup_epochs + ["adversarial"] * cfg.epochs
+        for epoch, name in enumerate(stages):
             order = balanced_epoch(labels, rng)
             steps = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
             steps = steps[:cfg.max_steps_per_epoch] if cfg.max_steps_per_epoch else steps
@@ -133,26 +132,31 @@ class LabelFreeTrainer:
             bar = tqdm(steps, desc=f"label-free SAN {name} {epoch + 1}/{len(stages)}", leave=False, disable=not progress)
             for idx in bar:
                 x, y = augment(x_all[idx], cfg.augmentations, gen), y_all[idx]
-                if full:
-                    self.adversary.train()
-                    with torch.no_grad():
-                        out = self.stage(x)[0]
-                    d_loss = F.cross_entropy(self.adversary(out), y)
-                    opt_d.zero_grad()
-                    d_loss.backward()
-                    opt_d.step()
-                    sums["adversary_ce"] = sums.get("adversary_ce", 0.0) + d_loss.item()
-                    self.adversary.eval()
-                terms = self._generator_terms(x, full)
-                opt_g.zero_grad()
-                terms["total"].backward()
-                opt_g.step()
+                terms = {"adversary_ce": self._adversary_step(x, y, opt_d)}
+                if name == "adversarial":
+                    g_terms = self._generator_terms(x)
+                    opt_g.zero_grad()
+                    g_terms["total"].backward()
+                    opt_g.step()
+                    terms.update({k: v.item() for k, v in g_terms.items()})
                 for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + v.item()
-                bar.set_postfix(loss=f"{sums['total'] / (bar.n + 1):.3f}")
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.set_postfix(d=f"{sums['adversary_ce'] / (bar.n + 1):.3f}")
             history.append({"stage": name, **{k: v / len(steps) for k, v in sums.items()}})
         self.stage.generator.eval()
         return history
+
+    def _adversary_step(self, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer) -> float:
+        """One update of the adversary on the current outputs; returns its cross-entropy."""
+        self.adversary.train()
+        with torch.no_grad():
+            out = self.stage(x)[0]
+        loss = F.cross_entropy(self.adversary(out), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        self.adversary.eval()
+        return loss.item()
 
 
 def train_label_free(config: LabelFreeConfig, faces_dir: Path | None = None, log=print) -> SanEnsemble:

@@ -22,9 +22,11 @@ STRENGTH_GROUPS = ("female", "male", "unknown")      # gender label 0, 1, -1
 #                                               autoencoder's reconstruction error (SSIM ~0.7 to the original)
 #   differential: x + alpha * up(X_OP - X_SM)   only what the opposite prototype changes against the same one:
 #                                               the reconstruction error, common to both outputs, cancels
-#   label_free:   x + alpha * up(X_N - x_s)     X_N: the neutral prototype in the encoder and the head; the same
-#                                               stage for everyone (no gender input), trained against a classifier
-#                                               retrained on its outputs (tools/san/label_free.py)
+#   label_free:   x + alpha * up(D_N)           D_N: the head's LINEAR output with the neutral prototype in the
+#                                               encoder and the head, i.e. the network outputs the change itself
+#                                               (nothing to reconstruct); the same stage for everyone (no gender
+#                                               input), trained against a classifier retrained on its outputs
+#                                               (tools/san/label_free.py)
 CHANGES = ("residual", "differential", "label_free")
 STRENGTH_MAX = 4.0
 
@@ -90,8 +92,11 @@ class SanEnsemble:
         change (output - input, at the working size) is upsampled bilinearly and added to the full-size
         crop, so detail above the SAN's resolution passes through unchanged.
         gender: 1 male, 0 female, -1 unknown (the neutral prototype is used for both outputs); a label-free
-        model ignores it (both outputs are X_N).
+        model ignores it and returns its deployed output twice.
         """
+        if self.label_free:
+            out = self.deployed(images, None, member, strength)
+            return out, out
         full, small, outputs = self._run(images, self._stage_gender(images, gender), member)
         return tuple(self._add(full, torch.from_numpy(out) - small, gender, strength) for out in outputs)
 
@@ -108,9 +113,19 @@ class SanEnsemble:
         change = check_change(change or self.change)
         gender = self._stage_gender(images, None if change == "label_free" else gender)
         full, small, (sm, op) = self._run(images, gender, member)
-        if change in ("residual", "label_free"):
+        if change == "label_free":
+            return self._add(full, self._label_free_change(small, member), gender, strength)
+        if change == "residual":
             return self._add(full, torch.from_numpy(op) - small, gender, strength)
         return self._add(full, torch.from_numpy(op - sm), gender, strength)
+
+    @torch.no_grad()
+    def _label_free_change(self, small: torch.Tensor, member: int, batch_size: int = 256) -> torch.Tensor:
+        """D_N of member `member` for working-size faces (N,C,h,w) (see CHANGES)."""
+        model = self.members[member].eval()
+        neutral = torch.from_numpy(np.ascontiguousarray(self.prototypes[2], dtype=np.float32))[None]
+        return torch.cat([model.change(part, neutral.expand(len(part), -1, -1, -1))
+                          for part in torch.split(small, batch_size)]) if len(small) else small
 
     def _stage_gender(self, images: np.ndarray, gender: np.ndarray | None) -> np.ndarray:
         """The stage's gender input: none (-1 for every face) for a label-free model or when not given."""

@@ -39,6 +39,11 @@ class PrototypeAutoencoder(nn.Module):
         """The shared output head: sigmoid(conv1x1(concat(features, prototype)))."""
         return torch.sigmoid(self.head(torch.cat([features, prototype], 1)))
 
+    def change(self, x: torch.Tensor, prototype: torch.Tensor) -> torch.Tensor:
+        """The head's linear output with `prototype` in the encoder and the head: the label-free stage's change
+        (model_io CHANGES), added to the image as it is (no sigmoid, no reconstruction)."""
+        return self.head(torch.cat([self.features(x, prototype), prototype], 1))
+
     def forward(self, x: torch.Tensor, same: torch.Tensor, opposite: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(X_SM, X_OP): the encoder sees the same-attribute prototype, the head runs with both."""
         h = self.features(x, same)

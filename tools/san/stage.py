@@ -93,10 +93,13 @@ def stage_network(stage: SanStage) -> Network:
     channels = m.head.weight.shape[1] - 3
     h = add(conv(m.head, "head", m.head.weight[:, :channels], "none"), h)
     h = add(Shift(consth, name="head_prototype"), h)
-    x_op = add(Activation("sigmoid", name="x_op"), h)
-    base = add(Activation("sigmoid", name="x_sm"), add(Shift(consth_sm - consth, name="head_same"), h)) \
-        if stage.change == "differential" else small
-    change = add(Add((1.0, -1.0), name="change"), x_op, base)
+    if stage.label_free:                                  # the head's linear output is the change
+        change = h
+    else:
+        x_op = add(Activation("sigmoid", name="x_op"), h)
+        base = add(Activation("sigmoid", name="x_sm"), add(Shift(consth_sm - consth, name="head_same"), h)) \
+            if stage.change == "differential" else small
+        change = add(Add((1.0, -1.0), name="change"), x_op, base)
     if f > 1:
         change = add(Resize((f, f), "bilinear", name="change_up"), change)
     out = add(Add((1.0, float(stage.strength)), name="sum"), INPUT, change)

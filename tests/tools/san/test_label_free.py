@@ -59,13 +59,13 @@ def test_adversarial_training_removes_the_label():
         return train_binary_classifier(ConvNet(3, 2, widths=(8, 16)), images, labels, epochs=3, seed=seed, desc="t")
 
     before = gender_scores(predict(reader(x, y, 1), x_test).argmax(1), y_test)["bacc"]
-    config = LabelFreeConfig(pretrain_epochs=1, epochs=4, batch_size=32, w_pixel=4.0, w_keep=0.0,
+    config = LabelFreeConfig(warmup_epochs=1, epochs=4, batch_size=32, w_pixel=4.0, w_keep=0.0,
                              augmentations=("flip",), work_factor=2)
     stage = LabelFreeStage(PrototypeAutoencoder(3, dec=(16, 8)), downsample(x, 2).mean(0), 2)
     keep = freeze(ConvNet(3, 8, widths=(8,)))
     history = LabelFreeTrainer(stage, keep, reader(x, y, 2), ConvNet(3, 2, widths=(8, 16)), config).fit(
         x, y, progress=False)
-    assert [h["stage"] for h in history] == ["pretrain"] + ["adversarial"] * 4
+    assert [h["stage"] for h in history] == ["warmup"] + ["adversarial"] * 4
 
     def outputs(images):
         return predict(lambda t: stage(t)[0], images)
