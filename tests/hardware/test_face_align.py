@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from hardware.errors import CameraFrameError
-from hardware.face_align import (TEMPLATE, AlignmentUnavailable, FaceAligner, FrameAligner, check_frame_shape,
-                                 similarity, warp)
+from hardware.face_align import AlignmentUnavailable, FaceAligner, FrameAligner, check_frame_shape, similarity, warp
 
 
 def _rotation(degrees: float, scale: float = 1.0, shift=(0.0, 0.0), centre=(0.0, 0.0)) -> np.ndarray:
