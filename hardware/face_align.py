@@ -6,8 +6,10 @@ crop's side, averaged over the LFW train crops and made left-right symmetric (ti
 the least-squares similarity (rotation, uniform scale, shift; Umeyama) from the face's landmarks to the
 template, sampled bilinearly with the border replicated. Numpy only, apart from dlib for the landmarks.
 
-It runs on plain light: on the device, inside the pre-ADC stage, before the key (a keyed frame has no
-landmarks to find).
+It runs on plain light: on the device, inside the simulated pre-ADC key stage, before the key (a keyed frame
+has no landmarks to find): `FrameAligner`, switched on by `key_stage: {type: simulated, align_faces: true}`
+(edge.keystage). A physical faceplate keys the light before the sensor, so that config is refused there.
+Cost per frame: `keycam bench align`.
 """
 from __future__ import annotations
 
