@@ -48,7 +48,9 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 def _grid(size: int) -> np.ndarray:
     """Homogeneous output pixel coordinates (3, size*size): x, y, 1 in row-major order."""
     ys, xs = np.mgrid[0:size, 0:size].astype(float)
-    return np.stack([xs.ravel(), ys.ravel(), np.ones(size * size)])
+    grid = np.stack([xs.ravel(), ys.ravel(), np.ones(size * size)])
+    grid.setflags(write=False)                   # shared by every call of this size
+    return grid
 
 
 def warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
