@@ -63,13 +63,22 @@ def _timed(step: Callable[..., T], *args: object) -> tuple[float, T]:
     return time.perf_counter() - t0, result
 
 
+def resized(crops: np.ndarray, side: int) -> np.ndarray:
+    """Square crops (N, S, S, C) resampled bilinearly to (N, side, side, C), the same field of view."""
+    s = side / crops.shape[1]
+    scale = np.array([[s, 0.0, (s - 1) / 2], [0.0, s, (s - 1) / 2]])     # pixel centres stay centred
+    return np.stack([warp(crop, scale, side) for crop in crops])
+
+
 def run_align_bench(faces: str | Path | None = None, limit: int = 500, profile: str = DEFAULT_PROFILE,
-                    progress: bool = True) -> AlignBench:
-    """Time alignment and the key stage with and without it on `limit` LFW crops (the 64x64 train split),
-    with a throwaway sensor key of `profile` held in memory."""
+                    side: int | None = None, progress: bool = True) -> AlignBench:
+    """Time alignment and the key stage with and without it on `limit` LFW crops (the 64x64 train split,
+    resampled to `side` x `side` when given), with a throwaway sensor key of `profile` held in memory."""
     crops, _ = train_faces(faces, limit=limit)
     if len(crops) <= WARMUP:
         raise ConfigError(f"bench align needs more than {WARMUP} face crops, got {len(crops)}")
+    if side is not None and side != crops.shape[1]:
+        crops = resized(crops, side)
     frames = crops.astype(np.float32) / np.float32(255)
     side = frames.shape[1]
     predictor = load_predictor()
@@ -124,16 +133,19 @@ def _cpu_name() -> str:
               help="Folder holding lfw_dfunneled_64_rgb.npz (default: $KEYCAM_FACES_DIR or the research data folder).")
 @click.option("--limit", type=click.IntRange(WARMUP + 1), default=500, show_default=True, help="Face crops timed.")
 @click.option("--profile", default=DEFAULT_PROFILE, show_default=True, help="Key profile of the throwaway sensor key.")
+@click.option("--side", "sides", type=click.IntRange(8), multiple=True,
+              help="Frame side the crops are resampled to (repeatable; default: the file's 64).")
 @json_option("json_path", default="bench-align.json")
-def align(faces: str | None, limit: int, profile: str, json_path: str | None) -> None:
+def align(faces: str | None, limit: int, profile: str, sides: tuple[int, ...], json_path: str | None) -> None:
     """Per-frame cost of face alignment in the simulated key stage (landmarks, warp, key stage with vs without)."""
-    result = run_align_bench(faces, limit, profile)
-    print_table([("landmarks (dlib 5-point)", f"{result.landmarks_ms:.3f} ms"),
-                 ("similarity fit", f"{result.fit_ms:.3f} ms"),
-                 ("warp (bilinear)", f"{result.warp_ms:.3f} ms"),
-                 ("key stage, plain", f"{result.key_stage_plain_ms:.3f} ms"),
-                 ("key stage, aligned", f"{result.key_stage_aligned_ms:.3f} ms"),
-                 ("alignment overhead", f"{result.alignment_overhead_ms:.3f} ms")],
-                f"keycam bench align: median of {result.frames} LFW crops {result.side}x{result.side}, "
-                f"profile {result.profile}, {result.machine}, {result.cpus} CPUs, load {result.load_1min}")
-    write_json(json_path, asdict(result))
+    runs = [run_align_bench(faces, limit, profile, side) for side in (sides or (None,))]
+    for result in runs:
+        print_table([("landmarks (dlib 5-point)", f"{result.landmarks_ms:.3f} ms"),
+                     ("similarity fit", f"{result.fit_ms:.3f} ms"),
+                     ("warp (bilinear)", f"{result.warp_ms:.3f} ms"),
+                     ("key stage, plain", f"{result.key_stage_plain_ms:.3f} ms"),
+                     ("key stage, aligned", f"{result.key_stage_aligned_ms:.3f} ms"),
+                     ("alignment overhead", f"{result.alignment_overhead_ms:.3f} ms")],
+                    f"keycam bench align: median of {result.frames} LFW crops {result.side}x{result.side}, "
+                    f"profile {result.profile}, {result.machine}, {result.cpus} CPUs, load {result.load_1min}")
+    write_json(json_path, {"runs": [asdict(result) for result in runs]})
