@@ -23,11 +23,12 @@ def _faces_folder(tmp_path, n: int = 30):
 def test_bench_align_writes_each_step_and_the_key_stage_with_and_without(tmp_path):
     pytest.importorskip("dlib")
     out = tmp_path / "align.json"
-    result = CliRunner().invoke(cli, ["bench", "align", "--faces", str(_faces_folder(tmp_path)), "--limit", "25",
-                                      "--side", "64", "--side", "96", "--json", str(out)])
+    result = CliRunner().invoke(cli, ["bench", "align", "--faces", str(_faces_folder(tmp_path)), "--limit", "26",
+                                      "--profile", "stem",
+                                      "--side", "64", "--side", "32", "--json", str(out)])
     assert result.exit_code == 0, result.output
     runs = json.loads(out.read_text())["runs"]
-    assert [(r["frames"], r["side"]) for r in runs] == [(5, 64), (5, 96)]
+    assert [(r["frames"], r["side"]) for r in runs] == [(6, 64), (6, 32)]
     for data in runs:
         for step in ("landmarks_ms", "fit_ms", "warp_ms", "key_stage_plain_ms", "key_stage_aligned_ms"):
             assert data[step] > 0, step
