@@ -23,8 +23,8 @@ def _faces_folder(tmp_path, n: int = 30):
 def test_bench_align_writes_each_step_and_the_key_stage_with_and_without(tmp_path):
     pytest.importorskip("dlib")
     out = tmp_path / "align.json"
-    result = CliRunner().invoke(cli, ["bench", "align", "--faces", str(_faces_folder(tmp_path)), "--limit", "26",
-                                      "--profile", "stem",
+    faces = str(_faces_folder(tmp_path))
+    result = CliRunner().invoke(cli, ["bench", "align", "--faces", faces, "--limit", "26", "--profile", "stem",
                                       "--side", "64", "--side", "32", "--json", str(out)])
     assert result.exit_code == 0, result.output
     runs = json.loads(out.read_text())["runs"]
