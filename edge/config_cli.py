@@ -25,7 +25,7 @@ def check_device(path: str | Path) -> str:
     state = "healthy" if health.ok else f"{health.reason}: {health.detail} (the service would fail closed and retry)"
     return (f"OK {path}: device {cfg.device_id}, model {ctx.policy.model_id}, key set "
             f"{ctx.policy.key_fingerprint[:16]}, frames {'x'.join(map(str, shape))}, "
-            f"{cfg.key_stage.type} key stage {state}")
+            f"{cfg.key_stage.type} key stage{' aligning faces' if cfg.key_stage.align_faces else ''} {state}")
 
 
 @click.group()

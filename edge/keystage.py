@@ -7,6 +7,8 @@ Two kinds:
 - `FaceplateKeyStage`: a physical fiber faceplate keys the light before the sensor; healthy only when
   the actuator answers, reports no fault, and the expected faceplate id is engaged. The stage then only
   digitises (ADC) the already keyed frame.
+With `align_faces: true` the simulated stage first aligns each plain face crop to the 5-point template
+(hardware.face_align.FrameAligner): alignment needs the plain light, which only the simulation holds.
 `check()` never raises: it returns a `Health` whose `reason` is an alarm reason of edge.egress.
 Each kind has its `key_stage:` config class beside it, registered in KEY_STAGES (type -> config, factory).
 """
@@ -23,6 +25,7 @@ from base.errors import KeycamError
 from base.schema import POSITIVE, FieldError, FilePath, Registry, Section, setting
 from hardware.digitise import model_input
 from hardware.errors import FaceplateError, KeyStageClosed, KeyStageError
+from hardware.face_align import FrameAligner
 from hardware.faceplate_state import WRONG_ID
 from hardware.preadc import PreADCStage, SensorModel, adc
 
@@ -33,6 +36,7 @@ class KeyStageConfig(Section):
     retry back-off (initial, doubling to max)."""
 
     type: str
+    align_faces: bool = False                # align each plain face crop to hardware.face_align.TEMPLATE before the key
     health_interval_s: float = setting(1.0, rule=POSITIVE)   # how often the key stage is re-checked while running
     retry_initial_s: float = setting(0.5, rule=POSITIVE)
     retry_max_s: float = setting(30.0, rule=POSITIVE)
@@ -58,6 +62,13 @@ class FaceplateKeyStageConfig(KeyStageConfig):
     port: str                                # serial port of the actuator
     expected_id: str                         # id of the faceplate that must be engaged
     baudrate: int = setting(115200, rule=POSITIVE)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.align_faces:
+            raise FieldError("align_faces", "a faceplate keys the light before the sensor, so there is no plain frame "
+                                            "to align: remove align_faces (frame the faces in the optics) or use "
+                                            "key_stage type simulated")
 
 
 @dataclass(frozen=True)
@@ -123,19 +134,22 @@ class SimulatedKeyStage(KeyStage):
     kind = "simulated"
 
     def __init__(self, sensor_key_path: str | Path, expected_fingerprint: str, sensor: SensorModel | None = None,
-                 read: Callable[[Path], bytes] = Path.read_bytes):
-        """`read` returns the key file's clear bytes (the service opens sealed files with it)."""
+                 read: Callable[[Path], bytes] = Path.read_bytes, align_faces: bool = False):
+        """`read` returns the key file's clear bytes (the service opens sealed files with it); `align_faces`
+        aligns each plain frame to the 5-point template before the key (raises AlignmentUnavailable
+        without dlib)."""
         self.path = Path(sensor_key_path)
         self.expected = expected_fingerprint
         self.read = read
         self.sensor_model = sensor if sensor is not None else SensorModel()
         self._stage: PreADCStage | None = None
         self.fingerprint = ""
+        self.aligner = FrameAligner() if align_faces else None
 
     @classmethod
     def from_config(cls, cfg: SimulatedKeyStageConfig, ctx: KeyStageContext) -> SimulatedKeyStage:
         """The stage a validated `key_stage:` section of type simulated describes."""
-        return cls(cfg.sensor_key, ctx.expected_fingerprint, cfg.sensor, read=ctx.read)
+        return cls(cfg.sensor_key, ctx.expected_fingerprint, cfg.sensor, read=ctx.read, align_faces=cfg.align_faces)
 
     @property
     def key_size(self) -> int | None:
@@ -166,6 +180,8 @@ class SimulatedKeyStage(KeyStage):
         stage = self._stage
         if stage is None:
             raise KeyStageClosed("sensor key not loaded or not matching the model: refusing to digitise")
+        if self.aligner is not None:
+            image = self.aligner(image)       # on the plain light, before the key: a keyed frame has no landmarks
         return model_input(stage(image), self.sensor_model.bits)
 
 

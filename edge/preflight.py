@@ -1,8 +1,9 @@
 """Start-up check that a device's camera, key stage and model fit together.
 
 A misconfiguration that cannot heal while the service runs (frames of another size than the model
-takes or the sensor key keys, a sensor key file that is corrupt or belongs to another model) is a
-ConfigError at start-up: one clear line and a non-zero exit instead of failing closed forever.
+takes or the sensor key keys, frames that face alignment cannot align, a sensor key file that is corrupt
+or belongs to another model) is a ConfigError at start-up: one clear line and a non-zero exit instead
+of failing closed forever.
 Faults that can heal (a missing key file a deploy is about to write, an unreachable faceplate) are
 left to the service's fail-closed retry.
 """
@@ -13,6 +14,8 @@ import math
 from base.errors import ConfigError
 from edge.keystage import Health, SimulatedKeyStage
 from edge.pipeline import ModelContext
+from hardware.errors import CameraFrameError
+from hardware.face_align import check_frame_shape
 
 _PERMANENT = ("sensor_key_mismatch", "key_stage_error")    # a key file that is there but wrong
 
@@ -27,6 +30,11 @@ def check_pairing(ctx: ModelContext, frame_shape: tuple[int, ...]) -> Health:
         raise ConfigError(f"the camera delivers frames of shape {tuple(frame_shape)} ({values} values) but the "
                           f"{what} takes {first.input_shape} ({first.input_size} values): fix camera "
                           "(size or source) or deploy the model made for this camera")
+    if isinstance(ctx.key_stage, SimulatedKeyStage) and ctx.key_stage.aligner is not None:
+        try:
+            check_frame_shape(tuple(frame_shape))
+        except CameraFrameError as exc:
+            raise ConfigError(f"key_stage.align_faces: {exc}; turn align_faces off for this camera") from None
     health = ctx.key_stage.check()
     if isinstance(ctx.key_stage, SimulatedKeyStage):
         if not health.ok and health.reason in _PERMANENT:

@@ -11,6 +11,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "pipeline": ("tools.bench.pipeline:pipeline", "End-to-end device pipeline throughput and latency."),
     "necessity": ("tools.bench.necessity:necessity", "Learned degradation vs keyed model (paper baseline)."),
     "keyfrontier": ("tools.bench.keyfrontier:keyfrontier", "Frames-only attack vs cost of the sensor key's mixing."),
+    "align": ("tools.bench.align:align", "Per-frame cost of face alignment in the simulated key stage."),
 }
 
 
