@@ -1,6 +1,11 @@
 """Training of the auxiliary (seen) networks: a binary attribute classifier and a face embedder."""
 from __future__ import annotations
 
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -72,3 +77,25 @@ def predict(model: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.n
     """Model outputs for float images (N,C,H,W), batched, as a numpy array."""
     outs = [model(torch.from_numpy(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
     return torch.cat(outs).numpy()
+
+
+AUX_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "keycam" / "san-aux"
+
+
+def cached_model(make: Callable[[], nn.Module], train: Callable[[], nn.Module], recipe: str, images: np.ndarray,
+                 cache_dir: Path | None = AUX_CACHE) -> nn.Module:
+    """`train()`'s frozen model, memoised on disk under the hash of `recipe` (everything that decides the
+    training, in words) and the training images; `make()` builds the empty model to load a memo into."""
+    digest = hashlib.sha256(recipe.encode() + images.tobytes()).hexdigest()[:24]
+    path = None if cache_dir is None else Path(cache_dir) / f"{digest}.pt"
+    if path is not None and path.is_file():
+        model = make()
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return freeze(model)
+    model = train()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(model.state_dict(), tmp)
+        tmp.replace(path)
+    return model

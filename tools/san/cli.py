@@ -38,7 +38,8 @@ _cache_dir = click.option("--cache-dir", type=click.Path(file_okay=False, path_t
 @click.option("--members", type=int, default=3, show_default=True, help="ensemble size (diverse augmentations; papers' "
               "ensemble only)")
 @click.option("--epochs", type=int, default=None, help="adversarial / semi-adversarial epochs [label-free 6, ensemble 5]")
-@click.option("--pretrain-epochs", type=int, default=None, help="ensemble: autoencoder pretraining epochs [2]; label-free: adversary warm-up epochs [1]")
+@click.option("--pretrain-epochs", type=int, default=None,
+              help="ensemble: autoencoder pretraining epochs [2]; label-free: adversary warm-up epochs [1]")
 @click.option("--steps-per-epoch", type=int, default=None, help="batches per epoch [label-free all, ensemble 80]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--limit", type=int, default=None, help="use only the first N images of each split (quick runs)")
@@ -142,8 +143,9 @@ def eval_(model: Path, json_path: str, out_dir: Path | None, faces_dir: Path | N
 @click.option("--member", type=int, default=0, show_default=True, help="ensemble member")
 @click.option("--per-gender", is_flag=True, help="allow a different strength per source gender (gendered forms only)")
 @click.option("--write", is_flag=True, help="store the chosen change form and operating point in the model file")
+@click.option("--limit", type=int, default=None, help="use only the first N validation faces (quick runs)")
 def strength(model: Path, faces_dir: Path | None, cache_dir: Path, change: str | None, member: int, per_gender: bool,
-             write: bool) -> None:
+             write: bool, limit: int | None) -> None:
     """Choose the operating point on the VALIDATION people (LFW train people no network trained on) with a
     second-opinion gender classifier; no test person is used (tools/san/strength.py).
 
@@ -162,7 +164,7 @@ def strength(model: Path, faces_dir: Path | None, cache_dir: Path, change: str |
         raise click.UsageError("--change label_free needs a label-free model (keycam san train --label-free) and "
                                "one strength for everyone (no --per-gender)")
     record = choose_on_validation(ensemble, member, change, Evaluator(cache_dir, click.echo), per_gender, faces_dir,
-                                  log=click.echo)
+                                  limit=limit, log=click.echo)
     click.echo("validation grid (alpha_female, alpha_male: second-opinion gender bacc clean/captured, verif acc, "
                "drop, SSIM):")
     for p in record["grid"]:

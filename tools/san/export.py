@@ -31,8 +31,8 @@ class SanStage(nn.Module):
     """The deployed output for a fixed change form, strength, crop size (a multiple of the SAN's working size)
     and, for the gendered forms, source gender: clip(x + strength * upsample(X_OP - x_small), 0, 1) (residual),
     clip(x + strength * upsample(X_OP - X_SM), 0, 1) (differential) or clip(x + strength * upsample(D_N), 0, 1)
-    (label_free: the head's linear output with the neutral prototype in the encoder and the head). `gender`: 0 female, 1 male, None for the
-    label_free form (and only for it)."""
+    (label_free: the head's linear output with the neutral prototype in the encoder and the head).
+    `gender`: 0 female, 1 male, None for the label_free form (and only for it)."""
 
     def __init__(self, member: PrototypeAutoencoder, prototypes: np.ndarray, gender: int | None, size: int,
                  strength: float = 1.0, change: str = "residual"):

@@ -30,10 +30,10 @@ from tqdm import tqdm
 
 from base.errors import ConfigError
 from tools.san.augment import CAPTURE, augment, check_names
-from tools.san.aux_models import predict, train_binary_classifier, train_face_embedder
+from tools.san.aux_models import cached_model, predict, train_binary_classifier, train_face_embedder
 from tools.san.data import NEUTRAL, balanced_epoch, downsample, load_faces64, prototypes, to_float
 from tools.san.model_io import SanEnsemble
-from tools.san.nets import ConvNet, PrototypeAutoencoder
+from tools.san.nets import ConvNet, FaceEmbedder, PrototypeAutoencoder
 
 
 @dataclass
@@ -43,12 +43,13 @@ class LabelFreeConfig:
     warmup_epochs: int = 1
     epochs: int = 6
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 1e-3
     adversary_lr: float = 2e-3
-    w_adversary: float = 1.0
-    w_confound: float = 1.0
+    w_adversary: float = 0.5
+    w_confound: float = 0.5
     w_pixel: float = 4.0
     w_keep: float = 2.0
+    w_match: float = 100.0
     max_steps_per_epoch: int | None = None
     augmentations: tuple[str, ...] = ("flip", *CAPTURE)
     work_factor: int = 2
@@ -61,7 +62,7 @@ class LabelFreeConfig:
     def __post_init__(self) -> None:
         if min(self.warmup_epochs, self.epochs) < 0 or self.batch_size < 1 or min(self.lr, self.adversary_lr) <= 0:
             raise ConfigError("label-free training needs epochs >= 0, batch_size >= 1 and positive learning rates")
-        if min(self.w_adversary, self.w_confound, self.w_pixel, self.w_keep) < 0:
+        if min(self.w_adversary, self.w_confound, self.w_pixel, self.w_keep, self.w_match) < 0:
             raise ConfigError("loss weights must be >= 0")
         if min(self.matcher_epochs, self.gender_epochs) < 1 or self.work_factor < 1:
             raise ConfigError("matcher_epochs, gender_epochs and work_factor must be >= 1")
@@ -71,6 +72,23 @@ class LabelFreeConfig:
 def uniform_ce(logits: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of 2-class logits to (1/2, 1/2): smallest when the classifier cannot tell."""
     return -F.log_softmax(logits, dim=1).mean()
+
+
+def group_gap(images: torch.Tensor, labels: torch.Tensor, pool: int = 8) -> torch.Tensor:
+    """How differently the two labels' images are distributed in a batch: the squared distance of their mean
+    images (per pixel) plus the Gaussian-kernel MMD^2 of their pool x pool thumbnails (median bandwidth), which
+    sees every moment at that resolution. 0 when a label is absent. The label-free output should look the same
+    for both labels, on average and in spread."""
+    groups = [images[labels == value] for value in (0, 1)]
+    if min(len(g) for g in groups) < 2:
+        return images.sum() * 0.0
+    means = (groups[0].mean(0) - groups[1].mean(0)).pow(2).mean()
+    thumbs = [F.adaptive_avg_pool2d(g, pool).flatten(1) for g in groups]
+    dist = torch.cdist(torch.cat(thumbs), torch.cat(thumbs)).pow(2)
+    kernel = torch.exp(-dist / dist.detach().median().clamp_min(1e-8))
+    n = len(thumbs[0])
+    mmd = kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2 * kernel[:n, n:].mean()
+    return means + mmd
 
 
 class LabelFreeStage(nn.Module):
@@ -101,7 +119,7 @@ class LabelFreeTrainer:
                  config: LabelFreeConfig):
         self.stage, self.keep, self.confound, self.adversary, self.config = stage, keep, confound, adversary, config
 
-    def _generator_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _generator_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         out, raw = self.stage(x)
         small = self.stage.small(x)
         cfg = self.config
@@ -110,8 +128,11 @@ class LabelFreeTrainer:
         keep = (self.keep(self.stage.small(out)) - target).pow(2).sum(1).mean()
         pixel = F.l1_loss(raw, x)          # before the clamp: a saturated pixel still has a gradient back
         adversary, confound = uniform_ce(self.adversary(out)), uniform_ce(self.confound(out))
-        total = cfg.w_adversary * adversary + cfg.w_confound * confound + cfg.w_pixel * pixel + cfg.w_keep * keep
-        return {"total": total, "adversary": adversary, "confound": confound, "pixel": pixel, "keep": keep}
+        match = group_gap(self.stage.small(out), y)
+        total = (cfg.w_adversary * adversary + cfg.w_confound * confound + cfg.w_pixel * pixel + cfg.w_keep * keep
+                 + cfg.w_match * match)
+        return {"total": total, "adversary": adversary, "confound": confound, "pixel": pixel, "keep": keep,
+                "match": match}
 
     def fit(self, images: np.ndarray, labels: np.ndarray, progress: bool = True) -> list[dict[str, float]]:
         """Train on full-size float faces (N,C,H,W) with gender labels in {0,1}: `warmup_epochs` of the adversary
@@ -134,7 +155,7 @@ class LabelFreeTrainer:
                 x, y = augment(x_all[idx], cfg.augmentations, gen), y_all[idx]
                 terms = {"adversary_ce": self._adversary_step(x, y, opt_d)}
                 if name == "adversarial":
-                    g_terms = self._generator_terms(x)
+                    g_terms = self._generator_terms(x, y)
                     opt_g.zero_grad()
                     g_terms["total"].backward()
                     opt_g.step()
@@ -171,10 +192,14 @@ def train_label_free(config: LabelFreeConfig, faces_dir: Path | None = None, log
     x_small = downsample(x_full, config.work_factor)
     protos = prototypes(x_small, y)
     log(f"fit people: {len(x_full)} aligned faces ({int((y == 1).sum())} male / {int((y == 0).sum())} female)")
-    matcher = train_face_embedder(downsample(to_float(fit.images), config.work_factor), fit.identity,
-                                  epochs=config.matcher_epochs, seed=config.seed)
-    confound = train_binary_classifier(ConvNet(3, 2), x_full, y, epochs=config.gender_epochs, seed=config.seed + 1,
-                                       augmentations=config.augmentations, desc="gender classifier B")
+    x_id = downsample(to_float(fit.images), config.work_factor)
+    matcher = cached_model(FaceEmbedder, lambda: train_face_embedder(x_id, fit.identity, epochs=config.matcher_epochs,
+                                                                     seed=config.seed),
+                           f"face embedder, {config.matcher_epochs} epochs, seed {config.seed}", x_id)
+    confound = cached_model(lambda: ConvNet(3, 2), lambda: train_binary_classifier(
+        ConvNet(3, 2), x_full, y, epochs=config.gender_epochs, seed=config.seed + 1, augmentations=config.augmentations,
+        desc="gender classifier B"), f"gender B, {config.gender_epochs} epochs, seed {config.seed + 1}, "
+        f"{config.augmentations}", x_full)
     stage = LabelFreeStage(PrototypeAutoencoder(3, dec=config.dec), protos[NEUTRAL], config.work_factor)
     adversary = ConvNet(3, 2)
     history = LabelFreeTrainer(stage, matcher, confound, adversary, config).fit(x_full, y)

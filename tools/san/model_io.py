@@ -15,7 +15,9 @@ from tools.san.nets import PrototypeAutoencoder
 from tools.san.semi_adversarial import perturb
 
 FORMAT = "keycam-san-ensemble/1"
-DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "san_ensemble.pt"
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+DEFAULT_MODEL = WEIGHTS / "san_label_free.pt"        # the deployed stage: label-free (README)
+PAPERS_MODEL = WEIGHTS / "san_ensemble.pt"           # the papers' gendered ensemble, kept for comparison
 STRENGTH_GROUPS = ("female", "male", "unknown")      # gender label 0, 1, -1
 # How the deployed output is formed from the SAN's outputs at the working size (x_s = the downsampled crop):
 #   residual:     x + alpha * up(X_OP - x_s)    the papers' output (alpha = 1 gives X_OP itself); carries the
@@ -167,7 +169,7 @@ def save_ensemble(ensemble: SanEnsemble, path: Path) -> None:
 
 
 def load_ensemble(path: Path | None = None) -> SanEnsemble:
-    """Read an ensemble file (default: the committed tools/san/weights/san_ensemble.pt)."""
+    """Read an ensemble file (default: the committed label-free model, tools/san/weights/san_label_free.pt)."""
     path = Path(path or DEFAULT_MODEL)
     if not path.is_file():
         raise SanModelError(f"SAN model {path} not found; train one with 'keycam san train --out {path}'")

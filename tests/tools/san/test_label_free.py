@@ -1,5 +1,6 @@
-"""The label-free SAN: one stage for every face (no gender input), and alternating training against a classifier
-retrained on its outputs removes a label the inputs carry (synthetic images, so the test knows the cue)."""
+"""The label-free SAN: one stage for every face (no gender input), and its training (alternating adversary
+updates, the two labels' output distributions pulled together) removes a label the inputs carry from what a
+classifier retrained on the outputs can read (synthetic images, so the test knows the cue)."""
 from __future__ import annotations
 
 import numpy as np
@@ -40,7 +41,7 @@ def _synthetic(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
     return np.clip(x + cast[:, :, None, None], 0, 1).astype(np.float32), y
 
 
-def test_adversarial_training_removes_the_label():
+def test_training_removes_the_label():
     import torch
 
     from tools.san.aux_models import predict, train_binary_classifier
@@ -59,13 +60,14 @@ def test_adversarial_training_removes_the_label():
         return train_binary_classifier(ConvNet(3, 2, widths=(8, 16)), images, labels, epochs=3, seed=seed, desc="t")
 
     before = gender_scores(predict(reader(x, y, 1), x_test).argmax(1), y_test)["bacc"]
-    config = LabelFreeConfig(warmup_epochs=1, epochs=4, batch_size=32, w_pixel=4.0, w_keep=0.0,
-                             augmentations=("flip",), work_factor=2)
+    config = LabelFreeConfig(warmup_epochs=1, epochs=6, batch_size=32, w_pixel=4.0, w_keep=0.0, w_match=100.0,
+                             w_adversary=0.0, w_confound=0.0, lr=1e-3, augmentations=("flip",), work_factor=2)
     stage = LabelFreeStage(PrototypeAutoencoder(3, dec=(16, 8)), downsample(x, 2).mean(0), 2)
     keep = freeze(ConvNet(3, 8, widths=(8,)))
     history = LabelFreeTrainer(stage, keep, reader(x, y, 2), ConvNet(3, 2, widths=(8, 16)), config).fit(
         x, y, progress=False)
-    assert [h["stage"] for h in history] == ["warmup"] + ["adversarial"] * 4
+    assert [h["stage"] for h in history] == ["warmup"] + ["adversarial"] * 6
+    assert history[-1]["match"] < 0.5 * history[1]["match"]
 
     def outputs(images):
         return predict(lambda t: stage(t)[0], images)
@@ -75,3 +77,19 @@ def test_adversarial_training_removes_the_label():
     assert before > 0.95, before                    # the cue is plain on the inputs
     assert after < 0.75, (after, fidelity)          # a classifier retrained on the outputs no longer reads it
     assert fidelity < 0.12, fidelity                # and stay close to them (the cast alone is 0.08)
+
+
+def test_group_gap_sees_means_and_spreads():
+    import torch
+
+    from tools.san.label_free import group_gap
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0, 1] * 32)
+    same = torch.rand(64, 3, 16, 16, generator=g)
+    shifted = same + 0.2 * labels[:, None, None, None]
+    spread = 0.5 + (same - 0.5) * (1 + 2 * labels[:, None, None, None])
+    base = float(group_gap(same, labels))
+    assert float(group_gap(shifted, labels)) > base + 0.03        # a mean shift
+    assert float(group_gap(spread, labels)) > base + 0.02         # same mean, wider spread
+    assert float(group_gap(same, torch.zeros(64, dtype=torch.long))) == 0.0   # one label only

@@ -12,9 +12,9 @@ S = 64
 def setup():
     from tools.san.data import load_faces64
     from tools.san.export import make_stage
-    from tools.san.model_io import load_ensemble
+    from tools.san.model_io import PAPERS_MODEL, load_ensemble
 
-    ensemble = load_ensemble()
+    ensemble = load_ensemble(PAPERS_MODEL)
     train, test = load_faces64("train", limit=200), load_faces64("test", limit=60)
     stage = make_stage(ensemble, 0, "female", S, strength=1.0, change="residual")
     return ensemble, stage, train.images[train.gender == 0], test.images[test.gender == 0][:8]

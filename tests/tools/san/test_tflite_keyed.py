@@ -57,10 +57,10 @@ def _ops(blob: bytes) -> list[str]:
 def setup():
     from tools.san.data import load_faces64
     from tools.san.export import make_stage
-    from tools.san.model_io import load_ensemble
+    from tools.san.model_io import PAPERS_MODEL, load_ensemble
     from tools.san.stage import write_keyed_san_tflite, write_san_tflite
 
-    ensemble = load_ensemble()
+    ensemble = load_ensemble(PAPERS_MODEL)
     test = load_faces64("test", limit=60)
     stage = make_stage(ensemble, 0, "female", S, strength=2.5, change="differential")     # the deployed form
     key = _perm_key(1)

@@ -1,5 +1,5 @@
 """The label-free SAN stage (change label_free: the neutral prototype in the encoder and the head, one stage for
-every face, no gender input), built from the committed weights with the label-free meta: torch stage ==
+every face, no gender input), the committed label-free model at strength ALPHA: torch stage ==
 SanEnsemble.deployed for faces of both genders, unkeyed float / int8 and keyed float32 / int8 TFLite against
 torch, the edge preprocess stage, the gender refusals of make_stage and `keycam san export`."""
 from __future__ import annotations
@@ -40,15 +40,15 @@ def _torch_out(stage, faces: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def setup():
-    """(gendered ensemble, its label-free copy, the label-free stage, calibration faces of both genders, held-out
-    faces of both genders with their labels)."""
+    """(the papers' gendered ensemble, the label-free model, its stage, calibration faces of both genders,
+    held-out faces of both genders with their labels)."""
     from tools.san.data import load_faces64
     from tools.san.export import make_stage
-    from tools.san.model_io import load_ensemble
+    from tools.san.model_io import PAPERS_MODEL, load_ensemble
 
-    ensemble = load_ensemble()
-    free = replace(ensemble, meta={**ensemble.meta, "change": "label_free",
-                                   "strength": {"female": ALPHA, "male": ALPHA, "unknown": ALPHA}})
+    ensemble, free = load_ensemble(PAPERS_MODEL), load_ensemble()
+    assert free.label_free and not ensemble.label_free
+    free = replace(free, meta={**free.meta, "strength": {"female": ALPHA, "male": ALPHA, "unknown": ALPHA}})
     calib, _ = _both(load_faces64("train", limit=300), 64)
     faces, gender = _both(load_faces64("test", limit=60), 4)
     return ensemble, free, make_stage(free, 0, None, S), calib, faces, gender
@@ -162,6 +162,7 @@ def test_cli_export_label_free(setup, tmp_path):
     assert meta["faces"] == LABEL_FREE_NOTE and meta["dtype"] == "int8"
     result = CliRunner().invoke(cli, args + ["--gender", "male"])
     assert result.exit_code != 0 and "takes no gender" in result.output, result.output
-    result = CliRunner().invoke(cli, ["san", "export", "--out", str(tmp_path / "g.onnx")])     # committed: gendered
+    from tools.san.model_io import PAPERS_MODEL
+    result = CliRunner().invoke(cli, ["san", "export", "--model", str(PAPERS_MODEL), "--out", str(tmp_path / "g.onnx")])
     assert result.exit_code != 0 and "one stage per source gender" in result.output, result.output
     assert not (tmp_path / "g.onnx").exists()

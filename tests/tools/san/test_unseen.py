@@ -38,12 +38,12 @@ def test_deployed_stage_confounds_the_unseen_classifier_for_both_genders():
     from tools.san.data import load_faces64
     from tools.san.export import make_stage
     from tools.san.metrics import gender_scores, ssim
-    from tools.san.model_io import load_ensemble
+    from tools.san.model_io import PAPERS_MODEL, load_ensemble
     from tools.san.stage import write_keyed_san_tflite
     from tools.san.tflite_check import unseen_gender_scores
     from tools.san.unseen import UnseenGender
 
-    ensemble = load_ensemble()
+    ensemble = load_ensemble(PAPERS_MODEL)
     assert ensemble.change == "differential"
     test, train = load_faces64("test", limit=240), load_faces64("train", limit=200)
     classifier = UnseenGender()
