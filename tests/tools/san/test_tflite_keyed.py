@@ -189,7 +189,10 @@ def test_cli_export_keyed(tmp_path):
 
     (tmp_path / "k.key").write_bytes(_perm_key(3).to_bytes())
     (tmp_path / "gain.key").write_bytes(Key(N, [Permutation(np.arange(N)), Gain(np.full(N, 0.5))]).to_bytes())
-    args = ["san", "export", "--gender", "female", "--tflite", str(tmp_path / "san.tflite"), "--check", "3",
+    from tools.san.model_io import PAPERS_MODEL
+
+    model_args = ["--model", str(PAPERS_MODEL)]
+    args = ["san", "export", *model_args, "--gender", "female", "--tflite", str(tmp_path / "san.tflite"), "--check", "3",
             "--calib", "24"]
     for extra, dtype, compared in (([], "int8", "unkeyed int8 stage"), (["--float"], "float32", "unkeyed float stage")):
         result = CliRunner().invoke(cli, args + ["--key", str(tmp_path / "k.key")] + extra)
@@ -201,10 +204,10 @@ def test_cli_export_keyed(tmp_path):
         assert meta["dtype"] == dtype and model.input_dtype == np.dtype(np.int8 if dtype == "int8" else np.float32)
     result = CliRunner().invoke(cli, args + ["--key", str(tmp_path / "gain.key")])
     assert result.exit_code != 0 and "not a pixel permutation" in result.output, result.output
-    result = CliRunner().invoke(cli, ["san", "export", "--gender", "male", "--out", str(tmp_path / "s.onnx"),
+    result = CliRunner().invoke(cli, ["san", "export", *model_args, "--gender", "male", "--out", str(tmp_path / "s.onnx"),
                                       "--key", str(tmp_path / "k.key")])
     assert result.exit_code != 0 and "give --tflite" in result.output
-    result = CliRunner().invoke(cli, ["san", "export", "--gender", "male"])
+    result = CliRunner().invoke(cli, ["san", "export", *model_args, "--gender", "male"])
     assert result.exit_code != 0 and "nothing to write" in result.output
 
 

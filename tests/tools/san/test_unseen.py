@@ -65,8 +65,9 @@ def test_deployed_stage_confounds_the_unseen_classifier_for_both_genders():
 
 
 def test_eval_cli_writes_the_report(tmp_path):
-    """`keycam san eval` end to end on a slice: the issue's headline fields, the per-variant tables, the
-    strength sweep with its cross-fold check, the montage and the plot."""
+    """`keycam san eval` end to end on a slice with the committed label-free model: the issue's headline fields
+    (today's and the new ones), the per-variant tables, the choice on the validation people, the test-split sweep
+    with its cross-fold check, the montage and the plot."""
     import json
 
     from click.testing import CliRunner
@@ -79,13 +80,18 @@ def test_eval_cli_writes_the_report(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     for field in ("gender_bacc_orig", "gender_bacc_op", "verif_acc_orig", "verif_acc_op", "tmr_fmr1e-2_orig",
-                  "tmr_fmr1e-2_op", "ssim_op"):
+                  "tmr_fmr1e-2_op", "ssim_op", "gender_bacc_adapted", "gender_bacc_op_perturbed",
+                  "gender_bacc_orig_perturbed"):
         assert 0.0 <= report[field] <= 1.0, field
-    assert report["gender_bacc_op"] < report["gender_bacc_orig"] and report["ssim_op"] > 0.9
-    assert report["strength"]["change"] == "differential" and len(report["strength"]["cross_fold"]) == 2
+    assert report["label_free"] and report["strength"]["change"] == "label_free"
+    assert report["operating_point_chosen_on"].startswith("validation people") and "no test person" in \
+        report["operating_point_chosen_on"]
+    assert report["strength"]["selection_split"] == "validation" and len(report["strength"]["cross_fold"]) == 2
+    assert set(report["targets"]) == {"gender_bacc_op<=0.60", "verif_drop<=0.03", "ssim_op>=0.90",
+                                      "gender_bacc_adapted<=0.70"}
     variants = report["datasets"]["lfw64_test"]["variants"]
     assert {"orig", "member0_sm", "member0_op", "ensemble_btas_op", "ensemble_random_op", "operating_point_op",
-            "member1_deployed"} <= set(variants)
+            "orig_perturbed", "operating_point_perturbed"} <= set(variants)
     for name in ("san_montage.png", "san_privacy_utility.png", "san_table.md"):
         assert (tmp_path / name).stat().st_size > 0
     assert "cross-fold check" in (tmp_path / "san_table.md").read_text()
