@@ -137,7 +137,12 @@ def _cpu_name() -> str:
               help="Frame side the crops are resampled to (repeatable; default: the file's 64).")
 @json_option("json_path", default="bench-align.json")
 def align(faces: str | None, limit: int, profile: str, sides: tuple[int, ...], json_path: str | None) -> None:
-    """Per-frame cost of face alignment in the simulated key stage (landmarks, warp, key stage with vs without)."""
+    """Per-frame cost of face alignment in the simulated key stage (landmarks, warp, key stage with vs without).
+
+    \b
+    Example:
+      keycam bench align --limit 500 --side 64 --side 112 --json tools/bench/results/align.json
+    """
     runs = [run_align_bench(faces, limit, profile, side) for side in (sides or (None,))]
     for result in runs:
         print_table([("landmarks (dlib 5-point)", f"{result.landmarks_ms:.3f} ms"),

@@ -57,9 +57,9 @@ def train(out: Path, faces_dir: Path | None, label_free: bool, members: int, epo
     Choose its operating point afterwards with `keycam san strength --write`.
 
     \b
-    Examples:
+    Example:
       keycam san train --label-free --out san.pt
-      keycam san train --out san.pt --members 3 --epochs 5
+      keycam san train --out san_ensemble.pt --members 3 --epochs 5      (the papers' ensemble)
     """
     _threads()
     from tools.san.model_io import save_ensemble
@@ -219,9 +219,9 @@ def export(model: Path, member: int | None, report: Path | None, gender: str | N
     (--tflite).
 
     \b
-    Examples:
-      keycam san export --gender female --out san_female.onnx --tflite san_female.tflite
-      keycam san export --model label_free.pt --tflite san.tflite --key sensor.key   (label-free: no --gender)
+    Example:
+      keycam san export --tflite san.tflite --key sensor.key        (the label-free default: no --gender)
+      keycam san export --model tools/san/weights/san_ensemble.pt --gender female --out san_female.onnx
     """
     _threads()
     from tools.san.errors import SanModelError

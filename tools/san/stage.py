@@ -11,8 +11,9 @@ per-position constant, a Shift):
                                               h --Shift(same - opposite)--Sigmoid--> x_sm     (differential)
     Add(x_op, -(small | x_sm)) --Resize bilinear(f)--> Add(x, strength * .) --Clip[0, 1]--> out
 
-The label-free stage (change label_free) is the residual graph with the neutral prototype folded into both
-constants: one stage for every face, no gender anywhere in it.
+The label-free stage (change label_free) has no sigmoid: h (the neutral prototype folded into its constant) is
+the change itself, h --Resize bilinear(f)--> Add(x, strength * .) --Clip: one stage for every face, no gender
+anywhere in it.
 
 Written unkeyed, the writer lowers it to AVERAGE_POOL_2D, CONV_2D, ADD, LEAKY_RELU, RESIZE_*, LOGISTIC, SUB,
 MUL; int8 calibrated on faces, input and output int8 at 1/255 (the clamp is the last ADD's saturation).
