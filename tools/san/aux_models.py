@@ -17,7 +17,8 @@ from tools.san.data import balanced_epoch
 from tools.san.nets import FaceEmbedder, freeze
 
 
-def _batches(order: np.ndarray, size: int):
+def batches(order: np.ndarray, size: int):
+    """Consecutive slices of `size` indices of `order` (the last may be shorter)."""
     for start in range(0, len(order), size):
         yield order[start:start + size]
 
@@ -33,7 +34,7 @@ def train_binary_classifier(model: nn.Module, images: np.ndarray, labels: np.nda
     model.train()
     for epoch in range(epochs):
         order = balanced_epoch(labels, rng)
-        bar = tqdm(list(_batches(order, batch_size)), desc=f"{desc} {epoch + 1}/{epochs}", leave=False)
+        bar = tqdm(list(batches(order, batch_size)), desc=f"{desc} {epoch + 1}/{epochs}", leave=False)
         for idx in bar:
             x = augment(x_all[idx], augmentations, gen)
             loss = F.cross_entropy(model(x), y_all[idx])
@@ -58,7 +59,7 @@ def train_face_embedder(images: np.ndarray, identity: np.ndarray, *, epochs: int
     x_all, y_all = torch.from_numpy(images), torch.from_numpy(ids.astype(np.int64))
     model.train()
     for epoch in range(epochs):
-        bar = tqdm(list(_batches(rng.permutation(len(ids)), batch_size)), desc=f"{desc} {epoch + 1}/{epochs}",
+        bar = tqdm(list(batches(rng.permutation(len(ids)), batch_size)), desc=f"{desc} {epoch + 1}/{epochs}",
                    leave=False)
         for idx in bar:
             emb = model(augment(x_all[idx], augmentations, gen))

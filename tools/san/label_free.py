@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from base.errors import ConfigError
 from tools.san.augment import CAPTURE, augment, check_names
-from tools.san.aux_models import cached_model, predict, train_binary_classifier, train_face_embedder
+from tools.san.aux_models import batches, cached_model, predict, train_binary_classifier, train_face_embedder
 from tools.san.data import NEUTRAL, balanced_epoch, downsample, load_faces64, prototypes, to_float
 from tools.san.model_io import SanEnsemble
 from tools.san.nets import ConvNet, FaceEmbedder, PrototypeAutoencoder
@@ -152,7 +152,7 @@ class LabelFreeTrainer:
         stages = ["warmup"] * cfg.warmup_epochs + ["adversarial"] * cfg.epochs
         for epoch, name in enumerate(stages):
             order = balanced_epoch(labels, rng)
-            steps = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+            steps = list(batches(order, cfg.batch_size))
             steps = steps[:cfg.max_steps_per_epoch] if cfg.max_steps_per_epoch else steps
             sums: dict[str, float] = {}
             bar = tqdm(steps, desc=f"label-free SAN {name} {epoch + 1}/{len(stages)}", leave=False, disable=not progress)

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from base.errors import ConfigError
 from tools.san.augment import augment, check_names
+from tools.san.aux_models import batches
 from tools.san.data import balanced_epoch
 from tools.san.nets import PrototypeAutoencoder
 
@@ -109,7 +110,7 @@ class SemiAdversarialTrainer:
         self.generator.train()
         for epoch, (stage, full) in enumerate(stages):
             order = balanced_epoch(labels, rng)
-            steps = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+            steps = list(batches(order, cfg.batch_size))
             steps = steps[:cfg.max_steps_per_epoch] if cfg.max_steps_per_epoch else steps
             sums: dict[str, float] = {}
             bar = tqdm(steps, desc=f"SAN {stage} {epoch + 1}/{len(stages)}", leave=False, disable=not progress)
