@@ -48,11 +48,19 @@ _cache_dir = click.option("--cache-dir", type=click.Path(file_okay=False, path_t
 @click.option("--w-keep", type=click.FloatRange(min=0.0), default=2.0, show_default=True,
               help="weight of the identity (matcher feature) term")
 @click.option("--w-adversary", type=click.FloatRange(min=0.0), default=None,
-              help="label-free: weight of the retrained adversary's term [1]")
-@click.option("--w-pixel", type=click.FloatRange(min=0.0), default=None, help="label-free: weight of the L1 term [4]")
+              help="label-free: weight of the retrained adversary's term [@w_adversary]")
+@click.option("--w-pixel", type=click.FloatRange(min=0.0), default=None, help="label-free: weight of the L1 term [@w_pixel]")
+@click.option("--w-match", type=click.FloatRange(min=0.0), default=None,
+              help="label-free: weight of the two genders' thumbnail distribution gap [@w_match]")
+@click.option("--w-feature", type=click.FloatRange(min=0.0), default=None,
+              help="label-free: weight of the two genders' distribution gap in classifier B's feature maps [@w_feature]")
+@click.option("--w-ssim", type=click.FloatRange(min=0.0), default=None,
+              help="label-free: weight of the SSIM shortfall below --ssim-floor [@w_ssim]")
+@click.option("--ssim-floor", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=None,
+              help="label-free: the SSIM each output should keep at strength 1 [@ssim_floor]")
 def train(out: Path, faces_dir: Path | None, label_free: bool, members: int, epochs: int | None,
           pretrain_epochs: int | None, steps_per_epoch: int | None, seed: int, limit: int | None, adversary: str,
-          w_keep: float, w_adversary: float | None, w_pixel: float | None) -> None:
+          w_keep: float, **label_free_terms: float | None) -> None:
     """Train the SAN on the fit people (LFW train people minus the validation people), then save it.
     Choose its operating point afterwards with `keycam san strength --write`.
 
@@ -69,12 +77,13 @@ def train(out: Path, faces_dir: Path | None, label_free: bool, members: int, epo
     if label_free:
         given["warmup_epochs"] = given.pop("pretrain_epochs", 1)
         from tools.san.label_free import LabelFreeConfig, train_label_free
-        weights = {k: v for k, v in {"w_adversary": w_adversary, "w_pixel": w_pixel}.items() if v is not None}
-        ensemble = train_label_free(LabelFreeConfig(seed=seed, limit=limit, w_keep=w_keep, **given, **weights),
+        terms = {k: v for k, v in label_free_terms.items() if v is not None}
+        ensemble = train_label_free(LabelFreeConfig(seed=seed, limit=limit, w_keep=w_keep, **given, **terms),
                                     faces_dir, log=click.echo)
     else:
-        if w_adversary is not None or w_pixel is not None:
-            raise click.UsageError("--w-adversary and --w-pixel apply to --label-free training only")
+        given_terms = sorted("--" + k.replace("_", "-") for k, v in label_free_terms.items() if v is not None)
+        if given_terms:
+            raise click.UsageError(f"{', '.join(given_terms)}: label-free training only (add --label-free)")
         from tools.san.train import COMMITTED_SAN, TrainConfig, train_ensemble
         config = TrainConfig(members=members, seed=seed, limit=limit, adversary=adversary,
                              san=replace(COMMITTED_SAN, w_keep=w_keep, **given))

@@ -34,6 +34,7 @@ from tools.san.aux_models import batches, cached_model, predict, train_binary_cl
 from tools.san.data import NEUTRAL, balanced_epoch, downsample, load_faces64, prototypes, to_float
 from tools.san.model_io import SanEnsemble
 from tools.san.nets import ConvNet, FaceEmbedder, PrototypeAutoencoder
+from tools.san.semi_adversarial import check_training
 
 
 @dataclass
@@ -50,6 +51,9 @@ class LabelFreeConfig:
     w_pixel: float = 8.0
     w_keep: float = 2.0
     w_match: float = 300.0
+    w_feature: float = 0.0
+    w_ssim: float = 0.0
+    ssim_floor: float = 0.92
     max_steps_per_epoch: int | None = None
     augmentations: tuple[str, ...] = ("flip", *CAPTURE)
     work_factor: int = 2
@@ -60,10 +64,9 @@ class LabelFreeConfig:
     limit: int | None = None
 
     def __post_init__(self) -> None:
-        if min(self.warmup_epochs, self.epochs) < 0 or self.batch_size < 1 or min(self.lr, self.adversary_lr) <= 0:
-            raise ConfigError("label-free training needs epochs >= 0, batch_size >= 1 and positive learning rates")
-        if min(self.w_adversary, self.w_confound, self.w_pixel, self.w_keep, self.w_match) < 0:
-            raise ConfigError("loss weights must be >= 0")
+        check_training("label-free training", self, (self.warmup_epochs, self.epochs), (self.lr, self.adversary_lr))
+        if not 0 < self.ssim_floor <= 1:
+            raise ConfigError(f"ssim_floor must be in (0, 1], got {self.ssim_floor}")
         if min(self.matcher_epochs, self.gender_epochs) < 1 or self.work_factor < 1:
             raise ConfigError("matcher_epochs, gender_epochs and work_factor must be >= 1")
         self.augmentations = check_names(tuple(self.augmentations))
@@ -94,6 +97,24 @@ def group_gap(images: torch.Tensor, labels: torch.Tensor, pool: int = 8) -> torc
     mmd = ((k00.sum() - k00.diagonal().sum()) / (n0 * (n0 - 1)) + (k11.sum() - k11.diagonal().sum()) / (n1 * (n1 - 1))
            - 2 * k01.mean())
     return means + mmd
+
+
+def luma_ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM of float RGB images (N,3,H,W) in [0, 1] on luma, as tools.san.metrics.ssim measures it
+    (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, valid filtering), differentiable."""
+    luma = a.new_tensor([0.299, 0.587, 0.114])[None, :, None, None]
+    x, y = (a * luma).sum(1, keepdim=True), (b * luma).sum(1, keepdim=True)
+    g = torch.exp(-(torch.arange(11, dtype=a.dtype, device=a.device) - 5) ** 2 / (2 * 1.5 ** 2))
+    g = g / g.sum()
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.conv2d(t, g.view(1, 1, 1, -1)), g.view(1, 1, -1, 1))
+
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    smap = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    return smap.mean(dim=(1, 2, 3))
 
 
 class LabelFreeStage(nn.Module):
@@ -134,10 +155,13 @@ class LabelFreeTrainer:
         pixel = F.l1_loss(raw, x)          # before the clamp: a saturated pixel still has a gradient back
         adversary, confound = uniform_ce(self.adversary(out)), uniform_ce(self.confound(out))
         match = group_gap(self.stage.small(out), y)
+        feature = group_gap(self.confound.body(out), y) if cfg.w_feature else out.sum() * 0.0
+        similarity = luma_ssim(out, x)
+        ssim_short = (cfg.ssim_floor - similarity).clamp_min(0).mean()
         total = (cfg.w_adversary * adversary + cfg.w_confound * confound + cfg.w_pixel * pixel + cfg.w_keep * keep
-                 + cfg.w_match * match)
+                 + cfg.w_match * match + cfg.w_feature * feature + cfg.w_ssim * ssim_short)
         return {"total": total, "adversary": adversary, "confound": confound, "pixel": pixel, "keep": keep,
-                "match": match}
+                "match": match, "feature": feature, "ssim": similarity.mean()}
 
     def fit(self, images: np.ndarray, labels: np.ndarray, progress: bool = True) -> list[dict[str, float]]:
         """Train on full-size float faces (N,C,H,W) with gender labels in {0,1}: `warmup_epochs` of the adversary

@@ -29,6 +29,17 @@ from tools.san.nets import PrototypeAutoencoder
 PIXEL_LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
 
 
+def check_training(name: str, config, epochs: tuple[int, ...], lrs: tuple[float, ...]) -> None:
+    """The checks every SAN trainer's config shares: epochs >= 0, batch_size >= 1, learning rates > 0, and every
+    loss weight (the fields named w_*) >= 0; raises ConfigError naming what is wrong."""
+    if min(epochs) < 0 or config.batch_size < 1 or min(lrs) <= 0:
+        raise ConfigError(f"{name} needs epochs >= 0, batch_size >= 1 and positive learning rates (got epochs "
+                          f"{epochs}, batch_size {config.batch_size}, learning rates {lrs})")
+    negative = {k: v for k, v in asdict(config).items() if k.startswith("w_") and v < 0}
+    if negative:
+        raise ConfigError(f"{name}: loss weights must be >= 0, got {negative}")
+
+
 @dataclass
 class SemiAdversarialConfig:
     """Hyper-parameters of one semi-adversarial training run."""
@@ -48,10 +59,7 @@ class SemiAdversarialConfig:
 
 
     def __post_init__(self) -> None:
-        if self.pretrain_epochs < 0 or self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError(f"invalid semi-adversarial config {asdict(self)}: epochs >= 0, batch_size >= 1, lr > 0")
-        if min(self.w_confound, self.w_pixel, self.w_pixel_op, self.w_keep) < 0:
-            raise ConfigError("loss weights must be >= 0")
+        check_training("semi-adversarial training", self, (self.pretrain_epochs, self.epochs), (self.lr,))
         self.augmentations = check_names(tuple(self.augmentations))
         if self.pixel_loss not in PIXEL_LOSSES:
             raise ConfigError(f"pixel_loss must be one of {sorted(PIXEL_LOSSES)}, got {self.pixel_loss!r}")

@@ -124,6 +124,10 @@ def test_cli_errors(tmp_path):
     assert result.exit_code != 0 and "keycam san train" in result.output
     result = CliRunner().invoke(cli, ["san", "train", "--members", "9", "--out", str(tmp_path / "m.pt")])
     assert result.exit_code != 0 and "members must be" in result.output
+    result = CliRunner().invoke(cli, ["san", "train", "--w-feature", "3", "--ssim-floor", "0.9", "--out",
+                                      str(tmp_path / "m.pt")])
+    assert result.exit_code == 2 and "--ssim-floor, --w-feature: label-free training only" in result.output
+    assert not (tmp_path / "m.pt").exists()
 
 
 def test_onnx_stage_matches_perturb(tiny_ensemble, tmp_path):

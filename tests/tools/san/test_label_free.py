@@ -93,3 +93,37 @@ def test_group_gap_sees_means_and_spreads():
     assert float(group_gap(shifted, labels)) > base + 0.03        # a mean shift
     assert float(group_gap(spread, labels)) > base + 0.02         # same mean, wider spread
     assert float(group_gap(same, torch.zeros(64, dtype=torch.long))) == 0.0   # one label only
+
+
+def test_luma_ssim_is_the_metric_s_ssim():
+    import torch
+
+    from tools.san.label_free import luma_ssim
+    from tools.san.metrics import ssim
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    b = np.clip(a + rng.normal(0, 20, a.shape), 0, 255).astype(np.uint8)
+
+    def tensor(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32) / 255)
+
+    np.testing.assert_allclose(luma_ssim(tensor(a), tensor(b)).numpy(), ssim(a, b), atol=1e-4)
+    assert float(luma_ssim(tensor(a), tensor(a)).min()) == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize(("name", "fields", "message"), [
+    ("LabelFreeConfig", {"w_feature": -1.0}, "label-free training: loss weights must be >= 0, got {'w_feature': -1.0}"),
+    ("LabelFreeConfig", {"adversary_lr": 0.0}, "label-free training needs epochs >= 0"),
+    ("LabelFreeConfig", {"ssim_floor": 1.5}, "ssim_floor must be in"),
+    ("SemiAdversarialConfig", {"w_pixel_op": -0.5}, "semi-adversarial training: loss weights must be >= 0"),
+    ("SemiAdversarialConfig", {"pretrain_epochs": -1}, "semi-adversarial training needs epochs >= 0"),
+])
+def test_trainer_configs_refuse_bad_values(name, fields, message):
+    from base.errors import ConfigError
+    from tools.san import label_free, semi_adversarial
+
+    config = getattr(label_free, name, None) or getattr(semi_adversarial, name)
+    with pytest.raises(ConfigError) as err:
+        config(**fields)
+    assert message in str(err.value)
