@@ -14,7 +14,7 @@ from tqdm import tqdm
 from tools.san.augment import augment
 from tools.san.data import balanced_epoch
 from tools.san.memo import CACHE_ROOT, digest, memoised
-from tools.san.nets import FaceEmbedder, freeze
+from tools.san.nets import ConvNet, FaceEmbedder, freeze
 
 
 def batches(order: np.ndarray, size: int):
@@ -102,3 +102,13 @@ def cached_model(make: Callable[[], nn.Module], train: Callable[[], nn.Module], 
     return memoised(cache_dir, f"{digest(recipe.encode(), images.tobytes())}.pt", train, _load_into(make),
                     _save_weights)
 
+
+def gender_cnn(images: np.ndarray, labels: np.ndarray, *, epochs: int, seed: int, augmentations: tuple[str, ...],
+               desc: str, cache_dir: Path | None = AUX_CACHE) -> nn.Module:
+    """A gender classifier ConvNet(3, 2) trained by `train_binary_classifier` on float images (N,3,H,W) with
+    labels 1 male / 0 female, memoised by `cached_model` (so every run reads with the same network)."""
+    recipe = (f"gender ConvNet(3, 2), train_binary_classifier, {epochs} epochs, seed {seed}, "
+              f"augmentations {tuple(augmentations)}")
+    return cached_model(lambda: ConvNet(3, 2), lambda: train_binary_classifier(
+        ConvNet(3, 2), images, labels, epochs=epochs, seed=seed, augmentations=augmentations, desc=desc),
+        recipe, images, cache_dir)

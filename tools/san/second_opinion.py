@@ -10,11 +10,10 @@ Both are scored on the held-out test people: originals, the deployed output and 
 """
 from __future__ import annotations
 
-from tools.san.aux_models import predict, train_binary_classifier
+from tools.san.aux_models import gender_cnn, predict
 from tools.san.data import FaceSet, to_float
 from tools.san.metrics import gender_scores
 from tools.san.model_io import SanEnsemble
-from tools.san.nets import ConvNet
 
 
 def second_opinions(ensemble: SanEnsemble, member: int, train: FaceSet, test: FaceSet, epochs: int = 8,
@@ -28,8 +27,8 @@ def second_opinions(ensemble: SanEnsemble, member: int, train: FaceSet, test: Fa
                "adapted": ensemble.deployed(train_images, train_gender, member)}
     out = {}
     for offset, (name, images) in enumerate(sources.items()):
-        model = train_binary_classifier(ConvNet(3, 2), to_float(images), train_gender, epochs=epochs,
-                                        seed=seed + offset, augmentations=("flip",), desc=name)
+        model = gender_cnn(to_float(images), train_gender, epochs=epochs, seed=seed + offset, augmentations=("flip",),
+                           desc=name)
         out[name] = {what: gender_scores(predict(model, to_float(x)).argmax(1), test.gender)
                      for what, x in sets.items()}
     return out

@@ -33,3 +33,16 @@ def test_memoised_computes_once_and_writes_whole_files(tmp_path):
         memoised(tmp_path / "sub", name, compute, save=broken_save)
     assert list((tmp_path / "sub").iterdir()) == []       # neither a partial memo nor a temporary file
 
+
+def test_gender_cnn_is_trained_once_per_recipe(tmp_path):
+    from tools.san.aux_models import gender_cnn, predict
+
+    rng = np.random.default_rng(0)
+    images, labels = rng.random((16, 3, 32, 32), dtype=np.float32), np.tile([0, 1], 8)
+    kwargs = {"epochs": 1, "seed": 3, "augmentations": ("flip",), "desc": "t", "cache_dir": tmp_path}
+    trained = predict(gender_cnn(images, labels, **kwargs), images)
+    assert len(list(tmp_path.iterdir())) == 1
+    np.testing.assert_array_equal(predict(gender_cnn(images, labels, **kwargs), images), trained)
+    assert len(list(tmp_path.iterdir())) == 1
+    gender_cnn(images, labels, **{**kwargs, "seed": 4})    # another recipe: another network
+    assert len(list(tmp_path.iterdir())) == 2
