@@ -1,10 +1,9 @@
 """Training of the auxiliary (seen) networks: a binary attribute classifier and a face embedder."""
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -14,7 +13,8 @@ from tqdm import tqdm
 
 from tools.san.augment import augment
 from tools.san.data import balanced_epoch
-from tools.san.nets import FaceEmbedder, freeze
+from tools.san.memo import CACHE_ROOT, digest, memoised
+from tools.san.nets import ConvNet, FaceEmbedder, freeze
 
 
 def batches(order: np.ndarray, size: int):
@@ -80,23 +80,35 @@ def predict(model: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.n
     return torch.cat(outs).numpy()
 
 
-AUX_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "keycam" / "san-aux"
+AUX_CACHE = CACHE_ROOT / "san-aux"
+
+
+def _load_into(make: Callable[[], nn.Module]) -> Callable[[Path], nn.Module]:
+    def load(path: Path) -> nn.Module:
+        model = make()
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return freeze(model)
+    return load
+
+
+def _save_weights(model: nn.Module, file: BinaryIO) -> None:
+    torch.save(model.state_dict(), file)
 
 
 def cached_model(make: Callable[[], nn.Module], train: Callable[[], nn.Module], recipe: str, images: np.ndarray,
                  cache_dir: Path | None = AUX_CACHE) -> nn.Module:
     """`train()`'s frozen model, memoised on disk under the hash of `recipe` (everything that decides the
     training, in words) and the training images; `make()` builds the empty model to load a memo into."""
-    digest = hashlib.sha256(recipe.encode() + images.tobytes()).hexdigest()[:24]
-    path = None if cache_dir is None else Path(cache_dir) / f"{digest}.pt"
-    if path is not None and path.is_file():
-        model = make()
-        model.load_state_dict(torch.load(path, weights_only=True))
-        return freeze(model)
-    model = train()
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(path)
-    return model
+    return memoised(cache_dir, f"{digest(recipe.encode(), images.tobytes())}.pt", train, _load_into(make),
+                    _save_weights)
+
+
+def gender_cnn(images: np.ndarray, labels: np.ndarray, *, epochs: int, seed: int, augmentations: tuple[str, ...],
+               desc: str, cache_dir: Path | None = AUX_CACHE) -> nn.Module:
+    """A gender classifier ConvNet(3, 2) trained by `train_binary_classifier` on float images (N,3,H,W) with
+    labels 1 male / 0 female, memoised by `cached_model` (so every run reads with the same network)."""
+    recipe = (f"gender ConvNet(3, 2), train_binary_classifier, {epochs} epochs, seed {seed}, "
+              f"augmentations {tuple(augmentations)}")
+    return cached_model(lambda: ConvNet(3, 2), lambda: train_binary_classifier(
+        ConvNet(3, 2), images, labels, epochs=epochs, seed=seed, augmentations=augmentations, desc=desc),
+        recipe, images, cache_dir)

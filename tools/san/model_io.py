@@ -93,12 +93,12 @@ class SanEnsemble:
         The crops are area-downsampled to the working size, perturbed by member `member`, and the SAN's
         change (output - input, at the working size) is upsampled bilinearly and added to the full-size
         crop, so detail above the SAN's resolution passes through unchanged.
-        gender: 1 male, 0 female, -1 unknown (the neutral prototype is used for both outputs); a label-free
-        model ignores it and returns its deployed output twice.
+        gender: 1 male, 0 female, -1 unknown (the neutral prototype is used for both outputs). A label-free
+        model has no X_SM / X_OP and is refused: its output is `deployed`.
         """
         if self.label_free:
-            out = self.deployed(images, None, member, strength)
-            return out, out
+            raise SanModelError("a label-free SAN has no X_SM / X_OP (one stage for every face, no gender input); "
+                                "use deployed(images, None, member, strength) for its output")
         full, small, outputs = self._run(images, self._stage_gender(images, gender), member)
         return tuple(self._add(full, torch.from_numpy(out) - small, gender, strength) for out in outputs)
 

@@ -12,7 +12,8 @@ from tools.san.evaluate import GENDER_TARGET, VERIF_DROP_TARGET
 def montage(faces: FaceSet, outputs: list[tuple[np.ndarray, np.ndarray]], selected: int, path: Path,
             deployed: tuple[str, np.ndarray] | None = None, per_group: int = 4, seed: int = 0) -> None:
     """Rows: a few test people of each gender; columns: original, the deployed output (title, images) when given,
-    X_SM and X_OP of the selected member, X_OP of the others."""
+    X_SM and X_OP of the selected member, X_OP of the others (no member columns when `outputs` is empty: a
+    label-free model)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,9 +23,9 @@ def montage(faces: FaceSet, outputs: list[tuple[np.ndarray, np.ndarray]], select
     rows = np.concatenate([rng.choice(np.flatnonzero(faces.gender == g), min(per_group, int((faces.gender == g).sum())),
                                       replace=False) for g in (0, 1)])
     others = [m for m in range(len(outputs)) if m != selected]
-    columns = [("original", faces.images)] + ([deployed] if deployed is not None else []) + [
-               (f"X_SM #{selected}", outputs[selected][0]),
-               (f"X_OP #{selected}", outputs[selected][1])] + [(f"X_OP #{m}", outputs[m][1]) for m in others]
+    members = [(f"X_SM #{selected}", outputs[selected][0]), (f"X_OP #{selected}", outputs[selected][1])] + [
+               (f"X_OP #{m}", outputs[m][1]) for m in others] if outputs else []
+    columns = [("original", faces.images)] + ([deployed] if deployed is not None else []) + members
     fig, axes = plt.subplots(len(rows), len(columns), figsize=(1.6 * len(columns), 1.6 * len(rows)), squeeze=False)
     for r, idx in enumerate(rows):
         for c, (title, images) in enumerate(columns):
@@ -84,6 +85,8 @@ def privacy_utility_plot(report: dict, path: Path) -> None:
     left.axvline(GENDER_TARGET, color="tab:green", ls=":", lw=1, label="target: gender bacc <= 0.60")
     for name, marker in (("orig", "o"), ("ensemble_btas_op", "*"), ("ensemble_random_op", "s"),
                          ("operating_point_op", "P")):
+        if name not in g64:             # a label-free model has no ensemble rows
+            continue
         left.scatter(g64[name]["gender_bacc"], v112[name]["verif_acc"], marker=marker, s=90, label=name)
     for name in v112:
         if name.startswith("member") and "verif_acc" in v112[name] and name != f"member{report['selected_member']}_op":

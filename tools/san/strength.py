@@ -31,11 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from tools.san.augment import CAPTURE, capture_perturbed
-from tools.san.aux_models import predict, train_binary_classifier
+from tools.san.aux_models import gender_cnn, predict
 from tools.san.data import FaceSet, load_faces64, to_float
 from tools.san.metrics import all_pairs, gender_scores, pair_distances, ssim, verification_accuracy
 from tools.san.model_io import SanEnsemble, check_change
-from tools.san.nets import ConvNet
 from tools.san.unseen import MATCH_THRESHOLD
 
 GENDER_TARGET, VERIF_DROP_TARGET, SSIM_TARGET, ADAPTED_TARGET, CHANCE = 0.60, 0.03, 0.90, 0.70, 0.5
@@ -151,11 +150,12 @@ def with_verification_pairs(fs: FaceSet, seed: int = 0) -> FaceSet:
 
 def opinion_reader(faces_dir: Path | None = None, epochs: int = 8, limit: int | None = None) -> Reader:
     """The second-opinion gender CNN used for the choice: trained on the fit people's original faces under
-    flips and the capture changes (its own seed), never on SAN outputs."""
+    flips and the capture changes (its own seed), never on SAN outputs; memoised on disk, so `keycam san
+    strength` and `keycam san eval` read with the same network."""
     fit = load_faces64("fit", faces_dir, limit)
     known = fit.gender >= 0
-    model = train_binary_classifier(ConvNet(3, 2), to_float(fit.images[known]), fit.gender[known], epochs=epochs,
-                                    seed=OPINION_SEED, augmentations=("flip", *CAPTURE), desc="second opinion")
+    model = gender_cnn(to_float(fit.images[known]), fit.gender[known], epochs=epochs, seed=OPINION_SEED,
+                       augmentations=("flip", *CAPTURE), desc="second opinion")
     return lambda images: predict(model, to_float(images)).argmax(1)
 
 

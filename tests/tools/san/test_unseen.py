@@ -64,37 +64,51 @@ def test_deployed_stage_confounds_the_unseen_classifier_for_both_genders():
     assert recall["female"] < 0.75 and recall["male"] < 0.75, recall
 
 
-def test_eval_cli_writes_the_report(tmp_path):
-    """`keycam san eval` end to end on a slice with the committed label-free model: the issue's headline fields
-    (today's and the new ones), the per-variant tables, the choice on the validation people, the test-split sweep
-    with its cross-fold check, the montage and the plot."""
+@pytest.mark.parametrize("papers", [False, True], ids=["label_free", "papers"])
+def test_eval_cli_writes_the_report(tmp_path, papers):
+    """`keycam san eval` end to end on a slice with the committed label-free model (and the papers' ensemble): the
+    issue's headline fields (today's and the new ones), the per-variant tables (the members' X_SM / X_OP and the
+    ensemble rows for the papers' model only), the choice on the validation people, the test-split sweep with its
+    cross-fold check, the montage and the plot."""
     import json
 
     from click.testing import CliRunner
 
     from keycam.cli import cli
+    from tools.san.model_io import DEFAULT_MODEL, PAPERS_MODEL
 
     out = tmp_path / "eval.json"
     result = CliRunner().invoke(cli, ["san", "eval", "--limit", "24", "--opinion-epochs", "1", "--json", str(out),
-                                      "--cache-dir", str(tmp_path / "cache")])
+                                      "--cache-dir", str(tmp_path / "cache"),
+                                      "--model", str(PAPERS_MODEL if papers else DEFAULT_MODEL)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
+    member_fields = ("gender_bacc_sm", "gender_bacc_op_full", "verif_acc_op_full", "tmr_fmr1e-2_op_full",
+                     "ssim_op_full")
     for field in ("gender_bacc_orig", "gender_bacc_op", "verif_acc_orig", "verif_acc_op", "tmr_fmr1e-2_orig",
                   "tmr_fmr1e-2_op", "ssim_op", "gender_bacc_adapted", "gender_bacc_op_perturbed",
-                  "gender_bacc_orig_perturbed"):
+                  "gender_bacc_orig_perturbed") + (member_fields if papers else ()):
         assert 0.0 <= report[field] <= 1.0, field
-    assert report["label_free"] and report["strength"]["change"] == "label_free"
+    assert report["label_free"] != papers and (report["strength"]["change"] == "label_free") != papers
     assert report["operating_point_chosen_on"].startswith("validation people") and "no test person" in \
         report["operating_point_chosen_on"]
     assert report["strength"]["selection_split"] == "validation" and len(report["strength"]["cross_fold"]) == 2
     assert set(report["targets"]) == {"gender_bacc_op<=0.60", "verif_drop<=0.03", "ssim_op>=0.90",
                                       "gender_bacc_adapted<=0.70"}
-    variants = report["datasets"]["lfw64_test"]["variants"]
-    assert {"orig", "member0_sm", "member0_op", "ensemble_btas_op", "ensemble_random_op", "operating_point_op",
-            "orig_perturbed", "operating_point_perturbed"} <= set(variants)
+    best = report["selected_member"]
+    rows = {f"member{best}_sm", f"member{best}_op", "ensemble_btas_op", "ensemble_random_op"}
+    for name, data in report["datasets"].items():
+        assert {"orig", "operating_point_op"} <= set(data["variants"]), name
+        if papers:
+            assert rows <= set(data["variants"]) and "verif_acc" in data["variants"][f"member{best}_op"], name
+        else:                                           # a label-free model has no X_SM / X_OP, hence no ensemble
+            assert not {v for v in data["variants"] if v.startswith(("member", "ensemble"))}, name
+    assert {"orig_perturbed", "operating_point_perturbed"} <= set(report["datasets"]["lfw64_test"]["variants"])
+    if not papers:
+        assert not set(member_fields) & set(report)
     for name in ("san_montage.png", "san_privacy_utility.png", "san_table.md"):
         assert (tmp_path / name).stat().st_size > 0
     assert "cross-fold check" in (tmp_path / "san_table.md").read_text()
     opinions = report["second_opinion"]
     assert set(opinions) == {"independent", "adapted"}
-    assert all(set(by) == {"orig", "deployed", "x_op"} for by in opinions.values())
+    assert all(set(by) == {"orig", "deployed"} | ({"x_op"} if papers else set()) for by in opinions.values())
