@@ -73,6 +73,27 @@ def train_face_embedder(images: np.ndarray, identity: np.ndarray, *, epochs: int
     return freeze(model)
 
 
+def linear_probe(features: np.ndarray, labels: np.ndarray, weight_decay: float = 1e-3) -> Callable[[np.ndarray], np.ndarray]:
+    """A class-balanced, L2-regularised logistic regression on standardised features (N, D) with labels in {0,1},
+    fitted by L-BFGS; returns features -> predicted label."""
+    mean, std = features.mean(0), features.std(0) + 1e-6
+    x, y = torch.from_numpy((features - mean) / std).float(), torch.from_numpy(labels.astype(np.int64))
+    torch.manual_seed(0)
+    linear = nn.Linear(x.shape[1], 2)
+    weight = len(y) / (2 * torch.bincount(y, minlength=2).clamp_min(1).float())
+    opt = torch.optim.LBFGS(linear.parameters(), max_iter=200)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(linear(x), y, weight=weight) + weight_decay * linear.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    freeze(linear)
+    return lambda f: predict(linear, ((f - mean) / std).astype(np.float32)).argmax(1)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Model outputs for float images (N,C,H,W), batched, as a numpy array."""
@@ -96,11 +117,11 @@ def _save_weights(model: nn.Module, file: BinaryIO) -> None:
 
 
 def cached_model(make: Callable[[], nn.Module], train: Callable[[], nn.Module], recipe: str, images: np.ndarray,
-                 cache_dir: Path | None = AUX_CACHE) -> nn.Module:
+                 labels: np.ndarray, cache_dir: Path | None = AUX_CACHE) -> nn.Module:
     """`train()`'s frozen model, memoised on disk under the hash of `recipe` (everything that decides the
-    training, in words) and the training images; `make()` builds the empty model to load a memo into."""
-    return memoised(cache_dir, f"{digest(recipe.encode(), images.tobytes())}.pt", train, _load_into(make),
-                    _save_weights)
+    training, in words), the training images and their labels; `make()` builds the empty model to load a memo into."""
+    key = digest(recipe.encode(), images.tobytes(), np.ascontiguousarray(labels).tobytes())
+    return memoised(cache_dir, f"{key}.pt", train, _load_into(make), _save_weights)
 
 
 def gender_cnn(images: np.ndarray, labels: np.ndarray, *, epochs: int, seed: int, augmentations: tuple[str, ...],
@@ -111,4 +132,4 @@ def gender_cnn(images: np.ndarray, labels: np.ndarray, *, epochs: int, seed: int
               f"augmentations {tuple(augmentations)}")
     return cached_model(lambda: ConvNet(3, 2), lambda: train_binary_classifier(
         ConvNet(3, 2), images, labels, epochs=epochs, seed=seed, augmentations=augmentations, desc=desc),
-        recipe, images, cache_dir)
+        recipe, images, labels, cache_dir)

@@ -9,9 +9,12 @@ follow-ups of the SAN):
 - the adversary D, a fresh gender CNN, learns the gender from the current outputs (CE to the true label);
 - the autoencoder minimises
       w_adversary * U(D(out)) + w_confound * U(B(out))          # U = cross-entropy to (1/2, 1/2): no label left
+    + w_match * gap(out_s | y) + w_feature * gap(B.body(out) | y) # women's and men's outputs alike: in 8x8
+                                                                 # thumbnails, and in B's last feature maps
     + w_pixel * |out - x| + w_keep * ||A(out_s) - A(x_s)||^2     # the face and its identity stay
-  with B a frozen gender classifier trained on the original faces (the unadapted reader) and A the frozen
-  face embedder, both trained on the same fit people.
+    + w_ssim * mean(max(0, ssim_floor - SSIM(out, x)))           # every output keeps SSIM >= ssim_floor
+  with B a frozen gender classifier trained on the original faces (the unadapted reader), A the frozen face
+  embedder, both trained on the same fit people, and gap = `group_gap`.
 
 Everything sees the faces under framing and capture changes (augment.CAPTURE). The outputs the adversary
 and B read are the full-size deployed outputs (detail above the working size passes through, so they see it).
@@ -30,7 +33,7 @@ from tqdm import tqdm
 
 from base.errors import ConfigError
 from tools.san.augment import CAPTURE, augment, check_names
-from tools.san.aux_models import batches, cached_model, predict, train_binary_classifier, train_face_embedder
+from tools.san.aux_models import batches, cached_model, gender_cnn, predict, train_face_embedder
 from tools.san.data import NEUTRAL, balanced_epoch, downsample, load_faces64, prototypes, to_float
 from tools.san.model_io import SanEnsemble
 from tools.san.nets import ConvNet, FaceEmbedder, PrototypeAutoencoder
@@ -217,18 +220,17 @@ def train_label_free(config: LabelFreeConfig, faces_dir: Path | None = None, log
     torch.manual_seed(config.seed)
     fit = load_faces64("fit", faces_dir, config.limit)
     known = fit.gender >= 0
-    x_full, y = to_float(fit.images[known]), fit.gender[known]
+    x_every = to_float(fit.images)
+    x_full, y = x_every[known], fit.gender[known]
     x_small = downsample(x_full, config.work_factor)
     protos = prototypes(x_small, y)
     log(f"fit people: {len(x_full)} aligned faces ({int((y == 1).sum())} male / {int((y == 0).sum())} female)")
-    x_id = downsample(to_float(fit.images), config.work_factor)
+    x_id = downsample(x_every, config.work_factor)
     matcher = cached_model(FaceEmbedder, lambda: train_face_embedder(x_id, fit.identity, epochs=config.matcher_epochs,
                                                                      seed=config.seed),
-                           f"face embedder, {config.matcher_epochs} epochs, seed {config.seed}", x_id)
-    confound = cached_model(lambda: ConvNet(3, 2), lambda: train_binary_classifier(
-        ConvNet(3, 2), x_full, y, epochs=config.gender_epochs, seed=config.seed + 1, augmentations=config.augmentations,
-        desc="gender classifier B"), f"gender B, {config.gender_epochs} epochs, seed {config.seed + 1}, "
-        f"{config.augmentations}", x_full)
+                           f"face embedder, {config.matcher_epochs} epochs, seed {config.seed}", x_id, fit.identity)
+    confound = gender_cnn(x_full, y, epochs=config.gender_epochs, seed=config.seed + 1,
+                          augmentations=config.augmentations, desc="gender classifier B")
     stage = LabelFreeStage(PrototypeAutoencoder(3, dec=config.dec), protos[NEUTRAL], config.work_factor)
     adversary = ConvNet(3, 2)
     history = LabelFreeTrainer(stage, matcher, confound, adversary, config).fit(x_full, y)

@@ -145,12 +145,14 @@ def markdown_table(report: dict) -> str:
     if report.get("second_opinion"):
         rows = [{"classifier": name, "images": what, **scores} for name, by in report["second_opinion"].items()
                 for what, scores in by.items()]
-        lines += _rows("second-opinion gender classifiers trained here on LFW train (independent: originals; "
-                       "adapted: the deployed outputs), on the 64x64 test people", ["classifier", "images", "acc",
+        lines += _rows("second-opinion gender readers trained here on LFW train (independent: originals; adapted: "
+                       "the deployed outputs; *_probe: logistic regression on the unseen matcher's descriptors), on "
+                       "the 64x64 test people", ["classifier", "images", "acc",
                                                                                   "bacc", "acc_female", "acc_male"],
                        rows)
     heads = ["gender_bacc_orig", "gender_bacc_op", "gender_bacc_orig_perturbed", "gender_bacc_op_perturbed",
-             "gender_bacc_independent", "gender_bacc_adapted", "verif_acc_orig", "verif_acc_op", "ssim_op"]
+             "gender_bacc_independent", "gender_bacc_adapted", "gender_bacc_probe_orig", "gender_bacc_adapted_probe",
+             "verif_acc_orig", "verif_acc_op", "ssim_op"]
     lines += _rows("headline (deployed = the stored operating point; chosen on: "
                    f"{report.get('operating_point_chosen_on', '?')})", heads, [report])
     return "\n".join(lines)

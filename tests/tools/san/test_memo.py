@@ -1,4 +1,4 @@
-"""The content-hash disk memo (tools/san/memo.py) and the memoised auxiliary networks built on it."""
+"""The content-hash disk memo (tools/san/memo.py), the memoised auxiliary networks built on it, and the descriptor probe."""
 from __future__ import annotations
 
 import numpy as np
@@ -46,3 +46,19 @@ def test_gender_cnn_is_trained_once_per_recipe(tmp_path):
     assert len(list(tmp_path.iterdir())) == 1
     gender_cnn(images, labels, **{**kwargs, "seed": 4})    # another recipe: another network
     assert len(list(tmp_path.iterdir())) == 2
+    gender_cnn(images, 1 - labels, **kwargs)                # other labels: another network
+    assert len(list(tmp_path.iterdir())) == 3
+
+
+def test_linear_probe_reads_a_linear_label_balanced():
+    from tools.san.aux_models import linear_probe
+    from tools.san.metrics import gender_scores
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random(600) < 0.2).astype(int)          # 1 in 5: a probe that ignored the balance would say 0
+    features = rng.normal(size=(600, 16)).astype(np.float32)
+    features[:, 3] += 1.5 * (2 * labels - 1)
+    probe = linear_probe(features[:400], labels[:400])
+    assert gender_scores(probe(features[400:]), labels[400:])["bacc"] > 0.85
+    shuffled = linear_probe(features[:400], rng.permutation(labels[:400]))
+    assert gender_scores(shuffled(features[400:]), labels[400:])["bacc"] < 0.65

@@ -87,14 +87,15 @@ def test_eval_cli_writes_the_report(tmp_path, papers):
                      "ssim_op_full")
     for field in ("gender_bacc_orig", "gender_bacc_op", "verif_acc_orig", "verif_acc_op", "tmr_fmr1e-2_orig",
                   "tmr_fmr1e-2_op", "ssim_op", "gender_bacc_adapted", "gender_bacc_op_perturbed",
-                  "gender_bacc_orig_perturbed") + (member_fields if papers else ()):
+                  "gender_bacc_orig_perturbed", "gender_bacc_adapted_probe", "gender_bacc_probe_orig") \
+            + (member_fields if papers else ()):
         assert 0.0 <= report[field] <= 1.0, field
     assert report["label_free"] != papers and (report["strength"]["change"] == "label_free") != papers
     assert report["operating_point_chosen_on"].startswith("validation people") and "no test person" in \
         report["operating_point_chosen_on"]
     assert report["strength"]["selection_split"] == "validation" and len(report["strength"]["cross_fold"]) == 2
     assert set(report["targets"]) == {"gender_bacc_op<=0.60", "verif_drop<=0.03", "ssim_op>=0.90",
-                                      "gender_bacc_adapted<=0.70"}
+                                      "gender_bacc_adapted<=0.70", "gender_bacc_adapted_probe<=0.70"}
     best = report["selected_member"]
     rows = {f"member{best}_sm", f"member{best}_op", "ensemble_btas_op", "ensemble_random_op"}
     for name, data in report["datasets"].items():
@@ -110,5 +111,5 @@ def test_eval_cli_writes_the_report(tmp_path, papers):
         assert (tmp_path / name).stat().st_size > 0
     assert "cross-fold check" in (tmp_path / "san_table.md").read_text()
     opinions = report["second_opinion"]
-    assert set(opinions) == {"independent", "adapted"}
+    assert set(opinions) == {"independent", "adapted", "independent_probe", "adapted_probe"}
     assert all(set(by) == {"orig", "deployed"} | ({"x_op"} if papers else set()) for by in opinions.values())
