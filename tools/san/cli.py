@@ -49,16 +49,16 @@ _cache_dir = click.option("--cache-dir", type=click.Path(file_okay=False, path_t
 @click.option("--w-keep", type=click.FloatRange(min=0.0), default=2.0, show_default=True,
               help="weight of the identity (matcher feature) term")
 @click.option("--w-adversary", type=click.FloatRange(min=0.0), default=None,
-              help="label-free: weight of the retrained adversary's term [@w_adversary]")
-@click.option("--w-pixel", type=click.FloatRange(min=0.0), default=None, help="label-free: weight of the L1 term [@w_pixel]")
+              help="label-free: weight of the retrained adversary's term [10]")
+@click.option("--w-pixel", type=click.FloatRange(min=0.0), default=None, help="label-free: weight of the L1 term [1]")
 @click.option("--w-match", type=click.FloatRange(min=0.0), default=None,
-              help="label-free: weight of the two genders' thumbnail distribution gap [@w_match]")
+              help="label-free: weight of the two genders' thumbnail distribution gap [0]")
 @click.option("--w-feature", type=click.FloatRange(min=0.0), default=None,
-              help="label-free: weight of the two genders' distribution gap in classifier B's feature maps [@w_feature]")
+              help="label-free: weight of the two genders' distribution gap in classifier B's feature maps [30]")
 @click.option("--w-ssim", type=click.FloatRange(min=0.0), default=None,
-              help="label-free: weight of the SSIM shortfall below --ssim-floor [@w_ssim]")
+              help="label-free: weight of the SSIM shortfall below --ssim-floor [100]")
 @click.option("--ssim-floor", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=None,
-              help="label-free: the SSIM each output should keep at strength 1 [@ssim_floor]")
+              help="label-free: the SSIM each output should keep at strength 1 [0.92]")
 def train(out: Path, faces_dir: Path | None, label_free: bool, members: int, epochs: int | None,
           pretrain_epochs: int | None, steps_per_epoch: int | None, seed: int, limit: int | None, adversary: str,
           w_keep: float, **label_free_terms: float | None) -> None:

@@ -37,6 +37,7 @@ from tools.san.metrics import (
     gender_scores,
     pair_distances,
     pooled_psnr,
+    rank_auc,
     ssim,
     tmr_at_fmr,
     verification_accuracy,
@@ -113,12 +114,13 @@ class Evaluator:
         start = time.time()
         out: dict[str, float] = {f"gender_{k}": v for k, v in gender_scores(self.gender.predict(variant.images),
                                                                            fs.gender).items()}
+        out["gender_auc"] = rank_auc(self.gender.p_male(variant.images), fs.gender)
         if variant.name != "orig":
             out.update(_fidelity(fs.images, variant.images, fs.gender))
         if variant.with_matcher:
             out.update(_matching(fs, self.embed(fs, variant.images)))
         self.log(f"  {variant.name}: " + ", ".join(f"{k} {v:.3f}" for k, v in out.items()
-                                                  if k in ("gender_bacc", "verif_acc", "tmr_fmr1e-2", "ssim"))
+                                                  if k in ("gender_bacc", "gender_auc", "verif_acc", "tmr_fmr1e-2", "ssim"))
                  + f" ({time.time() - start:.0f} s)")
         return out
 
@@ -188,6 +190,7 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
         "verif_acc_orig": v112["orig"]["verif_acc"], "verif_acc_op": v112[f"{op}_op"]["verif_acc"],
         "tmr_fmr1e-2_orig": v112["orig"]["tmr_fmr1e-2"], "tmr_fmr1e-2_op": v112[f"{op}_op"]["tmr_fmr1e-2"],
         "ssim_op": g64[f"{op}_op"]["ssim"], "psnr_op": g64[f"{op}_op"]["psnr"],
+        "gender_auc_orig": g64["orig"]["gender_auc"], "gender_auc_op": g64[f"{op}_op"]["gender_auc"],
         "gender_bacc_orig_perturbed": g64["orig_perturbed"]["gender_bacc"],
         "gender_bacc_op_perturbed": g64[f"{op}_perturbed"]["gender_bacc"],
         "gender_bacc_adapted": opinion("adapted", "deployed"),

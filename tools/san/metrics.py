@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import rankdata
 
 
 def gender_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -13,6 +14,18 @@ def gender_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     recall = {g: float((pred[truth == g] == g).mean()) if (truth == g).any() else float("nan") for g in (0, 1)}
     return {"acc": float((pred == truth).mean()), "bacc": float(np.nanmean([recall[0], recall[1]])),
             "acc_female": recall[0], "acc_male": recall[1]}
+
+
+def rank_auc(score: np.ndarray, truth: np.ndarray) -> float:
+    """Area under the ROC curve of `score` for label 1 against label 0 (ties count half) over images with a known
+    label: 0.5 when the score ranks the two labels alike, whatever threshold a reader would pick."""
+    known = truth >= 0
+    score, truth = score[known], truth[known]
+    n1, n0 = int((truth == 1).sum()), int((truth == 0).sum())
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    ranks = rankdata(score)
+    return float((ranks[truth == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def pair_distances(emb: np.ndarray, pairs: np.ndarray) -> np.ndarray:

@@ -44,12 +44,23 @@ class UnseenGender:
         self.model, self.cache_dir, self._memo = AgeAndGender(), cache_dir, {}
 
     def _compute(self, images: np.ndarray) -> np.ndarray:
-        out = [self.model.gender(np.ascontiguousarray(img))["value"] == "male"
-               for img in tqdm(images, desc="unseen gender", leave=False)]
-        return np.array(out, dtype=np.int64)
+        out = np.empty((len(images), 2), dtype=np.float64)
+        for i, img in enumerate(tqdm(images, desc="unseen gender", leave=False)):
+            answer = self.model.gender(np.ascontiguousarray(img))
+            male = answer["value"] == "male"
+            out[i] = male, answer["confidence"] / 100 if male else 1 - answer["confidence"] / 100
+        return out
+
+    def _answers(self, images: np.ndarray) -> np.ndarray:
+        """(N, 2): the predicted label (1 male / 0 female) and the classifier's P(male)."""
+        return _cached(self.cache_dir, "agegender-pmale", images, self._compute, self._memo)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        return _cached(self.cache_dir, "agegender", images, self._compute, self._memo)
+        return self._answers(images)[:, 0].astype(np.int64)
+
+    def p_male(self, images: np.ndarray) -> np.ndarray:
+        """The classifier's probability of 'male' per face (its confidence, in 1% steps): a threshold-free reading."""
+        return self._answers(images)[:, 1]
 
 
 class UnseenMatcher:

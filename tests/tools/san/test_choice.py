@@ -89,3 +89,14 @@ def test_choice_reads_only_validation_faces(monkeypatch):
     assert set(loaded) == {"validation"} and record["selection_split"] == "validation"
     assert record["choice"]["female"] == record["choice"]["male"] in strength.ALPHAS["label_free"]
     assert {"clean_gender_bacc", "captured_gender_bacc"} <= set(record["choice"])
+
+
+def test_rank_auc_is_threshold_free():
+    from tools.san.metrics import rank_auc
+
+    truth = np.array([0, 0, 1, 1, -1])
+    assert rank_auc(np.array([0.1, 0.2, 0.8, 0.9, 0.0]), truth) == 1.0
+    assert rank_auc(np.array([0.9, 0.95, 0.97, 0.99, 0.0]), truth) == 1.0     # all read 'male': still ranked right
+    assert rank_auc(np.array([0.6, 0.6, 0.6, 0.6, 0.0]), truth) == 0.5        # ties count half
+    assert rank_auc(np.array([0.9, 0.8, 0.2, 0.1, 0.0]), truth) == 0.0
+    assert np.isnan(rank_auc(np.array([0.1, 0.2]), np.array([0, 0])))

@@ -12,12 +12,15 @@ pytest.importorskip("face_recognition_models")
 
 def test_unseen_gender_and_matcher_on_originals(tmp_path):
     from tools.san.data import load_faces64, load_pairs112
-    from tools.san.metrics import gender_scores, pair_distances, verification_accuracy
+    from tools.san.metrics import gender_scores, pair_distances, rank_auc, verification_accuracy
     from tools.san.unseen import MATCH_THRESHOLD, UnseenGender, UnseenMatcher
 
     faces = load_faces64("test", limit=40)
-    scores = gender_scores(UnseenGender().predict(faces.images), faces.gender)
-    assert scores["acc"] > 0.85
+    classifier = UnseenGender()
+    predicted, p_male = classifier.predict(faces.images), classifier.p_male(faces.images)
+    assert gender_scores(predicted, faces.gender)["acc"] > 0.85
+    assert ((p_male > 0.5) == predicted.astype(bool))[p_male != 0.5].all() and 0 <= p_male.min() <= p_male.max() <= 1
+    assert rank_auc(p_male, faces.gender) > 0.9
 
     pairs = load_pairs112()
     chosen = np.concatenate([np.flatnonzero(pairs.pair_same)[:4], np.flatnonzero(~pairs.pair_same)[:4]])
@@ -87,7 +90,8 @@ def test_eval_cli_writes_the_report(tmp_path, papers):
                      "ssim_op_full")
     for field in ("gender_bacc_orig", "gender_bacc_op", "verif_acc_orig", "verif_acc_op", "tmr_fmr1e-2_orig",
                   "tmr_fmr1e-2_op", "ssim_op", "gender_bacc_adapted", "gender_bacc_op_perturbed",
-                  "gender_bacc_orig_perturbed", "gender_bacc_adapted_probe", "gender_bacc_probe_orig") \
+                  "gender_bacc_orig_perturbed", "gender_bacc_adapted_probe", "gender_bacc_probe_orig", "gender_auc_orig",
+                  "gender_auc_op") \
             + (member_fields if papers else ()):
         assert 0.0 <= report[field] <= 1.0, field
     assert report["label_free"] != papers and (report["strength"]["change"] == "label_free") != papers
