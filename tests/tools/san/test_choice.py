@@ -15,12 +15,17 @@ def _point(alpha: float, bacc: float, drop: float, ssim: float) -> dict:
             "meets_targets": bacc <= GENDER_TARGET and drop <= VERIF_DROP_TARGET and ssim >= SSIM_TARGET}
 
 
-def test_rule_prefers_chance_within_every_target():
+def test_rule_takes_the_strongest_private_point_within_every_target():
     from tools.san.strength import choose_operating_point
     points = [_point(0.0, 0.95, 0.0, 1.0), _point(1.0, 0.58, 0.01, 0.95), _point(1.5, 0.52, 0.02, 0.93),
               _point(2.0, 0.50, 0.02, 0.85),            # at chance, but below the SSIM target
               _point(2.5, 0.49, 0.05, 0.92)]            # at chance, but costs 5 verification points
     assert choose_operating_point(points)["female"] == 1.5
+    # the strongest private-enough point, not the one that happens to read nearest 0.5: the reader is one
+    # classifier and the extra strength is the margin for the others; an inverted reading (0.35) is no margin
+    points = [_point(0.0, 0.95, 0.0, 1.0), _point(0.25, 0.50, 0.0, 0.99), _point(0.5, 0.53, 0.01, 0.96),
+              _point(1.0, 0.56, 0.02, 0.91), _point(1.5, 0.35, 0.02, 0.90), _point(2.0, 0.50, 0.02, 0.85)]
+    assert choose_operating_point(points)["female"] == 1.0
     # no point private enough: the one closest to chance among the useful ones
     points = [_point(0.0, 0.95, 0.0, 1.0), _point(1.0, 0.80, 0.01, 0.95), _point(2.0, 0.55, 0.10, 0.80)]
     assert choose_operating_point(points)["female"] == 1.0
