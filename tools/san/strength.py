@@ -43,7 +43,7 @@ from tools.san.unseen import MATCH_THRESHOLD
 GENDER_TARGET, VERIF_DROP_TARGET, SSIM_TARGET, ADAPTED_TARGET, CHANCE = 0.60, 0.03, 0.90, 0.70, 0.5
 ALPHAS = {"residual": (0.0, 0.25, 0.5, 0.6, 0.75, 0.9, 1.0),       # alpha 1 = X_OP itself
           "differential": (0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5),       # the difference is small: larger strengths
-          "label_free": (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)}  # alpha 1 = the trained output
+          "label_free": (0.0, 0.25, 0.5, 0.6, 0.7, 0.75, 1.0, 1.5, 2.0, 3.0)}  # alpha 1 = the trained output
 OPINION_SEED, CAPTURE_SEED = 11, 3
 Reader = Callable[[np.ndarray], np.ndarray]    # uint8 faces (N,H,W,3) -> 1 male / 0 female
 
