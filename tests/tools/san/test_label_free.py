@@ -77,7 +77,8 @@ def test_training_removes_the_label():
 
     before = gender_scores(predict(reader(x, y, 1), x_test).argmax(1), y_test)["bacc"]
     config = LabelFreeConfig(warmup_epochs=1, epochs=6, batch_size=32, w_pixel=4.0, w_keep=0.0, w_match=100.0,
-                             w_adversary=0.0, w_confound=0.0, lr=1e-3, augmentations=("flip",), work_factor=2)
+                             w_adversary=0.0, w_confound=0.0, w_feature=0.0, w_ssim=0.0, lr=1e-3,
+                             augmentations=("flip",), work_factor=2)
     stage = LabelFreeStage(PrototypeAutoencoder(3, dec=(16, 8)), downsample(x, 2).mean(0), 2)
     keep = freeze(ConvNet(3, 8, widths=(8,)))
     history = LabelFreeTrainer(stage, keep, reader(x, y, 2), ConvNet(3, 2, widths=(8, 16)), config).fit(
