@@ -38,7 +38,7 @@ def test_no_prediction_lost_when_the_broker_restarts_mid_run(tmp_path, device_di
 
 
 @pytest.mark.faceplate
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(180)
 def test_faceplate_device_predicts_while_engaged_and_fails_closed_when_the_actuator_goes(tmp_path, device_dir,
                                                                                         collect):
     from hardware.faceplate import SerialFaceplate
@@ -58,9 +58,10 @@ def test_faceplate_device_predicts_while_engaged_and_fails_closed_when_the_actua
         doc["key_stage"] = {"type": "faceplate", "port": emu.port, "expected_id": "FP-0001", **timing}
         cfg.write_text(yaml.safe_dump(doc))
         run = Running(cfg)
-        assert wait_until(lambda: len(collect.of("prediction")) >= 300, 30)
+        assert wait_until(lambda: len(collect.of("prediction")) >= 300, 60), run.where()
         emu.stop()                                          # the actuator disappears
-        assert wait_until(lambda: len(collect.of("alarm")) >= 3, 20)
+        # three fail-closed retries take ~1 s; the margin is for emulated arm64 CI under load
+        assert wait_until(lambda: len(collect.of("alarm")) >= 3, 60), f"{collect.of('alarm')}; {run.where()}"
         run.stop()
     preds = collect.of("prediction")
     names = labels_for("fashion")

@@ -7,8 +7,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -193,6 +195,15 @@ class Running:
             self.summary = self.service.run()
         except BaseException as exc:  # noqa: BLE001 - surfaced by stop()
             self.error = exc
+
+    def where(self) -> str:
+        """What the service is doing now, for a failure message: the gate, the metrics and the supervisor's
+        (the service thread's) current stack."""
+        frame = sys._current_frames().get(self.thread.ident)
+        stack = "".join(traceback.format_stack(frame)[-8:]) if frame is not None else "(service thread ended)\n"
+        pipe = self.service.pipeline
+        gate = "open" if pipe is not None and pipe.gate_open else "closed"
+        return f"gate {gate}, metrics {self.service.metrics.snapshot()}, service thread at:\n{stack}"
 
     def stop(self, timeout: float = 20) -> dict:
         self.service.request_stop()

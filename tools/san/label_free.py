@@ -12,7 +12,8 @@ follow-ups of the SAN):
     + w_match * gap(out_s | y) + w_feature * gap(B.body(out) | y) # women's and men's outputs alike: in 8x8
                                                                  # thumbnails, and in B's last feature maps
     + w_pixel * |out - x| + w_keep * ||A(out_s) - A(x_s)||^2     # the face and its identity stay
-    + w_ssim * mean(max(0, ssim_floor - SSIM(out, x)))           # every output keeps SSIM >= ssim_floor
+    + w_ssim * mean(max(0, ssim_floor - SSIM_c(out, x)))         # every colour channel c of every output
+                                                                 # keeps SSIM >= ssim_floor
   with B a frozen gender classifier trained on the original faces (the unadapted reader), A the frozen face
   embedder, both trained on the same fit people, and gap = `group_gap`.
 
@@ -102,22 +103,22 @@ def group_gap(images: torch.Tensor, labels: torch.Tensor, pool: int = 8) -> torc
     return means + mmd
 
 
-def luma_ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image SSIM of float RGB images (N,3,H,W) in [0, 1] on luma, as tools.san.metrics.ssim measures it
-    (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, valid filtering), differentiable."""
-    luma = a.new_tensor([0.299, 0.587, 0.114])[None, :, None, None]
-    x, y = (a * luma).sum(1, keepdim=True), (b * luma).sum(1, keepdim=True)
+def channel_ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image, per-channel SSIM (N,C) of float images (N,C,H,W) in [0, 1], as tools.san.metrics.channel_ssim
+    measures it (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, valid filtering), differentiable."""
     g = torch.exp(-(torch.arange(11, dtype=a.dtype, device=a.device) - 5) ** 2 / (2 * 1.5 ** 2))
     g = g / g.sum()
+    channels = a.shape[1]
 
     def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.conv2d(t, g.view(1, 1, 1, -1)), g.view(1, 1, -1, 1))
+        rows = F.conv2d(t, g.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+        return F.conv2d(rows, g.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
 
     c1, c2 = 0.01 ** 2, 0.03 ** 2
-    mx, my = blur(x), blur(y)
-    vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    mx, my = blur(a), blur(b)
+    vx, vy, cxy = blur(a * a) - mx ** 2, blur(b * b) - my ** 2, blur(a * b) - mx * my
     smap = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
-    return smap.mean(dim=(1, 2, 3))
+    return smap.mean(dim=(2, 3))
 
 
 class LabelFreeStage(nn.Module):
@@ -149,22 +150,28 @@ class LabelFreeTrainer:
         self.stage, self.keep, self.confound, self.adversary, self.config = stage, keep, confound, adversary, config
 
     def _generator_terms(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The weighted loss terms (a term of weight 0 is not computed and logs 0), their total, and the mean SSIM."""
         out, raw = self.stage(x)
-        small = self.stage.small(x)
         cfg = self.config
+        similarity = channel_ssim(out, x)
+        terms = {
+            "adversary": (cfg.w_adversary, lambda: uniform_ce(self.adversary(out))),
+            "confound": (cfg.w_confound, lambda: uniform_ce(self.confound(out))),
+            "pixel": (cfg.w_pixel, lambda: F.l1_loss(raw, x)),  # before the clamp: a saturated pixel still has a gradient
+            "keep": (cfg.w_keep, lambda: self._identity_shift(x, out)),
+            "match": (cfg.w_match, lambda: group_gap(self.stage.small(out), y)),
+            "feature": (cfg.w_feature, lambda: group_gap(self.confound.body(out), y)),
+            "ssim_short": (cfg.w_ssim, lambda: (cfg.ssim_floor - similarity).clamp_min(0).mean()),  # every channel
+        }
+        values = {name: term() if weight else out.new_zeros(()) for name, (weight, term) in terms.items()}
+        total = sum(weight * values[name] for name, (weight, _) in terms.items())
+        return {"total": total, **values, "ssim": similarity.mean()}
+
+    def _identity_shift(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Mean squared move of the face embedder A's embedding from the original to the output."""
         with torch.no_grad():
-            target = self.keep(small)
-        keep = (self.keep(self.stage.small(out)) - target).pow(2).sum(1).mean()
-        pixel = F.l1_loss(raw, x)          # before the clamp: a saturated pixel still has a gradient back
-        adversary, confound = uniform_ce(self.adversary(out)), uniform_ce(self.confound(out))
-        match = group_gap(self.stage.small(out), y)
-        feature = group_gap(self.confound.body(out), y) if cfg.w_feature else out.sum() * 0.0
-        similarity = luma_ssim(out, x)
-        ssim_short = (cfg.ssim_floor - similarity).clamp_min(0).mean()
-        total = (cfg.w_adversary * adversary + cfg.w_confound * confound + cfg.w_pixel * pixel + cfg.w_keep * keep
-                 + cfg.w_match * match + cfg.w_feature * feature + cfg.w_ssim * ssim_short)
-        return {"total": total, "adversary": adversary, "confound": confound, "pixel": pixel, "keep": keep,
-                "match": match, "feature": feature, "ssim": similarity.mean()}
+            target = self.keep(self.stage.small(x))
+        return (self.keep(self.stage.small(out)) - target).pow(2).sum(1).mean()
 
     def fit(self, images: np.ndarray, labels: np.ndarray, progress: bool = True) -> list[dict[str, float]]:
         """Train on full-size float faces (N,C,H,W) with gender labels in {0,1}: `warmup_epochs` of the adversary

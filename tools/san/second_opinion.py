@@ -38,11 +38,11 @@ def second_opinions(ensemble: SanEnsemble, member: int, train: FaceSet, test: Fa
     sources = {"independent": train_images,
                "adapted": ensemble.deployed(train_images, train_gender, member)}
     out = {}
+    floats = {what: to_float(x) for what, x in sets.items()}       # converted once, read by every CNN
     for offset, (name, images) in enumerate(sources.items()):
         model = gender_cnn(to_float(images), train_gender, epochs=epochs, seed=seed + offset, augmentations=("flip",),
                            desc=name)
-        out[name] = {what: gender_scores(predict(model, to_float(x)).argmax(1), test.gender)
-                     for what, x in sets.items()}
+        out[name] = {what: gender_scores(predict(model, x).argmax(1), test.gender) for what, x in floats.items()}
     if matcher is not None:
         sample = np.arange(min(probe_images, len(train_images)))
         for name, images in sources.items():

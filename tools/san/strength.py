@@ -92,8 +92,19 @@ def _point(out: StrengthOutcomes, fs: FaceSet, a_f: int, a_m: int, verif_orig: f
              "gender_acc_female": scores["acc_female"], "gender_acc_male": scores["acc_male"],
              "verif_acc": verif, "verif_drop": verif_orig - verif,
              "ssim": float(np.where(female, out.ssim[a_f], out.ssim[a_m]).mean())}
-    point["meets_targets"] = bool(point["gender_bacc"] <= GENDER_TARGET and _useful(point))
+    point["meets_targets"] = meets_targets(point)
     return point
+
+
+def private_enough(gender_bacc: float) -> bool:
+    """The privacy target: a reading no further from chance than GENDER_TARGET on either side (an inverted
+    reading tells the gender as well as a right one)."""
+    return abs(gender_bacc - CHANCE) <= GENDER_TARGET - CHANCE
+
+
+def meets_targets(point: dict) -> bool:
+    """A grid point meets the privacy target and both utility targets (verification drop, SSIM)."""
+    return private_enough(point["gender_bacc"]) and _useful(point)
 
 
 def _useful(point: dict) -> bool:
@@ -113,7 +124,7 @@ def choose_operating_point(points: list[dict], per_gender: bool = False) -> dict
     chance on either side (an inverted reading tells the gender too), else the reading closest to chance among
     the points meeting the utility targets; equal strengths only unless `per_gender`."""
     points = points if per_gender else [p for p in points if p["female"] == p["male"]]
-    feasible = [p for p in points if p["meets_targets"] and abs(p["gender_bacc"] - CHANCE) <= GENDER_TARGET - CHANCE]
+    feasible = [p for p in points if p["meets_targets"]]
     if feasible:
         return max(feasible, key=lambda p: (p["female"] + p["male"], -abs(p["gender_bacc"] - CHANCE), p["verif_acc"]))
     useful = [p for p in points if _useful(p)]
@@ -140,7 +151,7 @@ def worse_reading(clean: list[dict], captured: list[dict]) -> list[dict]:
         worse = b if abs(b["gender_bacc"] - CHANCE) > abs(a["gender_bacc"] - CHANCE) else a
         point = {**a, **{k: worse[k] for k in ("gender_bacc", "gender_acc_female", "gender_acc_male")},
                  "clean_gender_bacc": a["gender_bacc"], "captured_gender_bacc": b["gender_bacc"]}
-        point["meets_targets"] = bool(point["gender_bacc"] <= GENDER_TARGET and _useful(point))
+        point["meets_targets"] = meets_targets(point)
         out.append(point)
     return out
 

@@ -10,10 +10,10 @@ import torch
 
 from base.errors import ConfigError
 from tools.san.augment import check_names
-from tools.san.aux_models import predict, train_binary_classifier, train_face_embedder
+from tools.san.aux_models import gender_cnn, predict, train_face_embedder
 from tools.san.data import downsample, load_faces64, prototypes, to_float
 from tools.san.model_io import SanEnsemble
-from tools.san.nets import ConvNet, PrototypeAutoencoder
+from tools.san.nets import PrototypeAutoencoder
 from tools.san.semi_adversarial import SemiAdversarialConfig, SemiAdversarialTrainer, perturb
 
 # Ensemble diversity (BTAS 2018): each member's auxiliary gender classifier and SAN see differently
@@ -112,8 +112,8 @@ def train_ensemble(config: TrainConfig, faces_dir: Path | None = None, log=print
 
     def gender_classifier(i: int) -> torch.nn.Module:
         cfg = config.member_config(i)
-        return train_binary_classifier(ConvNet(3, 2), x, y, epochs=config.gender_epochs, seed=cfg.seed,
-                                       augmentations=cfg.augmentations, desc=f"aux gender #{i}")
+        return gender_cnn(x, y, epochs=config.gender_epochs, seed=cfg.seed, augmentations=tuple(cfg.augmentations),
+                          desc=f"aux gender #{i}")
 
     # "mean": every classifier first, each SAN confounds their mean (transfers better to unseen classifiers)
     genders = [gender_classifier(i) for i in range(config.members)] if config.adversary == "mean" else []

@@ -9,10 +9,16 @@ pytestmark = pytest.mark.torch
 
 
 def _point(alpha: float, bacc: float, drop: float, ssim: float) -> dict:
-    from tools.san.strength import GENDER_TARGET, SSIM_TARGET, VERIF_DROP_TARGET
-    return {"female": alpha, "male": alpha, "gender_bacc": bacc, "gender_acc_female": bacc, "gender_acc_male": bacc,
-            "verif_acc": 0.95 - drop, "verif_drop": drop, "ssim": ssim,
-            "meets_targets": bacc <= GENDER_TARGET and drop <= VERIF_DROP_TARGET and ssim >= SSIM_TARGET}
+    from tools.san.strength import meets_targets
+    point = {"female": alpha, "male": alpha, "gender_bacc": bacc, "gender_acc_female": bacc, "gender_acc_male": bacc,
+             "verif_acc": 0.95 - drop, "verif_drop": drop, "ssim": ssim}
+    return {**point, "meets_targets": meets_targets(point)}
+
+
+def test_the_privacy_target_holds_on_both_sides_of_chance():
+    from tools.san.strength import private_enough
+    assert private_enough(0.5) and private_enough(0.6) and private_enough(0.4)
+    assert not private_enough(0.61) and not private_enough(0.35)     # inverted: the gender is read back
 
 
 def test_rule_takes_the_strongest_private_point_within_every_target():

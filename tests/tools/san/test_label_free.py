@@ -112,10 +112,11 @@ def test_group_gap_sees_means_and_spreads():
     assert float(group_gap(same, torch.zeros(64, dtype=torch.long))) == 0.0   # one label only
 
 
-def test_luma_ssim_is_the_metric_s_ssim():
+def test_trainer_ssim_is_the_metric_s_ssim_on_every_channel():
     import torch
 
-    from tools.san.label_free import luma_ssim
+    from tools.san.label_free import channel_ssim
+    from tools.san.metrics import channel_ssim as metric_channel_ssim
     from tools.san.metrics import ssim
 
     rng = np.random.default_rng(0)
@@ -125,8 +126,13 @@ def test_luma_ssim_is_the_metric_s_ssim():
     def tensor(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32) / 255)
 
-    np.testing.assert_allclose(luma_ssim(tensor(a), tensor(b)).numpy(), ssim(a, b), atol=1e-4)
-    assert float(luma_ssim(tensor(a), tensor(a)).min()) == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(channel_ssim(tensor(a), tensor(b)).numpy(), metric_channel_ssim(a, b), atol=1e-4)
+    assert float(channel_ssim(tensor(a), tensor(a)).min()) == pytest.approx(1.0, abs=1e-6)
+    recoloured = a.copy()
+    recoloured[..., 0] = 255 - recoloured[..., 0]            # the red channel inverted, the others untouched
+    per_channel = metric_channel_ssim(a, recoloured)
+    assert (per_channel[:, 1:] == 1.0).all() and (per_channel[:, 0] < 0.0).all()
+    np.testing.assert_allclose(ssim(a, recoloured), per_channel.mean(1))   # colour is not free
 
 
 @pytest.mark.parametrize(("name", "fields", "message"), [
