@@ -34,11 +34,11 @@ from tools.san.data import FaceSet, load_faces64, load_pairs112
 from tools.san.errors import SanModelError
 from tools.san.metrics import (
     all_pairs,
+    channel_ssim,
     gender_scores,
     pair_distances,
     pooled_psnr,
     rank_auc,
-    ssim,
     tmr_at_fmr,
     verification_accuracy,
 )
@@ -72,9 +72,12 @@ class Variant:
 
 
 def _fidelity(orig: np.ndarray, images: np.ndarray, gender: np.ndarray) -> dict[str, float]:
-    """Mean SSIM and PSNR of the set's mean squared error (an unchanged image has infinite PSNR), per group too."""
-    s = ssim(orig, images)
-    out = {"ssim": float(s.mean()), "psnr": pooled_psnr(orig, images)}
+    """Mean SSIM (and per colour channel) and PSNR of the set's mean squared error (an unchanged image has infinite
+    PSNR), per group too."""
+    channels = channel_ssim(orig, images)
+    s = channels.mean(axis=1)                     # metrics.ssim
+    out = {"ssim": float(s.mean()), "ssim_channels": [float(c) for c in channels.mean(axis=0)],
+           "psnr": pooled_psnr(orig, images)}
     for group, value in GROUPS.items():
         sel = gender == value
         out[f"ssim_{group}"] = float(s[sel].mean()) if sel.any() else float("nan")
@@ -189,7 +192,8 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
         "gender_bacc_op": g64[f"{op}_op"]["gender_bacc"],
         "verif_acc_orig": v112["orig"]["verif_acc"], "verif_acc_op": v112[f"{op}_op"]["verif_acc"],
         "tmr_fmr1e-2_orig": v112["orig"]["tmr_fmr1e-2"], "tmr_fmr1e-2_op": v112[f"{op}_op"]["tmr_fmr1e-2"],
-        "ssim_op": g64[f"{op}_op"]["ssim"], "psnr_op": g64[f"{op}_op"]["psnr"],
+        "ssim_op": g64[f"{op}_op"]["ssim"], "ssim_op_channels": g64[f"{op}_op"]["ssim_channels"],
+        "psnr_op": g64[f"{op}_op"]["psnr"],
         "gender_auc_orig": g64["orig"]["gender_auc"], "gender_auc_op": g64[f"{op}_op"]["gender_auc"],
         "gender_bacc_orig_perturbed": g64["orig_perturbed"]["gender_bacc"],
         "gender_bacc_op_perturbed": g64[f"{op}_perturbed"]["gender_bacc"],

@@ -94,6 +94,7 @@ def test_eval_cli_writes_the_report(tmp_path, papers):
                   "gender_auc_op") \
             + (member_fields if papers else ()):
         assert 0.0 <= report[field] <= 1.0, field
+    assert len(report["ssim_op_channels"]) == 3 and np.mean(report["ssim_op_channels"]) == pytest.approx(report["ssim_op"])
     assert report["label_free"] != papers and (report["strength"]["change"] == "label_free") != papers
     assert report["operating_point_chosen_on"].startswith("validation people") and "no test person" in \
         report["operating_point_chosen_on"]
