@@ -96,10 +96,15 @@ def _point(out: StrengthOutcomes, fs: FaceSet, a_f: int, a_m: int, verif_orig: f
     return point
 
 
+def from_chance(gender_bacc: float) -> float:
+    """How far a gender reading is from chance, on either side (an inverted reading tells the gender as well as a
+    right one)."""
+    return abs(gender_bacc - CHANCE)
+
+
 def private_enough(gender_bacc: float) -> bool:
-    """The privacy target: a reading no further from chance than GENDER_TARGET on either side (an inverted
-    reading tells the gender as well as a right one)."""
-    return abs(gender_bacc - CHANCE) <= GENDER_TARGET - CHANCE
+    """The privacy target: a reading no further from chance than GENDER_TARGET on either side."""
+    return from_chance(gender_bacc) <= GENDER_TARGET - CHANCE
 
 
 def meets_targets(point: dict) -> bool:
@@ -126,17 +131,17 @@ def choose_operating_point(points: list[dict], per_gender: bool = False) -> dict
     points = points if per_gender else [p for p in points if p["female"] == p["male"]]
     feasible = [p for p in points if p["meets_targets"]]
     if feasible:
-        return max(feasible, key=lambda p: (p["female"] + p["male"], -abs(p["gender_bacc"] - CHANCE), p["verif_acc"]))
+        return max(feasible, key=lambda p: (p["female"] + p["male"], -from_chance(p["gender_bacc"]), p["verif_acc"]))
     useful = [p for p in points if _useful(p)]
     if not useful:
         raise ValueError("no strength meets the utility target (alpha 0 always does: is the sweep empty?)")
-    return min(useful, key=lambda p: (abs(p["gender_bacc"] - CHANCE), -p["verif_acc"], p["female"] + p["male"]))
+    return min(useful, key=lambda p: (from_chance(p["gender_bacc"]), -p["verif_acc"], p["female"] + p["male"]))
 
 
 def pareto_front(points: list[dict]) -> list[dict]:
     """Points no other point beats on both a gender bacc closer to chance and a higher verification accuracy."""
     def gap(p: dict) -> float:
-        return abs(p["gender_bacc"] - CHANCE)
+        return from_chance(p["gender_bacc"])
 
     front = [p for p in points if not any(gap(q) <= gap(p) and q["verif_acc"] >= p["verif_acc"]
                                           and (gap(q), q["verif_acc"]) != (gap(p), p["verif_acc"]) for q in points)]
@@ -148,7 +153,7 @@ def worse_reading(clean: list[dict], captured: list[dict]) -> list[dict]:
     is further from chance (privacy must hold under both); `captured_gender_bacc` keeps the other reading."""
     out = []
     for a, b in zip(clean, captured, strict=True):
-        worse = b if abs(b["gender_bacc"] - CHANCE) > abs(a["gender_bacc"] - CHANCE) else a
+        worse = b if from_chance(b["gender_bacc"]) > from_chance(a["gender_bacc"]) else a
         point = {**a, **{k: worse[k] for k in ("gender_bacc", "gender_acc_female", "gender_acc_male")},
                  "clean_gender_bacc": a["gender_bacc"], "captured_gender_bacc": b["gender_bacc"]}
         point["meets_targets"] = meets_targets(point)
