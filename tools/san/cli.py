@@ -59,6 +59,10 @@ _cache_dir = click.option("--cache-dir", type=click.Path(file_okay=False, path_t
               help="label-free: weight of the SSIM shortfall below --ssim-floor [100]")
 @click.option("--ssim-floor", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=None,
               help="label-free: the SSIM each output should keep at strength 1 [0.92]")
+@click.option("--w-colour", type=click.FloatRange(min=0.0), default=None,
+              help="label-free: weight of the colour difference above --colour-ceiling [1]")
+@click.option("--colour-ceiling", type=click.FloatRange(min=0.0), default=None,
+              help="label-free: the most mean Delta E (blurred CIELAB) an output may move at strength 1 [3]")
 def train(out: Path, faces_dir: Path | None, label_free: bool, members: int, epochs: int | None,
           pretrain_epochs: int | None, steps_per_epoch: int | None, seed: int, limit: int | None, adversary: str,
           w_keep: float, **label_free_terms: float | None) -> None:

@@ -14,6 +14,7 @@ follow-ups of the SAN):
     + w_pixel * |out - x| + w_keep * ||A(out_s) - A(x_s)||^2     # the face and its identity stay
     + w_ssim * mean(max(0, ssim_floor - SSIM_c(out, x)))         # every colour channel c of every output
                                                                  # keeps SSIM >= ssim_floor
+    + w_colour * mean(max(0, dE(out, x) - colour_ceiling))       # and its colour: SSIM tolerates a smooth cast
   with B a frozen gender classifier trained on the original faces (the unadapted reader), A the frozen face
   embedder, both trained on the same fit people, and gap = `group_gap`.
 
@@ -36,6 +37,7 @@ from base.errors import ConfigError
 from tools.san.augment import CAPTURE, augment, check_names
 from tools.san.aux_models import batches, cached_model, gender_cnn, predict, train_face_embedder
 from tools.san.data import NEUTRAL, balanced_epoch, downsample, load_faces64, prototypes, to_float
+from tools.san.metrics import COLOUR_SIGMA, D65_WHITE, SRGB_TO_XYZ
 from tools.san.model_io import SanEnsemble
 from tools.san.nets import ConvNet, FaceEmbedder, PrototypeAutoencoder
 from tools.san.semi_adversarial import check_training
@@ -58,6 +60,8 @@ class LabelFreeConfig:
     w_feature: float = 30.0
     w_ssim: float = 100.0
     ssim_floor: float = 0.92
+    w_colour: float = 1.0
+    colour_ceiling: float = 3.0
     max_steps_per_epoch: int | None = None
     augmentations: tuple[str, ...] = ("flip", *CAPTURE)
     work_factor: int = 2
@@ -71,6 +75,8 @@ class LabelFreeConfig:
         check_training("label-free training", self, (self.warmup_epochs, self.epochs), (self.lr, self.adversary_lr))
         if not 0 < self.ssim_floor <= 1:
             raise ConfigError(f"ssim_floor must be in (0, 1], got {self.ssim_floor}")
+        if self.colour_ceiling < 0:
+            raise ConfigError(f"colour_ceiling must be >= 0 (a Delta E), got {self.colour_ceiling}")
         if min(self.matcher_epochs, self.gender_epochs) < 1 or self.work_factor < 1:
             raise ConfigError("matcher_epochs, gender_epochs and work_factor must be >= 1")
         self.augmentations = check_names(tuple(self.augmentations))
@@ -103,22 +109,44 @@ def group_gap(images: torch.Tensor, labels: torch.Tensor, pool: int = 8) -> torc
     return means + mmd
 
 
+def _gaussian_blur(t: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """'Valid' separable Gaussian filtering of each channel of (N,C,H,W), as tools.san.metrics._filter does."""
+    g = torch.exp(-(torch.arange(size, dtype=t.dtype, device=t.device) - size // 2) ** 2 / (2 * sigma ** 2))
+    g, channels = g / g.sum(), t.shape[1]
+    rows = F.conv2d(t, g.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    return F.conv2d(rows, g.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+
+
 def channel_ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-image, per-channel SSIM (N,C) of float images (N,C,H,W) in [0, 1], as tools.san.metrics.channel_ssim
     measures it (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, valid filtering), differentiable."""
-    g = torch.exp(-(torch.arange(11, dtype=a.dtype, device=a.device) - 5) ** 2 / (2 * 1.5 ** 2))
-    g = g / g.sum()
-    channels = a.shape[1]
-
     def blur(t: torch.Tensor) -> torch.Tensor:
-        rows = F.conv2d(t, g.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
-        return F.conv2d(rows, g.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+        return _gaussian_blur(t, 11, 1.5)
 
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     mx, my = blur(a), blur(b)
     vx, vy, cxy = blur(a * a) - mx ** 2, blur(b * b) - my ** 2, blur(a * b) - mx * my
     smap = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
     return smap.mean(dim=(2, 3))
+
+
+def _lab(rgb: torch.Tensor) -> torch.Tensor:
+    """CIELAB of sRGB (N,3,H,W) in [0, 1], as tools.san.metrics.srgb_to_lab (channels first), differentiable
+    (each branch sees only inputs where it is taken, so neither the power nor the cube root meets 0)."""
+    linear = torch.where(rgb > 0.04045, ((rgb.clamp_min(0.04045) + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    xyz = torch.einsum("ij,njhw->nihw", rgb.new_tensor(SRGB_TO_XYZ), linear)
+    t = xyz / rgb.new_tensor(D65_WHITE).view(1, 3, 1, 1)
+    delta = 6 / 29
+    f = torch.where(t > delta ** 3, t.clamp_min(delta ** 3) ** (1 / 3), t / (3 * delta ** 2) + 4 / 29)
+    return torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], 1)
+
+
+def colour_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image mean Delta E*ab (N,) between blurred float RGB images (N,3,H,W) in [0, 1], as
+    tools.san.metrics.colour_difference measures it, differentiable."""
+    size = 4 * int(COLOUR_SIGMA) + 1
+    diff = _lab(_gaussian_blur(a, size, COLOUR_SIGMA)) - _lab(_gaussian_blur(b, size, COLOUR_SIGMA))
+    return (diff.pow(2).sum(1) + 1e-12).sqrt().mean(dim=(1, 2))
 
 
 class LabelFreeStage(nn.Module):
@@ -162,6 +190,7 @@ class LabelFreeTrainer:
             "match": (cfg.w_match, lambda: group_gap(self.stage.small(out), y)),
             "feature": (cfg.w_feature, lambda: group_gap(self.confound.body(out), y)),
             "ssim_short": (cfg.w_ssim, lambda: (cfg.ssim_floor - similarity).clamp_min(0).mean()),  # every channel
+            "colour_excess": (cfg.w_colour, lambda: (colour_difference(out, x) - cfg.colour_ceiling).clamp_min(0).mean()),
         }
         values = {name: term() if weight else out.new_zeros(()) for name, (weight, term) in terms.items()}
         total = sum(weight * values[name] for name, (weight, _) in terms.items())

@@ -1,4 +1,4 @@
-"""Evaluation metrics: (balanced) accuracy, verification accuracy, TMR at fixed FMR, SSIM and PSNR."""
+"""Evaluation metrics: (balanced) accuracy, verification accuracy, TMR at fixed FMR, SSIM, colour difference, PSNR."""
 from __future__ import annotations
 
 import numpy as np
@@ -83,6 +83,31 @@ def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-image SSIM of uint8 RGB (N,H,W,3): the mean of the R, G and B channels' SSIM, so a change spent in
     colour costs as much as one spent in brightness (a luma-only SSIM let a stage recolour faces for free)."""
     return channel_ssim(a, b).mean(axis=1)
+
+
+# sRGB (D65) -> CIE XYZ, rows X, Y, Z; and the D65 white point
+SRGB_TO_XYZ = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+D65_WHITE = np.array([0.95047, 1.0, 1.08883])
+COLOUR_SIGMA = 2.0       # px at 64x64: the colour difference is read on blurred images (colour vision is low-pass)
+
+
+def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """CIELAB (L*, a*, b*) of sRGB values in [0, 1] with channels on the LAST axis (D65 white)."""
+    linear = np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    t = (linear @ SRGB_TO_XYZ.T) / D65_WHITE
+    delta = 6 / 29
+    f = np.where(t > delta ** 3, np.cbrt(np.maximum(t, delta ** 3)), t / (3 * delta ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+
+
+def colour_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-image mean CIE76 colour difference (Delta E*ab; ~2.3 is a just-noticeable difference) between uint8
+    RGB images (N,H,W,3) blurred by a Gaussian of COLOUR_SIGMA px (as in S-CIELAB): the smooth shifts of colour
+    and brightness that SSIM tolerates (a cast moves a channel's local mean, which SSIM barely weighs)."""
+    w = _gaussian_window(4 * int(COLOUR_SIGMA) + 1, COLOUR_SIGMA)
+    labs = [srgb_to_lab(np.moveaxis(_filter(np.moveaxis(img.astype(np.float64) / 255, -1, 1), w), 1, -1))
+            for img in (a, b)]
+    return np.linalg.norm(labs[0] - labs[1], axis=-1).mean(axis=(1, 2))
 
 
 def pooled_psnr(a: np.ndarray, b: np.ndarray) -> float:

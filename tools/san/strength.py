@@ -13,16 +13,16 @@ Operating-point rule (privacy is the goal, utility the constraint), `choose_on_v
   the result; it reads every point on the clean faces and on one seeded capture-perturbed copy
   (augment.CAPTURE), and the point's balanced accuracy is the one further from chance;
 - **utility**: the dlib matcher's verification accuracy on all genuine pairs of the validation people plus as
-  many seeded impostor pairs, and the mean SSIM;
-- **rule**: among the points meeting the targets (gender balanced accuracy within 0.10 of chance on either
-  side: below 0.5 the classifier is inverted, which tells the gender as well as above it; verification drop
-  <= 3 points; SSIM >= 0.90), the strongest: the reader is one classifier, and the strength beyond the point
-  where it reads chance is the margin that protects against the classifiers that did not choose (a small CNN
-  reaches chance long before a strong classifier does); ties by the reading closest to chance, then the higher
-  verification. With no such point, the reading closest to chance among the points meeting the utility
-  targets, then the highest verification, then the smallest strength. Only equal strengths are candidates
-  unless `per_gender` (a per-gender strength can reach chance by pushing everyone onto one gender and makes the
-  perturbation's size a gender cue).
+  many seeded impostor pairs, the mean SSIM and the mean colour difference (metrics.colour_difference);
+- **rule**: among the points meeting the targets (gender balanced accuracy within 0.10 of chance on either side:
+  below 0.5 the classifier is inverted, which tells the gender as well as above it; verification drop <= 3
+  points; SSIM >= 0.90; mean colour difference Delta E <= 5), the strongest: the reader is one classifier, and
+  the strength beyond the point where it reads chance is the margin that protects against the classifiers that
+  did not choose (a small CNN reaches chance long before a strong classifier does); ties by the reading closest
+  to chance, then the higher verification. With no such point, the reading closest to chance among the points
+  meeting the utility targets, then the highest verification, then the smallest strength. Only equal strengths
+  are candidates unless `per_gender` (a per-gender strength can reach chance by pushing everyone onto one gender
+  and makes the perturbation's size a gender cue).
 """
 from __future__ import annotations
 
@@ -36,14 +36,15 @@ import numpy as np
 from tools.san.augment import CAPTURE, capture_perturbed
 from tools.san.aux_models import gender_cnn, predict
 from tools.san.data import FaceSet, load_faces64, to_float
-from tools.san.metrics import all_pairs, gender_scores, pair_distances, ssim, verification_accuracy
+from tools.san.metrics import all_pairs, colour_difference, gender_scores, pair_distances, ssim, verification_accuracy
 from tools.san.model_io import SanEnsemble, check_change
 from tools.san.unseen import MATCH_THRESHOLD
 
 GENDER_TARGET, VERIF_DROP_TARGET, SSIM_TARGET, ADAPTED_TARGET, CHANCE = 0.60, 0.03, 0.90, 0.70, 0.5
+COLOUR_TARGET = 5.0   # mean Delta E*ab of the blurred faces: ~2 just-noticeable differences (a +10/255 brightening: 4)
 ALPHAS = {"residual": (0.0, 0.25, 0.5, 0.6, 0.75, 0.9, 1.0),       # alpha 1 = X_OP itself
           "differential": (0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5),       # the difference is small: larger strengths
-          "label_free": (0.0, 0.25, 0.5, 0.6, 0.7, 0.75, 1.0, 1.5, 2.0, 3.0)}  # alpha 1 = the trained output
+          "label_free": (0.0, 0.25, 0.5, 0.6, 0.7, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)}  # alpha 1 = the trained output
 OPINION_SEED, CAPTURE_SEED = 11, 3
 Reader = Callable[[np.ndarray], np.ndarray]    # uint8 faces (N,H,W,3) -> 1 male / 0 female
 
@@ -56,10 +57,12 @@ class StrengthOutcomes:
     gender_pred: np.ndarray      # (A, N) 1 male / 0 female
     emb: np.ndarray              # (A, N, 128) dlib descriptors (NaN for images in no pair)
     ssim: np.ndarray             # (A, N) to the original
+    colour: np.ndarray           # (A, N) mean Delta E to the original
 
     def subset(self, keep: np.ndarray) -> StrengthOutcomes:
         """The outcomes of the images selected by boolean mask `keep` (as FaceSet.subset selects them)."""
-        return StrengthOutcomes(self.alphas, self.gender_pred[:, keep], self.emb[:, keep], self.ssim[:, keep])
+        return StrengthOutcomes(self.alphas, self.gender_pred[:, keep], self.emb[:, keep], self.ssim[:, keep],
+                                self.colour[:, keep])
 
 
 def sweep(ensemble: SanEnsemble, member: int, fs: FaceSet, evaluator, change: str = "differential",
@@ -71,14 +74,16 @@ def sweep(ensemble: SanEnsemble, member: int, fs: FaceSet, evaluator, change: st
     if 0.0 not in alphas:
         raise ValueError("the sweep needs alpha 0 (the originals) as its reference")
     reader = reader or evaluator.gender.predict
-    preds, embs, ssims = [], [], []
+    preds, embs, ssims, colours = [], [], [], []
     for alpha in alphas:
         x_op = ensemble.deployed(fs.images, fs.gender, member, strength=float(alpha), change=change)
         preds.append(reader(x_op))
         embs.append(evaluator.embed(fs, x_op) if matcher else np.full((len(fs), 128), np.nan, np.float32))
         ssims.append(ssim(fs.images, x_op))
+        colours.append(colour_difference(fs.images, x_op))
         log(f"  strength {alpha:.2f}: gender bacc {gender_scores(preds[-1], fs.gender)['bacc']:.3f}")
-    return StrengthOutcomes(list(map(float, alphas)), np.stack(preds), np.stack(embs), np.stack(ssims))
+    return StrengthOutcomes(list(map(float, alphas)), np.stack(preds), np.stack(embs), np.stack(ssims),
+                            np.stack(colours))
 
 
 def _point(out: StrengthOutcomes, fs: FaceSet, a_f: int, a_m: int, verif_orig: float) -> dict:
@@ -91,7 +96,8 @@ def _point(out: StrengthOutcomes, fs: FaceSet, a_f: int, a_m: int, verif_orig: f
     point = {"female": out.alphas[a_f], "male": out.alphas[a_m], "gender_bacc": scores["bacc"],
              "gender_acc_female": scores["acc_female"], "gender_acc_male": scores["acc_male"],
              "verif_acc": verif, "verif_drop": verif_orig - verif,
-             "ssim": float(np.where(female, out.ssim[a_f], out.ssim[a_m]).mean())}
+             "ssim": float(np.where(female, out.ssim[a_f], out.ssim[a_m]).mean()),
+             "colour_de": float(np.where(female, out.colour[a_f], out.colour[a_m]).mean())}
     point["meets_targets"] = meets_targets(point)
     return point
 
@@ -108,12 +114,13 @@ def private_enough(gender_bacc: float) -> bool:
 
 
 def meets_targets(point: dict) -> bool:
-    """A grid point meets the privacy target and both utility targets (verification drop, SSIM)."""
+    """A grid point meets the privacy target and the utility targets (verification drop, SSIM, colour)."""
     return private_enough(point["gender_bacc"]) and _useful(point)
 
 
 def _useful(point: dict) -> bool:
-    return point["verif_drop"] <= VERIF_DROP_TARGET and point["ssim"] >= SSIM_TARGET
+    return (point["verif_drop"] <= VERIF_DROP_TARGET and point["ssim"] >= SSIM_TARGET
+            and point["colour_de"] <= COLOUR_TARGET)
 
 
 def strength_grid(out: StrengthOutcomes, fs: FaceSet) -> list[dict]:
@@ -197,7 +204,8 @@ def choose_on_validation(ensemble: SanEnsemble, member: int, change: str, evalua
     points = worse_reading(clean, captured)
     choice = choose_operating_point(points, per_gender)
     log(f"chosen: strength female {choice['female']:g} / male {choice['male']:g} (second-opinion gender bacc "
-        f"{choice['gender_bacc']:.3f}, verification drop {100 * choice['verif_drop']:.1f} pts, SSIM {choice['ssim']:.3f})")
+        f"{choice['gender_bacc']:.3f}, verification drop {100 * choice['verif_drop']:.1f} pts, SSIM {choice['ssim']:.3f}, "
+        f"Delta E {choice['colour_de']:.1f})")
     return {"member": member, "change": change, "per_gender": per_gender, "choice": choice, "grid": points,
             "selection_split": "validation", "n_images": len(val), "n_people": int(len(np.unique(val.identity))),
             "n_pairs": int(len(val.pair_idx)),
@@ -205,5 +213,6 @@ def choose_on_validation(ensemble: SanEnsemble, member: int, change: str, evalua
                       "original faces with flips and capture changes, seed " + str(OPINION_SEED) + ")",
             "rule": "tools/san/strength.py: the strongest of the " + ("(alpha_female, alpha_male)" if per_gender
                     else "equal strengths") + " whose gender bacc (the worse of clean and capture-perturbed) is within "
-                    "0.10 of 0.5 with verification drop <= 3 pts and SSIM >= 0.90; else the bacc closest to 0.5 among "
+                    "0.10 of 0.5 with verification drop <= 3 pts, SSIM >= 0.90 and mean Delta E <= "
+                    f"{COLOUR_TARGET:g}; else the bacc closest to 0.5 among "
                     "those meeting the utility targets"}

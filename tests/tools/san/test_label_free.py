@@ -76,8 +76,9 @@ def test_training_removes_the_label():
         return train_binary_classifier(ConvNet(3, 2, widths=(8, 16)), images, labels, epochs=3, seed=seed, desc="t")
 
     before = gender_scores(predict(reader(x, y, 1), x_test).argmax(1), y_test)["bacc"]
+    # the label here IS a colour cast, so the colour bound is off (w_colour 0)
     config = LabelFreeConfig(warmup_epochs=1, epochs=6, batch_size=32, w_pixel=4.0, w_keep=0.0, w_match=100.0,
-                             w_adversary=0.0, w_confound=0.0, w_feature=0.0, w_ssim=0.0, lr=1e-3,
+                             w_adversary=0.0, w_confound=0.0, w_feature=0.0, w_ssim=0.0, w_colour=0.0, lr=1e-3,
                              augmentations=("flip",), work_factor=2)
     stage = LabelFreeStage(PrototypeAutoencoder(3, dec=(16, 8)), downsample(x, 2).mean(0), 2)
     keep = freeze(ConvNet(3, 8, widths=(8,)))
@@ -135,10 +136,35 @@ def test_trainer_ssim_is_the_metric_s_ssim_on_every_channel():
     np.testing.assert_allclose(ssim(a, recoloured), per_channel.mean(1))   # colour is not free
 
 
+def test_trainer_colour_difference_is_the_metric_s_and_sees_the_cast_ssim_tolerates():
+    import torch
+
+    from tools.san.label_free import colour_difference
+    from tools.san.metrics import colour_difference as metric_colour_difference
+    from tools.san.metrics import srgb_to_lab, ssim
+
+    np.testing.assert_allclose(srgb_to_lab(np.array([1.0, 1.0, 1.0])), [100, 0, 0], atol=0.05)   # D65 white
+    np.testing.assert_allclose(srgb_to_lab(np.array([1.0, 0.0, 0.0])), [53.2, 80.1, 67.2], atol=0.2)
+    rng = np.random.default_rng(1)
+    a = rng.integers(40, 216, (3, 32, 32, 3), dtype=np.uint8)
+    b = np.clip(a + rng.normal(0, 15, a.shape), 0, 255).astype(np.uint8)
+
+    def tensor(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32) / 255).requires_grad_()
+
+    got = colour_difference(tensor(a), tensor(b))
+    np.testing.assert_allclose(got.detach().numpy(), metric_colour_difference(a, b), rtol=1e-4)
+    got.sum().backward()                                        # differentiable
+    cast = np.clip(a.astype(int) + [-30, 25, 20], 0, 255).astype(np.uint8)     # a cyan cast
+    assert ssim(a, cast).min() > 0.95 and metric_colour_difference(a, cast).min() > 15
+    assert metric_colour_difference(a, a).max() == 0.0
+
+
 @pytest.mark.parametrize(("name", "fields", "message"), [
     ("LabelFreeConfig", {"w_feature": -1.0}, "label-free training: loss weights must be >= 0, got {'w_feature': -1.0}"),
     ("LabelFreeConfig", {"adversary_lr": 0.0}, "label-free training needs epochs >= 0"),
     ("LabelFreeConfig", {"ssim_floor": 1.5}, "ssim_floor must be in"),
+    ("LabelFreeConfig", {"colour_ceiling": -1.0}, "colour_ceiling must be >= 0"),
     ("SemiAdversarialConfig", {"w_pixel_op": -0.5}, "semi-adversarial training: loss weights must be >= 0"),
     ("SemiAdversarialConfig", {"pretrain_epochs": -1}, "semi-adversarial training needs epochs >= 0"),
 ])

@@ -76,6 +76,8 @@ def test_sweep_grid_and_rule(ensemble):
     out = sweep(ensemble, 0, faces, _Evaluator(), "residual", alphas=(0.0, 0.5, 1.0), log=lambda _: None)
     assert out.gender_pred.shape == (3, len(faces)) and out.emb.shape[:2] == (3, len(faces))
     np.testing.assert_allclose(out.ssim[0], 1.0)
+    np.testing.assert_allclose(out.colour[0], 0.0)
+    assert (out.colour[2] > out.colour[1]).mean() > 0.9          # a stronger change moves the colours further
     points = strength_grid(out, faces)
     assert len(points) == 9
     zero = next(p for p in points if p["female"] == 0 and p["male"] == 0)
@@ -103,7 +105,7 @@ def test_rule_prefers_chance_over_an_inverted_classifier():
 
     def point(bacc, verif, alpha):
         p = {"gender_bacc": bacc, "verif_acc": verif, "verif_drop": 0.9 - verif, "female": alpha, "male": alpha,
-             "ssim": 0.95}
+             "ssim": 0.95, "colour_de": 1.0}
         return {**p, "meets_targets": meets_targets(p)}
 
     points = [point(0.30, 0.89, 3.0), point(0.52, 0.88, 2.0), point(0.58, 0.895, 1.5), point(0.9, 0.9, 0.0)]
