@@ -38,7 +38,7 @@ _cache_dir = click.option("--cache-dir", type=click.Path(file_okay=False, path_t
               "gender classifier retrained on its outputs; tools/san/label_free.py) instead of the papers' ensemble")
 @click.option("--members", type=int, default=3, show_default=True, help="ensemble size (diverse augmentations; papers' "
               "ensemble only)")
-@click.option("--epochs", type=int, default=None, help="adversarial / semi-adversarial epochs [label-free 6, ensemble 5]")
+@click.option("--epochs", type=int, default=None, help="adversarial / semi-adversarial epochs [label-free 10, ensemble 5]")
 @click.option("--pretrain-epochs", type=int, default=None,
               help="ensemble: autoencoder pretraining epochs [2]; label-free: adversary warm-up epochs [1]")
 @click.option("--steps-per-epoch", type=int, default=None, help="batches per epoch [label-free all, ensemble 80]")
@@ -54,7 +54,7 @@ _cache_dir = click.option("--cache-dir", type=click.Path(file_okay=False, path_t
 @click.option("--w-match", type=click.FloatRange(min=0.0), default=None,
               help="label-free: weight of the two genders' thumbnail distribution gap [0]")
 @click.option("--w-feature", type=click.FloatRange(min=0.0), default=None,
-              help="label-free: weight of the two genders' distribution gap in classifier B's feature maps [30]")
+              help="label-free: weight of the two genders' distribution gap in classifier B's feature maps [100]")
 @click.option("--w-ssim", type=click.FloatRange(min=0.0), default=None,
               help="label-free: weight of the SSIM shortfall below --ssim-floor [100]")
 @click.option("--ssim-floor", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=None,
@@ -170,7 +170,7 @@ def strength(model: Path, faces_dir: Path | None, cache_dir: Path, change: str |
     _threads()
     from tools.san.evaluate import Evaluator
     from tools.san.model_io import load_ensemble, save_ensemble
-    from tools.san.strength import choose_on_validation
+    from tools.san.strength import choose_on_validation, strength_of
 
     ensemble = load_ensemble(model)
     change = change or ensemble.change
@@ -180,18 +180,17 @@ def strength(model: Path, faces_dir: Path | None, cache_dir: Path, change: str |
     record = choose_on_validation(ensemble, member, change, Evaluator(cache_dir, click.echo), per_gender, faces_dir,
                                   limit=limit, log=click.echo)
     click.echo("validation grid (alpha_female, alpha_male: second-opinion gender bacc clean/captured, verif acc, "
-               "drop, SSIM):")
+               "drop, SSIM, Delta E):")
     for p in record["grid"]:
         if per_gender or p["female"] == p["male"]:
             click.echo(f"  {p['female']:.2f}, {p['male']:.2f}: {p['clean_gender_bacc']:.3f}/{p['captured_gender_bacc']:.3f}, "
-                       f"{p['verif_acc']:.3f}, {p['verif_drop']:+.3f}, {p['ssim']:.3f}"
+                       f"{p['verif_acc']:.3f}, {p['verif_drop']:+.3f}, {p['ssim']:.3f}, {p['colour_de']:.1f}"
                        f"{'  meets targets' if p['meets_targets'] else ''}")
     c = record["choice"]
     click.echo(f"operating point: female {c['female']}, male {c['male']} ({'meets' if c['meets_targets'] else 'does NOT meet'} "
                "the targets on the validation people)")
     if write:
-        ensemble.meta["strength"] = {"female": c["female"], "male": c["male"],
-                                     **({"unknown": c["female"]} if change == "label_free" else {})}
+        ensemble.meta["strength"] = strength_of(c, change)
         ensemble.meta["change"] = change
         ensemble.meta["strength_selection"] = {k: v for k, v in record.items() if k != "grid"}
         save_ensemble(ensemble, model)

@@ -56,6 +56,7 @@ from tools.san.strength import (
     choose_operating_point,
     pareto_front,
     strength_grid,
+    strength_of,
     sweep,
 )
 from tools.san.unseen import MATCH_THRESHOLD, UnseenGender, UnseenMatcher
@@ -325,7 +326,8 @@ def cross_fold(ensemble: SanEnsemble, member: int, change: str, per_gender: bool
                      if (p["female"], p["male"]) == alpha)
         for a in ((0.0, 0.0), alpha):
             if a not in embeddings:
-                images = ensemble.deployed(fs112.images, fs112.gender, member, {"female": a[0], "male": a[1]}, change)
+                images = ensemble.deployed(fs112.images, fs112.gender, member,
+                                           strength_of({"female": a[0], "male": a[1]}, change), change)
                 embeddings[a] = evaluator.embed(fs112, images)
         keep = fs112.fold == held_out
         orig, got = (_matching(fs112.subset(keep), embeddings[a][keep]) for a in ((0.0, 0.0), alpha))

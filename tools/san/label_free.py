@@ -48,7 +48,7 @@ class LabelFreeConfig:
     """Hyper-parameters of `keycam san train --label-free` (defaults: the committed model's)."""
 
     warmup_epochs: int = 1
-    epochs: int = 6
+    epochs: int = 10
     batch_size: int = 32
     lr: float = 5e-4
     adversary_lr: float = 2e-3
@@ -57,7 +57,7 @@ class LabelFreeConfig:
     w_pixel: float = 1.0
     w_keep: float = 2.0
     w_match: float = 0.0
-    w_feature: float = 30.0
+    w_feature: float = 100.0
     w_ssim: float = 100.0
     ssim_floor: float = 0.92
     w_colour: float = 1.0

@@ -102,6 +102,13 @@ def _point(out: StrengthOutcomes, fs: FaceSet, a_f: int, a_m: int, verif_orig: f
     return point
 
 
+def strength_of(point: dict, change: str) -> dict[str, float]:
+    """The strength mapping `SanEnsemble.deployed` takes for a grid point: a label-free stage reads every face as
+    'unknown', so the point's (equal) strength goes there too; a mapping without it would deploy the default 1."""
+    return {"female": point["female"], "male": point["male"],
+            **({"unknown": point["female"]} if change == "label_free" else {})}
+
+
 def from_chance(gender_bacc: float) -> float:
     """How far a gender reading is from chance, on either side (an inverted reading tells the gender as well as a
     right one)."""

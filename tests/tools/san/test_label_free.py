@@ -34,6 +34,24 @@ def test_the_label_free_stage_takes_no_gender():
                               gendered.deployed(faces.images, 1 - faces.gender, 0))
 
 
+def test_a_grid_point_deploys_a_label_free_stage_at_its_own_strength():
+    from tools.san.data import load_faces64
+    from tools.san.model_io import SanEnsemble
+    from tools.san.nets import PrototypeAutoencoder
+    from tools.san.strength import strength_of
+
+    protos = np.random.default_rng(0).random((3, 3, 32, 32)).astype(np.float32)
+    ensemble = SanEnsemble([PrototypeAutoencoder(3, dec=(8, 8)).eval()], protos,
+                           {"change": "label_free", "strength": {"female": 1.5, "male": 1.5, "unknown": 1.5}})
+    faces = load_faces64("test", limit=16, align=False)
+    zero = strength_of({"female": 0.0, "male": 0.0}, "label_free")
+    np.testing.assert_array_equal(ensemble.deployed(faces.images, faces.gender, 0, zero), faces.images)
+    half = strength_of({"female": 0.5, "male": 0.5}, "label_free")
+    np.testing.assert_array_equal(ensemble.deployed(faces.images, faces.gender, 0, half),
+                                  ensemble.deployed(faces.images, faces.gender, 0, 0.5))
+    assert strength_of({"female": 0.5, "male": 2.0}, "differential") == {"female": 0.5, "male": 2.0}
+
+
 def test_eval_refuses_a_label_free_model_of_several_stages():
     from tools.san.errors import SanModelError
     from tools.san.evaluate import evaluate
