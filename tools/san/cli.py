@@ -63,6 +63,11 @@ _cache_dir = click.option("--cache-dir", type=click.Path(file_okay=False, path_t
               help="label-free: weight of the colour difference above --colour-ceiling [1]")
 @click.option("--colour-ceiling", type=click.FloatRange(min=0.0), default=None,
               help="label-free: the most mean Delta E (blurred CIELAB) an output may move at strength 1 [3]")
+@click.option("--w-colour-peak", type=click.FloatRange(min=0.0), default=None,
+              help="label-free: weight of the colour peak (95th percentile of the Delta E map) above "
+                   "--colour-peak-ceiling [1]")
+@click.option("--colour-peak-ceiling", type=click.FloatRange(min=0.0), default=None,
+              help="label-free: the most colour peak an output may have at strength 1 [6]")
 def train(out: Path, faces_dir: Path | None, label_free: bool, members: int, epochs: int | None,
           pretrain_epochs: int | None, steps_per_epoch: int | None, seed: int, limit: int | None, adversary: str,
           w_keep: float, **label_free_terms: float | None) -> None:
@@ -180,11 +185,12 @@ def strength(model: Path, faces_dir: Path | None, cache_dir: Path, change: str |
     record = choose_on_validation(ensemble, member, change, Evaluator(cache_dir, click.echo), per_gender, faces_dir,
                                   limit=limit, log=click.echo)
     click.echo("validation grid (alpha_female, alpha_male: second-opinion gender bacc clean/captured, verif acc, "
-               "drop, SSIM, Delta E):")
+               "drop, SSIM, Delta E mean / peak):")
     for p in record["grid"]:
         if per_gender or p["female"] == p["male"]:
             click.echo(f"  {p['female']:.2f}, {p['male']:.2f}: {p['clean_gender_bacc']:.3f}/{p['captured_gender_bacc']:.3f}, "
-                       f"{p['verif_acc']:.3f}, {p['verif_drop']:+.3f}, {p['ssim']:.3f}, {p['colour_de']:.1f}"
+                       f"{p['verif_acc']:.3f}, {p['verif_drop']:+.3f}, {p['ssim']:.3f}, "
+                       f"{p['colour_de']:.1f} / {p['colour_peak']:.1f}"
                        f"{'  meets targets' if p['meets_targets'] else ''}")
     c = record["choice"]
     click.echo(f"operating point: female {c['female']}, male {c['male']} ({'meets' if c['meets_targets'] else 'does NOT meet'} "

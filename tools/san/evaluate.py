@@ -33,6 +33,8 @@ from tools.san.augment import capture_perturbed
 from tools.san.data import FaceSet, load_faces64, load_pairs112
 from tools.san.errors import SanModelError
 from tools.san.metrics import (
+    COLOUR_SIGMA,
+    PEAK_PERCENTILE,
     all_pairs,
     channel_ssim,
     colour_difference,
@@ -48,6 +50,7 @@ from tools.san.second_opinion import second_opinions
 from tools.san.strength import (
     ADAPTED_TARGET,
     CAPTURE_SEED,
+    COLOUR_PEAK_TARGET,
     COLOUR_TARGET,
     GENDER_TARGET,
     SSIM_TARGET,
@@ -75,16 +78,18 @@ class Variant:
 
 
 def _fidelity(orig: np.ndarray, images: np.ndarray, gender: np.ndarray) -> dict[str, float]:
-    """Mean SSIM (and per colour channel), mean colour difference (Delta E) and PSNR of the set's mean squared
-    error (an unchanged image has infinite PSNR), per group too."""
+    """Mean SSIM (and per colour channel), mean and peak colour difference (Delta E) and PSNR of the set's mean
+    squared error (an unchanged image has infinite PSNR), per group too."""
     channels = channel_ssim(orig, images)
     s, colour = channels.mean(axis=1), colour_difference(orig, images)     # metrics.ssim
     out = {"ssim": float(s.mean()), "ssim_channels": [float(c) for c in channels.mean(axis=0)],
-           "colour_de": float(colour.mean()), "psnr": pooled_psnr(orig, images)}
+           "colour_de": float(colour.mean.mean()), "colour_peak": float(colour.peak.mean()),
+           "psnr": pooled_psnr(orig, images)}
     for group, value in GROUPS.items():
         sel = gender == value
         out[f"ssim_{group}"] = float(s[sel].mean()) if sel.any() else float("nan")
-        out[f"colour_de_{group}"] = float(colour[sel].mean()) if sel.any() else float("nan")
+        out[f"colour_de_{group}"] = float(colour.mean[sel].mean()) if sel.any() else float("nan")
+        out[f"colour_peak_{group}"] = float(colour.peak[sel].mean()) if sel.any() else float("nan")
         out[f"psnr_{group}"] = pooled_psnr(orig[sel], images[sel]) if sel.any() else float("nan")
     return out
 
@@ -128,7 +133,7 @@ class Evaluator:
             out.update(_matching(fs, self.embed(fs, variant.images)))
         self.log(f"  {variant.name}: " + ", ".join(f"{k} {v:.3f}" for k, v in out.items()
                                                   if k in ("gender_bacc", "gender_auc", "verif_acc", "tmr_fmr1e-2", "ssim",
-                                                           "colour_de"))
+                                                           "colour_de", "colour_peak"))
                  + f" ({time.time() - start:.0f} s)")
         return out
 
@@ -198,7 +203,8 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
         "verif_acc_orig": v112["orig"]["verif_acc"], "verif_acc_op": v112[f"{op}_op"]["verif_acc"],
         "tmr_fmr1e-2_orig": v112["orig"]["tmr_fmr1e-2"], "tmr_fmr1e-2_op": v112[f"{op}_op"]["tmr_fmr1e-2"],
         "ssim_op": g64[f"{op}_op"]["ssim"], "ssim_op_channels": g64[f"{op}_op"]["ssim_channels"],
-        "colour_de_op": g64[f"{op}_op"]["colour_de"], "psnr_op": g64[f"{op}_op"]["psnr"],
+        "colour_de_op": g64[f"{op}_op"]["colour_de"], "colour_peak_op": g64[f"{op}_op"]["colour_peak"],
+        "psnr_op": g64[f"{op}_op"]["psnr"],
         "gender_auc_orig": g64["orig"]["gender_auc"], "gender_auc_op": g64[f"{op}_op"]["gender_auc"],
         "gender_bacc_orig_perturbed": g64["orig_perturbed"]["gender_bacc"],
         "gender_bacc_op_perturbed": g64[f"{op}_perturbed"]["gender_bacc"],
@@ -221,6 +227,7 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
         "verif_drop<=0.03": report["verif_acc_orig"] - report["verif_acc_op"] <= VERIF_DROP_TARGET,
         "ssim_op>=0.90": report["ssim_op"] >= SSIM_TARGET,
         f"colour_de_op<={COLOUR_TARGET:g}": report["colour_de_op"] <= COLOUR_TARGET,
+        f"colour_peak_op<={COLOUR_PEAK_TARGET:g}": report["colour_peak_op"] <= COLOUR_PEAK_TARGET,
         "gender_bacc_adapted<=0.70": None if adapted is None else adapted <= ADAPTED_TARGET,
         "gender_bacc_adapted_probe<=0.70": None if probe is None else probe <= ADAPTED_TARGET,
     }
@@ -242,8 +249,10 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
                          "the deployed outputs of the first 1000 LFW train faces, scored on the test people's deployed "
                          "outputs; gender_bacc_probe_orig: the same probe trained and scored on originals (its strength)",
         "colour": "colour_de: per face, the mean CIE76 Delta E*ab between the original and the output, both blurred by "
-                  "a Gaussian of sigma 2 px (S-CIELAB-like; ~2.3 is a just-noticeable difference), averaged over faces: "
-                  "the smooth casts SSIM tolerates; ssim: the mean of the R, G and B channels' SSIM",
+                  f"a Gaussian of sigma {COLOUR_SIGMA:g} px (S-CIELAB-like; ~2.3 is a just-noticeable difference), "
+                  "averaged over faces: the smooth casts SSIM tolerates; colour_peak: per face, the "
+                  f"{PEAK_PERCENTILE:g}th percentile of the same Delta E map (a band or strip of strong change, which the "
+                  "mean spreads thin), averaged over faces; ssim: the mean of the R, G and B channels' SSIM",
         "tmr": "all image pairs among the images of the official pairs; impostor pairs set the FMR 1e-2 threshold",
         "perturbation_at_other_sizes": f"SAN works at {ensemble.work_size}x{ensemble.work_size}; its change is "
                                        "upsampled bilinearly onto the 64x64 / 112x112 crop",

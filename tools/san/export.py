@@ -82,8 +82,8 @@ def make_stage(ensemble: SanEnsemble, member: int, gender: str | None, size: int
     """Member `member`'s stage for `size` x `size` faces; strength / change None = the model's stored ones.
 
     `gender` ('female' / 'male') picks the prototypes of the gendered change forms and is required for them; the
-    label_free form is one stage for every face and refuses a gender (None). Its strength is the stored
-    'unknown' entry, as in SanEnsemble.deployed."""
+    label_free form is one stage for every face and refuses a gender (None). Its strength is
+    SanEnsemble.one_strength, as in SanEnsemble.deployed."""
     change = check_change(change or ensemble.change)
     if change == "label_free" and gender is not None:
         raise SanModelError(f"the label_free change is one stage for every face: it takes no gender (got {gender!r}; "
@@ -95,7 +95,8 @@ def make_stage(ensemble: SanEnsemble, member: int, gender: str | None, size: int
                             "stage for every face")
     if not 0 <= member < len(ensemble.members):
         raise SanModelError(f"member {member} does not exist; the ensemble has {len(ensemble.members)}")
-    alpha = ensemble.strength[gender or "unknown"] if strength is None else strength
+    alpha = (ensemble.one_strength(strength) if change == "label_free"
+             else ensemble.strength[gender] if strength is None else strength)
     return SanStage(ensemble.members[member], ensemble.prototypes, GENDERS.get(gender), size, alpha, change).eval()
 
 

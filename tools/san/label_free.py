@@ -15,6 +15,8 @@ follow-ups of the SAN):
     + w_ssim * mean(max(0, ssim_floor - SSIM_c(out, x)))         # every colour channel c of every output
                                                                  # keeps SSIM >= ssim_floor
     + w_colour * mean(max(0, dE(out, x) - colour_ceiling))       # and its colour: SSIM tolerates a smooth cast
+    + w_colour_peak * mean(max(0, dE95(out, x) - colour_peak_ceiling))  # nowhere a band of strong change (the
+                                                                 # 95th percentile of the face's Delta E map)
   with B a frozen gender classifier trained on the original faces (the unadapted reader), A the frozen face
   embedder, both trained on the same fit people, and gap = `group_gap`.
 
@@ -23,6 +25,7 @@ and B read are the full-size deployed outputs (detail above the working size pas
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,7 +40,7 @@ from base.errors import ConfigError
 from tools.san.augment import CAPTURE, augment, check_names
 from tools.san.aux_models import batches, cached_model, gender_cnn, predict, train_face_embedder
 from tools.san.data import NEUTRAL, balanced_epoch, downsample, load_faces64, prototypes, to_float
-from tools.san.metrics import COLOUR_SIGMA, D65_WHITE, SRGB_TO_XYZ
+from tools.san.metrics import COLOUR_SIGMA, COLOUR_SIZE, D65_WHITE, PEAK_PERCENTILE, SRGB_TO_XYZ, SSIM_SIGMA, SSIM_SIZE
 from tools.san.model_io import SanEnsemble
 from tools.san.nets import ConvNet, FaceEmbedder, PrototypeAutoencoder
 from tools.san.semi_adversarial import check_training
@@ -62,6 +65,8 @@ class LabelFreeConfig:
     ssim_floor: float = 0.92
     w_colour: float = 1.0
     colour_ceiling: float = 3.0
+    w_colour_peak: float = 1.0
+    colour_peak_ceiling: float = 6.0
     max_steps_per_epoch: int | None = None
     augmentations: tuple[str, ...] = ("flip", *CAPTURE)
     work_factor: int = 2
@@ -75,8 +80,9 @@ class LabelFreeConfig:
         check_training("label-free training", self, (self.warmup_epochs, self.epochs), (self.lr, self.adversary_lr))
         if not 0 < self.ssim_floor <= 1:
             raise ConfigError(f"ssim_floor must be in (0, 1], got {self.ssim_floor}")
-        if self.colour_ceiling < 0:
-            raise ConfigError(f"colour_ceiling must be >= 0 (a Delta E), got {self.colour_ceiling}")
+        for name in ("colour_ceiling", "colour_peak_ceiling"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (a Delta E), got {getattr(self, name)}")
         if min(self.matcher_epochs, self.gender_epochs) < 1 or self.work_factor < 1:
             raise ConfigError("matcher_epochs, gender_epochs and work_factor must be >= 1")
         self.augmentations = check_names(tuple(self.augmentations))
@@ -121,7 +127,7 @@ def channel_ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-image, per-channel SSIM (N,C) of float images (N,C,H,W) in [0, 1], as tools.san.metrics.channel_ssim
     measures it (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, valid filtering), differentiable."""
     def blur(t: torch.Tensor) -> torch.Tensor:
-        return _gaussian_blur(t, 11, 1.5)
+        return _gaussian_blur(t, SSIM_SIZE, SSIM_SIGMA)
 
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     mx, my = blur(a), blur(b)
@@ -141,12 +147,12 @@ def _lab(rgb: torch.Tensor) -> torch.Tensor:
     return torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], 1)
 
 
-def colour_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image mean Delta E*ab (N,) between blurred float RGB images (N,3,H,W) in [0, 1], as
-    tools.san.metrics.colour_difference measures it, differentiable."""
-    size = 4 * int(COLOUR_SIGMA) + 1
-    diff = _lab(_gaussian_blur(a, size, COLOUR_SIGMA)) - _lab(_gaussian_blur(b, size, COLOUR_SIGMA))
-    return (diff.pow(2).sum(1) + 1e-12).sqrt().mean(dim=(1, 2))
+def colour_difference(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image mean and peak Delta E*ab ((N,), (N,)) between blurred float RGB images (N,3,H,W) in [0, 1], as
+    tools.san.metrics.colour_difference measures them, differentiable."""
+    diff = _lab(_gaussian_blur(a, COLOUR_SIZE, COLOUR_SIGMA)) - _lab(_gaussian_blur(b, COLOUR_SIZE, COLOUR_SIGMA))
+    flat = (diff.pow(2).sum(1) + 1e-12).sqrt().flatten(1)
+    return flat.mean(1), torch.quantile(flat, PEAK_PERCENTILE / 100, dim=1)
 
 
 class LabelFreeStage(nn.Module):
@@ -182,25 +188,28 @@ class LabelFreeTrainer:
         out, raw = self.stage(x)
         cfg = self.config
         similarity = channel_ssim(out, x)
+        small_out = functools.cache(lambda: self.stage.small(out))
+        colour = functools.cache(lambda: colour_difference(out, x))      # (mean, peak)
         terms = {
             "adversary": (cfg.w_adversary, lambda: uniform_ce(self.adversary(out))),
             "confound": (cfg.w_confound, lambda: uniform_ce(self.confound(out))),
             "pixel": (cfg.w_pixel, lambda: F.l1_loss(raw, x)),  # before the clamp: a saturated pixel still has a gradient
-            "keep": (cfg.w_keep, lambda: self._identity_shift(x, out)),
-            "match": (cfg.w_match, lambda: group_gap(self.stage.small(out), y)),
+            "keep": (cfg.w_keep, lambda: self._identity_shift(x, small_out())),
+            "match": (cfg.w_match, lambda: group_gap(small_out(), y)),
             "feature": (cfg.w_feature, lambda: group_gap(self.confound.body(out), y)),
             "ssim_short": (cfg.w_ssim, lambda: (cfg.ssim_floor - similarity).clamp_min(0).mean()),  # every channel
-            "colour_excess": (cfg.w_colour, lambda: (colour_difference(out, x) - cfg.colour_ceiling).clamp_min(0).mean()),
+            "colour_excess": (cfg.w_colour, lambda: (colour()[0] - cfg.colour_ceiling).clamp_min(0).mean()),
+            "colour_peak_excess": (cfg.w_colour_peak, lambda: (colour()[1] - cfg.colour_peak_ceiling).clamp_min(0).mean()),
         }
         values = {name: term() if weight else out.new_zeros(()) for name, (weight, term) in terms.items()}
         total = sum(weight * values[name] for name, (weight, _) in terms.items())
         return {"total": total, **values, "ssim": similarity.mean()}
 
-    def _identity_shift(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Mean squared move of the face embedder A's embedding from the original to the output."""
+    def _identity_shift(self, x: torch.Tensor, small_out: torch.Tensor) -> torch.Tensor:
+        """Mean squared move of the face embedder A's embedding from the original to the output (at working size)."""
         with torch.no_grad():
             target = self.keep(self.stage.small(x))
-        return (self.keep(self.stage.small(out)) - target).pow(2).sum(1).mean()
+        return (self.keep(small_out) - target).pow(2).sum(1).mean()
 
     def fit(self, images: np.ndarray, labels: np.ndarray, progress: bool = True) -> list[dict[str, float]]:
         """Train on full-size float faces (N,C,H,W) with gender labels in {0,1}: `warmup_epochs` of the adversary

@@ -1,5 +1,8 @@
-"""Evaluation metrics: (balanced) accuracy, verification accuracy, TMR at fixed FMR, SSIM, colour difference, PSNR."""
+"""Evaluation metrics: (balanced) accuracy, verification accuracy, TMR at fixed FMR, SSIM, colour difference (mean and
+peak), PSNR."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import rankdata
@@ -56,7 +59,10 @@ def tmr_at_fmr(dist: np.ndarray, genuine: np.ndarray, fmr: float = 1e-2) -> floa
     return float((dist[genuine] < threshold).mean())
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
+SSIM_SIZE, SSIM_SIGMA = 11, 1.5    # the SSIM's Gaussian window (Wang et al. 2004)
+
+
+def _gaussian_window(size: int, sigma: float) -> np.ndarray:
     g = np.exp(-((np.arange(size) - size // 2) ** 2) / (2 * sigma ** 2))
     return g / g.sum()
 
@@ -71,7 +77,7 @@ def _filter(img: np.ndarray, window: np.ndarray) -> np.ndarray:
 def channel_ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-image, per-channel SSIM (Wang et al. 2004; 11x11 Gaussian, sigma 1.5) of uint8 images (N,H,W,C): (N,C)."""
     x, y = np.moveaxis(a.astype(np.float64), -1, 1), np.moveaxis(b.astype(np.float64), -1, 1)
-    w = _gaussian_window()
+    w = _gaussian_window(SSIM_SIZE, SSIM_SIGMA)
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     mx, my = _filter(x, w), _filter(y, w)
     vx, vy, cxy = _filter(x * x, w) - mx ** 2, _filter(y * y, w) - my ** 2, _filter(x * y, w) - mx * my
@@ -89,6 +95,8 @@ def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 SRGB_TO_XYZ = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
 D65_WHITE = np.array([0.95047, 1.0, 1.08883])
 COLOUR_SIGMA = 2.0       # px at 64x64: the colour difference is read on blurred images (colour vision is low-pass)
+COLOUR_SIZE = 4 * int(COLOUR_SIGMA) + 1
+PEAK_PERCENTILE = 95.0   # a face's colour peak: this percentile of its Delta E map (a local artefact, not the mean)
 
 
 def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -100,14 +108,28 @@ def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
 
 
-def colour_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-image mean CIE76 colour difference (Delta E*ab; ~2.3 is a just-noticeable difference) between uint8
-    RGB images (N,H,W,3) blurred by a Gaussian of COLOUR_SIGMA px (as in S-CIELAB): the smooth shifts of colour
-    and brightness that SSIM tolerates (a cast moves a channel's local mean, which SSIM barely weighs)."""
-    w = _gaussian_window(4 * int(COLOUR_SIGMA) + 1, COLOUR_SIGMA)
+def colour_difference_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-pixel CIE76 colour difference (Delta E*ab; ~2.3 is a just-noticeable difference) between uint8 RGB
+    images (N,H,W,3) blurred by a Gaussian of COLOUR_SIGMA px (as in S-CIELAB), 'valid' size: the smooth shifts of
+    colour and brightness that SSIM tolerates (a cast moves a channel's local mean, which SSIM barely weighs)."""
+    w = _gaussian_window(COLOUR_SIZE, COLOUR_SIGMA)
     labs = [srgb_to_lab(np.moveaxis(_filter(np.moveaxis(img.astype(np.float64) / 255, -1, 1), w), 1, -1))
             for img in (a, b)]
-    return np.linalg.norm(labs[0] - labs[1], axis=-1).mean(axis=(1, 2))
+    return np.linalg.norm(labs[0] - labs[1], axis=-1)
+
+
+@dataclass(frozen=True)
+class ColourDifference:
+    """Per-image summaries of `colour_difference_map`."""
+
+    mean: np.ndarray   # (N,) the face's mean Delta E
+    peak: np.ndarray   # (N,) its PEAK_PERCENTILE: a band or strip of strong change, which the mean spreads thin
+
+
+def colour_difference(a: np.ndarray, b: np.ndarray) -> ColourDifference:
+    """Mean and peak colour difference per image (uint8 RGB (N,H,W,3))."""
+    flat = colour_difference_map(a, b).reshape(len(a), -1)
+    return ColourDifference(flat.mean(axis=1), np.percentile(flat, PEAK_PERCENTILE, axis=1))
 
 
 def pooled_psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -81,6 +81,18 @@ class SanEnsemble:
         table = check_strength(strength) if strength is not None else self.strength
         return np.array([table[STRENGTH_GROUPS[g] if g >= 0 else "unknown"] for g in gender], dtype=np.float32)
 
+    def one_strength(self, strength: float | dict | None = None) -> float:
+        """The label-free stage's strength: it is one stage for every face, so a number, or a mapping (None = the
+        stored one) whose values are all equal; a mapping's missing 'unknown' is not filled in with 1."""
+        if isinstance(strength, int | float):
+            return check_alpha(strength)
+        given = self.meta.get("strength", {"female": 1.0, "male": 1.0}) if strength is None else strength
+        values = set(check_strength(given).values()) if "unknown" in given else {check_strength(given)[g]
+                                                                                 for g in ("female", "male")}
+        if len(values) != 1:
+            raise SanModelError(f"a label-free stage has one strength for every face; got {given!r}")
+        return values.pop()
+
     @property
     def work_size(self) -> int:
         """Image side the SAN works at (it was trained at this resolution)."""
@@ -111,12 +123,12 @@ class SanEnsemble:
                  strength: float | dict | None = None, change: str | None = None) -> np.ndarray:
         """The deployed output uint8 (N,H,W,3): the change form `change` (None = the stored one) at `strength`
         (None = the stored one). With the differential form an unknown gender (-1) gets no change; the
-        label-free form ignores `gender` (every face counts as unknown: the neutral prototype, strength 'unknown')."""
+        label-free form ignores `gender` (the neutral prototype for every face, at `one_strength`)."""
         change = check_change(change or self.change)
         gender = self._stage_gender(images, None if change == "label_free" else gender)
         full, small, (sm, op) = self._run(images, gender, member)
         if change == "label_free":
-            return self._add(full, self._label_free_change(small, member), gender, strength)
+            return self._add(full, self._label_free_change(small, member), gender, self.one_strength(strength))
         if change == "residual":
             return self._add(full, torch.from_numpy(op) - small, gender, strength)
         return self._add(full, torch.from_numpy(op - sm), gender, strength)

@@ -113,7 +113,7 @@ def markdown_table(report: dict) -> str:
     """The closing-note table: per dataset and variant, unseen gender / matcher numbers and fidelity."""
     cols = ["gender_acc", "gender_bacc", "gender_acc_female", "gender_acc_male", "verif_acc", "verif_acc_female",
             "verif_acc_male", "tmr_fmr1e-2", "tmr_fmr1e-2_female", "tmr_fmr1e-2_male", "ssim", "ssim_female",
-            "ssim_male", "colour_de", "psnr"]
+            "ssim_male", "colour_de", "colour_peak", "psnr"]
     lines = []
     for name, data in report["datasets"].items():
         lines.append(f"\n{name} ({data['n_images']} images, {data['n_pairs']} official pairs)\n")
@@ -125,14 +125,14 @@ def markdown_table(report: dict) -> str:
     st = report.get("strength")
     if st:
         keys = ["female", "male", "gender_bacc", "gender_acc_female", "gender_acc_male", "verif_acc", "verif_drop",
-                "ssim", "colour_de", "meets_targets"]
+                "ssim", "colour_de", "colour_peak", "meets_targets"]
         equal = sorted((p for p in st["grid"] if p["female"] == p["male"]), key=lambda p: p["female"])
         for title, points in (("equal strengths", equal), ("Pareto front over per-gender strengths", st["pareto"])):
             lines += _rows(f"strength sweep of member {report['selected_member']} on lfw64_test, {st['change']} "
                            f"change, {title} (stored operating point female {st['stored']['female']:g}, male "
                            f"{st['stored']['male']:g})", keys, points)
         keys = ["female", "male", "gender_bacc", "clean_gender_bacc", "captured_gender_bacc", "verif_acc",
-                "verif_drop", "ssim", "colour_de", "meets_targets"]
+                "verif_drop", "ssim", "colour_de", "colour_peak", "meets_targets"]
         lines += _rows(f"the choice: validation people, second-opinion classifier (clean / capture-perturbed), "
                        f"dlib matcher; rule choice female {st['rule_choice']['female']:g}, male "
                        f"{st['rule_choice']['male']:g}", keys,
@@ -152,14 +152,17 @@ def markdown_table(report: dict) -> str:
                        rows)
     heads = ["gender_bacc_orig", "gender_bacc_op", "gender_bacc_orig_perturbed", "gender_bacc_op_perturbed",
              "gender_bacc_independent", "gender_bacc_adapted", "gender_bacc_probe_orig", "gender_bacc_adapted_probe",
-             "verif_acc_orig", "verif_acc_op", "ssim_op", "colour_de_op"]
+             "verif_acc_orig", "verif_acc_op", "ssim_op", "colour_de_op", "colour_peak_op"]
     lines += _rows("headline (deployed = the stored operating point; chosen on: "
                    f"{report.get('operating_point_chosen_on', '?')})", heads, [report])
     return "\n".join(lines)
 
 
 def _rows(title: str, keys: list[str], points: list[dict]) -> list[str]:
-    """A titled markdown table of `keys` for each point (floats to 3 decimals)."""
+    """A titled markdown table of `keys` for each point (floats to 3 decimals; '-' where a point, e.g. one stored
+    before that field existed, lacks it)."""
+    def cell(value) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else "-" if value is None else str(value)
+
     lines = [f"\n{title}\n", "| " + " | ".join(keys) + " |", "|---" * len(keys) + "|"]
-    return lines + ["| " + " | ".join(f"{p[k]:.3f}" if isinstance(p[k], float) else str(p[k]) for k in keys) + " |"
-                    for p in points]
+    return lines + ["| " + " | ".join(cell(p.get(k)) for k in keys) + " |" for p in points]

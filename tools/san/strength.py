@@ -13,16 +13,16 @@ Operating-point rule (privacy is the goal, utility the constraint), `choose_on_v
   the result; it reads every point on the clean faces and on one seeded capture-perturbed copy
   (augment.CAPTURE), and the point's balanced accuracy is the one further from chance;
 - **utility**: the dlib matcher's verification accuracy on all genuine pairs of the validation people plus as
-  many seeded impostor pairs, the mean SSIM and the mean colour difference (metrics.colour_difference);
+  many seeded impostor pairs, the mean SSIM and the mean and peak colour difference (metrics.colour_difference);
 - **rule**: among the points meeting the targets (gender balanced accuracy within 0.10 of chance on either side:
   below 0.5 the classifier is inverted, which tells the gender as well as above it; verification drop <= 3
-  points; SSIM >= 0.90; mean colour difference Delta E <= 5), the strongest: the reader is one classifier, and
-  the strength beyond the point where it reads chance is the margin that protects against the classifiers that
-  did not choose (a small CNN reaches chance long before a strong classifier does); ties by the reading closest
-  to chance, then the higher verification. With no such point, the reading closest to chance among the points
-  meeting the utility targets, then the highest verification, then the smallest strength. Only equal strengths
-  are candidates unless `per_gender` (a per-gender strength can reach chance by pushing everyone onto one gender
-  and makes the perturbation's size a gender cue).
+  points; SSIM >= 0.90; colour difference Delta E <= 5 on average and <= 8 at the faces' peaks), the strongest:
+  the reader is one classifier, and the strength beyond the point where it reads chance is the margin that
+  protects against the classifiers that did not choose (a small CNN reaches chance long before a strong
+  classifier does); ties by the reading closest to chance, then the higher verification. With no such point,
+  the reading closest to chance among the points meeting the utility targets, then the highest verification,
+  then the smallest strength. Only equal strengths are candidates unless `per_gender` (a per-gender strength can
+  reach chance by pushing everyone onto one gender and makes the perturbation's size a gender cue).
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ from tools.san.unseen import MATCH_THRESHOLD
 
 GENDER_TARGET, VERIF_DROP_TARGET, SSIM_TARGET, ADAPTED_TARGET, CHANCE = 0.60, 0.03, 0.90, 0.70, 0.5
 COLOUR_TARGET = 5.0   # mean Delta E*ab of the blurred faces: ~2 just-noticeable differences (a +10/255 brightening: 4)
+COLOUR_PEAK_TARGET = 8.0   # mean of the faces' colour peaks (metrics.PEAK_PERCENTILE): ~3 just-noticeable differences
 ALPHAS = {"residual": (0.0, 0.25, 0.5, 0.6, 0.75, 0.9, 1.0),       # alpha 1 = X_OP itself
           "differential": (0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5),       # the difference is small: larger strengths
           "label_free": (0.0, 0.25, 0.5, 0.6, 0.7, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)}  # alpha 1 = the trained output
@@ -58,11 +59,12 @@ class StrengthOutcomes:
     emb: np.ndarray              # (A, N, 128) dlib descriptors (NaN for images in no pair)
     ssim: np.ndarray             # (A, N) to the original
     colour: np.ndarray           # (A, N) mean Delta E to the original
+    colour_peak: np.ndarray      # (A, N) the peak Delta E (metrics.ColourDifference.peak)
 
     def subset(self, keep: np.ndarray) -> StrengthOutcomes:
         """The outcomes of the images selected by boolean mask `keep` (as FaceSet.subset selects them)."""
         return StrengthOutcomes(self.alphas, self.gender_pred[:, keep], self.emb[:, keep], self.ssim[:, keep],
-                                self.colour[:, keep])
+                                self.colour[:, keep], self.colour_peak[:, keep])
 
 
 def sweep(ensemble: SanEnsemble, member: int, fs: FaceSet, evaluator, change: str = "differential",
@@ -74,16 +76,18 @@ def sweep(ensemble: SanEnsemble, member: int, fs: FaceSet, evaluator, change: st
     if 0.0 not in alphas:
         raise ValueError("the sweep needs alpha 0 (the originals) as its reference")
     reader = reader or evaluator.gender.predict
-    preds, embs, ssims, colours = [], [], [], []
+    preds, embs, ssims, colours, peaks = [], [], [], [], []
     for alpha in alphas:
         x_op = ensemble.deployed(fs.images, fs.gender, member, strength=float(alpha), change=change)
         preds.append(reader(x_op))
         embs.append(evaluator.embed(fs, x_op) if matcher else np.full((len(fs), 128), np.nan, np.float32))
         ssims.append(ssim(fs.images, x_op))
-        colours.append(colour_difference(fs.images, x_op))
+        colour = colour_difference(fs.images, x_op)
+        colours.append(colour.mean)
+        peaks.append(colour.peak)
         log(f"  strength {alpha:.2f}: gender bacc {gender_scores(preds[-1], fs.gender)['bacc']:.3f}")
     return StrengthOutcomes(list(map(float, alphas)), np.stack(preds), np.stack(embs), np.stack(ssims),
-                            np.stack(colours))
+                            np.stack(colours), np.stack(peaks))
 
 
 def _point(out: StrengthOutcomes, fs: FaceSet, a_f: int, a_m: int, verif_orig: float) -> dict:
@@ -97,14 +101,15 @@ def _point(out: StrengthOutcomes, fs: FaceSet, a_f: int, a_m: int, verif_orig: f
              "gender_acc_female": scores["acc_female"], "gender_acc_male": scores["acc_male"],
              "verif_acc": verif, "verif_drop": verif_orig - verif,
              "ssim": float(np.where(female, out.ssim[a_f], out.ssim[a_m]).mean()),
-             "colour_de": float(np.where(female, out.colour[a_f], out.colour[a_m]).mean())}
+             "colour_de": float(np.where(female, out.colour[a_f], out.colour[a_m]).mean()),
+             "colour_peak": float(np.where(female, out.colour_peak[a_f], out.colour_peak[a_m]).mean())}
     point["meets_targets"] = meets_targets(point)
     return point
 
 
 def strength_of(point: dict, change: str) -> dict[str, float]:
-    """The strength mapping `SanEnsemble.deployed` takes for a grid point: a label-free stage reads every face as
-    'unknown', so the point's (equal) strength goes there too; a mapping without it would deploy the default 1."""
+    """The strength mapping stored with the model for a grid point: a label-free stage reads every face as
+    'unknown', so the point's (equal) strength goes there too (SanEnsemble.one_strength)."""
     return {"female": point["female"], "male": point["male"],
             **({"unknown": point["female"]} if change == "label_free" else {})}
 
@@ -127,7 +132,7 @@ def meets_targets(point: dict) -> bool:
 
 def _useful(point: dict) -> bool:
     return (point["verif_drop"] <= VERIF_DROP_TARGET and point["ssim"] >= SSIM_TARGET
-            and point["colour_de"] <= COLOUR_TARGET)
+            and point["colour_de"] <= COLOUR_TARGET and point["colour_peak"] <= COLOUR_PEAK_TARGET)
 
 
 def strength_grid(out: StrengthOutcomes, fs: FaceSet) -> list[dict]:
@@ -212,7 +217,7 @@ def choose_on_validation(ensemble: SanEnsemble, member: int, change: str, evalua
     choice = choose_operating_point(points, per_gender)
     log(f"chosen: strength female {choice['female']:g} / male {choice['male']:g} (second-opinion gender bacc "
         f"{choice['gender_bacc']:.3f}, verification drop {100 * choice['verif_drop']:.1f} pts, SSIM {choice['ssim']:.3f}, "
-        f"Delta E {choice['colour_de']:.1f})")
+        f"Delta E {choice['colour_de']:.1f}, peak {choice['colour_peak']:.1f})")
     return {"member": member, "change": change, "per_gender": per_gender, "choice": choice, "grid": points,
             "selection_split": "validation", "n_images": len(val), "n_people": int(len(np.unique(val.identity))),
             "n_pairs": int(len(val.pair_idx)),
@@ -220,6 +225,6 @@ def choose_on_validation(ensemble: SanEnsemble, member: int, change: str, evalua
                       "original faces with flips and capture changes, seed " + str(OPINION_SEED) + ")",
             "rule": "tools/san/strength.py: the strongest of the " + ("(alpha_female, alpha_male)" if per_gender
                     else "equal strengths") + " whose gender bacc (the worse of clean and capture-perturbed) is within "
-                    "0.10 of 0.5 with verification drop <= 3 pts, SSIM >= 0.90 and mean Delta E <= "
-                    f"{COLOUR_TARGET:g}; else the bacc closest to 0.5 among "
+                    "0.10 of 0.5 with verification drop <= 3 pts, SSIM >= 0.90, mean Delta E <= "
+                    f"{COLOUR_TARGET:g} and mean peak Delta E <= {COLOUR_PEAK_TARGET:g}; else the bacc closest to 0.5 among "
                     "those meeting the utility targets"}

@@ -8,10 +8,10 @@ import pytest
 pytestmark = pytest.mark.torch
 
 
-def _point(alpha: float, bacc: float, drop: float, ssim: float, colour: float = 2.0) -> dict:
+def _point(alpha: float, bacc: float, drop: float, ssim: float, colour: float = 2.0, peak: float = 4.0) -> dict:
     from tools.san.strength import meets_targets
     point = {"female": alpha, "male": alpha, "gender_bacc": bacc, "gender_acc_female": bacc, "gender_acc_male": bacc,
-             "verif_acc": 0.95 - drop, "verif_drop": drop, "ssim": ssim, "colour_de": colour}
+             "verif_acc": 0.95 - drop, "verif_drop": drop, "ssim": ssim, "colour_de": colour, "colour_peak": peak}
     return {**point, "meets_targets": meets_targets(point)}
 
 
@@ -26,6 +26,7 @@ def test_rule_takes_the_strongest_private_point_within_every_target():
     points = [_point(0.0, 0.95, 0.0, 1.0), _point(1.0, 0.58, 0.01, 0.95), _point(1.5, 0.52, 0.02, 0.93),
               _point(2.0, 0.50, 0.02, 0.85),            # at chance, but below the SSIM target
               _point(2.2, 0.50, 0.02, 0.95, colour=8.0),  # at chance, but recoloured (SSIM barely sees it)
+              _point(2.3, 0.50, 0.02, 0.95, peak=12.0),   # at chance, but a band of strong change (mean colour fine)
               _point(2.5, 0.49, 0.05, 0.92)]            # at chance, but costs 5 verification points
     assert choose_operating_point(points)["female"] == 1.5
     # the strongest private-enough point, not the one that happens to read nearest 0.5: the reader is one

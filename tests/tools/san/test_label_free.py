@@ -36,6 +36,8 @@ def test_the_label_free_stage_takes_no_gender():
 
 def test_a_grid_point_deploys_a_label_free_stage_at_its_own_strength():
     from tools.san.data import load_faces64
+    from tools.san.errors import SanModelError
+    from tools.san.export import make_stage
     from tools.san.model_io import SanEnsemble
     from tools.san.nets import PrototypeAutoencoder
     from tools.san.strength import strength_of
@@ -50,6 +52,15 @@ def test_a_grid_point_deploys_a_label_free_stage_at_its_own_strength():
     np.testing.assert_array_equal(ensemble.deployed(faces.images, faces.gender, 0, half),
                                   ensemble.deployed(faces.images, faces.gender, 0, 0.5))
     assert strength_of({"female": 0.5, "male": 2.0}, "differential") == {"female": 0.5, "male": 2.0}
+    # one stage, one strength: a mapping without 'unknown' is its common value (not the default 1), unequal is refused
+    np.testing.assert_array_equal(ensemble.deployed(faces.images, faces.gender, 0, {"female": 0.5, "male": 0.5}),
+                                  ensemble.deployed(faces.images, faces.gender, 0, 0.5))
+    for unequal in ({"female": 0.5, "male": 2.0}, {"female": 0.5, "male": 0.5, "unknown": 1.0}):
+        with pytest.raises(SanModelError, match="one strength for every face"):
+            ensemble.deployed(faces.images, faces.gender, 0, unequal)
+    stored = SanEnsemble(ensemble.members, protos, {"change": "label_free", "strength": {"female": 0.5, "male": 0.5}})
+    np.testing.assert_array_equal(stored.deployed(faces.images, None, 0), ensemble.deployed(faces.images, None, 0, 0.5))
+    assert make_stage(stored, 0, None, 64).strength == 0.5          # the exported stage deploys the same strength
 
 
 def test_eval_refuses_a_label_free_model_of_several_stages():
@@ -170,12 +181,29 @@ def test_trainer_colour_difference_is_the_metric_s_and_sees_the_cast_ssim_tolera
     def tensor(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32) / 255).requires_grad_()
 
-    got = colour_difference(tensor(a), tensor(b))
-    np.testing.assert_allclose(got.detach().numpy(), metric_colour_difference(a, b), rtol=1e-4)
-    got.sum().backward()                                        # differentiable
+    mean, peak = colour_difference(tensor(a), tensor(b))
+    expected = metric_colour_difference(a, b)
+    np.testing.assert_allclose(mean.detach().numpy(), expected.mean, rtol=1e-4)
+    np.testing.assert_allclose(peak.detach().numpy(), expected.peak, rtol=1e-4)
+    (mean + peak).sum().backward()                              # differentiable
     cast = np.clip(a.astype(int) + [-30, 25, 20], 0, 255).astype(np.uint8)     # a cyan cast
-    assert ssim(a, cast).min() > 0.95 and metric_colour_difference(a, cast).min() > 15
-    assert metric_colour_difference(a, a).max() == 0.0
+    assert ssim(a, cast).min() > 0.95 and metric_colour_difference(a, cast).mean.min() > 15
+    unchanged = metric_colour_difference(a, a)
+    assert unchanged.mean.max() == 0.0 and unchanged.peak.max() == 0.0
+
+
+def test_colour_peak_sees_a_band_that_the_mean_spreads_thin():
+    from tools.san.metrics import colour_difference
+
+    rng = np.random.default_rng(2)
+    a = rng.integers(60, 196, (4, 64, 64, 3), dtype=np.uint8)
+    band = a.copy()
+    band[:, 20:26] = np.clip(band[:, 20:26].astype(int) + [-40, -10, 30], 0, 255)   # a blue-grey band across the eyes
+    cast = np.clip(a.astype(int) + [-6, 2, 8], 0, 255).astype(np.uint8)          # a faint cast over the whole face
+    banded, faint = colour_difference(a, band), colour_difference(a, cast)
+    assert (banded.mean < faint.mean * 2).all()                  # the mean barely tells them apart
+    assert (banded.peak > 3 * faint.peak).all()                  # the peak does
+    assert (banded.peak > 2 * banded.mean).all() and (faint.peak < 1.5 * faint.mean).all()
 
 
 @pytest.mark.parametrize(("name", "fields", "message"), [
@@ -183,6 +211,7 @@ def test_trainer_colour_difference_is_the_metric_s_and_sees_the_cast_ssim_tolera
     ("LabelFreeConfig", {"adversary_lr": 0.0}, "label-free training needs epochs >= 0"),
     ("LabelFreeConfig", {"ssim_floor": 1.5}, "ssim_floor must be in"),
     ("LabelFreeConfig", {"colour_ceiling": -1.0}, "colour_ceiling must be >= 0"),
+    ("LabelFreeConfig", {"colour_peak_ceiling": -2.0}, "colour_peak_ceiling must be >= 0 (a Delta E), got -2.0"),
     ("SemiAdversarialConfig", {"w_pixel_op": -0.5}, "semi-adversarial training: loss weights must be >= 0"),
     ("SemiAdversarialConfig", {"pretrain_epochs": -1}, "semi-adversarial training needs epochs >= 0"),
 ])

@@ -77,7 +77,9 @@ def test_sweep_grid_and_rule(ensemble):
     assert out.gender_pred.shape == (3, len(faces)) and out.emb.shape[:2] == (3, len(faces))
     np.testing.assert_allclose(out.ssim[0], 1.0)
     np.testing.assert_allclose(out.colour[0], 0.0)
+    np.testing.assert_allclose(out.colour_peak[0], 0.0)
     assert (out.colour[2] > out.colour[1]).mean() > 0.9          # a stronger change moves the colours further
+    assert (out.colour_peak[1:] >= out.colour[1:]).all()         # a high percentile is at least the mean
     points = strength_grid(out, faces)
     assert len(points) == 9
     zero = next(p for p in points if p["female"] == 0 and p["male"] == 0)
@@ -105,7 +107,7 @@ def test_rule_prefers_chance_over_an_inverted_classifier():
 
     def point(bacc, verif, alpha):
         p = {"gender_bacc": bacc, "verif_acc": verif, "verif_drop": 0.9 - verif, "female": alpha, "male": alpha,
-             "ssim": 0.95, "colour_de": 1.0}
+             "ssim": 0.95, "colour_de": 1.0, "colour_peak": 2.0}
         return {**p, "meets_targets": meets_targets(p)}
 
     points = [point(0.30, 0.89, 3.0), point(0.52, 0.88, 2.0), point(0.58, 0.895, 1.5), point(0.9, 0.9, 0.0)]

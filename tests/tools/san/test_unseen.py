@@ -99,8 +99,10 @@ def test_eval_cli_writes_the_report(tmp_path, papers):
     assert report["operating_point_chosen_on"].startswith("validation people") and "no test person" in \
         report["operating_point_chosen_on"]
     assert report["strength"]["selection_split"] == "validation" and len(report["strength"]["cross_fold"]) == 2
-    assert report["colour_de_op"] >= 0 and "colour_de" in report["datasets"]["lfw64_test"]["variants"]["operating_point_op"]
+    op_fidelity = report["datasets"]["lfw64_test"]["variants"]["operating_point_op"]
+    assert 0 <= report["colour_de_op"] <= report["colour_peak_op"] and {"colour_de", "colour_peak"} <= set(op_fidelity)
     assert set(report["targets"]) == {"gender_bacc_op<=0.60", "verif_drop<=0.03", "ssim_op>=0.90", "colour_de_op<=5",
+                                      "colour_peak_op<=8",
                                       "gender_bacc_adapted<=0.70", "gender_bacc_adapted_probe<=0.70"}
     best = report["selected_member"]
     rows = {f"member{best}_sm", f"member{best}_op", "ensemble_btas_op", "ensemble_random_op"}
