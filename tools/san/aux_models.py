@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 import torch
@@ -23,11 +23,22 @@ def batches(order: np.ndarray, size: int):
         yield order[start:start + size]
 
 
-def train_binary_classifier(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: int,
+M = TypeVar("M", bound=nn.Module)
+
+
+def seeded(make: Callable[[], M], seed: int) -> M:
+    """`make()` with torch's global generator seeded by `seed`, so a network's initial weights depend on its seed
+    only, not on what ran before it (e.g. whether a memoised network was loaded or trained)."""
+    torch.manual_seed(seed)
+    return make()
+
+
+def train_binary_classifier(make: Callable[[], nn.Module], images: np.ndarray, labels: np.ndarray, *, epochs: int,
                             batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
                             augmentations: tuple[str, ...] = (), desc: str = "classifier") -> nn.Module:
-    """Train `model` (2 logits) on float images (N,C,H,W) with labels in {0,1}, balanced per epoch; frozen after."""
-    torch.manual_seed(seed)
+    """Train the network `make()` builds (2 logits; initial weights from `seed`) on float images (N,C,H,W) with
+    labels in {0,1}, balanced per epoch; frozen after."""
+    model = seeded(make, seed)
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     x_all, y_all = torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -50,10 +61,9 @@ def train_face_embedder(images: np.ndarray, identity: np.ndarray, *, epochs: int
                         margin: float = 0.2, augmentations: tuple[str, ...] = ("flip", "geometry"),
                         desc: str = "matcher") -> FaceEmbedder:
     """Train an L2-normalised embedder with a CosFace (large-margin cosine) identity head; frozen after."""
-    torch.manual_seed(seed)
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     _, ids = np.unique(identity, return_inverse=True)
-    model = FaceEmbedder(images.shape[1], dim)
+    model = seeded(lambda: FaceEmbedder(images.shape[1], dim), seed)
     centres = nn.Parameter(torch.randn(int(ids.max()) + 1, dim) * 0.01)
     opt = torch.optim.Adam(list(model.parameters()) + [centres], lr=lr, weight_decay=1e-4)
     x_all, y_all = torch.from_numpy(images), torch.from_numpy(ids.astype(np.int64))
@@ -128,8 +138,8 @@ def gender_cnn(images: np.ndarray, labels: np.ndarray, *, epochs: int, seed: int
                desc: str, cache_dir: Path | None = AUX_CACHE) -> nn.Module:
     """A gender classifier ConvNet(3, 2) trained by `train_binary_classifier` on float images (N,3,H,W) with
     labels 1 male / 0 female, memoised by `cached_model` (so every run reads with the same network)."""
-    recipe = (f"gender ConvNet(3, 2), train_binary_classifier, {epochs} epochs, seed {seed}, "
+    recipe = (f"gender ConvNet(3, 2), train_binary_classifier, {epochs} epochs, seed {seed} (initial weights too), "
               f"augmentations {tuple(augmentations)}")
     return cached_model(lambda: ConvNet(3, 2), lambda: train_binary_classifier(
-        ConvNet(3, 2), images, labels, epochs=epochs, seed=seed, augmentations=augmentations, desc=desc),
+        lambda: ConvNet(3, 2), images, labels, epochs=epochs, seed=seed, augmentations=augmentations, desc=desc),
         recipe, images, labels, cache_dir)

@@ -58,6 +58,7 @@ from tools.san.strength import (
     choose_on_validation,
     choose_operating_point,
     pareto_front,
+    private_enough,
     strength_grid,
     strength_of,
     sweep,
@@ -223,7 +224,7 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
         })
     adapted, probe = report["gender_bacc_adapted"], report["gender_bacc_adapted_probe"]
     report["targets"] = {
-        "gender_bacc_op<=0.60": report["gender_bacc_op"] <= GENDER_TARGET,
+        "gender_bacc_op<=0.60": private_enough(report["gender_bacc_op"]),    # on either side of chance
         "verif_drop<=0.03": report["verif_acc_orig"] - report["verif_acc_op"] <= VERIF_DROP_TARGET,
         "ssim_op>=0.90": report["ssim_op"] >= SSIM_TARGET,
         f"colour_de_op<={COLOUR_TARGET:g}": report["colour_de_op"] <= COLOUR_TARGET,
@@ -240,6 +241,9 @@ def evaluate(ensemble: SanEnsemble, faces_dir: Path | None = None, cache_dir: Pa
         "ensemble_rule": "BTAS 2018: member whose X_OP confounds the unseen classifier best (selected on lfw64_test)"
                          if papers else "none: a label-free model is one stage with no X_SM / X_OP",
         "strength_rule": report["strength"]["rule"],
+        "targets": "gender_bacc_op<=0.60 holds within 0.10 of chance on EITHER side (an inverted reading, below 0.40, "
+                   "tells the gender as well as a right one); the adapted targets are upper bounds (those readers are "
+                   "trained on the outputs, so they are not inverted)",
         "perturbed": "gender_bacc_*_perturbed: the 64x64 test faces under one seeded draw of the capture changes "
                      "(tools.san.augment.CAPTURE: scale, shift, tilt, blur, noise, JPEG) before the stage",
         "adapted": "gender_bacc_adapted: a gender CNN trained on the deployed outputs of the LFW train people with "

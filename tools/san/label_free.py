@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from base.errors import ConfigError
 from tools.san.augment import CAPTURE, augment, check_names
-from tools.san.aux_models import batches, cached_model, gender_cnn, predict, train_face_embedder
+from tools.san.aux_models import batches, cached_model, gender_cnn, predict, seeded, train_face_embedder
 from tools.san.data import NEUTRAL, balanced_epoch, downsample, load_faces64, prototypes, to_float
 from tools.san.metrics import COLOUR_SIGMA, COLOUR_SIZE, D65_WHITE, PEAK_PERCENTILE, SRGB_TO_XYZ, SSIM_SIGMA, SSIM_SIZE
 from tools.san.model_io import SanEnsemble
@@ -262,7 +262,6 @@ def train_label_free(config: LabelFreeConfig, faces_dir: Path | None = None, log
     retrained adversary; returns a one-member ensemble with change `label_free` at strength 1 (the operating
     point is chosen afterwards on the validation people: `keycam san strength`)."""
     start = time.time()
-    torch.manual_seed(config.seed)
     fit = load_faces64("fit", faces_dir, config.limit)
     known = fit.gender >= 0
     x_every = to_float(fit.images)
@@ -276,8 +275,9 @@ def train_label_free(config: LabelFreeConfig, faces_dir: Path | None = None, log
                            f"face embedder, {config.matcher_epochs} epochs, seed {config.seed}", x_id, fit.identity)
     confound = gender_cnn(x_full, y, epochs=config.gender_epochs, seed=config.seed + 1,
                           augmentations=config.augmentations, desc="gender classifier B")
-    stage = LabelFreeStage(PrototypeAutoencoder(3, dec=config.dec), protos[NEUTRAL], config.work_factor)
-    adversary = ConvNet(3, 2)
+    stage = LabelFreeStage(seeded(lambda: PrototypeAutoencoder(3, dec=config.dec), config.seed), protos[NEUTRAL],
+                           config.work_factor)
+    adversary = seeded(lambda: ConvNet(3, 2), config.seed + 2)
     history = LabelFreeTrainer(stage, matcher, confound, adversary, config).fit(x_full, y)
     outputs = predict(lambda t: stage(t)[0], x_full[:512])
     meta = {"train_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},

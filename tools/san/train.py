@@ -10,7 +10,7 @@ import torch
 
 from base.errors import ConfigError
 from tools.san.augment import check_names
-from tools.san.aux_models import gender_cnn, predict, train_face_embedder
+from tools.san.aux_models import gender_cnn, predict, seeded, train_face_embedder
 from tools.san.data import downsample, load_faces64, prototypes, to_float
 from tools.san.model_io import SanEnsemble
 from tools.san.nets import PrototypeAutoencoder
@@ -122,7 +122,7 @@ def train_ensemble(config: TrainConfig, faces_dir: Path | None = None, log=print
         cfg = config.member_config(i)
         gender = genders[i] if genders else gender_classifier(i)
         adversary = MeanLogits(genders).eval() if genders else gender
-        san = PrototypeAutoencoder(3, dec=config.dec)
+        san = seeded(lambda: PrototypeAutoencoder(3, dec=config.dec), cfg.seed)
         history = SemiAdversarialTrainer(san, protos, matcher, adversary, cfg).fit(x, y)
         x_sm, x_op = perturb(san, protos, x_test, test.gender)
         stats = {

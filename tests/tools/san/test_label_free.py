@@ -102,7 +102,7 @@ def test_training_removes_the_label():
     x_test, y_test = _synthetic(256, rng)
 
     def reader(images, labels, seed):
-        return train_binary_classifier(ConvNet(3, 2, widths=(8, 16)), images, labels, epochs=3, seed=seed, desc="t")
+        return train_binary_classifier(lambda: ConvNet(3, 2, widths=(8, 16)), images, labels, epochs=3, seed=seed, desc="t")
 
     before = gender_scores(predict(reader(x, y, 1), x_test).argmax(1), y_test)["bacc"]
     # the label here IS a colour cast, so the colour bound is off (w_colour 0)

@@ -50,6 +50,19 @@ def test_gender_cnn_is_trained_once_per_recipe(tmp_path):
     assert len(list(tmp_path.iterdir())) == 3
 
 
+def test_a_trained_network_depends_on_its_seed_not_on_what_ran_before(tmp_path):
+    import torch
+
+    from tools.san.aux_models import gender_cnn, predict
+
+    rng = np.random.default_rng(0)
+    images, labels = rng.random((16, 3, 32, 32), dtype=np.float32), np.tile([0, 1], 8)
+    kwargs = {"epochs": 1, "seed": 3, "augmentations": ("flip",), "desc": "t"}
+    first = predict(gender_cnn(images, labels, **kwargs, cache_dir=tmp_path / "a"), images)
+    torch.randn(1000)                  # e.g. another network trained, or a memo hit where a first run trained
+    np.testing.assert_array_equal(predict(gender_cnn(images, labels, **kwargs, cache_dir=tmp_path / "b"), images), first)
+
+
 def test_linear_probe_reads_a_linear_label_balanced():
     from tools.san.aux_models import linear_probe
     from tools.san.metrics import gender_scores

@@ -28,9 +28,9 @@ def test_keep_parity_confound_high_digit():
     train, test = slice(0, 2000), slice(2000, 2400)
 
     torch.manual_seed(0)  # the classifiers' initial weights
-    keep = train_binary_classifier(ConvNet(1, 2, widths=(16, 32, 64)), x[train], parity[train], epochs=8, seed=1,
+    keep = train_binary_classifier(lambda: ConvNet(1, 2, widths=(16, 32, 64)), x[train], parity[train], epochs=8, seed=1,
                                    desc="parity")
-    confound = train_binary_classifier(ConvNet(1, 2, widths=(16, 32, 64)), x[train], high[train], epochs=8, seed=2,
+    confound = train_binary_classifier(lambda: ConvNet(1, 2, widths=(16, 32, 64)), x[train], high[train], epochs=8, seed=2,
                                        desc="high")
     acc = lambda model, imgs, y: float((predict(model, imgs).argmax(1) == y).mean())  # noqa: E731
     keep_orig, confound_orig = acc(keep, x[test], parity[test]), acc(confound, x[test], high[test])
