@@ -54,7 +54,7 @@ _cache_dir = click.option("--cache-dir", type=click.Path(file_okay=False, path_t
 @click.option("--w-match", type=click.FloatRange(min=0.0), default=None,
               help="label-free: weight of the two genders' thumbnail distribution gap [0]")
 @click.option("--w-feature", type=click.FloatRange(min=0.0), default=None,
-              help="label-free: weight of the two genders' distribution gap in classifier B's feature maps [100]")
+              help="label-free: weight of the two genders' distribution gap in classifier B's feature maps [200]")
 @click.option("--w-ssim", type=click.FloatRange(min=0.0), default=None,
               help="label-free: weight of the SSIM shortfall below --ssim-floor [100]")
 @click.option("--ssim-floor", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=None,

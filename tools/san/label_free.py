@@ -60,7 +60,7 @@ class LabelFreeConfig:
     w_pixel: float = 1.0
     w_keep: float = 2.0
     w_match: float = 0.0
-    w_feature: float = 100.0
+    w_feature: float = 200.0
     w_ssim: float = 100.0
     ssim_floor: float = 0.92
     w_colour: float = 1.0
