@@ -87,8 +87,8 @@ class SanEnsemble:
         if isinstance(strength, int | float):
             return check_alpha(strength)
         given = self.meta.get("strength", {"female": 1.0, "male": 1.0}) if strength is None else strength
-        values = set(check_strength(given).values()) if "unknown" in given else {check_strength(given)[g]
-                                                                                 for g in ("female", "male")}
+        table = check_strength(given)
+        values = {table[g] for g in ("female", "male", *(("unknown",) if "unknown" in given else ()))}
         if len(values) != 1:
             raise SanModelError(f"a label-free stage has one strength for every face; got {given!r}")
         return values.pop()
